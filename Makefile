@@ -1,0 +1,40 @@
+# The two commands a new user runs (see README.md):
+#   make demo   runs the project's main job
+#   make test   runs the whole test suite
+# Both create .venv with `python3 -m venv` when it is missing and install what
+# they need into it; nothing relies on packages installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Reinstall when the package metadata changes.
+STAMP  := $(VENV)/.golfjax-test-installed
+
+.PHONY: venv test test-fast demo bazel-test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The README's test command; .ci/run calls it. Slow tests run too.
+test: $(STAMP)
+	$(PY) -m pytest -n 2 tests
+
+# Everything except tests marked slow, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow" tests
+
+demo: $(STAMP)
+	$(PY) -m golfjax.demo
+
+bazel-test: $(STAMP)
+	bash tools/bazel_test.sh
+
+clean:
+	rm -rf $(VENV) bazel-* .pytest_cache
