@@ -1,0 +1,124 @@
+"""Loss aggregation as exact `(sum, count)` pairs.
+
+Every loss in golfjax returns a `Weighted(sum, count)` rather than a scalar, so
+that summing the pairs of several micro-batches, or of several devices, and
+dividing once gives exactly the value the whole batch would have given. A mean of
+per-micro-batch means would not: micro-batches hold different numbers of tokens.
+
+Shapes: B rows (sequences), T padded response tokens.
+
+Aggregation modes (names follow verl's `loss_agg_mode`):
+
+| mode                      | sum                                  | count                     |
+|---------------------------|--------------------------------------|---------------------------|
+| `token-mean`              | sum_i sum_t m l                      | sum_i sum_t m             |
+| `seq-mean-token-mean`     | sum_i (sum_t m l / sum_t m)          | #rows with a valid token  |
+| `seq-mean-token-sum`      | sum_i sum_t m l                      | #rows with a valid token  |
+| `seq-mean-token-sum-norm` | sum_i sum_t m l / T                  | #rows with a valid token  |
+
+`seq-mean-token-sum-norm` is Dr.GRPO's constant normaliser (the padded length T
+replaces the per-sequence length). Note: verl divides the batch *sum* by T without
+the mean over sequences; golfjax keeps the mean over sequences that the name says,
+which only rescales the loss by the (constant) number of rows.
+
+Rows whose mask is all zero contribute nothing to any mode, and an all-masked
+batch has value 0, never NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+import jax
+import jax.numpy as jnp
+
+TOKEN_MEAN: Final = "token-mean"
+SEQ_MEAN_TOKEN_MEAN: Final = "seq-mean-token-mean"
+SEQ_MEAN_TOKEN_SUM: Final = "seq-mean-token-sum"
+SEQ_MEAN_TOKEN_SUM_NORM: Final = "seq-mean-token-sum-norm"
+AGGREGATIONS: Final[tuple[str, ...]] = (
+        TOKEN_MEAN,
+        SEQ_MEAN_TOKEN_MEAN,
+        SEQ_MEAN_TOKEN_SUM,
+        SEQ_MEAN_TOKEN_SUM_NORM,
+)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Weighted:
+    """A quantity kept as `(sum, count)` so that partial results add exactly.
+
+    `a + b` adds both fields; `.value` divides once. A pytree, so it passes through
+    `jit`, `scan` and `psum` unchanged.
+    """
+
+    sum: jax.Array
+    count: jax.Array
+
+    @property
+    def value(self) -> jax.Array:
+        """`sum / count`, and 0 (not NaN) when nothing was counted."""
+        safe_count = jnp.where(self.count > 0, self.count, 1)
+        return jnp.where(self.count > 0, self.sum / safe_count, 0.0)
+
+    def __add__(self, other: Weighted) -> Weighted:
+        return Weighted(self.sum + other.sum, self.count + other.count)
+
+    @classmethod
+    def zero(cls, dtype: jnp.dtype = jnp.float32) -> Weighted:
+        return cls(jnp.zeros((), dtype), jnp.zeros((), dtype))
+
+
+def check_aggregation(agg: str) -> None:
+    """Raises ValueError unless `agg` is one of `AGGREGATIONS`."""
+    if agg not in AGGREGATIONS:
+        raise ValueError(
+                f"agg={agg!r} is not an aggregation mode; expected one of"
+                f" {', '.join(AGGREGATIONS)}"
+        )
+
+
+def aggregate(loss_BxT: jax.Array, mask_BxT: jax.Array, agg: str) -> Weighted:
+    """Aggregates a per-token loss over valid tokens into a `Weighted` pair.
+
+    Args:
+        loss_BxT: per-token loss. Values at masked positions are ignored (selected
+            away, so a NaN or inf there cannot leak into the sum or its gradient).
+        mask_BxT: 1 (or True) at valid tokens, 0 elsewhere.
+        agg: one of `AGGREGATIONS` (see the module docstring for the formulas).
+
+    Returns:
+        `Weighted(sum, count)` in the dtype of `loss_BxT`.
+    """
+    check_aggregation(agg)
+    if loss_BxT.ndim != 2 or loss_BxT.shape != mask_BxT.shape:
+        raise ValueError(
+                f"loss_BxT has shape {loss_BxT.shape} and mask_BxT {mask_BxT.shape};"
+                " expected two equal [B, T] shapes"
+        )
+    dtype = loss_BxT.dtype
+    valid_BxT = mask_BxT.astype(bool)
+    masked_BxT = jnp.where(valid_BxT, loss_BxT, jnp.zeros((), dtype))
+    tokens_B = valid_BxT.sum(axis=-1).astype(dtype)
+    if agg == TOKEN_MEAN:
+        return Weighted(masked_BxT.sum(), tokens_B.sum())
+
+    row_sum_B = masked_BxT.sum(axis=-1)
+    has_tokens_B = tokens_B > 0
+    if agg == SEQ_MEAN_TOKEN_MEAN:
+        per_row_B = row_sum_B / jnp.where(has_tokens_B, tokens_B, 1)
+    elif agg == SEQ_MEAN_TOKEN_SUM:
+        per_row_B = row_sum_B
+    else:  # SEQ_MEAN_TOKEN_SUM_NORM: Dr.GRPO's constant, the padded length.
+        per_row_B = row_sum_B / loss_BxT.shape[-1]
+    return Weighted(per_row_B.sum(), has_tokens_B.sum().astype(dtype))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `x` over `mask`, 0 when the mask is empty; for diagnostics."""
+    valid = mask.astype(bool)
+    x = jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32))
+    total = jnp.where(valid, x, 0).sum()
+    return Weighted(total, valid.sum().astype(total.dtype)).value
