@@ -16,3 +16,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must follow the environment set-up above)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from absl import flags  # noqa: E402
+
+# absltest helpers (create_tempdir, ...) read absl flags; under pytest nobody
+# parses them, so take their defaults.
+flags.FLAGS.mark_as_parsed()
