@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
     "ml_collections>=1.0",
     "absl-py>=2.1",
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS_REQUIRE = {
