@@ -125,13 +125,13 @@ class MismatchPrimitivesTest(parameterized.TestCase):
 
     def test_mis_mask_levels(self):
         old = jnp.zeros((2, 2))
-        sampler = jnp.array([[0.0, -1.0], [0.4, 0.4]])
+        sampler = jnp.array([[0.0, -1.0], [0.3, 0.3]])
         mask = jnp.ones((2, 2), bool)
-        # Token ratios: [1, e], [e^-0.4, e^-0.4]; cap 2 rejects only e.
+        # Token ratios: [1, e], [e^-0.3, e^-0.3]; cap 2 rejects only e.
         np.testing.assert_array_equal(
             importance.mis_mask(old, sampler, mask, 2.0, "token"), [[1, 0], [1, 1]]
         )
-        # Product ratios: e^1 (rejected) and e^-0.8 (kept, > 1/2).
+        # Product ratios: e^1 = 2.72 (rejected) and e^-0.6 = 0.55 (kept, > 1/2).
         np.testing.assert_array_equal(
             importance.mis_mask(old, sampler, mask, 2.0, "sequence"), [[0, 0], [1, 1]]
         )
