@@ -1,0 +1,201 @@
+"""Model configuration: one frozen `ModelConfig` per checkpoint, plus named presets.
+
+A `ModelConfig` describes every decoder-only family golfjax supports:
+
+- Llama 3 / 3.1 / 3.2 (`family="llama3"`): optional llama3 RoPE scaling, GQA,
+  tied (3.2 1B/3B) or untied embeddings, no biases.
+- Qwen 2 / 2.5 (`family="qwen2"`): bias on the q, k and v projections.
+- Qwen 3 (`family="qwen3"`): RMSNorm over `head_dim` on queries and keys before
+  RoPE, no qkv bias.
+
+The family only names the Hugging Face architecture to write on `save`; the model
+itself is driven by the feature flags (`qkv_bias`, `qk_norm`, `tie_embeddings`,
+`rope_scaling`), so a config can mix them for experiments.
+
+`param_dtype` is the dtype parameters are stored and updated in; `compute_dtype`
+is the dtype of activations, matmul inputs and the KV cache. Norm statistics,
+softmax and the logits are always float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+FAMILIES = ("llama3", "qwen2", "qwen3")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama 3 ("llama3" rope_type) frequency scaling, as in transformers."""
+
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def __post_init__(self) -> None:
+    if self.factor <= 0:
+      raise ValueError(f"RopeScaling.factor must be > 0, got {self.factor}")
+    if self.high_freq_factor <= self.low_freq_factor:
+      raise ValueError(
+          "RopeScaling.high_freq_factor must exceed low_freq_factor, got "
+          f"{self.high_freq_factor} <= {self.low_freq_factor}")
+    if self.original_max_position_embeddings <= 0:
+      raise ValueError("RopeScaling.original_max_position_embeddings must be "
+                       f"> 0, got {self.original_max_position_embeddings}")
+
+
+def _dtype_name(dtype: Any) -> str:
+  """Normalises "float32", jnp.float32 or np.dtype('float32') to a name."""
+  name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one checkpoint. Hashable, so it can be a static jit argument.
+
+  Attributes:
+    family: "llama3", "qwen2" or "qwen3"; selects the HF architecture on save.
+    vocab_size: V, rows of the embedding table.
+    embed_dim: D, the residual stream width (HF `hidden_size`).
+    num_layers: L.
+    num_heads: N query heads.
+    num_kv_heads: K key/value heads; N must be a multiple of K (GQA).
+    head_dim: H per head (HF `head_dim`, default D / N).
+    mlp_dim: F, SwiGLU hidden width (HF `intermediate_size`).
+    rope_theta: RoPE base.
+    rope_scaling: llama3 RoPE scaling, or None for plain RoPE.
+    rms_norm_eps: epsilon inside every RMSNorm.
+    qkv_bias: add a bias to the q, k, v projections (Qwen 2).
+    qk_norm: RMSNorm on queries and keys over head_dim (Qwen 3).
+    tie_embeddings: the LM head is the embedding table transposed.
+    param_dtype: "float32" or "bfloat16" (jnp dtypes are accepted and normalised).
+    compute_dtype: "float32" or "bfloat16".
+    max_position: HF `max_position_embeddings` (metadata; RoPE has no table).
+    remat: rematerialise each layer in the backward pass (saves activations).
+  """
+
+  family: str = "llama3"
+  vocab_size: int = 256
+  embed_dim: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 16
+  mlp_dim: int = 128
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_norm_eps: float = 1e-6
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  tie_embeddings: bool = False
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  max_position: int = 4096
+  remat: bool = False
+
+  def __post_init__(self) -> None:
+    # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
+    # equal whether built from strings or jnp dtypes.
+    for field in ("param_dtype", "compute_dtype"):
+      name = _dtype_name(getattr(self, field))
+      if name not in DTYPES:
+        raise ValueError(f"ModelConfig.{field} must be one of {DTYPES}, got "
+                         f"{getattr(self, field)!r}")
+      object.__setattr__(self, field, name)
+    if self.family not in FAMILIES:
+      raise ValueError(
+          f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
+    for field in ("vocab_size", "embed_dim", "num_layers", "num_heads",
+                  "num_kv_heads", "head_dim", "mlp_dim", "max_position"):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(
+            f"ModelConfig.{field} must be a positive int, got {value!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
+          f"num_kv_heads ({self.num_kv_heads})")
+    if self.head_dim % 2:
+      raise ValueError(
+          f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+    if self.rope_theta <= 0:
+      raise ValueError(
+          f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
+    if self.rms_norm_eps <= 0:
+      raise ValueError(
+          f"ModelConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+    if self.rope_scaling is not None and not isinstance(self.rope_scaling,
+                                                        RopeScaling):
+      raise ValueError("ModelConfig.rope_scaling must be a RopeScaling or None, "
+                       f"got {self.rope_scaling!r}")
+
+  @property
+  def param_jnp_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def compute_jnp_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.compute_dtype)
+
+  @property
+  def num_params(self) -> int:
+    """Parameter count (embedding counted once when tied)."""
+    d, h, f = self.embed_dim, self.head_dim, self.mlp_dim
+    attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+    if self.qkv_bias:
+      attn += h * (self.num_heads + 2 * self.num_kv_heads)
+    norms = 2 * d + (2 * h if self.qk_norm else 0)
+    per_layer = attn + 3 * d * f + norms
+    head = 0 if self.tie_embeddings else d * self.vocab_size
+    return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+  def replace(self, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(self, **changes)
+
+
+# Presets. `tiny` is for unit tests; the others are small models for the built-in
+# tasks and benchmarks, plus the exact shapes of the public checkpoints golfjax
+# targets (useful for abstract shape/sharding checks without downloading them).
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "tiny_qwen2": ModelConfig(family="qwen2", qkv_bias=True,
+                              tie_embeddings=True),
+    "tiny_qwen3": ModelConfig(family="qwen3", qk_norm=True),
+    "small_20m": ModelConfig(
+        family="qwen3", vocab_size=8192, embed_dim=384, num_layers=12,
+        num_heads=6, num_kv_heads=2, head_dim=64, mlp_dim=1024, qk_norm=True,
+        tie_embeddings=True, rope_theta=1e6, max_position=2048),
+    "base_100m": ModelConfig(
+        family="llama3", vocab_size=32768, embed_dim=768, num_layers=12,
+        num_heads=12, num_kv_heads=4, head_dim=64, mlp_dim=2048,
+        tie_embeddings=True, rope_theta=5e5, max_position=4096),
+    "qwen2.5-0.5b": ModelConfig(
+        family="qwen2", vocab_size=151936, embed_dim=896, num_layers=24,
+        num_heads=14, num_kv_heads=2, head_dim=64, mlp_dim=4864,
+        rope_theta=1e6, qkv_bias=True, tie_embeddings=True,
+        max_position=32768, param_dtype="bfloat16", compute_dtype="bfloat16"),
+    "qwen3-0.6b": ModelConfig(
+        family="qwen3", vocab_size=151936, embed_dim=1024, num_layers=28,
+        num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=3072,
+        rope_theta=1e6, qk_norm=True, tie_embeddings=True,
+        max_position=40960, param_dtype="bfloat16", compute_dtype="bfloat16"),
+    "llama3.2-1b": ModelConfig(
+        family="llama3", vocab_size=128256, embed_dim=2048, num_layers=16,
+        num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=8192,
+        rope_theta=5e5, rope_scaling=RopeScaling(factor=32.0),
+        rms_norm_eps=1e-5, tie_embeddings=True, max_position=131072,
+        param_dtype="bfloat16", compute_dtype="bfloat16"),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(
+        f"Unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+  return PRESETS[name]

@@ -1,0 +1,246 @@
+"""Transformer building blocks as Flax NNX modules: RMSNorm, RoPE, GQA, SwiGLU.
+
+Shape letters (used in every tensor name in golfjax/models):
+  B batch rows            T query tokens in this call     S key slots
+  D embed_dim             N query heads                   K key/value heads
+  G = N // K              H head_dim                      F mlp_dim
+  V vocab_size            L layers
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds its logical
+axis names (see golfjax/sharding.py). `eager_sharding=False` keeps the names as
+metadata only: placement is decided by `golfjax.sharding` rules, never by Flax at
+variable creation. Parameters are stored in `param_dtype` and cast to
+`compute_dtype` where used; norm statistics and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from golfjax.models.config import ModelConfig
+
+# Finite, so a query row with no visible key (a left-padding row) gives a uniform
+# softmax instead of NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_INIT_STD = 0.02  # transformers' default initializer_range.
+
+
+def _param(init: Any, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype,
+           names: tuple[str, ...]) -> nnx.Param:
+  return nnx.Param(init(key, shape, dtype), out_sharding=names,
+                   eager_sharding=False)
+
+
+def _normal(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+  return _INIT_STD * jax.random.normal(key, shape, dtype)
+
+
+def _zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+  del key
+  return jnp.ones(shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis, computed in float32 as transformers does."""
+
+  def __init__(self, dim: int, axis_name: str, config: ModelConfig):
+    self.eps = config.rms_norm_eps
+    self.scale = _param(_ones, None, (dim,), config.param_jnp_dtype, (axis_name,))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x_f32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
+    normed = (x_f32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+    scale = self.scale[...].astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+    return normed * scale
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [H/2], float32, incl. llama3 scaling, as transformers.
+
+  A NumPy constant: it depends only on the config, so it folds into the program.
+  """
+  h = config.head_dim
+  inv_freq = (1.0 / (config.rope_theta ** (
+      np.arange(0, h, 2, dtype=np.float32) / np.float32(h)))).astype(np.float32)
+  s = config.rope_scaling
+  if s is None:
+    return inv_freq
+  # transformers `_compute_llama3_parameters`.
+  low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+            (s.high_freq_factor - s.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_sin_cos(positions_BxT: jax.Array,
+                 config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """sin, cos of shape [B, T, H] in float32 (HF layout: the H/2 freqs twice)."""
+  inv_freq = jnp.asarray(rope_inv_freq(config))
+  freqs_BxTxH2 = (positions_BxT.astype(jnp.float32)[:, :, None] *
+                  inv_freq[None, None, :])
+  emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
+  return jnp.sin(emb_BxTxH), jnp.cos(emb_BxTxH)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxH: jax.Array,
+               cos_BxTxH: jax.Array) -> jax.Array:
+  """HF rotate-half RoPE: x * cos + rotate_half(x) * sin, in float32."""
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  sin, cos = sin_BxTxH[:, :, None, :], cos_BxTxH[:, :, None, :]
+  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with optional qkv bias (Qwen 2) and q/k norm (Qwen 3)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    d, n, k, h, dt = (c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
+                      c.param_jnp_dtype)
+    self.config = c
+    self.q = _param(_normal, rngs.params(), (d, n, h), dt,
+                    ("embed", "heads", "head_dim"))
+    self.k = _param(_normal, rngs.params(), (d, k, h), dt,
+                    ("embed", "kv_heads", "head_dim"))
+    self.v = _param(_normal, rngs.params(), (d, k, h), dt,
+                    ("embed", "kv_heads", "head_dim"))
+    self.o = _param(_normal, rngs.params(), (n, h, d), dt,
+                    ("heads", "head_dim", "embed"))
+    if c.qkv_bias:
+      self.q_bias = _param(_zeros, None, (n, h), dt, ("heads", "head_dim"))
+      self.k_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
+      self.v_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
+    if c.qk_norm:
+      self.q_norm = RMSNorm(h, "head_dim", c)
+      self.k_norm = RMSNorm(h, "head_dim", c)
+
+  def _project(self, x_BxTxD: jax.Array, name: str) -> jax.Array:
+    w = getattr(self, name)[...].astype(x_BxTxD.dtype)
+    y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w)
+    if self.config.qkv_bias:
+      y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
+    return y
+
+  def __call__(
+      self,
+      x_BxTxD: jax.Array,
+      sin_BxTxH: jax.Array,
+      cos_BxTxH: jax.Array,
+      mask_BxTxS: jax.Array,
+      kv_cache: tuple[jax.Array, jax.Array] | None = None,
+      layer: jax.Array | None = None,
+      write_index: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Self-attention; with `kv_cache`, keys/values are written then read back.
+
+    Args:
+      kv_cache: the full stacked cache (k_LxBxSxKxH, v_LxBxSxKxH). This layer's new
+        keys and values are written at [layer, :, write_index:write_index+T], and
+        attention reads all S slots of layer `layer`. Writing only the T new slots
+        into the carried buffer (rather than returning a whole layer) lets XLA
+        update the cache in place inside a decode loop.
+    """
+    c = self.config
+    b, t, _ = x_BxTxD.shape
+    q_BxTxNxH = self._project(x_BxTxD, "q")
+    k_BxTxKxH = self._project(x_BxTxD, "k")
+    v_BxTxKxH = self._project(x_BxTxD, "v")
+    if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
+      q_BxTxNxH = self.q_norm(q_BxTxNxH)
+      k_BxTxKxH = self.k_norm(k_BxTxKxH)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, sin_BxTxH, cos_BxTxH)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, sin_BxTxH, cos_BxTxH)
+
+    if kv_cache is None:
+      k_BxSxKxH, v_BxSxKxH, new_cache = k_BxTxKxH, v_BxTxKxH, None
+    else:
+      k_all, v_all = kv_cache
+      zero = jnp.zeros((), jnp.int32)
+      start = (layer, zero, write_index, zero, zero)
+      k_all = jax.lax.dynamic_update_slice(
+          k_all, k_BxTxKxH.astype(k_all.dtype)[None], start)
+      v_all = jax.lax.dynamic_update_slice(
+          v_all, v_BxTxKxH.astype(v_all.dtype)[None], start)
+      k_BxSxKxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+      v_BxSxKxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+      k_BxSxKxH = k_BxSxKxH.astype(x_BxTxD.dtype)
+      v_BxSxKxH = v_BxSxKxH.astype(x_BxTxD.dtype)
+      new_cache = (k_all, v_all)
+
+    g = c.num_heads // c.num_kv_heads
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
+    scores_BxKxGxTxS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+        preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
+                                 scores_BxKxGxTxS, MASK_VALUE)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+        x_BxTxD.dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+    out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
+    out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH,
+                           self.o[...].astype(x_BxTxD.dtype))
+    return out_BxTxD, new_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, f, dt = config.embed_dim, config.mlp_dim, config.param_jnp_dtype
+    self.gate = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
+    self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
+    self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    dt = x_BxTxD.dtype
+    gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
+    up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF,
+                      self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(config.embed_dim, "embed", config)
+    self.attn = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.embed_dim, "embed", config)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(
+      self,
+      x_BxTxD: jax.Array,
+      sin_BxTxH: jax.Array,
+      cos_BxTxH: jax.Array,
+      mask_BxTxS: jax.Array,
+      kv_cache: tuple[jax.Array, jax.Array] | None = None,
+      layer: jax.Array | None = None,
+      write_index: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
+                                     cos_BxTxH, mask_BxTxS, kv_cache, layer,
+                                     write_index)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+    x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+    return x_BxTxD, kv_cache
