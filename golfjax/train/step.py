@@ -1,0 +1,320 @@
+"""The train step: one pure function, jitted in exactly one place (`Trainer`).
+
+Letters: N rows, M micro-batches, P prompt slots, T response slots.
+
+`train_step(state, batch, key) -> (state, metrics)` runs, for each of M
+micro-batches, the forward pass once over `[prompt; response]`, the chunked
+per-token log-probs (golfjax/train/logprobs.py), and the objective
+
+    L = (policy.sum + off_policy.sum) / (C_policy + C_off_policy)
+        + kl_coef * kl.sum / C_kl - entropy_coef * entropy.sum / C_entropy
+
+where `policy` is `LOSSES[cfg.loss]` on on-policy response tokens,
+`off_policy` is `OFF_POLICY_LOSSES[cfg.off_policy_loss]` on GOLF's injected
+tokens, and each `C` is the *whole batch's* count of that term. The counts
+depend only on masks (and on old/sampler log-probs for MIS), never on the
+parameters, so they are computed once up front; each micro-batch then adds
+`grad(sum_m / C)` and the accumulated gradient is exactly the full-batch
+gradient, whatever M and whatever the aggregation mode.
+
+Non-finite gradients never reach the parameters: the update is skipped (the
+optimizer state is kept too) and `train/skipped_nonfinite` is 1. With
+`nonfinite="raise"` the host raises after fetching the metrics (`check_finite`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from golfjax import losses as losses_lib
+from golfjax import sharding as sharding_lib
+from golfjax.losses import reduce
+from golfjax.models import transformer
+from golfjax.models.config import ModelConfig
+from golfjax.train import logprobs as logprobs_lib
+from golfjax.train.state import TrainState
+from golfjax.types import Batch
+
+KL_ESTIMATORS = ("k1", "k3")
+NONFINITE_MODES = ("skip", "raise")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the train step optimises; hashable, so it is static under jit.
+
+    Attributes:
+      loss: a key of `golfjax.losses.LOSSES`, applied to on-policy tokens.
+      loss_cfg: hyperparameters of every loss term (incl. `agg`).
+      off_policy_loss: a key of `OFF_POLICY_LOSSES`, applied to injected tokens.
+      temperature: the sampling temperature; log-probs are scored under it.
+      kl_coef: weight of the KL to the reference policy (0 disables it).
+      kl_estimator: "k1" (`logp - ref`) or "k3" (`e^(ref-logp) - (ref-logp) - 1`).
+      entropy_coef: weight of the entropy bonus (0 disables it).
+      micro_batches: M; the rows N must divide by it.
+      logp_chunk: response positions per log-prob chunk (memory vs speed).
+      use_sampler_logp: pass the sampler's log-probs to the loss as
+        `sampler_logp` (needed by TIS and MIS; `old_logp` must then be the
+        trainer's recomputation).
+      nonfinite: "skip" a non-finite update, or also "raise" on the host.
+    """
+
+    loss: str = "ppo_clip"
+    loss_cfg: losses_lib.LossConfig = losses_lib.LossConfig()
+    off_policy_loss: str = "shaping"
+    temperature: float = 1.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    micro_batches: int = 1
+    logp_chunk: int = 128
+    use_sampler_logp: bool = False
+    nonfinite: str = "skip"
+
+    def __post_init__(self) -> None:
+        losses_lib.get_loss(self.loss)
+        losses_lib.get_off_policy_loss(self.off_policy_loss)
+        choices = {"kl_estimator": KL_ESTIMATORS, "nonfinite": NONFINITE_MODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"StepConfig.{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}"
+                )
+        checks = {
+            "temperature": self.temperature > 0,
+            "kl_coef": self.kl_coef >= 0,
+            "entropy_coef": self.entropy_coef >= 0,
+            "micro_batches": self.micro_batches >= 1,
+            "logp_chunk": self.logp_chunk >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                bound = ">= 1" if name in ("micro_batches", "logp_chunk") else (
+                    "> 0" if name == "temperature" else ">= 0")
+                raise ValueError(f"StepConfig.{name}={getattr(self, name)!r}; expected {bound}")
+
+
+def compute_logprobs(
+    params: Any,
+    batch: Batch,
+    *,
+    model_config: ModelConfig,
+    temperature: float = 1.0,
+    chunk: int = 128,
+    with_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`."""
+    prompt_len = batch.prompt_tokens_NxP.shape[1]
+    tokens_NxL = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
+    # Every response slot is visible: right padding only ever follows the end.
+    mask_NxL = jnp.concatenate(
+        [batch.prompt_mask_NxP, jnp.ones_like(batch.response_mask_NxT)], axis=1
+    )
+    positions_NxL = jnp.maximum(jnp.cumsum(mask_NxL.astype(jnp.int32), axis=1) - 1, 0)
+    h_NxLxD, _ = transformer.hidden(
+        params, tokens_NxL, positions_NxL, mask_NxL, config=model_config
+    )
+    h_NxTxD = logprobs_lib.response_hidden(h_NxLxD, prompt_len)
+    return logprobs_lib.token_logprobs(
+        h_NxTxD,
+        batch.tokens_NxT,
+        functools.partial(transformer.unembed, params, config=model_config),
+        temperature=temperature,
+        chunk=chunk,
+        with_entropy=with_entropy,
+    )
+
+
+def _masks(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    on_NxT = batch.response_mask_NxT & ~batch.off_policy_mask_NxT
+    off_NxT = batch.response_mask_NxT & batch.off_policy_mask_NxT
+    return on_NxT, off_NxT
+
+
+def _policy_terms(
+    logp_NxT: jax.Array, batch: Batch, cfg: StepConfig
+) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, jax.Array]]:
+    """(on-policy loss, off-policy loss, aux) of one (micro-)batch."""
+    on_NxT, off_NxT = _masks(batch)
+    sampler = batch.behaviour_logp_NxT if cfg.use_sampler_logp else None
+    policy, aux = losses_lib.LOSSES[cfg.loss](
+        logp_NxT, batch.old_logp_NxT, batch.advantage_N, on_NxT, cfg.loss_cfg, sampler
+    )
+    # An injected row's behaviour is the refinement rollout: its sampler
+    # log-probs are those under the refinement prompt.
+    off_policy, off_aux = losses_lib.OFF_POLICY_LOSSES[cfg.off_policy_loss](
+        logp_NxT, batch.behaviour_logp_NxT, batch.advantage_N, off_NxT, cfg.loss_cfg
+    )
+    return policy, off_policy, aux | off_aux
+
+
+def _kl_NxT(logp_NxT: jax.Array, ref_logp_NxT: jax.Array, estimator: str) -> jax.Array:
+    log_ratio_NxT = jax.lax.stop_gradient(ref_logp_NxT) - logp_NxT
+    if estimator == "k1":
+        return -log_ratio_NxT
+    # k3 (Schulman): unbiased for KL(pi || ref) under pi's samples, >= 0.
+    log_ratio_NxT = jnp.clip(log_ratio_NxT, -20.0, 20.0)
+    return jnp.expm1(log_ratio_NxT) - log_ratio_NxT
+
+
+def term_counts(batch: Batch, cfg: StepConfig) -> dict[str, jax.Array]:
+    """The whole batch's count of each objective term (parameter-independent)."""
+    old = batch.old_logp_NxT
+    policy, off_policy, _ = _policy_terms(old, batch, cfg)
+    agg_count = reduce.aggregate(jnp.zeros_like(old), batch.response_mask_NxT, cfg.loss_cfg.agg)
+    return {"policy": policy.count + off_policy.count, "response": agg_count.count}
+
+
+def _safe_div(x: jax.Array, count: jax.Array) -> jax.Array:
+    return jnp.where(count > 0, x / jnp.where(count > 0, count, 1.0), 0.0)
+
+
+def _micro_objective(
+    params: Any,
+    batch: Batch,
+    counts: dict[str, jax.Array],
+    model_config: ModelConfig,
+    cfg: StepConfig,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+    """This micro-batch's share of the full-batch objective.
+
+    Returns `(objective, (shares, diagnostics))`: `shares` are this micro-batch's
+    exact parts of full-batch quantities (they add up over micro-batches);
+    `diagnostics` are means within the micro-batch (averaged over them).
+    """
+    logp_NxT, entropy_NxT = compute_logprobs(
+        params, batch, model_config=model_config, temperature=cfg.temperature,
+        chunk=cfg.logp_chunk, with_entropy=True,
+    )
+    policy, off_policy, diagnostics = _policy_terms(logp_NxT, batch, cfg)
+    agg = cfg.loss_cfg.agg
+    response_NxT = batch.response_mask_NxT
+    shares = {"loss/policy": _safe_div(policy.sum + off_policy.sum, counts["policy"])}
+    objective = shares["loss/policy"]
+    if cfg.kl_coef > 0:
+        kl_NxT = _kl_NxT(logp_NxT, batch.ref_logp_NxT, cfg.kl_estimator)
+        shares["loss/kl"] = _safe_div(reduce.aggregate(kl_NxT, response_NxT, agg).sum, counts["response"])
+        objective = objective + cfg.kl_coef * shares["loss/kl"]
+    shares["entropy"] = _safe_div(reduce.aggregate(entropy_NxT, response_NxT, agg).sum, counts["response"])
+    if cfg.entropy_coef > 0:
+        objective = objective - cfg.entropy_coef * shares["entropy"]
+    else:  # Reported only: keep it out of the backward pass.
+        shares["entropy"] = jax.lax.stop_gradient(shares["entropy"])
+    diagnostics = {f"loss/{name}": value for name, value in diagnostics.items()}
+    return objective, (shares, diagnostics)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    model_config: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    cfg: StepConfig,
+    row_sharding: NamedSharding | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from one batch; see the module docstring.
+
+    Args:
+      state: the current `TrainState` (donated by `Trainer`).
+      batch: the rows to train on; N must divide by `cfg.micro_batches`.
+      key: per-step randomness (`fold_in(state.rng, step)`). None of the
+        built-in objectives is stochastic; the argument is the contract every
+        caller uses, so a stochastic regulariser needs no new plumbing.
+      model_config, optimizer, cfg: static; bound by `Trainer`.
+      row_sharding: sharding of a micro-batch's rows, keeping every
+        micro-batch spread over all data devices; None on one device.
+
+    Returns:
+      The next state and scalar metrics: `loss`, `loss/policy` (and `loss/kl`),
+      the loss functions' diagnostics under `loss/`, `entropy`, `grad_norm`,
+      `train/skipped_nonfinite`, token counts.
+    """
+    del key  # Deterministic objectives (see above).
+    n = batch.num_rows
+    m = cfg.micro_batches
+    if n % m:
+        raise ValueError(f"batch has {n} rows, not divisible by micro_batches={m}")
+    counts = term_counts(batch, cfg)
+
+    # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
+    # contiguous blocks over the data devices, every micro-batch then keeps
+    # rows on every device.
+    def split(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x.reshape((n // m, m) + x.shape[1:]), 0, 1)
+
+    micro = jax.tree.map(split, batch)
+    grad_fn = jax.value_and_grad(_micro_objective, has_aux=True)
+
+    def accumulate(carry: Any, micro_batch: Batch) -> tuple[Any, None]:
+        if row_sharding is not None:
+            micro_batch = jax.lax.with_sharding_constraint(micro_batch, row_sharding)
+        grads, loss, shares, diagnostics = carry
+        (objective, (s, d)), g = grad_fn(state.params, micro_batch, counts, model_config, cfg)
+        return (
+            jax.tree.map(jnp.add, grads, g),
+            loss + objective,
+            jax.tree.map(jnp.add, shares, s),
+            jax.tree.map(jnp.add, diagnostics, d),
+        ), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    _, (shares_shape, diagnostics_shape) = jax.eval_shape(
+        lambda: _micro_objective(state.params, first, counts, model_config, cfg)
+    )
+
+    def zeros(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+
+    init = (zeros(state.params), jnp.zeros((), jnp.float32), zeros(shares_shape), zeros(diagnostics_shape))
+    (grads, loss, shares, diagnostics), _ = jax.lax.scan(accumulate, init, micro)
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    def keep_if_not_finite(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    next_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_not_finite(new_params, state.params),
+        opt_state=keep_if_not_finite(new_opt_state, state.opt_state),
+    )
+    response_NxT = batch.response_mask_NxT
+    metrics = {
+        **shares,
+        **{name: value / m for name, value in diagnostics.items()},
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "train/skipped_nonfinite": (~finite).astype(jnp.float32),
+        "train/response_tokens": response_NxT.sum().astype(jnp.float32),
+        "train/offpolicy_tokens": (response_NxT & batch.off_policy_mask_NxT).sum().astype(jnp.float32),
+    }
+    return next_state, metrics
+
+
+def check_finite(metrics: dict[str, float], cfg: StepConfig, step: int) -> None:
+    """On the host: raises if a step was skipped and `cfg.nonfinite == "raise"`."""
+    if cfg.nonfinite == "raise" and metrics.get("train/skipped_nonfinite", 0.0) > 0:
+        raise FloatingPointError(
+            f"non-finite gradient at step {step} (grad_norm={metrics.get('grad_norm')},"
+            f" loss={metrics.get('loss')}); the update was not applied"
+        )
+
+
+def batch_shardings(mesh: Mesh) -> Batch:
+    """Every batch field split by rows over ("data", "fsdp"), the rest replicated."""
+    row = NamedSharding(mesh, P(("data", "fsdp")))
+    return Batch(**{f.name: row for f in dataclasses.fields(Batch)})

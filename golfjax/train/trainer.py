@@ -1,0 +1,147 @@
+"""`Trainer`: the one place where the train step and log-prob programs are jitted.
+
+It owns the shardings: parameters and optimizer moments follow the model's
+logical-axis rules on the mesh (FSDP over "fsdp", tensor parallel over
+"tensor"), batches are split by rows over ("data", "fsdp"), and scalars (step,
+RNG, metrics) are replicated. Every program is compiled once per batch shape;
+`chex.assert_max_traces` in the tests holds it to that.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from golfjax import sharding as sharding_lib
+from golfjax.models import transformer
+from golfjax.models.config import ModelConfig
+from golfjax.train import step as step_lib
+from golfjax.train.state import OptimizerConfig
+from golfjax.train.state import TrainState
+from golfjax.train.state import init_train_state
+from golfjax.train.state import make_optimizer
+from golfjax.types import Batch
+
+
+class Trainer:
+    """Jitted, sharded train step and log-prob recomputation for one model."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        step_cfg: step_lib.StepConfig,
+        opt_cfg: OptimizerConfig,
+        mesh: Mesh,
+        rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
+    ) -> None:
+        self.model_config = model_config
+        self.step_cfg = step_cfg
+        self.mesh = mesh
+        self.optimizer = make_optimizer(opt_cfg)
+        replicated = NamedSharding(mesh, P())
+        self.param_shardings = transformer.param_shardings(model_config, mesh, rules)
+        abstract_state = jax.eval_shape(
+            functools.partial(init_train_state, optimizer=self.optimizer, seed=0),
+            transformer.abstract_params(model_config),
+        )
+        # Adam's moments mirror the parameters, so they take the parameters'
+        # shardings; counters are replicated.
+        opt_shardings = optax.tree_map_params(
+            self.optimizer,
+            lambda _, sharding: sharding,
+            abstract_state.opt_state,
+            self.param_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        self.state_shardings = TrainState(
+            step=replicated, params=self.param_shardings, opt_state=opt_shardings, rng=replicated
+        )
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state,
+            self.state_shardings,
+        )
+        # Rows over every data-parallel device; the rest of each field whole.
+        row = NamedSharding(mesh, P(("data", "fsdp")))
+        self.batch_shardings = step_lib.batch_shardings(mesh)
+        self._row_sharding = row
+
+        self._init = jax.jit(
+            lambda params, seed: init_train_state(params, self.optimizer, seed),
+            static_argnums=1,
+            in_shardings=(self.param_shardings,),
+            out_shardings=self.state_shardings,
+        )
+        self._step = jax.jit(
+            functools.partial(
+                step_lib.train_step,
+                model_config=model_config,
+                optimizer=self.optimizer,
+                cfg=step_cfg,
+                row_sharding=row,
+            ),
+            # state: parameters and moments by the rules, step/rng replicated;
+            # batch: rows over ("data", "fsdp"); key: replicated.
+            in_shardings=(self.state_shardings, self.batch_shardings, replicated),
+            # The new state keeps the old one's layout, so donating the old
+            # state lets XLA update parameters and moments in place; metrics
+            # are replicated scalars.
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+        self._logprobs = jax.jit(
+            functools.partial(
+                step_lib.compute_logprobs,
+                model_config=model_config,
+                temperature=step_cfg.temperature,
+                chunk=step_cfg.logp_chunk,
+            ),
+            # Read-only parameters in their training layout; per-row outputs.
+            in_shardings=(self.param_shardings, self.batch_shardings),
+            out_shardings=(row, None),
+        )
+        # Simulated CPU devices can deadlock when several sharded programs are
+        # queued; block on each result there (TPU/GPU keep their async queue).
+        self._block = jax.devices()[0].platform == "cpu"
+
+    def init_state(self, params: Any, seed: int) -> TrainState:
+        """Step 0 from `params` (host or device arrays), laid out by the rules."""
+        return self._maybe_block(self._init(params, seed))
+
+    def put_batch(self, batch: Batch) -> Batch:
+        """Host arrays to row-sharded device arrays."""
+        return jax.device_put(batch, self.batch_shardings)
+
+    def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One update; `state` is donated and must not be used afterwards."""
+        key = jax.random.fold_in(state.rng, state.step)
+        return self._maybe_block(self._step(state, batch, key))
+
+    def logprobs(self, params: Any, batch: Batch) -> jax.Array:
+        """Log-probs of `batch`'s response tokens under `params`, `N x T`."""
+        logp_NxT, _ = self._logprobs(params, batch)
+        return self._maybe_block(logp_NxT)
+
+    def with_old_logprobs(self, state: TrainState, batch: Batch) -> Batch:
+        """`batch` with `old_logp` recomputed by the trainer (the behaviour policy)."""
+        return batch.replace(old_logp_NxT=self.logprobs(state.params, batch))
+
+    def with_ref_logprobs(self, ref_params: Any, batch: Batch) -> Batch:
+        """`batch` with `ref_logp` from the reference policy (for the KL term)."""
+        return batch.replace(ref_logp_NxT=self.logprobs(ref_params, batch))
+
+    def _maybe_block(self, tree: Any) -> Any:
+        return jax.block_until_ready(tree) if self._block else tree
+
+
+def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """Metrics as host floats (the one device fetch of a step's metrics)."""
+    return {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}

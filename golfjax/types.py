@@ -1,0 +1,145 @@
+"""The one batch that flows through a train step, for every algorithm.
+
+Letters: N rows (samples), P prompt slots, T response slots.
+
+Every row is a (prompt, response) pair. Prompts are left-padded into P slots so
+the last prompt token of every row sits at slot P - 1; responses are
+right-padded into T slots. A GOLF batch holds the original groups and the
+refinement groups side by side: each row carries its own prompt (an injected
+refinement keeps its ORIGINAL prompt; a refinement row has the refinement
+prompt) and its own group id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Arrays of one training batch (see the module docstring for the letters).
+
+    Attributes:
+      prompt_tokens_NxP: int32 prompt ids, left-padded.
+      prompt_mask_NxP: bool, True at real prompt tokens.
+      tokens_NxT: int32 response ids, right-padded.
+      response_mask_NxT: bool, True at response tokens that are trained on.
+      behaviour_logp_NxT: float32 log-probs the sampler reported for each
+        response token (for an injected row: under the refinement prompt).
+      old_logp_NxT: float32 log-probs of the behaviour policy recomputed by the
+        trainer (`compute_logprobs`); equal to `behaviour_logp_NxT` when not
+        recomputed.
+      ref_logp_NxT: float32 log-probs under the reference policy (KL term);
+        zeros when there is no KL term.
+      advantage_N: float32 advantage of each row.
+      reward_N: float32 reward of each row (for metrics).
+      group_id_N: int32 group of each row.
+      off_policy_mask_NxT: bool, True at injected (off-policy) tokens.
+    """
+
+    prompt_tokens_NxP: jax.Array
+    prompt_mask_NxP: jax.Array
+    tokens_NxT: jax.Array
+    response_mask_NxT: jax.Array
+    behaviour_logp_NxT: jax.Array
+    old_logp_NxT: jax.Array
+    ref_logp_NxT: jax.Array
+    advantage_N: jax.Array
+    reward_N: jax.Array
+    group_id_N: jax.Array
+    off_policy_mask_NxT: jax.Array
+
+    @property
+    def num_rows(self) -> int:
+        return self.tokens_NxT.shape[0]
+
+    def replace(self, **changes: Any) -> Batch:
+        return dataclasses.replace(self, **changes)
+
+    def rows(self, index: Any) -> Batch:
+        """The batch restricted to `index` (a slice or an index array) of rows."""
+        return jax.tree.map(lambda x: x[index], self)
+
+
+# Expected (rank, dtype kind) per field: rows first, then P or T.
+_FIELDS = {
+    "prompt_tokens_NxP": ("NxP", "i"),
+    "prompt_mask_NxP": ("NxP", "b"),
+    "tokens_NxT": ("NxT", "i"),
+    "response_mask_NxT": ("NxT", "b"),
+    "behaviour_logp_NxT": ("NxT", "f"),
+    "old_logp_NxT": ("NxT", "f"),
+    "ref_logp_NxT": ("NxT", "f"),
+    "advantage_N": ("N", "f"),
+    "reward_N": ("N", "f"),
+    "group_id_N": ("N", "i"),
+    "off_policy_mask_NxT": ("NxT", "b"),
+}
+
+
+def check_batch(batch: Batch) -> None:
+    """Raises ValueError naming the first field whose shape or dtype is wrong."""
+    n, t = np.shape(batch.tokens_NxT) if np.ndim(batch.tokens_NxT) == 2 else (None, None)
+    if n is None:
+        raise ValueError(
+            f"Batch.tokens_NxT has shape {np.shape(batch.tokens_NxT)}; expected [N, T]"
+        )
+    p = np.shape(batch.prompt_tokens_NxP)[-1] if np.ndim(batch.prompt_tokens_NxP) == 2 else -1
+    sizes = {"N": (n,), "NxT": (n, t), "NxP": (n, p)}
+    for name, (letters, kind) in _FIELDS.items():
+        value = getattr(batch, name)
+        if np.shape(value) != sizes[letters]:
+            raise ValueError(
+                f"Batch.{name} has shape {np.shape(value)}; expected {sizes[letters]}"
+                f" (N={n}, P={p}, T={t})"
+            )
+        if jnp.result_type(value).kind != kind:
+            kinds = {"i": "an integer", "b": "a bool", "f": "a floating"}
+            raise ValueError(
+                f"Batch.{name} has dtype {jnp.result_type(value)}; expected {kinds[kind]} dtype"
+            )
+
+
+def make_batch(
+    prompt_tokens_NxP: Any,
+    prompt_mask_NxP: Any,
+    tokens_NxT: Any,
+    response_mask_NxT: Any,
+    behaviour_logp_NxT: Any,
+    advantage_N: Any,
+    *,
+    reward_N: Any = None,
+    group_id_N: Any = None,
+    off_policy_mask_NxT: Any = None,
+) -> Batch:
+    """A `Batch` from host arrays; optional fields get their neutral values.
+
+    `old_logp` starts as the behaviour log-probs and `ref_logp` as zeros; the
+    trainer's `compute_logprobs` replaces them when configured.
+    """
+    behaviour = np.asarray(behaviour_logp_NxT, np.float32)
+    n = behaviour.shape[0]
+    batch = Batch(
+        prompt_tokens_NxP=np.asarray(prompt_tokens_NxP, np.int32),
+        prompt_mask_NxP=np.asarray(prompt_mask_NxP, bool),
+        tokens_NxT=np.asarray(tokens_NxT, np.int32),
+        response_mask_NxT=np.asarray(response_mask_NxT, bool),
+        behaviour_logp_NxT=behaviour,
+        old_logp_NxT=behaviour,
+        ref_logp_NxT=np.zeros_like(behaviour),
+        advantage_N=np.asarray(advantage_N, np.float32),
+        reward_N=np.zeros(n, np.float32) if reward_N is None else np.asarray(reward_N, np.float32),
+        group_id_N=np.arange(n, dtype=np.int32) if group_id_N is None else np.asarray(group_id_N, np.int32),
+        off_policy_mask_NxT=(
+            np.zeros_like(behaviour, bool) if off_policy_mask_NxT is None
+            else np.asarray(off_policy_mask_NxT, bool)
+        ),
+    )
+    check_batch(batch)
+    return batch

@@ -1,0 +1,181 @@
+"""Tests for golfjax/train/step.py and golfjax/train/trainer.py."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from golfjax import losses
+from golfjax import sharding
+from golfjax.models import config as config_lib
+from golfjax.models import transformer
+from golfjax.train import state as state_lib
+from golfjax.train import step as step_lib
+from golfjax.train import trainer as trainer_lib
+from golfjax.types import make_batch
+
+MODEL = config_lib.get_preset("tiny")
+N, P, T = 8, 6, 5
+
+
+def _batch(seed=0, off_policy_rows=(2, 5), advantage=None):
+    rng = np.random.default_rng(seed)
+    prompt_len = rng.integers(2, P + 1, N)
+    prompt_mask = np.arange(P)[None, :] >= (P - prompt_len)[:, None]  # left-padded
+    response_len = rng.integers(1, T + 1, N)
+    response_mask = np.arange(T)[None, :] < response_len[:, None]
+    off = np.zeros((N, T), bool)
+    off[list(off_policy_rows)] = True
+    return make_batch(
+        prompt_tokens_NxP=np.where(prompt_mask, rng.integers(1, MODEL.vocab_size, (N, P)), 0),
+        prompt_mask_NxP=prompt_mask,
+        tokens_NxT=np.where(response_mask, rng.integers(1, MODEL.vocab_size, (N, T)), 0),
+        response_mask_NxT=response_mask,
+        behaviour_logp_NxT=np.log(rng.uniform(0.001, 0.02, (N, T))),
+        advantage_N=rng.normal(size=N) if advantage is None else advantage,
+        group_id_N=np.arange(N) // 4,
+        off_policy_mask_NxT=off & response_mask,
+    )
+
+
+def _params(seed=0):
+    return transformer.init_params(MODEL, jax.random.PRNGKey(seed))
+
+
+def _trainer(mesh_shape=(1, 1, 1), **step_kwargs):
+    devices = np.array(jax.devices()[: int(np.prod(mesh_shape))])
+    mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+    step_cfg = step_lib.StepConfig(**step_kwargs)
+    # Adam's first step is g / (|g| + eps): with the default eps = 1e-8 a
+    # near-zero gradient entry turns float32 summation-order noise into a
+    # full-size update. eps = 1e-4 bounds that sensitivity by lr |dg| / eps,
+    # so comparing parameters compares the accumulated gradients.
+    opt_cfg = state_lib.OptimizerConfig(lr=1e-2, eps=1e-4, weight_decay=0.1)
+    return trainer_lib.Trainer(MODEL, step_cfg, opt_cfg, mesh)
+
+
+def test_chunked_logprobs_equal_full_log_softmax():
+    params = _params()
+    batch = _batch()
+    for temperature, chunk in [(1.0, 2), (0.7, 3), (1.3, 128)]:
+        logp, entropy = step_lib.compute_logprobs(
+            params, batch, model_config=MODEL, temperature=temperature, chunk=chunk, with_entropy=True
+        )
+        chex.assert_shape([logp, entropy], (N, T))
+        # Independent path: the full logits of `apply` over [prompt; response].
+        tokens = np.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
+        mask = np.concatenate([batch.prompt_mask_NxP, np.ones((N, T), bool)], axis=1)
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        logits, _ = transformer.apply(params, tokens, positions, mask, config=MODEL)
+        log_probs = jax.nn.log_softmax(np.asarray(logits, np.float64)[:, P - 1 : P + T - 1] / temperature)
+        expected = np.take_along_axis(log_probs, batch.tokens_NxT[..., None], -1)[..., 0]
+        np.testing.assert_allclose(logp, expected, atol=2e-5)
+        expected_entropy = -(np.exp(log_probs) * log_probs).sum(-1)
+        np.testing.assert_allclose(entropy, expected_entropy, atol=2e-5)
+
+
+def test_loss_is_the_loss_library_on_the_model_logprobs():
+    # GOLF batch: rows 2 and 5 are injected (shaping), the rest PPO clip; the
+    # step's loss is (ppo.sum + shaping.sum) / (ppo.count + shaping.count).
+    params = _params()
+    batch = _batch()
+    trainer = _trainer(loss="ppo_clip", loss_cfg=losses.LossConfig(agg="seq-mean-token-mean"))
+    logp, _ = step_lib.compute_logprobs(params, batch, model_config=MODEL)
+    on = batch.response_mask_NxT & ~batch.off_policy_mask_NxT
+    off = batch.response_mask_NxT & batch.off_policy_mask_NxT
+    cfg = trainer.step_cfg.loss_cfg
+    policy, _ = losses.LOSSES["ppo_clip"](logp, batch.old_logp_NxT, batch.advantage_N, on, cfg)
+    shaping, _ = losses.OFF_POLICY_LOSSES["shaping"](logp, batch.behaviour_logp_NxT, batch.advantage_N, off, cfg)
+    state = trainer.init_state(params, seed=0)
+    _, metrics = trainer.step(state, trainer.put_batch(batch))
+    np.testing.assert_allclose(metrics["loss"], (policy + shaping).value, rtol=1e-5)
+    assert float(metrics["train/offpolicy_tokens"]) == float(off.sum())
+
+
+@pytest.mark.parametrize("agg", losses.AGGREGATIONS)
+def test_four_micro_batches_of_two_equal_one_of_eight(agg):
+    batch = _batch(seed=1)
+    results = []
+    for micro_batches in (1, 4):
+        trainer = _trainer(
+            loss="vespo", micro_batches=micro_batches, loss_cfg=losses.LossConfig(agg=agg),
+            kl_coef=0.1, entropy_coef=0.01,
+        )
+        ref = trainer.put_batch(batch.replace(ref_logp_NxT=batch.behaviour_logp_NxT - 0.1))
+        state = trainer.init_state(_params(), seed=0)
+        state, metrics = trainer.step(state, ref)
+        results.append((jax.device_get(state.params), trainer_lib.host_metrics(metrics)))
+    (params_1, metrics_1), (params_4, metrics_4) = results
+    chex.assert_trees_all_close(params_4, params_1, atol=1e-5)
+    for key in ("loss", "loss/policy", "loss/kl", "entropy", "grad_norm"):
+        np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_sharded_mesh_equals_single_device():
+    batch = _batch(seed=2)
+    params_after = []
+    for mesh_shape in ((1, 1, 1), (2, 2, 2)):
+        trainer = _trainer(mesh_shape, loss="ppo_clip", micro_batches=2)
+        state = trainer.init_state(_params(), seed=0)
+        device_batch = trainer.put_batch(batch)
+        for _ in range(3):
+            state, _ = trainer.step(state, device_batch)
+        if mesh_shape == (2, 2, 2):
+            q = state.params["layers"]["attn"]["q"]
+            assert q.sharding.spec == trainer.param_shardings["layers"]["attn"]["q"].spec
+        params_after.append(jax.device_get(state.params))
+    chex.assert_trees_all_close(params_after[1], params_after[0], atol=1e-5)
+
+
+def test_nonfinite_gradient_is_skipped_and_counted():
+    advantage = np.ones(N)
+    advantage[3] = np.nan
+    trainer = _trainer(loss="reinforce")
+    state = trainer.init_state(_params(), seed=0)
+    before = jax.device_get(state)
+    state, metrics = trainer.step(state, trainer.put_batch(_batch(advantage=advantage)))
+    metrics = trainer_lib.host_metrics(metrics)
+    assert metrics["train/skipped_nonfinite"] == 1.0
+    chex.assert_trees_all_equal(jax.device_get(state.params), before.params)
+    chex.assert_trees_all_equal(jax.device_get(state.opt_state), before.opt_state)
+    assert int(state.step) == 1
+    step_lib.check_finite(metrics, step_lib.StepConfig(nonfinite="skip"), step=1)
+    with pytest.raises(FloatingPointError, match="non-finite gradient at step 1"):
+        step_lib.check_finite(metrics, step_lib.StepConfig(nonfinite="raise"), step=1)
+
+
+def test_step_is_traced_once(monkeypatch):
+    monkeypatch.setattr(step_lib, "train_step", chex.assert_max_traces(step_lib.train_step, n=1))
+    trainer = _trainer(loss="gspo")
+    state = trainer.init_state(_params(), seed=0)
+    for seed in range(3):
+        state, metrics = trainer.step(state, trainer.put_batch(_batch(seed=seed)))
+    assert int(state.step) == 3
+    chex.assert_tree_all_finite(metrics)
+
+
+def test_old_and_ref_logprobs_are_recomputed():
+    trainer = _trainer()
+    params = _params()
+    state = trainer.init_state(params, seed=0)
+    batch = trainer.put_batch(_batch())
+    recomputed = trainer.with_old_logprobs(state, batch)
+    expected, _ = step_lib.compute_logprobs(params, _batch(), model_config=MODEL)
+    np.testing.assert_allclose(recomputed.old_logp_NxT, expected, atol=1e-6)
+    with_ref = trainer.with_ref_logprobs(_params(seed=1), batch)
+    assert not np.allclose(with_ref.ref_logp_NxT, recomputed.old_logp_NxT)
+
+
+def test_bad_configuration_names_the_field():
+    with pytest.raises(ValueError, match="unknown loss 'ppo'"):
+        step_lib.StepConfig(loss="ppo")
+    with pytest.raises(ValueError, match="StepConfig.kl_estimator='k2'; expected one of k1, k3"):
+        step_lib.StepConfig(kl_estimator="k2")
+    with pytest.raises(ValueError, match="StepConfig.micro_batches=0; expected >= 1"):
+        step_lib.StepConfig(micro_batches=0)
+    trainer = _trainer(micro_batches=3)
+    state = trainer.init_state(_params(), seed=0)
+    with pytest.raises(ValueError, match="batch has 8 rows, not divisible by micro_batches=3"):
+        trainer.step(state, trainer.put_batch(_batch()))
