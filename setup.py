@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "ml_collections>=1.0",
     "absl-py>=2.1",
     "tensorboardX>=2.6",
+    "math-verify>=0.9",
 ]
 
 EXTRAS_REQUIRE = {
@@ -54,6 +55,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["golfjax", "golfjax.*"]),
+    package_data={"golfjax.data": ["testdata/*.jsonl"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

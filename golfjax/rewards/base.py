@@ -63,3 +63,14 @@ class Task(abc.ABC):
     def is_success(self, problem: Problem, response: str) -> bool:
         """Whether `response` fully solves `problem` (reward 1)."""
         return self.score(problem, response) >= 1.0
+
+    def unmet_constraints(self, problem: Problem, response: str) -> list[str]:
+        """The checks `response` fails, one short phrase each ([] when all hold).
+
+        Only rule-checked tasks (e.g. `constraints`) implement it; the `rule`
+        critic (golfjax/feedback/critics.py) turns the list into a critique.
+        """
+        raise NotImplementedError(
+            f"task {self.name!r} has no rule checker, so the 'rule' critic cannot"
+            " be used with it; use 'reveal', 'simple' or 'judge'"
+        )

@@ -1,0 +1,182 @@
+"""`math`: GSM8K / MATH-style problems from local JSONL files, checked by math-verify.
+
+Record formats (one JSON object per line; the format is chosen per record):
+
+- GSM8K: `{"question": str, "answer": str}` where `answer` is the worked
+  solution ending in `#### <final answer>`. The final answer is the text after
+  the last `####` (thousands commas removed); the cold-start solution is the
+  worked solution without calculator annotations (`<<48/2=24>>`), then
+  "The final answer is \\boxed{<final>}."
+- MATH: `{"problem": str, "solution": str}` with the final answer in the
+  solution's last `\\boxed{...}`; an optional `"answer": str` overrides it
+  (and is appended to a solution that has no `\\boxed{}`).
+- Plain: `{"question": str, "answer": str}` where `answer` (no `####`) is the
+  final answer itself; an optional `"solution": str` is the cold-start target.
+
+Any record may carry an `"id"`, kept in `Problem.meta["source_id"]`;
+`Problem.id` is the record's position in its file. A malformed record raises
+ValueError naming the file, the record index, the line and the field.
+
+Reward: the content of the LAST `\\boxed{...}` of the response (nested braces
+allowed) is compared with the gold answer by the `math-verify` library
+(`parse` then `verify`, symbolic equivalence: "0.5" matches "\\frac{1}{2}").
+No `\\boxed{}` scores 0. Default critic `reveal`; success threshold 0.125
+(ALGORITHMS.md: math, only all-fail groups get injections).
+
+`SAMPLE_PATH` is a handful of hand-written problems (all three formats), used by
+the tests and for smoke runs; real datasets are read from a local path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any, Sequence
+
+from golfjax.data.jsonl import read_jsonl
+from golfjax.rewards.base import Problem, Task
+
+SAMPLE_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
+                           "testdata", "math_sample.jsonl")
+PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` in `text` (balanced braces), or None."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth, i = 0, start + len("\\boxed")
+        for i in range(start + len("\\boxed"), len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start + len("\\boxed{"):i].strip()
+        # Unclosed (e.g. a truncated response): look at an earlier one.
+        start = text.rfind("\\boxed{", 0, start)
+    return None
+
+
+def _field(record: dict[str, Any], name: str, where: str) -> str:
+    if name not in record:
+        raise ValueError(f"{where}: missing field {name!r}")
+    value = record[name]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def parse_record(record: dict[str, Any], index: int, where: str,
+                 prompt_suffix: str = PROMPT_SUFFIX) -> Problem:
+    """One `Problem` from a record (formats in the module docstring).
+
+    Args:
+      record: the decoded JSON object.
+      index: its position in the file, used as `Problem.id`.
+      where: "file, record i (line l)", prefixed to every error.
+      prompt_suffix: appended to the question (the answer-format instruction).
+    """
+    if "problem" in record:  # MATH
+        question = _field(record, "problem", where)
+        solution = _field(record, "solution", where)
+        if "answer" in record:
+            answer = _field(record, "answer", where)
+            if last_boxed(solution) is None:
+                # The cold-start target must end in the format the reward reads.
+                solution += f"\nThe final answer is \\boxed{{{answer}}}."
+        else:
+            answer = last_boxed(solution)
+            if not answer:
+                raise ValueError(
+                    f"{where}: field 'solution' has no \\boxed{{...}} answer and there is"
+                    " no 'answer' field")
+    elif "question" in record:  # GSM8K or plain
+        question = _field(record, "question", where)
+        raw = _field(record, "answer", where)
+        if "####" in raw:
+            rationale, _, final = raw.rpartition("####")
+            answer = final.strip().replace(",", "")
+            if not answer:
+                raise ValueError(f"{where}: field 'answer' has nothing after '####'")
+            steps = _CALCULATOR.sub("", rationale).strip()
+            solution = f"{steps}\nThe final answer is \\boxed{{{answer}}}.".lstrip()
+        else:
+            answer = raw.strip()
+            solution = (_field(record, "solution", where) if "solution" in record
+                        else f"The final answer is \\boxed{{{answer}}}.")
+    else:
+        raise ValueError(
+            f"{where}: missing field 'question' (GSM8K/plain format) or 'problem'"
+            " (MATH format)")
+    meta = {"source_id": record["id"]} if "id" in record else {}
+    return Problem(id=index, question=question.strip() + prompt_suffix, answer=answer,
+                   solution=solution, meta=meta)
+
+
+def load_problems(path: str | os.PathLike[str],
+                  prompt_suffix: str = PROMPT_SUFFIX) -> list[Problem]:
+    """All problems of a JSONL file; raises on the first malformed record."""
+    return [parse_record(record, i, f"{os.fspath(path)}, record {i} (line {line})",
+                         prompt_suffix)
+            for i, (line, record) in enumerate(read_jsonl(path))]
+
+
+class MathTask(Task):
+    """Math word problems with `\\boxed{}` answers (see the module docstring).
+
+    Args:
+      train_path: JSONL file of the train split.
+      test_path: JSONL file of the test split; None means `load("test")` raises.
+      prompt_suffix: appended to every question.
+      timeout_seconds: math-verify's parse/verify time limit. It uses SIGALRM,
+        which only works in the main thread, so in other threads (e.g. an
+        asynchronous rollout worker) checks run without a limit.
+
+    Both files are read at construction, so a bad path or record fails at once.
+    """
+
+    name = "math"
+    default_critic = "reveal"
+    success_threshold = 0.125
+
+    def __init__(self, train_path: str | os.PathLike[str] = SAMPLE_PATH,
+                 test_path: str | os.PathLike[str] | None = None, *,
+                 prompt_suffix: str = PROMPT_SUFFIX, timeout_seconds: int = 5) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._splits = {"train": load_problems(train_path, prompt_suffix)}
+        if test_path is not None:
+            self._splits["test"] = load_problems(test_path, prompt_suffix)
+        self._gold_cache: dict[str, Any] = {}
+
+    def load(self, split: str) -> Sequence[Problem]:
+        if split not in self._splits:
+            raise ValueError(
+                f"math: no {split!r} split; expected 'train' or 'test' (test needs test_path)")
+        return self._splits[split]
+
+    def _timeout(self) -> int | None:
+        main = threading.current_thread() is threading.main_thread()
+        return self.timeout_seconds if main else None
+
+    def _gold(self, answer: str) -> Any:
+        import math_verify  # Lazy: it pulls in sympy (~1 s) only when math is used.
+
+        if answer not in self._gold_cache:
+            self._gold_cache[answer] = math_verify.parse(
+                "\\boxed{" + answer + "}", parsing_timeout=self._timeout())
+        return self._gold_cache[answer]
+
+    def score(self, problem: Problem, response: str) -> float:
+        predicted = last_boxed(response)
+        if not predicted:
+            return 0.0
+        import math_verify
+
+        gold = self._gold(problem.answer)
+        target = math_verify.parse("\\boxed{" + predicted + "}",
+                                   parsing_timeout=self._timeout())
+        return float(math_verify.verify(gold, target, timeout_seconds=self._timeout()))

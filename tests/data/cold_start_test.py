@@ -1,0 +1,40 @@
+"""Tests for golfjax/data/cold_start.py."""
+
+import pytest
+
+from golfjax import feedback
+from golfjax.data import cold_start
+from golfjax.data.char_tokenizer import make_task_tokenizer
+from golfjax.feedback.refinement import COMPACT_TEMPLATE
+from golfjax.rewards import arith
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_task_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_plain_examples(tok):
+    task = arith.ArithTask(**arith.COLD_START, num_train=5, num_test=0)
+    examples = cold_start.make_cold_start_examples(task, task.load("train"), tok)
+    p = task.load("train")[0]
+    assert tok.decode(examples[0].prompt_tokens, skip_special_tokens=False) == (
+        f"<|user|>{p.question}<|end|><|assistant|>")
+    assert examples[0].response_tokens == tok.encode(p.solution) + [tok.eos_id]
+
+
+def test_refinement_examples_reveal_the_answer(tok):
+    task = arith.ArithTask(**arith.COLD_START, num_train=50, num_test=0)
+    critic = feedback.make_critic(None, task)
+    examples = cold_start.make_cold_start_examples(
+        task, task.load("train"), tok, critic=critic, refine_fraction=0.5,
+        template=COMPACT_TEMPLATE, max_prompt_tokens=256, seed=1)
+    refined = [(e, p) for e, p in zip(examples, task.load("train"))
+               if "Previous attempts" in tok.decode(e.prompt_tokens)]
+    assert 10 <= len(refined) <= 40
+    for e, p in refined:
+        text = tok.decode(e.prompt_tokens)
+        assert f"the reference answer is {p.answer}." in text and len(e.prompt_tokens) <= 256
+        assert tok.decode(e.response_tokens) == p.solution
+    with pytest.raises(ValueError, match="needs a critic"):
+        cold_start.make_cold_start_examples(task, task.load("train"), tok, refine_fraction=0.5)
