@@ -1,0 +1,625 @@
+"""Rollout engine: a jitted sampler with a KV cache, shared prompt prefixes and
+behaviour log-probs.
+
+    rollout = generate(params, prompts, key, cfg, model_config=config, mesh=mesh)
+
+or, holding the compiled programs across calls explicitly,
+
+    sampler = Sampler(config, cfg, mesh)
+    rollout = sampler.generate(params, prompts, key)
+
+Shape letters:
+    B  prompts (the batch bucket)        G  samples per prompt (`group_size`)
+    N  rows, B * G (prompt b owns rows b*G .. b*G + G - 1)
+    P  prompt bucket length              T  `max_new_tokens`
+    S  KV-cache slots, P + T             V  vocabulary size
+    C  candidate tokens kept by top-k    X  any leading axes
+
+One call runs:
+1. Host: the prompts are left-padded into the smallest prompt bucket >= the
+   longest prompt, and the batch is filled with dummy rows up to the smallest
+   batch bucket >= the number of prompts. Programs are compiled per (B, P), so
+   prompt lengths and batch sizes inside a bucket never recompile.
+2. Prefill (one program per (B, P)): a single forward pass over the B prompts
+   writes their keys and values into a cache of S slots.
+3. Decode (one program per (B, P)): the prefix cache is repeated G times along
+   the batch, so each prompt is prefilled once, not G times. A `lax.while_loop`
+   then samples one token per row per iteration, with one T=1 forward pass, and
+   exits as soon as every row has finished (a stop token) or T tokens exist.
+   Nothing leaves the device inside the loop.
+
+Sampling and behaviour log-probs. With `temperature > 0` each token is drawn
+from the *processed* distribution
+
+    q = softmax(mask_top_p(mask_top_k(logits / temperature)))
+
+(top-k keeps the k largest logits; top-p then keeps the smallest prefix of those,
+most probable first, whose mass reaches top_p; masked logits are -inf and q is
+renormalised over the rest), and `behaviour_logp_NxT` holds `log q(token)`, the
+log-probability of the distribution actually sampled from. With
+`temperature == 0` the token is the argmax and, since a one-hot distribution
+has no useful log-probability, the reported value is that of the untruncated
+temperature-1 distribution, `log_softmax(logits)[token]`.
+
+How the trainer must recompute log-probs so that they match (for importance
+ratios against `behaviour_logp_NxT`): run the model teacher-forced over prompt
++ response and take `log_softmax(logits / temperature)` at the response tokens,
+or `processed_log_probs(logits, cfg)`, which also applies the same top-k/top-p
+truncation. For RL, sample with `top_p=1, top_k=0`: then the behaviour
+distribution is exactly `softmax(logits / temperature)`, its support is the
+whole vocabulary, and the recomputation differs only by floating-point noise
+(tests check 1e-5 at temperature 1). With truncation the recomputed set of kept
+tokens can differ from the sampler's when two logits are within rounding of the
+cut, and policy-gradient ratios through a truncated distribution are biased.
+
+Sharding: with a mesh, rows (B for prefill, N for decode) are split over
+`("data", "fsdp")`, parameters follow `transformer.param_shardings`, the cache
+`cache.cache_shardings` (rows over `("data", "fsdp")`, kv heads over
+`"tensor"`). Every batch bucket must therefore be a multiple of the mesh's
+data x fsdp size, which `Sampler` checks up front.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from golfjax import sharding as sharding_lib
+from golfjax.models import cache as cache_lib
+from golfjax.models import transformer
+from golfjax.models.config import ModelConfig
+
+Params = Any
+
+# Values of `Rollout.finish_reason_N`.
+FINISH_STOP = 0  # The row sampled one of `stop_ids` (kept as its last token).
+FINISH_LENGTH = 1  # The row reached `max_new_tokens` without a stop token.
+
+_ROWS = ("data", "fsdp")  # Mesh axes the rows are split over (rule "batch").
+_CDF_BLOCK = 128  # Candidates per block of the two-level CDF in `_draw`.
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _buckets(name: str, value: Sequence[int]) -> tuple[int, ...]:
+    buckets = tuple(value)
+    if not buckets or not all(_is_int(b) and b > 0 for b in buckets):
+        raise ValueError(
+            f"SamplingConfig.{name} must be a non-empty sequence of positive"
+            f" ints, got {value!r}"
+        )
+    if list(buckets) != sorted(set(buckets)):
+        raise ValueError(
+            f"SamplingConfig.{name} must be strictly increasing, got {value!r}"
+        )
+    return tuple(int(b) for b in buckets)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Hashable, so it is a static part of the compiled programs.
+
+    Attributes:
+      temperature: divides the logits; 0 means greedy (argmax).
+      top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+      top_k: keep only the k most probable tokens; 0 disables it.
+      max_new_tokens: T, the most tokens generated per row.
+      stop_ids: tokens that end a row (e.g. `Tokenizer.stop_ids`); the stop token
+        is kept as the row's last response token.
+      group_size: G samples per prompt, all sharing the prompt's prefill.
+      prompt_buckets: allowed padded prompt lengths P, increasing.
+      batch_buckets: allowed padded prompt counts B, increasing.
+      pad_id: token id written into padding (prompt left-padding and after a
+        stop); it is always masked out.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    stop_ids: tuple[int, ...] = ()
+    group_size: int = 1
+    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (
+            math.isfinite(t) and t >= 0
+        ):
+            raise ValueError(
+                f"SamplingConfig.temperature must be a finite float >= 0, got {t!r}"
+            )
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(
+                f"SamplingConfig.top_p must be in (0, 1], got {self.top_p!r}"
+            )
+        for name, low in (("top_k", 0), ("max_new_tokens", 1), ("group_size", 1),
+                          ("pad_id", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(
+                    f"SamplingConfig.{name} must be an int >= {low}, got {value!r}"
+                )
+        stop_ids = tuple(self.stop_ids)
+        if not all(_is_int(i) and i >= 0 for i in stop_ids):
+            raise ValueError(
+                f"SamplingConfig.stop_ids must be ints >= 0, got {self.stop_ids!r}"
+            )
+        # Frozen: normalise through object.__setattr__ so that equal configs hash
+        # equal (and share compiled programs) whether built from lists or tuples.
+        object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "stop_ids", tuple(int(i) for i in stop_ids))
+        for name in ("prompt_buckets", "batch_buckets"):
+            object.__setattr__(self, name, _buckets(name, getattr(self, name)))
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """G samples for each of the prompts; row n answers prompt `group_id_N[n]`.
+
+    Attributes:
+      prompt_tokens_NxP: the row's prompt, left-padded with `pad_id`.
+      prompt_mask_NxP: True on real prompt tokens.
+      tokens_NxT: response tokens; `pad_id` after a row's stop token.
+      response_mask_NxT: True on generated tokens, the stop token included.
+      behaviour_logp_NxT: log-prob of each token under the distribution it was
+        sampled from (module docstring); 0 where the mask is False.
+      length_N: int32 number of response tokens, `response_mask_NxT.sum(1)`.
+      finish_reason_N: int32, `FINISH_STOP` or `FINISH_LENGTH`.
+      group_id_N: int32 index of the row's prompt in the caller's list.
+    """
+
+    prompt_tokens_NxP: jax.Array
+    prompt_mask_NxP: jax.Array
+    tokens_NxT: jax.Array
+    response_mask_NxT: jax.Array
+    behaviour_logp_NxT: jax.Array
+    length_N: jax.Array
+    finish_reason_N: jax.Array
+    group_id_N: jax.Array
+
+
+def _truncate(scaled_XxV: jax.Array, cfg: SamplingConfig
+              ) -> tuple[jax.Array, jax.Array | None]:
+    """The processed logits over the kept candidates, and their token ids.
+
+    Returns (logits_XxC, ids_XxC) with C = min(top_k, V) (or V when only top-p
+    is on), candidates sorted most probable first and cut ones at -inf; or
+    (scaled_XxV, None) when no truncation is configured, which avoids sorting
+    the vocabulary.
+    """
+    v = scaled_XxV.shape[-1]
+    if cfg.top_k == 0 and cfg.top_p >= 1.0:
+        return scaled_XxV, None
+    c = min(cfg.top_k, v) if cfg.top_k else v
+    top_XxC, ids_XxC = jax.lax.top_k(scaled_XxV, c)
+    if cfg.top_p < 1.0:
+        probs_XxC = jax.nn.softmax(top_XxC, axis=-1)
+        # Keep a candidate iff the mass strictly before it is < top_p: the
+        # smallest prefix reaching top_p, never empty (transformers' TopP rule).
+        before_XxC = jnp.cumsum(probs_XxC, axis=-1) - probs_XxC
+        top_XxC = jnp.where(before_XxC < cfg.top_p, top_XxC, -jnp.inf)
+    return top_XxC, ids_XxC
+
+
+def processed_log_probs(logits_XxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """Log-probs of the distribution `sample` draws from, over the whole vocabulary.
+
+    `log_softmax(logits / temperature)` with the top-k / top-p cuts of `cfg`
+    applied (-inf outside the kept set); for `temperature == 0` the temperature-1
+    `log_softmax(logits)`, matching what greedy sampling reports. This is the
+    recomputation a trainer uses to match `Rollout.behaviour_logp_NxT`.
+    """
+    logits_XxV = logits_XxV.astype(jnp.float32)
+    if cfg.temperature == 0:
+        return jax.nn.log_softmax(logits_XxV, axis=-1)
+    kept_XxC, ids_XxC = _truncate(logits_XxV / cfg.temperature, cfg)
+    logp_XxC = jax.nn.log_softmax(kept_XxC, axis=-1)
+    if ids_XxC is None:
+        return logp_XxC
+    full_XxV = jnp.full(logits_XxV.shape, -jnp.inf, jnp.float32)
+    return jnp.put_along_axis(full_XxV, ids_XxC, logp_XxC, axis=-1,
+                              inplace=False)
+
+
+def _last_positive(x_NxM: jax.Array) -> jax.Array:
+    """Index of the last positive entry of each row (0 if none)."""
+    m = x_NxM.shape[1]
+    return jnp.max(jnp.where(x_NxM > 0, jnp.arange(m, dtype=jnp.int32)[None, :],
+                             0), axis=1)
+
+
+def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A categorical draw by inverse CDF, and its normalised log-prob.
+
+    One uniform per row instead of Gumbel-max's one per candidate: on CPU,
+    generating and reducing N x V Gumbel noise costs about as much as a layer
+    of a 20M-parameter model. The CDF is two-level (sums of blocks of
+    `_CDF_BLOCK` candidates, then the CDF inside the chosen block), because
+    XLA's CPU cumsum over the whole vocabulary is several times slower than a
+    plain reduction. Candidates at -inf have zero mass and are never drawn:
+    `count(cdf <= u)` passes over them with their predecessor, and the result
+    is clamped to the last candidate with mass, for when rounding puts u at
+    the very top of the CDF.
+    """
+    n, c = logits_NxC.shape
+    width = min(_CDF_BLOCK, c)
+    blocks = -(-c // width)
+    shifted_NxC = logits_NxC - jnp.max(logits_NxC, axis=-1, keepdims=True)
+    p_NxC = jnp.exp(shifted_NxC)
+    if blocks * width != c:
+        p_NxC = jnp.pad(p_NxC, ((0, 0), (0, blocks * width - c)))
+    p_NxBxW = p_NxC.reshape(n, blocks, width)
+    block_NxB = jnp.sum(p_NxBxW, axis=-1)
+    cdf_NxB = jnp.cumsum(block_NxB, axis=-1)
+    total_N = cdf_NxB[:, -1]
+    u_N = jax.random.uniform(key, (n,), jnp.float32) * total_N
+    block_N = jnp.minimum(
+        jnp.sum(cdf_NxB <= u_N[:, None], axis=-1, dtype=jnp.int32),
+        _last_positive(block_NxB))
+    p_NxW = jnp.take_along_axis(p_NxBxW, block_N[:, None, None], axis=1)[:, 0]
+    before_N = (jnp.take_along_axis(cdf_NxB, block_N[:, None], axis=1) -
+                jnp.take_along_axis(block_NxB, block_N[:, None], axis=1))[:, 0]
+    cdf_NxW = jnp.cumsum(p_NxW, axis=-1)
+    within_N = jnp.minimum(
+        jnp.sum(cdf_NxW <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),
+        _last_positive(p_NxW))
+    choice_N = block_N * width + within_N
+    picked_N = jnp.take_along_axis(shifted_NxC, choice_N[:, None], axis=-1)[:, 0]
+    return choice_N, picked_N - jnp.log(total_N)
+
+
+def sample(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
+           ) -> tuple[jax.Array, jax.Array]:
+    """One token per row and its behaviour log-prob (module docstring).
+
+    Returns (token_N int32, logp_N float32).
+    """
+    logits_NxV = logits_NxV.astype(jnp.float32)
+    if cfg.temperature == 0:
+        token_N = jnp.argmax(logits_NxV, axis=-1).astype(jnp.int32)
+        picked_N = jnp.take_along_axis(logits_NxV, token_N[:, None], axis=-1)[:, 0]
+        return token_N, picked_N - jax.nn.logsumexp(logits_NxV, axis=-1)
+    kept_NxC, ids_NxC = _truncate(logits_NxV / cfg.temperature, cfg)
+    choice_N, logp_N = _draw(kept_NxC, key)
+    if ids_NxC is None:
+        return choice_N, logp_N
+    token_N = jnp.take_along_axis(ids_NxC, choice_N[:, None], axis=-1)[:, 0]
+    return token_N.astype(jnp.int32), logp_N
+
+
+def _prefill(
+    params: Params,
+    tokens_BxP: jax.Array,
+    mask_BxP: jax.Array,
+    *,
+    model_config: ModelConfig,
+    num_slots: int,
+) -> tuple[cache_lib.KVCache, jax.Array]:
+    """Writes the prompts into a fresh S-slot cache; logits of each last token."""
+    b, p = tokens_BxP.shape
+    positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1, dtype=jnp.int32) - 1, 0)
+    cache = cache_lib.init_cache(model_config, b, num_slots)
+    # Slots past the prompt are hidden by the causal rule until written.
+    attention_mask_BxS = jnp.concatenate(
+        [mask_BxP, jnp.ones((b, num_slots - p), bool)], axis=1)
+    logits_BxPxV, cache = transformer.apply(
+        params, tokens_BxP, positions_BxP, attention_mask_BxS, cache,
+        config=model_config)
+    # Left padding puts every row's last prompt token in the last slot.
+    return cache, logits_BxPxV[:, -1, :]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _DecodeState:
+    step: jax.Array  # int32: tokens sampled so far (the next column to write).
+    last_N: jax.Array  # The token sampled at step - 1, fed to the next forward.
+    cache: cache_lib.KVCache
+    done_N: jax.Array  # Stopped, or a dummy row: later tokens are padding.
+    stopped_N: jax.Array
+    tokens_NxT: jax.Array
+    mask_NxT: jax.Array
+    logp_NxT: jax.Array
+
+
+def _record(state: _DecodeState, token_N: jax.Array, logp_N: jax.Array,
+            cache: cache_lib.KVCache, cfg: SamplingConfig) -> _DecodeState:
+    """Writes column `state.step`; rows already done get padding."""
+    live_N = ~state.done_N
+    token_N = jnp.where(live_N, token_N, cfg.pad_id)
+    logp_N = jnp.where(live_N, logp_N, 0.0)
+    if cfg.stop_ids:
+        stop_ids = jnp.asarray(cfg.stop_ids, jnp.int32)
+        hit_N = jnp.any(token_N[:, None] == stop_ids[None, :], axis=1) & live_N
+    else:
+        hit_N = jnp.zeros_like(live_N)
+
+    def put(buf_NxT: jax.Array, col_N: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(
+            buf_NxT, col_N[:, None].astype(buf_NxT.dtype), state.step, axis=1)
+
+    return _DecodeState(
+        step=state.step + 1,
+        last_N=token_N,
+        cache=cache,
+        done_N=state.done_N | hit_N,
+        stopped_N=state.stopped_N | hit_N,
+        tokens_NxT=put(state.tokens_NxT, token_N),
+        mask_NxT=put(state.mask_NxT, live_N),
+        logp_NxT=put(state.logp_NxT, logp_N),
+    )
+
+
+def _decode(
+    params: Params,
+    cache: cache_lib.KVCache,
+    logits_BxV: jax.Array,
+    tokens_BxP: jax.Array,
+    mask_BxP: jax.Array,
+    valid_B: jax.Array,
+    key: jax.Array,
+    *,
+    model_config: ModelConfig,
+    cfg: SamplingConfig,
+) -> Rollout:
+    """Shares each prefill across its G rows, then samples until all rows finish."""
+    g, t = cfg.group_size, cfg.max_new_tokens
+    b, p = tokens_BxP.shape
+    n = b * g
+
+    def tile(x: jax.Array, axis: int = 0) -> jax.Array:
+        return jnp.repeat(x, g, axis=axis, total_repeat_length=n)
+
+    cache = cache.replace(k_LxBxSxKxH=tile(cache.k_LxBxSxKxH, 1),
+                          v_LxBxSxKxH=tile(cache.v_LxBxSxKxH, 1))
+    mask_NxP = tile(mask_BxP)
+    attention_mask_NxS = jnp.concatenate(
+        [mask_NxP, jnp.ones((n, t), bool)], axis=1)
+    # RoPE position of response token i is prompt_len + i (left padding does not
+    # count); the token fed at loop step s is response token s - 1.
+    first_position_N = jnp.sum(mask_NxP, axis=1, dtype=jnp.int32) - 1
+
+    state = _DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        last_N=jnp.zeros((n,), jnp.int32),
+        cache=cache,
+        done_N=~tile(valid_B),
+        stopped_N=jnp.zeros((n,), bool),
+        tokens_NxT=jnp.full((n, t), cfg.pad_id, jnp.int32),
+        mask_NxT=jnp.zeros((n, t), bool),
+        logp_NxT=jnp.zeros((n, t), jnp.float32),
+    )
+    token_N, logp_N = sample(tile(logits_BxV), jax.random.fold_in(key, 0), cfg)
+    state = _record(state, token_N, logp_N, cache, cfg)
+
+    def keep_going(state: _DecodeState) -> jax.Array:
+        return (state.step < t) & ~jnp.all(state.done_N)
+
+    def step(state: _DecodeState) -> _DecodeState:
+        positions_Nx1 = (first_position_N + state.step)[:, None]
+        logits_Nx1xV, cache = transformer.apply(
+            params, state.last_N[:, None], positions_Nx1, attention_mask_NxS,
+            state.cache, config=model_config)
+        token_N, logp_N = sample(logits_Nx1xV[:, 0, :],
+                                 jax.random.fold_in(key, state.step), cfg)
+        return _record(state, token_N, logp_N, cache, cfg)
+
+    state = jax.lax.while_loop(keep_going, step, state)
+    return Rollout(
+        prompt_tokens_NxP=tile(tokens_BxP),
+        prompt_mask_NxP=mask_NxP,
+        tokens_NxT=state.tokens_NxT,
+        response_mask_NxT=state.mask_NxT,
+        behaviour_logp_NxT=state.logp_NxT,
+        length_N=jnp.sum(state.mask_NxT, axis=1, dtype=jnp.int32),
+        finish_reason_N=jnp.where(state.stopped_N, FINISH_STOP,
+                                  FINISH_LENGTH).astype(jnp.int32),
+        group_id_N=jnp.arange(n, dtype=jnp.int32) // g,
+    )
+
+
+def _bucket(size: int, buckets: tuple[int, ...], what: str, field: str) -> int:
+    for bucket in buckets:
+        if bucket >= size:
+            return bucket
+    raise ValueError(
+        f"{what} {size} exceeds the largest of SamplingConfig.{field} "
+        f"{buckets}; add a larger bucket"
+    )
+
+
+def _as_prompt_list(prompts: Any, prompt_mask: Any) -> list[np.ndarray]:
+    """Token-id lists, or a left-padded [B, L] array with its mask, as rows."""
+    if prompt_mask is None and not isinstance(prompts, (np.ndarray, jax.Array)):
+        return [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    tokens = np.asarray(prompts)
+    if tokens.ndim != 2:
+        raise ValueError(
+            f"prompt array must be 2-D [B, L], got shape {tokens.shape}")
+    mask = (np.ones(tokens.shape, bool) if prompt_mask is None
+            else np.asarray(prompt_mask).astype(bool))
+    if mask.shape != tokens.shape:
+        raise ValueError(f"prompt_mask has shape {mask.shape}, expected "
+                         f"{tokens.shape} (that of the prompt array)")
+    # Left padding: once a row's real tokens start they run to the end.
+    if np.any(mask[:, :-1] & ~mask[:, 1:]):
+        raise ValueError("prompt_mask must be left-padded: False* then True*")
+    return [row[m].astype(np.int64) for row, m in zip(tokens, mask)]
+
+
+def pad_prompts(prompts: Sequence[np.ndarray], batch: int, length: int,
+                pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token rows into [batch, length] int32 tokens and a bool mask."""
+    tokens_BxP = np.full((batch, length), pad_id, np.int32)
+    mask_BxP = np.zeros((batch, length), bool)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            tokens_BxP[row, length - len(prompt):] = prompt
+            mask_BxP[row, length - len(prompt):] = True
+    return tokens_BxP, mask_BxP
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    prefill: Callable[..., tuple[cache_lib.KVCache, jax.Array]]
+    decode: Callable[..., Rollout]
+
+
+class Sampler:
+    """Compiles prefill and decode once per (batch bucket, prompt bucket).
+
+    Attributes:
+      model_config, cfg, mesh: as given.
+      trace_counts: how many times each program was traced ("prefill",
+        "decode"); tests use it to check that buckets do not recompile.
+    """
+
+    def __init__(self, model_config: ModelConfig, cfg: SamplingConfig,
+                 mesh: Mesh | None = None,
+                 rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> None:
+        self.model_config = model_config
+        self.cfg = cfg
+        self.mesh = mesh
+        self._rules = rules
+        self._programs: dict[tuple[int, int], _Programs] = {}
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        if mesh is not None:
+            shards = math.prod(mesh.shape[a] for a in _ROWS)
+            bad = [b for b in cfg.batch_buckets if b % shards]
+            if bad:
+                raise ValueError(
+                    f"SamplingConfig.batch_buckets {bad} are not multiples of the "
+                    f"mesh's {shards} row shards (data x fsdp); use multiples "
+                    f"such as {tuple(shards * 2**i for i in range(4))}"
+                )
+            self._param_shardings = transformer.param_shardings(
+                model_config, mesh, rules)
+        # On a CPU mesh, queued multi-device programs can deadlock one another
+        # (XLA's simulated devices share a thread pool); block on each result.
+        self._block = (mesh is not None and mesh.size > 1 and
+                       mesh.devices.flat[0].platform == "cpu")
+
+    def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def traced(*args: Any) -> Any:
+            self.trace_counts[name] += 1  # Runs at trace time only.
+            return fn(*args)
+        return traced
+
+    def _compile(self, b: int, p: int) -> _Programs:
+        c, cfg = self.model_config, self.cfg
+        s = p + cfg.max_new_tokens
+        prefill = self._counted("prefill", functools.partial(
+            _prefill, model_config=c, num_slots=s))
+        decode = self._counted("decode", functools.partial(
+            _decode, model_config=c, cfg=cfg))
+        if self.mesh is None:
+            return _Programs(prefill=jax.jit(prefill), decode=jax.jit(decode))
+        mesh = self.mesh
+        rows = NamedSharding(mesh, PartitionSpec(_ROWS))  # [B] or [N]
+        rows2 = NamedSharding(mesh, PartitionSpec(_ROWS, None))  # [B, .] / [N, .]
+        replicated = NamedSharding(mesh, PartitionSpec())
+        cache_b = cache_lib.cache_shardings(c, b, s, mesh, self._rules)
+        # Checks that the N-row cache divides too (it is only constrained
+        # through propagation inside decode).
+        cache_lib.cache_shardings(c, b * cfg.group_size, s, mesh, self._rules)
+        out_rollout = Rollout(*([rows2] * 5), rows, rows, rows)
+        return _Programs(
+            # params: by the model's rules; prompts: rows split over data x fsdp.
+            prefill=jax.jit(prefill,
+                            in_shardings=(self._param_shardings, rows2, rows2),
+                            out_shardings=(cache_b, rows2)),
+            # The prefix cache arrives with the prefill's sharding; the key is
+            # replicated so every device draws the same per-step keys.
+            decode=jax.jit(decode,
+                           in_shardings=(self._param_shardings, cache_b, rows2,
+                                         rows2, rows2, rows, replicated),
+                           out_shardings=out_rollout),
+        )
+
+    def programs(self, batch_bucket: int, prompt_bucket: int) -> _Programs:
+        key = (batch_bucket, prompt_bucket)
+        if key not in self._programs:
+            self._programs[key] = self._compile(batch_bucket, prompt_bucket)
+        return self._programs[key]
+
+    def _wait(self, tree: Any) -> Any:
+        return jax.block_until_ready(tree) if self._block else tree
+
+    def generate(self, params: Params, prompts: Sequence[Sequence[int]] | np.ndarray,
+                 key: jax.Array, *, prompt_mask: np.ndarray | None = None
+                 ) -> Rollout:
+        """Samples `group_size` responses per prompt.
+
+        Args:
+          params: the model's params tree (resharded to the model's rules if
+            placed otherwise).
+          prompts: token-id sequences of any lengths, or a left-padded 2-D array
+            (with `prompt_mask`, True on real tokens; without it every entry
+            counts).
+          key: a PRNG key; the same key and inputs give the same rollout.
+          prompt_mask: see `prompts`.
+
+        Returns:
+          A Rollout of N = len(prompts) * group_size rows, prompt-major.
+        """
+        cfg = self.cfg
+        rows = _as_prompt_list(prompts, prompt_mask)
+        if not rows:
+            raise ValueError("generate needs at least one prompt")
+        v = self.model_config.vocab_size
+        for i, row in enumerate(rows):
+            if not len(row):
+                raise ValueError(f"prompt {i} is empty")
+            if row.min() < 0 or row.max() >= v:
+                raise ValueError(f"prompt {i} has token ids outside [0, {v})")
+        num = len(rows)
+        b = _bucket(num, cfg.batch_buckets, "number of prompts", "batch_buckets")
+        p = _bucket(max(len(r) for r in rows), cfg.prompt_buckets,
+                    "prompt length", "prompt_buckets")
+        tokens_BxP, mask_BxP = pad_prompts(rows, b, p, cfg.pad_id)
+        valid_B = np.arange(b) < num
+        programs = self.programs(b, p)
+        if self.mesh is not None:
+            params = jax.device_put(params, self._param_shardings)
+        cache, logits_BxV = self._wait(programs.prefill(params, tokens_BxP, mask_BxP))
+        rollout = self._wait(programs.decode(params, cache, logits_BxV, tokens_BxP,
+                                             mask_BxP, valid_B, key))
+        if num < b:  # Drop the dummy rows (prompt-major, so they are last).
+            rollout = self._wait(jax.tree.map(lambda x: x[:num * cfg.group_size],
+                                              rollout))
+        return rollout
+
+
+@functools.lru_cache(maxsize=16)
+def make_sampler(model_config: ModelConfig, cfg: SamplingConfig,
+                 mesh: Mesh | None = None) -> Sampler:
+    """A shared `Sampler`, so repeated `generate` calls reuse compiled programs."""
+    return Sampler(model_config, cfg, mesh)
+
+
+def generate(params: Params, prompts: Sequence[Sequence[int]] | np.ndarray,
+             key: jax.Array, cfg: SamplingConfig, *, model_config: ModelConfig,
+             mesh: Mesh | None = None, prompt_mask: np.ndarray | None = None
+             ) -> Rollout:
+    """Functional entry point: `make_sampler(model_config, cfg, mesh).generate`."""
+    return make_sampler(model_config, cfg, mesh).generate(
+        params, prompts, key, prompt_mask=prompt_mask)
