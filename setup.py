@@ -30,6 +30,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3.5",
         "torch==2.13.0",
         "transformers>=4.51",
+        "matplotlib>=3.8",  # golfjax.plotting (make demo, benchmarks)
     ],
     # Peers the benchmarks measure golfjax against in the same run.
     "bench": [

@@ -167,6 +167,12 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny_qwen2": ModelConfig(family="qwen2", qkv_bias=True,
                               tie_embeddings=True),
     "tiny_qwen3": ModelConfig(family="qwen3", qk_norm=True),
+    # For the built-in tasks (arith, constraints) with their 103-id character
+    # tokenizer: ~1M parameters, trained from scratch by the cold start on CPU.
+    "task_1m": ModelConfig(
+        family="llama3", vocab_size=128, embed_dim=128, num_layers=4,
+        num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
+        tie_embeddings=True, max_position=1024),
     "small_20m": ModelConfig(
         family="qwen3", vocab_size=8192, embed_dim=384, num_layers=12,
         num_heads=6, num_kv_heads=2, head_dim=64, mlp_dim=1024, qk_norm=True,

@@ -1,0 +1,222 @@
+"""The GOLF step: critique -> aggregate -> refine -> score -> inject -> one batch.
+
+Letters: B prompts, G samples per prompt, N = B * G rows, P prompt slots,
+T response slots.
+
+ALGORITHMS.md (section GOLF) is the specification. After the ordinary rollout
+of G samples per prompt has been scored (golfjax/loops/rl.py):
+
+1. every sample gets a critique from the task's critic;
+2. each prompt's failed attempts (shortest first, within the token budget of
+   the chat-templated prompt) and their critiques become one refinement prompt,
+   rendered with the rollout's chat template and thinking mode;
+3. the SAME policy samples G refinements per refinement prompt; they are
+   scored against the ORIGINAL task (a group with nothing to refine scores 0);
+4. groups that succeeded fewer than ceil(threshold * G) times get up to
+   `n_inject` failed samples replaced by verified-correct refinements, which
+   keep the ORIGINAL prompt and are marked off-policy;
+5. advantages are computed per group id over the original groups (injected
+   samples included in the mean, or left out with `split_mean`) and, separately,
+   over the refinement groups, which train on-policy under their refinement
+   prompt: that is how the policy learns to refine.
+
+The batch is the original groups plus the refinement groups (2N rows); the
+train step applies the policy loss to on-policy tokens and the off-policy term
+(`train.off_policy_loss`) to injected ones. Metrics report rewards both before
+and after injection (the released code logged only post-injection rewards).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from golfjax.config import GolfSection
+from golfjax import feedback as critics_lib
+from golfjax.feedback import injection as injection_lib
+from golfjax.feedback import refinement as refinement_lib
+from golfjax.loops import rl as rl_lib
+from golfjax.rewards.base import Task
+from golfjax.sampling import Rollout
+from golfjax.sampling import Sampler
+from golfjax.tokenizer import Tokenizer
+from golfjax.types import Batch
+from golfjax.types import make_batch
+
+# (params, prompt token lists, key) -> response texts; the judge critic's model.
+GenerateFn = Callable[[Any, list[list[int]], jax.Array], list[str]]
+
+
+def _left_pad(tokens_NxP: np.ndarray, mask_NxP: np.ndarray, length: int, pad_id: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    extra = length - tokens_NxP.shape[1]
+    return (
+        np.pad(tokens_NxP, ((0, 0), (extra, 0)), constant_values=pad_id),
+        np.pad(mask_NxP, ((0, 0), (extra, 0)), constant_values=False),
+    )
+
+
+class GolfStep:
+    """Builds GOLF's train batch from a scored rollout."""
+
+    def __init__(
+        self,
+        cfg: GolfSection,
+        task: Task,
+        tokenizer: Tokenizer,
+        template_kwargs: Mapping[str, Any],
+        *,
+        judge_generate: GenerateFn | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.task = task
+        self.tokenizer = tokenizer
+        self.template_kwargs = dict(template_kwargs)
+        self.template = refinement_lib.TEMPLATES[cfg.template]
+        self.threshold = cfg.success_threshold if cfg.success_threshold >= 0 else task.success_threshold
+        self._judge_state: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
+        if (cfg.critic or task.default_critic) == "judge":
+            if judge_generate is None:
+                raise ValueError("golf.critic='judge' needs a judge model (judge_generate)")
+            kwargs = {
+                "generate_fn": lambda prompts: judge_generate(
+                    self._judge_state["params"], prompts, self._judge_state["key"]
+                ),
+                "tokenizer": tokenizer,
+                "template_kwargs": self.template_kwargs,
+            }
+        self.critic = critics_lib.make_critic(cfg.critic or None, task, **kwargs)
+
+    def build_batch(
+        self,
+        params: Any,
+        groups: rl_lib.Groups,
+        sampler: Sampler,
+        advantage_fn: Callable[..., jax.Array],
+        key: jax.Array,
+    ) -> tuple[Batch, dict[str, float]]:
+        """The 2N-row batch (original + refinement groups) and GOLF's metrics."""
+        problems, b, g = groups.problems, len(groups.problems), groups.group_size
+        rows = [problems[i // g] for i in range(b * g)]
+        self._judge_state = {"params": params, "key": jax.random.fold_in(key, 0)}
+        critiques = self.critic.critique(rows, groups.texts, groups.reward_N.tolist())
+        prompts = refinement_lib.build_refinement_prompts(
+            problems, groups.texts, groups.reward_N.tolist(), critiques, self.tokenizer,
+            group_size=g,
+            max_prompt_tokens=self.cfg.max_refinement_prompt_tokens,
+            include=self.cfg.include,
+            template=self.template,
+            template_kwargs=self.template_kwargs,
+            on_overflow="flag",
+        )
+        refinable_B = np.array([not p.nothing_to_refine for p in prompts])
+        refined = rl_lib.sample_groups(
+            sampler, params, problems, [p.tokens for p in prompts],
+            jax.random.fold_in(key, 1), self.task, self.tokenizer,
+        )
+        # ALGORITHMS.md step 4: a group with nothing to refine scores 0.
+        refined.reward_N = np.where(np.repeat(refinable_B, g), refined.reward_N, 0.0).astype(np.float32)
+
+        reward_BxG, refined_BxG = groups.reward_BxG(), refined.reward_BxG()
+        plan = injection_lib.plan_injection(
+            reward_BxG >= 1.0,
+            refined_BxG >= 1.0,
+            strategy=self.cfg.strategy,
+            success_threshold=self.threshold,
+            n_inject=self.cfg.n_inject,
+            hybrid_prob=self.cfg.hybrid_prob,
+            rng=injection_lib.rng_from_key(jax.random.fold_in(key, 2)),
+            refinable_B=refinable_B,
+        )
+        injected = injection_lib.apply_injection(
+            plan, _response_arrays(groups.rollout, groups.reward_N),
+            _response_arrays(refined.rollout, refined.reward_N), group_size=g,
+        )
+        batch = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g, advantage_fn)
+        info = {
+            **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
+            **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
+            **rl_lib.group_metrics(refined_BxG, "refinement"),
+            "golf/injection_rate": len({i.prompt_index for i in plan}) / b,
+            "golf/injected_samples": float(injected.injected_N.sum()),
+            "golf/refinable_frac": float(refinable_B.mean()),
+            "golf/refinement_success": float((refined_BxG >= 1.0)[refinable_B].mean())
+            if refinable_B.any() else 0.0,
+            "golf/over_budget": float(np.mean([p.over_budget for p in prompts])),
+            "samples/generated": float(2 * b * g),
+        }
+        return batch, info
+
+    def _combine(
+        self,
+        original: Rollout,
+        refined: Rollout,
+        injected: injection_lib.Injected,
+        refined_reward_N: np.ndarray,
+        g: int,
+        advantage_fn: Callable[..., jax.Array],
+    ) -> Batch:
+        n = original.tokens_NxT.shape[0]
+        length = max(original.prompt_tokens_NxP.shape[1], refined.prompt_tokens_NxP.shape[1])
+        pad = self.tokenizer.pad_id
+        prompts = [
+            _left_pad(np.asarray(r.prompt_tokens_NxP), np.asarray(r.prompt_mask_NxP), length, pad)
+            for r in (original, refined)
+        ]
+        arrays = injected.arrays
+        # Original group b is id b; its refinement group is id B + b.
+        group_id = np.concatenate([np.arange(n) // g, n // g + np.arange(n) // g]).astype(np.int32)
+        reward = np.concatenate([arrays["reward_N"], refined_reward_N]).astype(np.float32)
+        exclude = None
+        if self.cfg.split_mean:
+            exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
+        advantage = np.asarray(advantage_fn(reward, group_id, exclude))
+        return make_batch(
+            prompt_tokens_NxP=np.concatenate([prompts[0][0], prompts[1][0]]),
+            prompt_mask_NxP=np.concatenate([prompts[0][1], prompts[1][1]]),
+            tokens_NxT=np.concatenate([arrays["tokens_NxT"], np.asarray(refined.tokens_NxT)]),
+            response_mask_NxT=np.concatenate(
+                [arrays["response_mask_NxT"], np.asarray(refined.response_mask_NxT)]
+            ),
+            behaviour_logp_NxT=np.concatenate(
+                [arrays["behaviour_logp_NxT"], np.asarray(refined.behaviour_logp_NxT)]
+            ),
+            advantage_N=advantage,
+            reward_N=reward,
+            group_id_N=group_id,
+            off_policy_mask_NxT=np.concatenate(
+                [injected.off_policy_mask_NxT, np.zeros_like(injected.off_policy_mask_NxT)]
+            ),
+        )
+
+
+def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "tokens_NxT": np.asarray(rollout.tokens_NxT),
+        "response_mask_NxT": np.asarray(rollout.response_mask_NxT),
+        "behaviour_logp_NxT": np.asarray(rollout.behaviour_logp_NxT),
+        "reward_N": np.asarray(reward_N, np.float32),
+    }
+
+
+def make_golf(
+    cfg: GolfSection,
+    task: Task,
+    tokenizer: Tokenizer,
+    template_kwargs: Mapping[str, Any] | None = None,
+    judge_generate: GenerateFn | None = None,
+) -> GolfStep:
+    return GolfStep(cfg, task, tokenizer, template_kwargs or {}, judge_generate=judge_generate)
+
+
+def decode_generate(sampler: Sampler, tokenizer: Tokenizer) -> GenerateFn:
+    """A `GenerateFn` that samples one response per prompt with `sampler`."""
+
+    def generate(params: Any, prompts: Sequence[Sequence[int]], key: jax.Array) -> list[str]:
+        rollout = jax.device_get(sampler.generate(params, [list(p) for p in prompts], key))
+        return rl_lib.decode_responses(rollout, tokenizer)
+
+    return generate

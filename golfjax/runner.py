@@ -1,0 +1,338 @@
+"""`run(config, workdir)`: config -> objects -> loop, with checkpoints and metrics.
+
+The work directory is the identity of a run:
+
+    workdir/
+      checkpoints/<step>/   Orbax: train state, data position, config
+      metrics.jsonl         one JSON record per logged step
+      tensorboard/          event files
+      tokenizer/            the built-in task tokenizer, when used
+
+Starting a run in a directory that holds a checkpoint resumes it exactly (same
+parameters, optimizer moments, data order and sampling keys); starting it with
+a config that differs from the saved one stops with an error naming every
+differing key. SIGTERM (preemption) saves a checkpoint and returns cleanly.
+
+Phases: an optional supervised cold start (`cold_start.steps` steps on the
+task's reference solutions), then `train.steps` RL steps. Step numbers are
+global: RL step s is `cold_start.steps + s`. Every `eval.every` RL steps (and
+before the first and after the last) the policy is evaluated on the held-out
+split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from golfjax import config as config_lib
+from golfjax import metrics as metrics_lib
+from golfjax import sharding
+from golfjax.data import cold_start as data_cold_start
+from golfjax.data.iterator import EpochIterator
+from golfjax import feedback as critics_lib
+from golfjax.feedback import refinement as refinement_lib
+from golfjax.loops import cold_start as cold_start_lib
+from golfjax.loops import golf as golf_lib
+from golfjax.loops import rl as rl_lib
+from golfjax.models import config as model_config_lib
+from golfjax.models import hf
+from golfjax.models import transformer
+from golfjax.rewards import make_task
+from golfjax.sampling import Sampler
+from golfjax.sampling import SamplingConfig
+from golfjax.tokenizer import Tokenizer
+from golfjax.tokenizer import load_tokenizer
+from golfjax.train import checkpoint as checkpoint_lib
+from golfjax.train import state as state_lib
+from golfjax.train import step as step_lib
+from golfjax.train.trainer import Trainer
+from golfjax.train.trainer import host_metrics
+
+
+@contextlib.contextmanager
+def _preemption_flag() -> Iterator[threading.Event]:
+    """An event set by SIGTERM while the run is inside this block."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event  # Signals are only delivered to the main thread.
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tokenizer(cfg: config_lib.RunConfig, workdir: str, vocab_size: int | None) -> Tokenizer:
+    if cfg.task.tokenizer == "builtin":
+        from golfjax.data.char_tokenizer import make_task_tokenizer
+
+        tokenizer = make_task_tokenizer(os.path.join(workdir, "tokenizer"))
+        if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+            raise ValueError(
+                f"the built-in tokenizer has {tokenizer.vocab_size} ids but model"
+                f" {cfg.model.preset!r} embeds only {vocab_size}"
+            )
+        return tokenizer
+    return load_tokenizer(cfg.task.tokenizer, vocab_size=vocab_size)
+
+
+def _model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.ModelConfig, Any]:
+    if cfg.model.hf_path:
+        model_config, params = hf.load(cfg.model.hf_path, mesh=mesh)
+    else:
+        model_config = model_config_lib.get_preset(cfg.model.preset)
+        params = None  # Random init inside the jitted state init.
+    if cfg.model.remat and not model_config.remat:
+        model_config = model_config.replace(remat=True)
+    if params is None:
+        params = transformer.init_params(model_config, jax.random.PRNGKey(cfg.seed), mesh)
+    return model_config, params
+
+
+class Run:
+    """Everything a run needs, built once from a `RunConfig`."""
+
+    def __init__(self, cfg: config_lib.RunConfig, workdir: str) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self.model_config, params = _model(cfg, self.mesh)
+        self.tokenizer = _tokenizer(cfg, workdir, self.model_config.vocab_size)
+        self.task = make_task(cfg.task.name, **cfg.task.kwargs)
+        self.train_problems = list(self.task.load("train"))
+        self.test_problems = list(self.task.load("test"))[: cfg.eval.num_problems]
+        if not self.train_problems or not self.test_problems:
+            raise ValueError(f"task {cfg.task.name!r} has an empty train or test split")
+        self.template_kwargs: dict[str, Any] = {}
+
+        step_cfg = step_lib.StepConfig(
+            loss=cfg.train.loss,
+            loss_cfg=cfg.loss,
+            off_policy_loss=cfg.train.off_policy_loss,
+            # Greedy rollouts (temperature 0) are scored at temperature 1.
+            temperature=cfg.sampling.temperature or 1.0,
+            kl_coef=cfg.train.kl_coef,
+            kl_estimator=cfg.train.kl_estimator,
+            entropy_coef=cfg.train.entropy_coef,
+            micro_batches=cfg.train.micro_batches,
+            logp_chunk=cfg.train.logp_chunk,
+            use_sampler_logp=cfg.loss.tis or cfg.loss.mis != "none",
+            nonfinite=cfg.train.nonfinite,
+        )
+        self.trainer = Trainer(self.model_config, step_cfg, cfg.optimizer, self.mesh)
+        self.sft_trainer = None
+        if cfg.cold_start.steps:
+            sft_opt = state_lib.OptimizerConfig(
+                lr=cfg.cold_start.lr,
+                weight_decay=cfg.optimizer.weight_decay,
+                grad_clip=cfg.optimizer.grad_clip,
+            )
+            self.sft_trainer = Trainer(
+                self.model_config,
+                step_lib.StepConfig(loss="reinforce", logp_chunk=cfg.train.logp_chunk),
+                sft_opt,
+                self.mesh,
+            )
+        # Rows are split over data x fsdp: every batch must divide evenly.
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows = {
+            "train.prompts_per_step * sampling.group_size": cfg.train.prompts_per_step * cfg.sampling.group_size,
+            "cold_start.batch_size": cfg.cold_start.batch_size if cfg.cold_start.steps else shards,
+        }
+        for name, value in rows.items():
+            if value % shards:
+                raise ValueError(
+                    f"{name} = {value} rows do not split over the mesh's {shards} data x fsdp devices"
+                )
+        stop_ids = self.tokenizer.stop_ids
+        sampling = SamplingConfig(
+            temperature=cfg.sampling.temperature,
+            top_p=cfg.sampling.top_p,
+            top_k=cfg.sampling.top_k,
+            max_new_tokens=cfg.sampling.max_new_tokens,
+            stop_ids=stop_ids,
+            group_size=cfg.sampling.group_size,
+            prompt_buckets=cfg.sampling.prompt_buckets,
+            batch_buckets=tuple(shards * 2**i for i in range(12)),
+            pad_id=self.tokenizer.pad_id,
+        )
+        self.sampler = Sampler(self.model_config, sampling, self.mesh)
+        self.eval_sampler = Sampler(
+            self.model_config,
+            sampling.replace(group_size=cfg.eval.samples, temperature=cfg.eval.temperature),
+            self.mesh,
+        )
+        self.advantage_fn = rl_lib.advantage_fn(cfg.train.advantage)
+        self.golf = None
+        if cfg.golf.enabled:
+            judge = None
+            if (cfg.golf.critic or self.task.default_critic) == "judge":
+                judge_sampler = Sampler(self.model_config, sampling.replace(group_size=1), self.mesh)
+                judge = golf_lib.decode_generate(judge_sampler, self.tokenizer)
+            self.golf = golf_lib.make_golf(
+                cfg.golf, self.task, self.tokenizer, self.template_kwargs, judge_generate=judge
+            )
+        self.cold_task = None
+        if cfg.cold_start.steps:
+            self.cold_task = make_task(cfg.task.name, **{**cfg.task.kwargs, **cfg.cold_start.task_kwargs})
+            self.cold_problems = [p for p in self.cold_task.load("train") if p.solution]
+            if not self.cold_problems:
+                raise ValueError(f"task {cfg.task.name!r} has no reference solutions for the cold start")
+        self.initial_params = params
+        self.rng = jax.random.PRNGKey(cfg.seed)
+
+    # ---------------------------------------------------------------- phases
+
+    def cold_start_step(
+        self, state: state_lib.TrainState, data: EpochIterator, step: int
+    ) -> tuple[Any, dict]:
+        cfg = self.cfg
+        problems = [self.cold_problems[i] for i in data.next()]
+        critic = None
+        if cfg.cold_start.refine_fraction > 0:
+            critic = critics_lib.make_critic(cfg.golf.critic or None, self.cold_task)
+        examples = data_cold_start.make_cold_start_examples(
+            self.cold_task, problems, self.tokenizer,
+            critic=critic,
+            refine_fraction=cfg.cold_start.refine_fraction,
+            max_prompt_tokens=cfg.golf.max_refinement_prompt_tokens,
+            template=refinement_lib.TEMPLATES[cfg.golf.template],
+            template_kwargs=self.template_kwargs,
+            seed=cfg.seed * 100_003 + step,
+        )
+        longest = max(len(e.prompt_tokens) for e in examples)
+        # The rollout's prompt buckets, so the cold start compiles once per bucket too.
+        prompt_len = next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest)
+        batch = cold_start_lib.sft_batch(
+            examples, prompt_len=prompt_len, response_len=cfg.sampling.max_new_tokens,
+            pad_id=self.tokenizer.pad_id,
+        )
+        state, metrics = self.sft_trainer.step(state, self.sft_trainer.put_batch(batch))
+        metrics = host_metrics(metrics)
+        return state, {"cold_start/nll": metrics["loss"], "grad_norm": metrics["grad_norm"]}
+
+    def rl_step(self, state: state_lib.TrainState, data: EpochIterator, key: jax.Array) -> tuple[Any, dict]:
+        problems = [self.train_problems[i] for i in data.next()]
+        prompts = [rl_lib.render_prompt(p.question, self.tokenizer, self.template_kwargs) for p in problems]
+        groups = rl_lib.sample_groups(
+            self.sampler, state.params, problems, prompts, key, self.task, self.tokenizer
+        )
+        if self.golf is None:
+            b, g = len(problems), groups.group_size
+            batch = rl_lib.to_batch(
+                groups.rollout, groups.reward_N, np.repeat(np.arange(b), g), self.advantage_fn
+            )
+            info = rl_lib.group_metrics(groups.reward_BxG())
+            info["samples/generated"] = float(b * g)
+        else:
+            batch, info = self.golf.build_batch(
+                state.params, groups, self.sampler, self.advantage_fn, jax.random.fold_in(key, 1)
+            )
+        batch = self.trainer.put_batch(batch)
+        if self.cfg.train.recompute_old_logp:
+            batch = self.trainer.with_old_logprobs(state, batch)
+        state, metrics = self.trainer.step(state, batch)
+        metrics = host_metrics(metrics)
+        step_lib.check_finite(metrics, self.trainer.step_cfg, int(state.step))
+        return state, {**metrics, **info}
+
+    def evaluate(self, params: Any, step: int) -> dict[str, float]:
+        return rl_lib.evaluate(
+            self.eval_sampler, params, self.test_problems,
+            jax.random.fold_in(jax.random.fold_in(self.rng, step), 2),
+            self.task, self.tokenizer, self.template_kwargs,
+            batch_size=self.cfg.train.prompts_per_step,
+        )
+
+
+def run(config: Any, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) the experiment described by `config` in `workdir`.
+
+    Args:
+      config: an `ml_collections.ConfigDict` (or dict) of `RunConfig` keys.
+      workdir: the run's directory; resumed if it holds a checkpoint.
+
+    Returns:
+      The last logged metrics (host floats).
+    """
+    cfg = config if isinstance(config, config_lib.RunConfig) else config_lib.build(config_lib.RunConfig, config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    config_dict = config_lib.to_dict(cfg)
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
+    )
+    saved = ckpt.restore_config()
+    if saved is not None:
+        diff = checkpoint_lib.config_diff(saved, config_dict)
+        if diff:
+            ckpt.close()
+            raise ValueError(
+                f"{workdir} holds a run with a different config; differing keys: " + "; ".join(diff)
+            )
+
+    r = Run(cfg, workdir)
+    cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
+    sft_data = EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed) if cold_steps else None
+    rl_data = EpochIterator(len(r.train_problems), cfg.train.prompts_per_step, cfg.seed + 1)
+    counters = {"prompts": 0, "samples": 0}
+
+    latest = ckpt.latest_step()
+    if latest is None:
+        state = r.trainer.init_state(r.initial_params, cfg.seed)
+    else:
+        state, data = ckpt.restore(r.trainer.abstract_state)
+        rl_data.restore(data["rl"])
+        if sft_data is not None:
+            sft_data.restore(data["sft"])
+        counters = data["counters"]
+    del r.initial_params
+    step = int(state.step)
+    writer = metrics_lib.MetricsWriter(workdir, total_steps=total, resume_from_step=latest)
+
+    def data_state() -> dict[str, Any]:
+        return {
+            "rl": rl_data.state(),
+            "sft": sft_data.state() if sft_data else None,
+            "counters": counters,
+        }
+
+    last: dict[str, float] = {}
+    if latest is None and cold_steps == 0:
+        writer.write(0, r.evaluate(state.params, 0))  # The starting point.
+    with _preemption_flag() as preempted:
+        while step < total:
+            if step < cold_steps:
+                state, last = r.cold_start_step(state, sft_data, step)
+            else:
+                if step == cold_steps and cold_steps:
+                    # Fresh Adam moments for RL; the SFT moments reflect another loss.
+                    state = r.trainer.init_state(state.params, cfg.seed)
+                    state = state.replace(step=jax.device_put(np.int32(step), state.step.sharding))
+                key = jax.random.fold_in(r.rng, step)
+                state, last = r.rl_step(state, rl_data, key)
+                counters["prompts"] += cfg.train.prompts_per_step
+                counters["samples"] += int(last.pop("samples/generated"))
+                last["samples/prompts_seen"] = counters["prompts"]
+                last["samples/generated"] = counters["samples"]
+            step += 1
+            rl_step = step - cold_steps
+            # Evaluate where RL starts (the end of the cold start), every
+            # `eval.every` RL steps, and at the end.
+            if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
+                last |= r.evaluate(state.params, step)
+            writer.write(step, last)
+            ckpt.save(step, state, data_state(), config_dict, force=preempted.is_set() or step == total)
+            if preempted.is_set():
+                break
+    ckpt.close()
+    writer.close()
+    return last

@@ -1,0 +1,58 @@
+"""Tests for golfjax/config.py: ConfigDict -> typed dataclasses, once."""
+
+import ml_collections
+import pytest
+
+from golfjax import config as config_lib
+from golfjax.losses import LossConfig
+
+
+def _config(**sections):
+    config = ml_collections.ConfigDict(config_lib.to_dict(config_lib.RunConfig()))
+    for section, values in sections.items():
+        for key, value in values.items():
+            config[section][key] = value
+    return config
+
+
+def test_round_trip_of_the_defaults():
+    built = config_lib.build(config_lib.RunConfig, _config())
+    assert built == config_lib.RunConfig()
+    assert isinstance(built.loss, LossConfig)
+    assert built.sampling.prompt_buckets == (32, 64, 128, 256, 512, 1024, 2048)
+
+
+def test_overrides_are_typed():
+    built = config_lib.build(
+        config_lib.RunConfig,
+        _config(optimizer={"lr": 1}, loss={"agg": "seq-mean-token-sum-norm"}, task={"kwargs": {"max_digits": 3}}),
+    )
+    assert built.optimizer.lr == 1.0 and isinstance(built.optimizer.lr, float)
+    assert built.loss.agg == "seq-mean-token-sum-norm"
+    assert built.task.kwargs == {"max_digits": 3}
+    hash(built.loss)  # static under jit
+
+
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        ({"train": {"lrr": 1.0}}, r"config.train: unknown key 'lrr'; known keys: advantage, "),
+        ({"optimizer": {"lr": 0.0}}, r"config.optimizer: OptimizerConfig.lr=0.0; expected > 0"),
+        ({"loss": {"agg": "mean"}}, r"config.loss: agg='mean' is not an aggregation mode"),
+        ({"train": {"loss": "ppo"}}, r"config.train: unknown loss 'ppo'; expected one of cispo"),
+        ({"train": {"advantage": "gae"}}, r"config.train: unknown advantage 'gae'"),
+        ({"golf": {"strategy": "never"}}, r"config.golf: strategy='never'; expected one of adaptive, always, hybrid"),
+        ({"train": {"steps": "ten"}}, r"config.train.steps='ten'; expected int"),
+        ({"bogus": {}}, r"config: unknown key 'bogus'"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(mapping, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.build(config_lib.RunConfig, mapping)
+
+
+def test_to_dict_is_json_friendly():
+    import json
+
+    as_dict = config_lib.to_dict(config_lib.RunConfig())
+    assert json.loads(json.dumps(as_dict)) == as_dict

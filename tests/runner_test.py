@@ -1,0 +1,39 @@
+"""Tests for golfjax/runner.py, in-process."""
+
+import json
+
+import pytest
+
+from experiments.configs import golf as golf_config
+from golfjax import runner
+
+
+@pytest.mark.slow
+def test_golf_two_steps_on_the_8_device_mesh(tmp_path):
+    # (2, 2, 2): rows over data x fsdp = 4 devices, tensor parallel over 2.
+    config = golf_config.get_config("smoke")
+    config.cold_start.steps = 0
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    # Reveal-critic refinements of an untrained model rarely succeed, so make
+    # every group take an injection whenever a refinement happens to succeed.
+    config.golf.strategy = "always"
+    last = runner.run(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for key in ("reward_pre_injection/mean", "golf/injection_rate", "golf/refinement_success",
+                "refinement/mean", "reward/all_fail_frac", "eval/accuracy"):
+        assert key in last, key
+    assert last["samples/generated"] == 2 * 2 * 4 * 4  # 2 steps x (original + refinement) x B x G
+    assert last["train/skipped_nonfinite"] == 0.0
+
+
+def test_conflicting_config_names_the_differing_keys(tmp_path):
+    config = golf_config.get_config("smoke")
+    config.cold_start.steps = 0
+    config.train.steps = 1
+    config.eval.every = 100
+    runner.run(config, str(tmp_path))
+    config.optimizer.lr = 0.5
+    config.golf.n_inject = 2
+    with pytest.raises(ValueError, match=r"differing keys: golf.n_inject: 1 -> 2; optimizer.lr: 0.0001 -> 0.5"):
+        runner.run(config, str(tmp_path))
