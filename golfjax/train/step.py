@@ -281,17 +281,18 @@ def train_step(
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
 
-    def keep_if_not_finite(new: Any, old: Any) -> Any:
-        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    def update(_: None) -> tuple[Any, Any]:
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), new_opt_state
 
-    next_state = state.replace(
-        step=state.step + 1,
-        params=keep_if_not_finite(new_params, state.params),
-        opt_state=keep_if_not_finite(new_opt_state, state.opt_state),
-    )
+    def keep(_: None) -> tuple[Any, Any]:
+        return state.params, state.opt_state
+
+    # A branch rather than an elementwise select over every parameter and
+    # moment: no extra passes over the state, and the donated buffers alias.
+    params, opt_state = jax.lax.cond(finite, update, keep, None)
+    next_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     response_NxT = batch.response_mask_NxT
     metrics = {
         **shares,
