@@ -108,3 +108,18 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     if variant == "smoke":
         smoke(c)
     return c
+
+
+def feedback_config(arg: str | None, *, golf: bool) -> ml_collections.ConfigDict:
+    """`task_config` of the variant in `arg` (`"arith,seed=1"`), GOLF on or off."""
+    variant, options = parse_variant(arg, TASK_VARIANTS)
+    c = task_config(variant)
+    c.golf.enabled = golf
+    if "seed" in options:
+        c.seed = int(options["seed"])
+    return c
+
+
+def seed_sweep() -> list[dict[str, object]]:
+    """Three seeds, as the GOLF vs GRPO benchmark runs them."""
+    return [{"seed": seed} for seed in range(3)]

@@ -14,14 +14,9 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant, options = common.parse_variant(arg, common.TASK_VARIANTS)
-    c = common.task_config(variant)
-    c.golf.enabled = False
-    if "seed" in options:
-        c.seed = int(options["seed"])
-    return c
+    return common.feedback_config(arg, golf=False)
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
     del arg
-    return [{"seed": seed} for seed in range(3)]
+    return common.seed_sweep()
