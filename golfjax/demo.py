@@ -5,7 +5,8 @@
 Runs experiments/configs/golf.py:arith (a supervised cold start on 1-2 digit
 sums, then GOLF on 3-digit sums, where the cold-started model mostly fails),
 prints progress, and writes `accuracy.png`: held-out accuracy versus training
-samples generated. About 5 minutes on a 2-core CPU. The work directory is the
+samples generated. Not yet tuned to its 5-minute target on a 2-core CPU (the
+cold start dominates); `--variant smoke` runs in about a minute. The work directory is the
 run's identity: running the demo again resumes (or just replots) it; delete the
 directory to start over.
 """

@@ -26,6 +26,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from typing import Any, Iterator
 
 import jax
@@ -217,7 +218,11 @@ class Run:
         )
         state, metrics = self.sft_trainer.step(state, self.sft_trainer.put_batch(batch))
         metrics = host_metrics(metrics)
-        return state, {"cold_start/nll": metrics["loss"], "grad_norm": metrics["grad_norm"]}
+        return state, {
+            "cold_start/nll": metrics["loss"],
+            "grad_norm": metrics["grad_norm"],
+            "train/response_tokens": metrics["train/response_tokens"],
+        }
 
     def rl_step(self, state: state_lib.TrainState, data: EpochIterator, key: jax.Array) -> tuple[Any, dict]:
         problems = [self.train_problems[i] for i in data.next()]
@@ -310,6 +315,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         writer.write(0, r.evaluate(state.params, 0))  # The starting point.
     with _preemption_flag() as preempted:
         while step < total:
+            started = time.monotonic()
             if step < cold_steps:
                 state, last = r.cold_start_step(state, sft_data, step)
             else:
@@ -323,6 +329,9 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 counters["samples"] += int(last.pop("samples/generated"))
                 last["samples/prompts_seen"] = counters["prompts"]
                 last["samples/generated"] = counters["samples"]
+            # Trained response tokens per second of the whole step (rollout,
+            # scoring and update; evaluation excluded).
+            last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)
             step += 1
             rl_step = step - cold_steps
             # Evaluate where RL starts (the end of the cold start), every

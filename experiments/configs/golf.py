@@ -5,8 +5,9 @@
 Variants: `arith` (the project's demo: `make demo`), `constraints`, `math`
 (needs a local checkpoint and dataset for real runs, see common.py), and
 `smoke` (two steps of each phase on the tiny model; seconds on CPU).
-`arith` on a 2-core CPU: cold start then 40 GOLF steps, about 5 minutes;
-held-out accuracy on 3-digit sums rises from ~0 as refinements are injected.
+`arith`: 300 cold-start steps on 1-2 digit sums, then 40 GOLF steps on 3-digit
+sums. Its runtime is not yet tuned to the demo's 5-minute target on a 2-core
+CPU, and its learning curve has not been measured yet.
 The GRPO baseline on equal terms is experiments/configs/grpo.py.
 """
 
