@@ -1,0 +1,67 @@
+"""Keeps the Bazel BUILD file in step with the test files.
+
+Every `tests/**/*_test.py` must have a `golfjax_py_test` target in BUILD, named from
+its path (tests/losses/policy_test.py -> losses_policy_test), and every target must
+name a file that exists. Runs under plain pytest and under Bazel, where the target's
+data holds BUILD and every test file (a glob), so a missing target fails here too.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+# Not resolved: under Bazel this is the runfiles tree, whose files are symlinks.
+ROOT = pathlib.Path(__file__).parent.parent
+# One `golfjax_py_test(...)` call: keyword arguments up to the closing parenthesis
+# at the start of a line, as the BUILD formatter writes them.
+TARGET_RE = re.compile(r"^golfjax_py_test\((.*?)^\)", re.DOTALL | re.MULTILINE)
+
+
+def _string_arg(call: str, key: str) -> str:
+    match = re.search(rf'^\s*{key}\s*=\s*"([^"]*)"', call, re.MULTILINE)
+    assert match, f"golfjax_py_test without a literal {key} = \"...\":\n{call}"
+    return match.group(1)
+
+
+def read_targets() -> dict[str, str]:
+    """Maps each golfjax_py_test's src to its name."""
+    build = (ROOT / "BUILD").read_text(encoding="utf-8")
+    targets: dict[str, str] = {}
+    for call in TARGET_RE.findall(build):
+        src, name = _string_arg(call, "src"), _string_arg(call, "name")
+        assert src not in targets, f"{src} has two targets in BUILD"
+        targets[src] = name
+    return targets
+
+
+def name_for(src: str) -> str:
+    """tests/losses/policy_test.py -> losses_policy_test."""
+    path = pathlib.PurePosixPath(src).relative_to("tests").with_suffix("")
+    return "_".join(path.parts)
+
+
+def test_build_parses_targets() -> None:
+    # Guards the regex: this file's own target must be found.
+    assert read_targets().get("tests/build_test.py") == "build_test"
+
+
+def test_every_test_file_has_a_target() -> None:
+    test_files = sorted(
+        p.relative_to(ROOT).as_posix() for p in ROOT.glob("tests/**/*_test.py"))
+    missing = [src for src in test_files if src not in read_targets()]
+    assert not missing, (
+        "test files without a golfjax_py_test target in BUILD: "
+        + ", ".join(f'golfjax_py_test(name = "{name_for(s)}", src = "{s}")'
+                    for s in missing))
+
+
+def test_every_target_names_an_existing_file() -> None:
+    absent = [src for src in read_targets() if not (ROOT / src).is_file()]
+    assert not absent, f"BUILD names test files that do not exist: {absent}"
+
+
+def test_target_names_follow_paths() -> None:
+    wrong = {name: name_for(src) for src, name in read_targets().items()
+             if name != name_for(src)}
+    assert not wrong, f"BUILD target names that do not follow their paths: {wrong}"
