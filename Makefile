@@ -36,5 +36,22 @@ demo: $(STAMP)
 bazel-test: $(STAMP)
 	bash tools/bazel_test.sh
 
+# The sampler benchmark (benchmarks/sampler.py) against google-tunix and
+# transformers. Those pin other versions than .venv's (tunix wants an older
+# transformers), so they live in their own venv. BENCH_ARGS=--quick for a smoke run.
+BENCH_VENV  ?= .venv-bench
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.golfjax-bench-installed
+BENCH_ARGS  ?=
+
+$(BENCH_STAMP): setup.py
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --upgrade pip
+	$(BENCH_PY) -m pip install -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/sampler.py --out benchmarks/results/sampler.json $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) bazel-* .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) bazel-* .pytest_cache

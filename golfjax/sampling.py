@@ -240,11 +240,11 @@ def processed_log_probs(logits_XxV: jax.Array, cfg: SamplingConfig) -> jax.Array
                               inplace=False)
 
 
-def _last_positive(x_NxM: jax.Array) -> jax.Array:
+def _last_positive(mass_NxC: jax.Array) -> jax.Array:
     """Index of the last positive entry of each row (0 if none)."""
-    m = x_NxM.shape[1]
-    return jnp.max(jnp.where(x_NxM > 0, jnp.arange(m, dtype=jnp.int32)[None, :],
-                             0), axis=1)
+    c = mass_NxC.shape[1]
+    return jnp.max(jnp.where(mass_NxC > 0,
+                             jnp.arange(c, dtype=jnp.int32)[None, :], 0), axis=1)
 
 
 def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
