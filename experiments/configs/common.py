@@ -28,7 +28,7 @@ def parse_variant(arg: str | None, known: tuple[str, ...]) -> tuple[str, dict[st
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a config to seconds on CPU: tiny model, few steps, small groups."""
+    """Shrinks a config to about a minute on CPU: tiny model, few steps, small groups."""
     config.model.preset = "tiny"
     config.cold_start.steps = min(config.cold_start.steps, 2)
     config.cold_start.batch_size = 8
