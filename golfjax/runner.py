@@ -54,7 +54,6 @@ from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import state as state_lib
 from golfjax.train import step as step_lib
 from golfjax.train.trainer import Trainer
-from golfjax.train.trainer import host_metrics
 
 
 @contextlib.contextmanager
@@ -90,11 +89,9 @@ def _model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.Model
         model_config, params = hf.load(cfg.model.hf_path, mesh=mesh)
     else:
         model_config = model_config_lib.get_preset(cfg.model.preset)
-        params = None  # Random init inside the jitted state init.
-    if cfg.model.remat and not model_config.remat:
-        model_config = model_config.replace(remat=True)
-    if params is None:
         params = transformer.init_params(model_config, jax.random.PRNGKey(cfg.seed), mesh)
+    if cfg.model.remat:  # Remat changes the program, not the parameters.
+        model_config = model_config.replace(remat=True)
     return model_config, params
 
 
@@ -217,7 +214,7 @@ class Run:
             pad_id=self.tokenizer.pad_id,
         )
         state, metrics = self.sft_trainer.step(state, self.sft_trainer.put_batch(batch))
-        metrics = host_metrics(metrics)
+        metrics = metrics_lib.to_scalars(metrics)
         return state, {
             "cold_start/nll": metrics["loss"],
             "grad_norm": metrics["grad_norm"],
@@ -245,7 +242,7 @@ class Run:
         if self.cfg.train.recompute_old_logp:
             batch = self.trainer.with_old_logprobs(state, batch)
         state, metrics = self.trainer.step(state, batch)
-        metrics = host_metrics(metrics)
+        metrics = metrics_lib.to_scalars(metrics)
         step_lib.check_finite(metrics, self.trainer.step_cfg, int(state.step))
         return state, {**metrics, **info}
 

@@ -13,7 +13,6 @@ import functools
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -72,7 +71,6 @@ class Trainer:
         # Rows over every data-parallel device; the rest of each field whole.
         row = NamedSharding(mesh, P(("data", "fsdp")))
         self.batch_shardings = step_lib.batch_shardings(mesh)
-        self._row_sharding = row
 
         self._init = jax.jit(
             lambda params, seed: init_train_state(params, self.optimizer, seed),
@@ -141,7 +139,3 @@ class Trainer:
     def _maybe_block(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
 
-
-def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    """Metrics as host floats (the one device fetch of a step's metrics)."""
-    return {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}

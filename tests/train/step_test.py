@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from golfjax import losses
+from golfjax import metrics as metrics_lib
 from golfjax import sharding
 from golfjax.models import config as config_lib
 from golfjax.models import transformer
@@ -105,7 +106,7 @@ def test_four_micro_batches_of_two_equal_one_of_eight(agg):
         ref = trainer.put_batch(batch.replace(ref_logp_NxT=batch.behaviour_logp_NxT - 0.1))
         state = trainer.init_state(_params(), seed=0)
         state, metrics = trainer.step(state, ref)
-        results.append((jax.device_get(state.params), trainer_lib.host_metrics(metrics)))
+        results.append((jax.device_get(state.params), metrics_lib.to_scalars(metrics)))
     (params_1, metrics_1), (params_4, metrics_4) = results
     chex.assert_trees_all_close(params_4, params_1, atol=1e-5)
     for key in ("loss", "loss/policy", "loss/kl", "entropy", "grad_norm"):
@@ -136,7 +137,7 @@ def test_nonfinite_gradient_is_skipped_and_counted():
     state = trainer.init_state(_params(), seed=0)
     before = jax.device_get(state)
     state, metrics = trainer.step(state, trainer.put_batch(_batch(advantage=advantage)))
-    metrics = trainer_lib.host_metrics(metrics)
+    metrics = metrics_lib.to_scalars(metrics)
     assert metrics["train/skipped_nonfinite"] == 1.0
     chex.assert_trees_all_equal(jax.device_get(state.params), before.params)
     chex.assert_trees_all_equal(jax.device_get(state.opt_state), before.opt_state)
