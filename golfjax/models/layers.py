@@ -51,6 +51,19 @@ def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array
   return jnp.ones(shape, dtype)
 
 
+def _dense(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+  """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
+
+  Flattening B x T first matters on CPU: XLA lowers a dot that contracts two
+  axes (the weight gradient of a 3-D einsum contracts both B and T) to a slow
+  generic loop, about 2.5x slower than the same work as one GEMM; on TPU/GPU
+  both forms compile to the same kernel.
+  """
+  lead = x_BxTxI.shape[:-1]
+  y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO)
+  return y.reshape(lead + (w_IxO.shape[-1],))
+
+
 class RMSNorm(nnx.Module):
   """RMSNorm over the last axis, computed in float32 as transformers does."""
 
@@ -134,8 +147,9 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, "head_dim", c)
 
   def _project(self, x_BxTxD: jax.Array, name: str) -> jax.Array:
-    w = getattr(self, name)[...].astype(x_BxTxD.dtype)
-    y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w)
+    w_DxNxH = getattr(self, name)[...].astype(x_BxTxD.dtype)
+    y = _dense(x_BxTxD, w_DxNxH.reshape(w_DxNxH.shape[0], -1))
+    y = y.reshape(y.shape[:-1] + w_DxNxH.shape[1:])
     if self.config.qkv_bias:
       y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
     return y
@@ -197,8 +211,9 @@ class Attention(nnx.Module):
         x_BxTxD.dtype)
     out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
     out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
-    out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH,
-                           self.o[...].astype(x_BxTxD.dtype))
+    o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
+    out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
+                       o_NxHxD.reshape(-1, o_NxHxD.shape[-1]))
     return out_BxTxD, new_cache
 
 
@@ -213,10 +228,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = x_BxTxD.dtype
-    gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
-    up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF,
-                      self.down[...].astype(dt))
+    gate_BxTxF = _dense(x_BxTxD, self.gate[...].astype(dt))
+    up_BxTxF = _dense(x_BxTxD, self.up[...].astype(dt))
+    return _dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
