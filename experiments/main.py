@@ -6,25 +6,55 @@
 `--config` names a Python config file and its variant (`get_config(variant)`);
 any key can be overridden with a dotted flag. The work directory is the run's
 identity: rerunning the same command resumes from its latest checkpoint.
+
+Multi-host (a Cloud TPU pod slice, or several machines): every host runs the
+same command with `--multihost=on` (Cloud TPU detects the rest itself) or with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; see
+experiments/multihost.py. The work directory must then be on a file system
+that every host mounts.
 """
 
 from __future__ import annotations
 
+import os
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from experiments import multihost
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. experiments/configs/grpo.py:smoke.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, logs.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", list(multihost.MODES),
+    "Call jax.distributed.initialize(): on, off, or auto (when the environment shows "
+    "a multi-process run).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (default: detected).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: number of processes (default: detected).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's id, 0 to num_processes-1 (default: detected).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Before anything touches a device: every process joins the others first.
+    try:
+        multihost.initialize(
+            _MULTIHOST.value, coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+            environ=os.environ,
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     from golfjax import runner  # After flag parsing: importing JAX is slow.
 
     runner.run(_CONFIG.value, _WORKDIR.value)

@@ -9,6 +9,9 @@ metrics to keep the device busy (dispatch step t, then write step t-1).
 
 On resume, `metrics.jsonl` is truncated to the restored step, so the file never
 holds two records of one step.
+
+In a multi-process run every process computes the same metrics, and only
+process 0 writes them (file, TensorBoard and console); the others just fetch.
 """
 
 from __future__ import annotations
@@ -56,25 +59,33 @@ class MetricsWriter:
         tensorboard: bool = True,
         console: TextIO | None = sys.stdout,
         resume_from_step: int | None = None,
+        primary: bool | None = None,
     ) -> None:
+        """Opens the run's metrics; `primary` (default: process 0) writes them."""
         self.workdir = os.fspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
         self.path = os.path.join(self.workdir, "metrics.jsonl")
+        self.primary = _is_process_zero() if primary is None else primary
+        self._jsonl = None
+        self._tb = None
+        self._console = console if self.primary else None
+        self._total = total_steps
+        self._start = time.monotonic()
+        if not self.primary:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
         if resume_from_step is not None:
             _truncate_after(self.path, resume_from_step)
         self._jsonl = open(self.path, "a", encoding="utf-8")
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-        self._console = console
-        self._total = total_steps
-        self._start = time.monotonic()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Records `metrics` at `step`; returns them as host floats."""
         scalars = to_scalars(metrics)
+        if self._jsonl is None:
+            return scalars
         record = {"step": int(step), **{k: _json_number(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -96,9 +107,16 @@ class MetricsWriter:
         return " | ".join(parts)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _is_process_zero() -> bool:
+    import jax  # Local, as in to_scalars.
+
+    return jax.process_index() == 0
 
 
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
