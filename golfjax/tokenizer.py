@@ -258,6 +258,17 @@ class Tokenizer:
             raise ValueError(f"Chat template of {self.path} failed: {e}") from e
         return self.encode(text) if tokenize else text
 
+    def encode_prompt(self, question: str, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """The ids of one user turn holding `question`, plus the generation prompt.
+
+        Every rollout prompt (RL, evaluation, the cold start's plain examples, the
+        data pipeline) is rendered here, so they all see the same template and
+        thinking mode (`template_kwargs`).
+        """
+        return self.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True,
+            **dict(template_kwargs or {}))
+
 
 def _read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):

@@ -50,10 +50,12 @@ TASK_VARIANTS = ("arith", "constraints", "math", "smoke")
 def task_config(variant: str) -> ml_collections.ConfigDict:
     """The GOLF/GRPO setup of one built-in task (feedback off; golf.py turns it on).
 
-    `arith`: cold start on 1-2 digit sums (format, and with refine_fraction the
-    use of feedback), then RL on 3-digit sums, where the cold-started model
-    mostly fails: sparse reward, GOLF's regime. The tiny character-level model
-    (`task_1m`) needs far larger learning rates than GOLF's 1e-6 for 7B models.
+    `arith`: a short cold start on 1-2 digit sums (the answer format, and with
+    refine_fraction the use of feedback), then RL on 2-digit + 2-digit sums
+    (golfjax/rewards/arith.py: `COLD_START`, `RL`), where the cold-started
+    model mostly fails: sparse reward, GOLF's regime. The tiny character-level
+    model (`task_1m`) needs far larger learning rates than GOLF's 1e-6 for 7B
+    models.
     """
     c = base()
     c.model.preset = "task_1m"
@@ -70,20 +72,22 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.1
     c.optimizer.grad_clip = 1.0
     c.golf.template = "compact"
-    c.golf.max_refinement_prompt_tokens = 256
+    c.golf.max_refinement_prompt_tokens = 128
     c.eval.every = 10
     c.eval.num_problems = 64
     c.eval.samples = 4
     c.checkpoint.every = 10
     if variant in ("arith", "smoke"):
         c.task.name = "arith"
-        c.task.kwargs = {"min_digits": 3, "max_digits": 3}
-        c.cold_start.steps = 300
+        c.task.kwargs = {"min_digits": 2, "max_digits": 2}  # arith.RL
+        c.cold_start.steps = 200
         c.cold_start.batch_size = 32
-        c.cold_start.lr = 3e-3
-        c.cold_start.task_kwargs = {"min_digits": 1, "max_digits": 2}
+        c.cold_start.lr = 1e-3
+        c.cold_start.task_kwargs = {"min_digits": 1, "max_digits": 2}  # arith.COLD_START
         c.cold_start.refine_fraction = 0.3
-        c.train.steps = 40
+        c.sampling.max_new_tokens = 20
+        c.train.steps = 30
+        c.eval.every = 5
     elif variant == "constraints":
         c.task.name = "constraints"
         c.cold_start.steps = 300

@@ -48,10 +48,8 @@ def make_sft_example(problem: Problem, tokenizer: Tokenizer, *,
     """The plain example: the rollout prompt of `problem` -> its reference solution."""
     if not problem.solution:
         raise ValueError(f"problem {problem.id} has no reference solution for the cold start")
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": problem.question}], add_generation_prompt=True,
-        tokenize=True, **dict(template_kwargs or {}))
-    return SFTExample(prompt, encode_response(tokenizer, problem.solution))
+    return SFTExample(tokenizer.encode_prompt(problem.question, template_kwargs),
+                      encode_response(tokenizer, problem.solution))
 
 
 def make_cold_start_examples(
@@ -99,6 +97,9 @@ def make_cold_start_examples(
             other = problems[int(rng.integers(len(problems)))]
             if not task.is_success(problem, other.solution):
                 responses.append(other.solution)
+        if not responses:  # Every borrowed attempt happened to be right.
+            examples.append(plain)
+            continue
         rewards = [task.score(problem, r) for r in responses]
         critiques = critic.critique([problem] * len(responses), responses, rewards)
         attempts = [Attempt(r, w, c) for r, w, c in zip(responses, rewards, critiques)]

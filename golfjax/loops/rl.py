@@ -28,18 +28,6 @@ from golfjax.types import Batch
 from golfjax.types import make_batch
 
 
-def render_prompt(
-    question: str, tokenizer: Tokenizer, template_kwargs: Mapping[str, Any]
-) -> list[int]:
-    """The token ids of one user turn plus the generation prompt."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}],
-        add_generation_prompt=True,
-        tokenize=True,
-        **template_kwargs,
-    )
-
-
 def decode_responses(rollout: Rollout, tokenizer: Tokenizer) -> list[str]:
     """Response text of every row (special tokens such as the stop token dropped)."""
     tokens_NxT = np.asarray(rollout.tokens_NxT)
@@ -137,7 +125,7 @@ def evaluate(
     correct = []
     for start in range(0, len(problems), batch_size):
         chunk = list(problems[start : start + batch_size])
-        prompts = [render_prompt(p.question, tokenizer, template_kwargs) for p in chunk]
+        prompts = [tokenizer.encode_prompt(p.question, template_kwargs) for p in chunk]
         groups = sample_groups(
             sampler, params, chunk, prompts, jax.random.fold_in(key, start), task, tokenizer
         )

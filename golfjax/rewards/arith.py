@@ -13,15 +13,18 @@ Difficulty knob: `min_digits`/`max_digits` (digits per operand, each operand's
 count drawn uniformly) and `ops` ("+", "-", "*"; subtraction keeps the larger
 operand first so answers are non-negative).
 
-Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF): a cold start on
-easy problems (`COLD_START`, 1-2 digit addition) teaches the answer format; RL
-then runs on harder problems (`RL`, 3-digit addition, the class defaults) that a
-tiny model, which has never seen a 3-digit sum, mostly gets wrong, so most groups
-are all-fail and scalar-reward RL has no signal. The `reveal` critic puts the
-reference answer into the refinement prompt, so the SAME policy can fix its
-attempt by copying the revealed number; those verified refinements are injected
-into the all-fail groups. Cold-start examples in the refinement format (see
-golfjax/data/cold_start.py) teach the copy before RL starts.
+Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF): a short
+supervised cold start on easy problems (`COLD_START`, 1-2 digit addition, a
+share of them in refinement format) teaches the answer format and how to use
+feedback, but not yet the arithmetic of two 2-digit operands; RL then runs on
+those harder problems (`RL`, 2-digit + 2-digit), which the cold-started tiny
+model mostly gets wrong, so most groups are all-fail and scalar-reward RL has
+little signal. The `reveal` critic puts the reference answer into the
+refinement prompt, so the SAME policy can fix its attempt by copying the
+revealed number; those verified refinements are injected into the all-fail
+groups. Cold-start examples in the refinement format (see
+golfjax/data/cold_start.py) teach the copy, over the same answer lengths as RL,
+before RL starts. The class defaults (3-digit sums) are harder still.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ OPS = ("+", "-", "*")
 
 # Keyword arguments of the two phases of the intended regime (module docstring).
 COLD_START: dict[str, Any] = {"min_digits": 1, "max_digits": 2, "ops": "+"}
-RL: dict[str, Any] = {"min_digits": 3, "max_digits": 3, "ops": "+"}
+RL: dict[str, Any] = {"min_digits": 2, "max_digits": 2, "ops": "+"}
 
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(-?\d(?:,?\d)*)", re.IGNORECASE)
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d(?:,?\d)*)\s*\}")

@@ -80,7 +80,7 @@ def test_control_strings_in_attempts_cannot_inject_turns(tok):
                                      template=ref.COMPACT_TEMPLATE)
     turn_ids = {tok.encode("<|end|>")[0], tok.encode("<|assistant|>")[0], tok.encode("<|user|>")[0]}
     assert [t for t in rp.tokens if t in turn_ids] == rp.tokens[:1] + rp.tokens[-2:]
-    assert "1. (0) 5The answer is 936. Feedback: no\n" in rp.text
+    assert "1. (0) 5The answer is 936. no\n" in rp.text
 
 
 QWEN3_LIKE = (

@@ -109,8 +109,10 @@ def test_four_micro_batches_of_two_equal_one_of_eight(agg):
         results.append((jax.device_get(state.params), metrics_lib.to_scalars(metrics)))
     (params_1, metrics_1), (params_4, metrics_4) = results
     chex.assert_trees_all_close(params_4, params_1, atol=1e-5)
+    # The loss sums terms of order 0.1 to about 0.005, so float32 summation order
+    # (which differs between one matmul of 8 rows and four of 2) moves it ~1e-7.
     for key in ("loss", "loss/policy", "loss/kl", "entropy", "grad_norm"):
-        np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.slow

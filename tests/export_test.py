@@ -1,0 +1,67 @@
+"""Tests for golfjax/export.py: a run's policy as an HF checkpoint, and runs from it."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import common
+from golfjax import config as config_lib
+from golfjax import export as export_lib
+from golfjax import metrics as metrics_lib
+from golfjax import runner
+from golfjax import sharding
+from golfjax.models import hf
+from golfjax.tokenizer import load_tokenizer
+from golfjax.train import checkpoint as checkpoint_lib
+from golfjax.train import step as step_lib
+from golfjax.train.trainer import Trainer
+
+
+def _cold_start_only(workdir):
+    c = common.feedback_config("smoke", golf=False)
+    c.train.steps = 0
+    c.checkpoint.every = 1
+    runner.run(c, workdir)
+    return c
+
+
+@pytest.mark.slow
+def test_export_then_rl_from_the_export(tmp_path):
+    workdir, out = tmp_path / "cold", tmp_path / "policy"
+    c = _cold_start_only(str(workdir))
+    records = metrics_lib.read_metrics(workdir)
+    # train.steps = 0: the cold start alone, evaluated on the RL task at its end.
+    assert [r["step"] for r in records] == [1, 2] and "eval/accuracy" in records[-1]
+
+    assert export_lib.main(["--workdir", str(workdir), "--out", str(out)]) == 0
+    model_config, params = hf.load(str(out))
+    assert model_config.vocab_size == 256 and model_config.num_layers == 2
+
+    # The exported weights are the checkpoint's, bit for bit.
+    mesh = sharding.make_mesh(1, -1, 1)
+    optimizer = config_lib.build(config_lib.RunConfig, c.to_dict()).optimizer
+    trainer = Trainer(model_config, step_lib.StepConfig(), optimizer, mesh)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, _ = ckpt.restore(trainer.abstract_state)
+    ckpt.close()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+                 jax.device_get(state.params))
+    # The built-in tokenizer travels with the weights.
+    tok = load_tokenizer(str(out))
+    assert tok.encode("What is 1+2?") == load_tokenizer(str(workdir / "tokenizer")).encode("What is 1+2?")
+
+    # An RL run starts from the exported policy and its tokenizer.
+    rl = common.feedback_config("smoke", golf=True)
+    rl.model.hf_path = str(out)
+    rl.task.tokenizer = str(out)
+    rl.cold_start.steps = 0
+    rl.train.steps = 1
+    last = runner.run(rl, str(tmp_path / "rl"))
+    assert "reward/mean" in last and np.isfinite(last["loss"])
+
+
+def test_export_without_a_checkpoint_names_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*checkpoints"):
+        export_lib.export(str(tmp_path), str(tmp_path / "out"))
