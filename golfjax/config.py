@@ -34,6 +34,10 @@ class ModelSection:
     remat: bool = False
 
 
+# Tasks whose constructor takes `dataset=DIR` (`TaskSection.dataset`).
+DATASET_TASKS = ("math",)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
     """The task (`golfjax.rewards.TASKS`) and its constructor arguments."""
@@ -43,6 +47,23 @@ class TaskSection:
     # "builtin": the character-level tokenizer made for the built-in tasks;
     # otherwise a local tokenizer directory or SentencePiece file.
     tokenizer: str = "builtin"
+    # A dataset directory built by `python -m golfjax.data.prepare`: the task
+    # reads its problems from it, and RL prompts come through the grain
+    # pipeline (golfjax/data/pipeline.py). Only tasks in DATASET_TASKS read one.
+    dataset: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dataset and self.name not in DATASET_TASKS:
+            raise ValueError(
+                f"dataset={self.dataset!r} but task {self.name!r} makes its own problems;"
+                f" datasets are read by the tasks {', '.join(DATASET_TASKS)}"
+            )
+        if self.dataset and "dataset" in self.kwargs:
+            raise ValueError("dataset is set twice, as task.dataset and task.kwargs.dataset; keep one")
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """The task constructor's keyword arguments: `kwargs`, plus `dataset` when set."""
+        return {**self.kwargs, "dataset": self.dataset} if self.dataset else dict(self.kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +101,9 @@ class TrainSection:
         losses.get_loss(self.loss)
         losses.get_off_policy_loss(self.off_policy_loss)
         advantages.get_advantage(self.advantage)
-        for name in ("steps", "prompts_per_step", "micro_batches"):
+        if self.steps < 0:
+            raise ValueError(f"steps={self.steps}; expected >= 0 (0: cold start only)")
+        for name in ("prompts_per_step", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
 
@@ -141,6 +164,58 @@ class GolfSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class VespoSection:
+    """VESPO's training regimes (golfjax/loops/vespo.py); `enabled=False`: one update per rollout.
+
+    The loop trains any `train.loss`; `train.recompute_old_logp` picks the
+    behaviour log-probs (the trainer's rescoring of the rollout under the
+    parameters that sampled it, or the sampler's own; `loss.tis` then corrects
+    between the two). A mini-batch is `train.prompts_per_step` prompts and one
+    optimizer step, so `train.steps` counts optimizer steps and a run samples
+    `train.steps * train.prompts_per_step * sampling.group_size` responses
+    whatever the staleness.
+    """
+
+    enabled: bool = False
+    # N: mini-batches per rollout batch, trained once each in sequence, so
+    # mini-batch j is trained by a policy j - 1 optimizer steps ahead of the
+    # one that sampled it. `train.steps` must be a multiple of it.
+    staleness: int = 1
+    # A rollout worker thread samples with a parameter snapshot while the
+    # learner trains (fully asynchronous).
+    async_rollout: bool = False
+    sync_every: int = 1  # K: learner steps between parameter snapshots (async).
+    # Async: a rollout whose first mini-batch would be trained more than this
+    # many learner steps after its sampling policy is dropped (and counted).
+    # At least K - 1, or the learner could wait forever.
+    max_staleness: int = 4
+    queue_size: int = 2  # Async: finished rollouts the worker may hold ahead.
+    # Async: the last `rollout_devices` devices sample and the others train;
+    # 0 shares every device between the worker and the learner.
+    rollout_devices: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "staleness": (self.staleness >= 1, ">= 1"),
+            "sync_every": (self.sync_every >= 1, ">= 1"),
+            "max_staleness": (
+                self.max_staleness >= self.sync_every - 1,
+                f">= sync_every - 1 = {self.sync_every - 1}",
+            ),
+            "queue_size": (self.queue_size >= 1, ">= 1"),
+            "rollout_devices": (self.rollout_devices >= 0, ">= 0"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)}; expected {expected}")
+        if self.rollout_devices and not self.async_rollout:
+            raise ValueError(
+                f"rollout_devices={self.rollout_devices} needs async_rollout=True"
+                " (only the asynchronous worker samples on its own devices)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSection:
     """Held-out evaluation: mean accuracy and pass@k every `every` RL steps."""
 
@@ -176,6 +251,7 @@ class RunConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     cold_start: ColdStartSection = ColdStartSection()
     golf: GolfSection = GolfSection()
+    vespo: VespoSection = VespoSection()
     eval: EvalSection = EvalSection()
     checkpoint: CheckpointSection = CheckpointSection()
     mesh: MeshSection = MeshSection()

@@ -42,6 +42,7 @@ from golfjax.feedback import refinement as refinement_lib
 from golfjax.loops import cold_start as cold_start_lib
 from golfjax.loops import golf as golf_lib
 from golfjax.loops import rl as rl_lib
+from golfjax.loops import vespo as vespo_lib
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
 from golfjax.models import transformer
@@ -101,10 +102,12 @@ class Run:
     def __init__(self, cfg: config_lib.RunConfig, workdir: str) -> None:
         self.cfg = cfg
         self.workdir = workdir
-        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        # VESPO's asynchronous worker may sample on devices of its own.
+        learner_devices, rollout_devices = vespo_lib.split_devices(cfg.vespo)
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
         self.model_config, params = _model(cfg, self.mesh)
         self.tokenizer = _tokenizer(cfg, workdir, self.model_config.vocab_size)
-        self.task = make_task(cfg.task.name, **cfg.task.kwargs)
+        self.task = make_task(cfg.task.name, **cfg.task.task_kwargs())
         self.train_problems = list(self.task.load("train"))
         self.test_problems = list(self.task.load("test"))[: cfg.eval.num_problems]
         if not self.train_problems or not self.test_problems:
@@ -180,12 +183,18 @@ class Run:
             )
         self.cold_task = None
         if cfg.cold_start.steps:
-            self.cold_task = make_task(cfg.task.name, **{**cfg.task.kwargs, **cfg.cold_start.task_kwargs})
+            self.cold_task = make_task(cfg.task.name, **{**cfg.task.task_kwargs(), **cfg.cold_start.task_kwargs})
             self.cold_problems = [p for p in self.cold_task.load("train") if p.solution]
             if not self.cold_problems:
                 raise ValueError(f"task {cfg.task.name!r} has no reference solutions for the cold start")
         self.initial_params = params
         self.rng = jax.random.PRNGKey(cfg.seed)
+        self.vespo = None
+        if cfg.vespo.enabled:
+            self.vespo = vespo_lib.VespoLoop(
+                cfg, trainer=self.trainer, build_batch=self.build_batch, problems=self.train_problems,
+                sampler=self.sampler, rng=self.rng, rollout_devices=rollout_devices,
+            )
 
     # ---------------------------------------------------------------- phases
 
@@ -221,11 +230,14 @@ class Run:
             "train/response_tokens": metrics["train/response_tokens"],
         }
 
-    def rl_step(self, state: state_lib.TrainState, data: EpochIterator, key: jax.Array) -> tuple[Any, dict]:
-        problems = [self.train_problems[i] for i in data.next()]
-        prompts = [rl_lib.render_prompt(p.question, self.tokenizer, self.template_kwargs) for p in problems]
+    def build_batch(
+        self, params: Any, problems: list[Any], key: jax.Array, sampler: Sampler | None = None
+    ) -> tuple[Any, dict]:
+        """One host train batch sampled by `params` (GRPO, or GOLF's 2N rows) and its metrics."""
+        sampler = sampler or self.sampler
+        prompts = [self.tokenizer.encode_prompt(p.question, self.template_kwargs) for p in problems]
         groups = rl_lib.sample_groups(
-            self.sampler, state.params, problems, prompts, key, self.task, self.tokenizer
+            sampler, params, problems, prompts, key, self.task, self.tokenizer
         )
         if self.golf is None:
             b, g = len(problems), groups.group_size
@@ -234,10 +246,12 @@ class Run:
             )
             info = rl_lib.group_metrics(groups.reward_BxG())
             info["samples/generated"] = float(b * g)
-        else:
-            batch, info = self.golf.build_batch(
-                state.params, groups, self.sampler, self.advantage_fn, jax.random.fold_in(key, 1)
-            )
+            return batch, info
+        return self.golf.build_batch(params, groups, sampler, self.advantage_fn, jax.random.fold_in(key, 1))
+
+    def rl_step(self, state: state_lib.TrainState, data: EpochIterator, key: jax.Array) -> tuple[Any, dict]:
+        problems = [self.train_problems[i] for i in data.next()]
+        batch, info = self.build_batch(state.params, problems, key)
         batch = self.trainer.put_batch(batch)
         if self.cfg.train.recompute_old_logp:
             batch = self.trainer.with_old_logprobs(state, batch)
@@ -247,12 +261,14 @@ class Run:
         return state, {**metrics, **info}
 
     def evaluate(self, params: Any, step: int) -> dict[str, float]:
-        return rl_lib.evaluate(
-            self.eval_sampler, params, self.test_problems,
-            jax.random.fold_in(jax.random.fold_in(self.rng, step), 2),
-            self.task, self.tokenizer, self.template_kwargs,
-            batch_size=self.cfg.train.prompts_per_step,
-        )
+        # VESPO's rollout worker may be sampling on the same devices meanwhile.
+        with self.vespo.device_lock if self.vespo else contextlib.nullcontext():
+            return rl_lib.evaluate(
+                self.eval_sampler, params, self.test_problems,
+                jax.random.fold_in(jax.random.fold_in(self.rng, step), 2),
+                self.task, self.tokenizer, self.template_kwargs,
+                batch_size=self.cfg.train.prompts_per_step,
+            )
 
 
 def run(config: Any, workdir: str) -> dict[str, float]:
@@ -284,7 +300,17 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     r = Run(cfg, workdir)
     cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
     sft_data = EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed) if cold_steps else None
-    rl_data = EpochIterator(len(r.train_problems), cfg.train.prompts_per_step, cfg.seed + 1)
+    if cfg.task.dataset:
+        from golfjax.data.pipeline import PromptPipeline  # grain: only dataset runs need it.
+
+        # Prompts longer than the largest prompt bucket could not be sampled;
+        # they are dropped (and counted) here rather than failing mid-run.
+        rl_data = PromptPipeline(
+            r.task.load("train"), r.tokenizer, batch_size=cfg.train.prompts_per_step, seed=cfg.seed + 1,
+            max_prompt_tokens=max(cfg.sampling.prompt_buckets), template_kwargs=r.template_kwargs,
+        )
+    else:
+        rl_data = EpochIterator(len(r.train_problems), cfg.train.prompts_per_step, cfg.seed + 1)
     counters = {"prompts": 0, "samples": 0}
 
     latest = ckpt.latest_step()
@@ -310,7 +336,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     last: dict[str, float] = {}
     if latest is None and cold_steps == 0:
         writer.write(0, r.evaluate(state.params, 0))  # The starting point.
-    with _preemption_flag() as preempted:
+    # The VESPO loop, a context manager, stops its rollout worker with the run.
+    with _preemption_flag() as preempted, r.vespo or contextlib.nullcontext():
         while step < total:
             started = time.monotonic()
             if step < cold_steps:
@@ -321,7 +348,10 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                     state = r.trainer.init_state(state.params, cfg.seed)
                     state = state.replace(step=jax.device_put(np.int32(step), state.step.sharding))
                 key = jax.random.fold_in(r.rng, step)
-                state, last = r.rl_step(state, rl_data, key)
+                if r.vespo is None:
+                    state, last = r.rl_step(state, rl_data, key)
+                else:
+                    state, last = r.vespo.step(state, rl_data, key)
                 counters["prompts"] += cfg.train.prompts_per_step
                 counters["samples"] += int(last.pop("samples/generated"))
                 last["samples/prompts_seen"] = counters["prompts"]
@@ -336,8 +366,13 @@ def run(config: Any, workdir: str) -> dict[str, float]:
             if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
                 last |= r.evaluate(state.params, step)
             writer.write(step, last)
-            ckpt.save(step, state, data_state(), config_dict, force=preempted.is_set() or step == total)
-            if preempted.is_set():
+            force = preempted.is_set() or step == total
+            if r.vespo is None:
+                ckpt.save(step, state, data_state(), config_dict, force=force)
+            elif r.vespo.save_point(step, force=force, every=cfg.checkpoint.every):
+                # Between rollout batches only: nothing half-trained to save.
+                ckpt.save(step, state, data_state(), config_dict, force=True)
+            if preempted.is_set() and (r.vespo is None or r.vespo.at_boundary):
                 break
     ckpt.close()
     writer.close()

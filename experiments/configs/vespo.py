@@ -1,0 +1,127 @@
+"""VESPO and its baselines under stale data, on the built-in `arith` task.
+
+    python -m experiments.main --config=experiments/configs/vespo.py:vespo,n=16 --workdir=/tmp/vespo_n16
+
+Variants name what trains: a loss of `golfjax.losses.LOSSES` in the
+synchronous staleness loop (`vespo`, `ppo_clip` (GRPO), `gspo`, `sapo`,
+`cispo`), `async` (VESPO with fully asynchronous rollout: sampler log-probs,
+weights synced every step, rollouts more than 4 steps behind dropped), or
+`golf` (GOLF's batches, with refinements and injection, trained by the VESPO
+loss at staleness N). Options follow the variant, comma-separated:
+
+- `n=N`: staleness, the optimizer steps per rollout batch (default 4;
+  `train.steps` is rounded up to a multiple of it);
+- `async=1`: the variant's loss with fully asynchronous rollout;
+- `seed=S`;
+- `init=DIR`: start from the Hugging Face checkpoint in DIR instead of the cold
+  start (benchmarks/staleness_sweep.py starts every run from one exported
+  cold-start policy this way);
+- `smoke=1`: the tiny model and two steps (about a minute on a 2-core CPU,
+  mostly compilation); the variant `smoke` is `vespo,smoke=1`.
+
+Setup. All 100 one-digit sums, 80 to train on and 20 held out. A cold start
+(80 supervised steps on the 80 training sums' reference solutions) takes the
+`task_1m` model to about 9% accuracy at temperature 1 with pass@8 near 60%:
+most groups of 8 hold a success, so every mini-batch carries signal. Then 64
+optimizer steps of RL, each one mini-batch of 4 prompts x 8 samples: every run
+generates the same 2,048 samples and takes the same number of steps whatever
+N; N only sets how stale each step's data is. AdamW at lr 3e-4 (higher rates
+make even on-policy training collapse on this tiny model, lower ones leave it
+where it started within 64 steps). Losses keep the library's defaults (VESPO's
+k/lambda = 2/3 and 3/2, PPO eps 0.2 with dual clip 3, GSPO 3e-4/4e-4, SAPO
+tau 1/1.05), with GRPO advantages and `token-mean` aggregation as in the VESPO
+paper's scripts. Held-out accuracy: 20 problems x 8 samples every 8 steps.
+
+Runtime on a 2-core CPU: about 2.5 minutes for one run with its cold start.
+The sweep's measurements are in the README (section VESPO).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+
+LOSS_VARIANTS = ("vespo", "ppo_clip", "gspo", "sapo", "cispo")
+VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke")
+
+
+def arith() -> ml_collections.ConfigDict:
+    """The staleness experiment on `arith` (see the module docstring)."""
+    c = common.base()
+    c.model.preset = "task_1m"
+    c.task.name = "arith"
+    # All 100 one-digit sums: 80 to train on, 20 held out. The cold start
+    # trains on the same 80 reference solutions.
+    c.task.kwargs = {"min_digits": 1, "max_digits": 1, "num_train": 80, "num_test": 20}
+    c.cold_start.steps = 80
+    c.cold_start.batch_size = 32
+    c.cold_start.lr = 3e-3
+    c.sampling.group_size = 8
+    c.sampling.max_new_tokens = 20  # "The answer is 198." and the stop token.
+    c.sampling.prompt_buckets = (32, 64, 128, 256)
+    c.train.steps = 64
+    c.train.prompts_per_step = 4
+    c.train.advantage = "grpo"
+    c.loss.agg = "token-mean"
+    c.optimizer.lr = 3e-4
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip = 1.0
+    c.vespo.enabled = True
+    c.vespo.staleness = 4
+    c.eval.every = 8
+    c.eval.num_problems = 20
+    c.eval.samples = 8
+    c.checkpoint.every = 16
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant, options = common.parse_variant(arg, VARIANTS)
+    unknown = sorted(set(options) - {"n", "async", "seed", "init", "smoke"})
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; expected n, async, seed, init or smoke")
+    c = arith()
+    if variant == "smoke":
+        variant, options = "vespo", {**options, "smoke": "1"}
+    c.train.loss = "vespo" if variant in ("async", "golf") else variant
+    if variant == "async" or options.get("async", "0") == "1":
+        # The paper's fully-async setting: behaviour log-probs from the sampler,
+        # a snapshot every learner step, bounded staleness.
+        c.vespo.async_rollout = True
+        c.vespo.staleness = 1
+        c.vespo.sync_every = 1
+        c.vespo.max_staleness = 4
+        c.train.recompute_old_logp = False
+    if variant == "golf":
+        c.golf.enabled = True
+        c.golf.template = "compact"
+        c.golf.max_refinement_prompt_tokens = 128
+        c.cold_start.refine_fraction = 0.3
+        c.task.kwargs = {"min_digits": 3, "max_digits": 3}  # GOLF's sparse-reward regime.
+        c.sampling.max_new_tokens = 24
+    if "n" in options:
+        c.vespo.staleness = int(options["n"])
+    if "seed" in options:
+        c.seed = int(options["seed"])
+    if options.get("init"):
+        c.model.hf_path = options["init"]
+        c.cold_start.steps = 0
+    if options.get("smoke", "0") == "1":
+        common.smoke(c)
+        c.vespo.staleness = min(c.vespo.staleness, 2)
+        c.eval.every = 100  # Evaluated at the start and the end only.
+    n = c.vespo.staleness
+    c.train.steps = -(-c.train.steps // n) * n
+    return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
+    """The staleness sweep of benchmarks/staleness_sweep.py: N x loss x 2 seeds."""
+    del arg
+    return [
+        {"train.loss": loss, "vespo.staleness": n, "seed": seed}
+        for loss in ("vespo", "ppo_clip", "gspo", "sapo")
+        for n in (1, 4, 16, 64)
+        for seed in range(2)
+    ]

@@ -1,0 +1,156 @@
+"""End-to-end runs of experiments/configs/vespo.py through experiments/main.py.
+
+Each run is the user's command in a subprocess on 8 simulated CPU devices (the
+default mesh: rows over all 8). The runs share a persistent compilation cache,
+so only the first one pays for compiling the common programs (sampler, eval,
+log-probs); each variant then compiles what is its own (its loss's step, the
+GOLF refinement shapes).
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.configs import vespo as vespo_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEADLINE_S = 900  # A bound for a hung run, never a timing assertion.
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    env |= {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8"
+        " --xla_cpu_collective_call_terminate_timeout_seconds=60",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    return env
+
+
+def _command(variant, workdir, *overrides):
+    return [
+        sys.executable, "-m", "experiments.main",
+        f"--config=experiments/configs/vespo.py:{variant}", f"--workdir={workdir}", *overrides,
+    ]
+
+
+def _run(env, variant, workdir, *overrides):
+    result = subprocess.run(
+        _command(variant, workdir, *overrides), cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=DEADLINE_S,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _last_step(workdir):
+    """The step of the last complete record, -1 before the first (read while written)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return -1
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n")[:-1] if line]  # Complete lines only.
+    return json.loads(lines[-1])["step"] if lines else -1
+
+
+def _deterministic(record):
+    return {k: v for k, v in record.items() if not k.startswith("perf/")}
+
+
+# `smoke` is `vespo,smoke=1`; every other variant runs with `smoke=1`.
+SMOKE_RUNS = [("smoke",)] + [
+    (f"{v},smoke=1",) for v in vespo_config.VARIANTS if v not in ("vespo", "smoke")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant_and_overrides", SMOKE_RUNS, ids=lambda v: " ".join(v))
+def test_smoke_run_of_each_variant(env, variant_and_overrides, tmp_path):
+    variant, *overrides = variant_and_overrides
+    _run(env, variant, tmp_path, *overrides)
+    config = vespo_config.get_config(variant)
+    records = _records(tmp_path)
+    rl = [r for r in records if "vespo/staleness" in r]
+    total = config.cold_start.steps + config.train.steps
+    assert records[-1]["step"] == total and len(rl) == config.train.steps
+    for key in ("vespo/behaviour_version", "vespo/log_w_pos_mean", "vespo/log_w_neg_mean",
+                "vespo/phi_pos_mean", "vespo/phi_neg_mean", "vespo/ess", "grad_norm", "entropy",
+                "reward/mean", "eval/accuracy"):
+        assert key in records[-1], key
+    assert all(r["train/skipped_nonfinite"] == 0.0 for r in rl)
+    if config.train.loss in ("ppo_clip", "gspo", "cispo"):
+        assert "loss/clip_frac" in records[-1]
+    samples_per_step = config.train.prompts_per_step * config.sampling.group_size
+    if config.vespo.async_rollout:
+        assert all(r["vespo/staleness"] <= config.vespo.max_staleness for r in rl)
+        generated = rl[-1]["samples/generated"]
+        dropped = sum(r["vespo/dropped_rollouts"] for r in rl)
+        assert generated == (len(rl) + dropped) * samples_per_step
+    else:
+        n = config.vespo.staleness
+        assert [r["vespo/staleness"] for r in rl] == [float(j % n) for j in range(len(rl))]
+        factor = 2 if config.golf.enabled else 1  # GOLF also samples refinements.
+        assert rl[-1]["samples/generated"] == factor * len(rl) * samples_per_step
+    if config.golf.enabled:
+        assert "golf/injection_rate" in records[-1]
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_whole(env, tmp_path_factory):
+    """The same sync run uninterrupted, and stopped by SIGTERM mid-rollout then resumed."""
+    steps = ("--config.train.steps=4", "--config.cold_start.steps=0", "--config.eval.every=2")
+    whole = tmp_path_factory.mktemp("whole")
+    _run(env, "smoke", whole, *steps)
+
+    killed = tmp_path_factory.mktemp("killed")
+    process = subprocess.Popen(
+        _command("smoke", killed, *steps), cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    # Step 1 is the first mini-batch of a rollout of 2: SIGTERM lands mid-rollout.
+    while _last_step(killed) < 1:
+        assert process.poll() is None, "the run ended before its first step"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=DEADLINE_S)
+    assert process.returncode == 0, stderr[-4000:]
+    before_resume = _records(killed)
+    _run(env, "smoke", killed, *steps)
+    return _records(whole), before_resume, _records(killed)
+
+
+@pytest.mark.slow
+def test_sync_run_is_deterministic(interrupted_and_whole):
+    whole, before_resume, _ = interrupted_and_whole
+    by_step = {r["step"]: _deterministic(r) for r in whole}
+    assert len(before_resume) >= 2
+    for record in before_resume:
+        assert _deterministic(record) == by_step[record["step"]], record["step"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_mid_rollout_matches_the_uninterrupted_run(interrupted_and_whole):
+    whole, before_resume, resumed = interrupted_and_whole
+    stopped_at = before_resume[-1]["step"]
+    # The preempted run finished its rollout batch (N = 2) before saving.
+    assert stopped_at == 2
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(5))
+    for mine, theirs in zip(resumed, whole):
+        assert _deterministic(mine) == _deterministic(theirs), mine["step"]

@@ -1,0 +1,384 @@
+"""Tests for golfjax/loops/vespo.py: the staleness loop and the asynchronous worker.
+
+The loop is driven with a synthetic `build_batch` (random responses with mixed
+rewards per group, keyed by the rollout key), so these tests exercise the
+loop's bookkeeping and the train step on a 2-device mesh without sampling.
+End-to-end runs through the runner are in tests/experiments/vespo_test.py.
+"""
+
+import dataclasses
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from golfjax import advantages
+from golfjax import config as config_lib
+from golfjax import sharding
+from golfjax.data.iterator import EpochIterator
+from golfjax.loops import vespo as vespo_lib
+from golfjax.models import config as model_config_lib
+from golfjax.models import transformer
+from golfjax.rewards.base import Problem
+from golfjax.sampling import Sampler
+from golfjax.sampling import SamplingConfig
+from golfjax.train import state as state_lib
+from golfjax.train import step as step_lib
+from golfjax.train.trainer import Trainer
+from golfjax.types import make_batch
+
+MODEL = model_config_lib.get_preset("tiny")
+B, G, P, T = 2, 4, 6, 5  # prompts per mini-batch, group, prompt and response slots
+PROBLEMS = [Problem(id=i, question=f"q{i}", answer="0") for i in range(64)]
+# Generous: a bound for a hung thread, never a timing assertion.
+DEADLINE_S = 120.0
+
+
+def _mesh():
+    return sharding.make_mesh(1, 2, 1, devices=jax.devices()[:2])
+
+
+def _trainer(loss, mesh, lr=1e-2):
+    step_cfg = step_lib.StepConfig(loss=loss, loss_cfg=config_lib.LossConfig())
+    # eps = 1e-4: see tests/train/step_test.py (Adam's first step amplifies
+    # summation-order noise of near-zero gradient entries otherwise).
+    opt_cfg = state_lib.OptimizerConfig(lr=lr, eps=1e-4, weight_decay=0.0)
+    return Trainer(MODEL, step_cfg, opt_cfg, mesh)
+
+
+def _run_config(loss="vespo", n=1, steps=8, **vespo):
+    return dataclasses.replace(
+        config_lib.RunConfig(),
+        train=config_lib.TrainSection(loss=loss, steps=steps, prompts_per_step=B, advantage="grpo"),
+        vespo=config_lib.VespoSection(enabled=True, staleness=n, **vespo),
+    )
+
+
+def _build_batch(calls=None, delay_s=0.0):
+    """A stand-in for the runner's `build_batch`: random responses, mixed rewards."""
+
+    def build(params, problems, key, sampler):
+        del params, sampler
+        if delay_s:
+            time.sleep(delay_s)
+        rng = np.random.default_rng(np.asarray(key).tolist())
+        n = len(problems) * G
+        prompt_mask = np.ones((n, P), bool)
+        response_len = rng.integers(2, T + 1, n)
+        response_mask = np.arange(T)[None, :] < response_len[:, None]
+        reward = rng.integers(0, 2, n).astype(np.float32)
+        reward[::G], reward[1::G] = 1.0, 0.0  # Every group has signal.
+        group_id = np.repeat(np.arange(len(problems)), G)
+        if calls is not None:
+            calls.append([p.id for p in problems])
+        batch = make_batch(
+            prompt_tokens_NxP=rng.integers(1, MODEL.vocab_size, (n, P)) * prompt_mask,
+            prompt_mask_NxP=prompt_mask,
+            tokens_NxT=rng.integers(1, MODEL.vocab_size, (n, T)) * response_mask,
+            response_mask_NxT=response_mask,
+            # The sampler's log-probs: unlike the trainer's (about log 1/256).
+            behaviour_logp_NxT=np.log(rng.uniform(0.02, 0.05, (n, T))),
+            advantage_N=advantages.grpo(reward, group_id),
+            reward_N=reward,
+            group_id_N=group_id,
+        )
+        return batch, {"reward/mean": float(reward.mean()), "samples/generated": float(n)}
+
+    return build
+
+
+def _loop(trainer, cfg, build):
+    return vespo_lib.VespoLoop(
+        cfg, trainer=trainer, build_batch=build, problems=PROBLEMS, sampler=None,
+        rng=jax.random.PRNGKey(0),
+    )
+
+
+_PARAMS = []
+
+
+def _init(trainer):
+    if not _PARAMS:  # Host arrays, initialised once; init_state copies them.
+        _PARAMS.append(jax.device_get(transformer.init_params(MODEL, jax.random.PRNGKey(0))))
+    return trainer.init_state(_PARAMS[0], 0)
+
+
+def _train(loop, state, data, steps):
+    records = []
+    for s in range(steps):
+        state, metrics = loop.step(state, data, jax.random.fold_in(jax.random.PRNGKey(1), s))
+        records.append(metrics)
+    return state, records
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return _mesh()
+
+
+@pytest.fixture(scope="module")
+def vespo_trainer(mesh):
+    return _trainer("vespo", mesh)
+
+
+# ------------------------------------------------------------------ sync mode
+
+
+def test_n1_vespo_step_equals_reinforce_with_grpo_advantages(mesh, vespo_trainer):
+    # Fresh data (N = 1, old_logp rescored by the trainer): W = 1, so
+    # phi(1) = 1^k exp(lam (1 - 1)) = 1 and l_t = -phi A logp = -A logp, the
+    # REINFORCE token loss; both aggregate with token-mean over the same tokens.
+    reinforce = _trainer("reinforce", mesh)
+    results = {}
+    for name, trainer in (("vespo", vespo_trainer), ("reinforce", reinforce)):
+        loop = _loop(trainer, _run_config(loss=name, n=1), _build_batch())
+        data = EpochIterator(len(PROBLEMS), B, seed=3)
+        state, (metrics,) = _train(loop, _init(trainer), data, 1)
+        results[name] = (jax.device_get(state.params), metrics)
+    (vespo_params, vespo_metrics), (reinforce_params, reinforce_metrics) = results["vespo"], results["reinforce"]
+    assert vespo_metrics["vespo/log_w_abs_max"] == 0.0
+    assert vespo_metrics["loss/phi_pos_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert vespo_metrics["loss"] == pytest.approx(reinforce_metrics["loss"], rel=1e-5, abs=1e-7)
+    assert vespo_metrics["grad_norm"] == pytest.approx(reinforce_metrics["grad_norm"], rel=1e-5)
+    assert vespo_metrics["grad_norm"] > 0
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), vespo_params, reinforce_params
+    )
+
+
+def test_minibatch_j_is_trained_j_minus_1_steps_after_its_behaviour_policy(vespo_trainer):
+    n = 4
+    calls = []
+    loop = _loop(vespo_trainer, _run_config(n=n, steps=2 * n), _build_batch(calls))
+    data = EpochIterator(len(PROBLEMS), B, seed=3)
+    state = _init(vespo_trainer)
+    records = []
+    for s in range(2 * n):
+        state, metrics = loop.step(state, data, jax.random.fold_in(jax.random.PRNGKey(1), s))
+        records.append(metrics)
+        # The whole rollout batch is sampled before its first update.
+        assert len(calls) == n * (s // n + 1)
+        assert loop.at_boundary == ((s + 1) % n == 0)
+    assert [r["vespo/behaviour_version"] for r in records] == [0.0] * n + [float(n)] * n
+    assert [r["vespo/staleness"] for r in records] == [0.0, 1.0, 2.0, 3.0] * 2
+    assert [r["vespo/minibatch"] for r in records] == [1.0, 2.0, 3.0, 4.0] * 2
+    for r in records:
+        if r["vespo/minibatch"] == 1:
+            # old_logp was scored by these very parameters: W = 1 exactly.
+            assert r["vespo/log_w_abs_max"] == 0.0, r
+            assert r["vespo/phi_pos_mean"] == 1.0 and r["vespo/ess"] == 1.0
+        else:
+            assert r["vespo/log_w_abs_max"] > 0.0, r
+            assert r["vespo/ess"] < 1.0
+    assert sum(r["samples/generated"] for r in records) == 2 * n * B * G
+    # Mini-batches are consecutive draws of the data iterator.
+    expected = EpochIterator(len(PROBLEMS), B, seed=3)
+    assert calls == [expected.next() for _ in range(2 * n)]
+
+
+def test_sync_mode_is_deterministic(vespo_trainer):
+    def run():
+        loop = _loop(vespo_trainer, _run_config(n=2, steps=2), _build_batch())
+        state, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 2)
+        return jax.device_get(state.params), records
+
+    (params_a, records_a), (params_b, records_b) = run(), run()
+    assert records_a == records_b
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_sampler_logprobs_as_old_logp(vespo_trainer):
+    # recompute_old_logp=False: W compares the policy with the sampler's own
+    # log-probs, so it differs from 1 from the first mini-batch on.
+    cfg = _run_config(n=2, steps=2)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
+    loop = _loop(vespo_trainer, cfg, _build_batch())
+    _, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 2)
+    assert all(r["vespo/log_w_abs_max"] > 1.0 for r in records)
+
+
+def test_checkpoint_only_between_rollouts(vespo_trainer):
+    loop = _loop(vespo_trainer, _run_config(n=4, steps=8), _build_batch())
+    state = _init(vespo_trainer)
+    data = EpochIterator(len(PROBLEMS), B, seed=3)
+    saves = []
+    for s in range(8):
+        state, _ = loop.step(state, data, jax.random.PRNGKey(s))
+        saves.append(loop.save_point(s + 1, force=True, every=3))
+    # Forced or not, never mid-rollout; every=3 is passed during both rollouts.
+    assert saves == [False, False, False, True] * 2
+    # Unforced: when a multiple of `every` was passed during the rollout (4, 8].
+    assert loop.save_point(8, force=False, every=8)
+    assert not loop.save_point(8, force=False, every=16)
+
+
+def test_config_errors_name_the_keys():
+    with pytest.raises(ValueError, match=r"train.steps=6 is not a multiple of vespo.staleness=4"):
+        vespo_lib.check_run_config(_run_config(n=4, steps=6))
+    with pytest.raises(ValueError, match=r"max_staleness=1; expected >= sync_every - 1 = 3"):
+        config_lib.VespoSection(async_rollout=True, sync_every=4, max_staleness=1)
+    with pytest.raises(ValueError, match=r"rollout_devices=2 needs async_rollout=True"):
+        config_lib.VespoSection(rollout_devices=2)
+    with pytest.raises(ValueError, match=r"vespo.rollout_devices=8 leaves no device to train on"):
+        vespo_lib.split_devices(config_lib.VespoSection(enabled=True, async_rollout=True, rollout_devices=8))
+    cfg = _run_config(n=1, async_rollout=True, rollout_devices=1)
+    with pytest.raises(ValueError, match=r"needs train.recompute_old_logp=False"):
+        vespo_lib.check_run_config(cfg)
+
+
+# ------------------------------------------------------------------ the worker
+
+
+def _counting_worker(store, queue_size=2, fail_at=None, delay_s=0.0):
+    def produce(params, version, stopping):
+        del stopping
+        if delay_s:
+            time.sleep(delay_s)
+        index = produce.count
+        produce.count += 1
+        if index == fail_at:
+            raise ValueError(f"rollout {index} failed")
+        return {"index": index, "version": version, "params": params}
+
+    produce.count = 0
+    return vespo_lib.RolloutWorker(produce, store, queue_size=queue_size)
+
+
+def _wait_for(condition, what):
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_worker_items_carry_their_version_and_none_is_lost_or_duplicated():
+    store = vespo_lib.ParameterStore()
+    store.publish("params-0", 0)
+    worker = _counting_worker(store).start()
+    # Queue full (2) plus one produced item waiting for room.
+    _wait_for(lambda: worker.produced >= 3, "the worker to fill its queue")
+    store.publish("params-5", 5)
+    taken = [worker.get(timeout=DEADLINE_S) for _ in range(6)]
+    left = worker.stop(timeout=DEADLINE_S)
+    indices = [item["index"] for item in taken + left]
+    assert sorted(indices) == list(range(worker.produced))
+    assert [item["index"] for item in taken] == list(range(6))
+    # The three produced before the publish carry version 0, later ones 5.
+    assert [item["version"] for item in taken[:3]] == [0, 0, 0]
+    assert all(item["version"] == 5 and item["params"] == "params-5" for item in taken[3:])
+
+
+def test_async_loop_never_trains_a_rollout_older_than_the_threshold(vespo_trainer):
+    # max_staleness = 0: only rollouts sampled by the latest parameters pass;
+    # the worker (a queue of 2, always ahead) makes stale ones all the time.
+    cfg = _run_config(n=1, steps=6, async_rollout=True, sync_every=1, max_staleness=0, queue_size=2)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
+    calls = []
+    loop = _loop(vespo_trainer, cfg, _build_batch(calls))
+    data = EpochIterator(len(PROBLEMS), B, seed=3)
+    state = _init(vespo_trainer)
+    with loop:
+        state, records = _train(loop, state, data, 6)
+        assert loop.save_point(6, force=True, every=100)  # Stops the worker.
+    assert all(r["vespo/staleness"] == 0.0 for r in records)
+    dropped = sum(r["vespo/dropped_rollouts"] for r in records)
+    consumed = 6 + dropped
+    # Generated samples count the dropped rollouts too.
+    assert sum(r["samples/generated"] for r in records) == consumed * B * G
+    # The iterator is rewound to just after the consumed rollouts: what the
+    # worker held is drawn again after a checkpoint, never skipped.
+    expected = EpochIterator(len(PROBLEMS), B, seed=3)
+    for _ in range(int(consumed)):
+        expected.next()
+    assert data.state() == expected.state()
+    fresh = EpochIterator(len(PROBLEMS), B, seed=3)
+    assert calls[: int(consumed)] == [fresh.next() for _ in range(int(consumed))]
+
+
+def test_worker_stops_cleanly_within_the_timeout():
+    store = vespo_lib.ParameterStore()
+    store.publish(None, 0)
+    worker = _counting_worker(store, queue_size=1, delay_s=0.01).start()
+    worker.get(timeout=DEADLINE_S)
+    # The worker is blocked on a full queue or producing; either way it stops.
+    worker.stop(timeout=DEADLINE_S)
+    assert not worker.is_alive()
+    with pytest.raises(vespo_lib.RolloutWorkerError, match="not running"):
+        worker.get(timeout=DEADLINE_S)
+
+
+def test_worker_stop_times_out_on_a_hung_producer():
+    release = threading.Event()
+    store = vespo_lib.ParameterStore()
+    store.publish(None, 0)
+
+    def produce(params, version, stopping):
+        release.wait()
+        return None
+
+    worker = vespo_lib.RolloutWorker(produce, store, queue_size=1).start()
+    with pytest.raises(TimeoutError, match="did not stop within 0.2 s"):
+        worker.stop(timeout=0.2)
+    release.set()
+    worker.stop(timeout=DEADLINE_S)
+
+
+def test_worker_exception_reaches_the_learner():
+    store = vespo_lib.ParameterStore()
+    store.publish(None, 0)
+    worker = _counting_worker(store, fail_at=1).start()
+    with pytest.raises(vespo_lib.RolloutWorkerError, match="rollout 1 failed") as raised:
+        for _ in range(3):
+            worker.get(timeout=DEADLINE_S)
+    assert isinstance(raised.value.__cause__, ValueError)
+    worker.stop(timeout=DEADLINE_S)
+    worker.raise_unreported_error()  # Already reported: silent.
+
+
+def test_async_loop_reraises_a_worker_failure(vespo_trainer):
+    cfg = _run_config(n=1, steps=4, async_rollout=True)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
+    build, calls = _build_batch(), []
+
+    def failing(params, problems, key, sampler):
+        calls.append(problems)
+        if len(calls) == 2:
+            raise RuntimeError("the sampler broke")
+        return build(params, problems, key, sampler)
+
+    loop = _loop(vespo_trainer, cfg, failing)
+    state = _init(vespo_trainer)
+    with pytest.raises(vespo_lib.RolloutWorkerError, match="the sampler broke") as raised:
+        with loop:
+            _train(loop, state, EpochIterator(len(PROBLEMS), B, seed=3), 4)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert loop.at_boundary and len(calls) == 2  # Stopped after the failure.
+
+
+def test_async_worker_on_its_own_devices(vespo_trainer):
+    # The learner trains on devices 0-1; the worker samples on 2-3 with a
+    # snapshot placed there (its sampler's mesh), never touching the learner's.
+    cfg = _run_config(n=1, steps=3, async_rollout=True, rollout_devices=2)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
+    learner, rollout = vespo_lib.split_devices(cfg.vespo, jax.devices()[:4])
+    assert learner == list(vespo_trainer.mesh.devices.flat) and rollout == jax.devices()[2:4]
+    seen = []
+    build = _build_batch()
+
+    def build_on_rollout_devices(params, problems, key, sampler):
+        seen.append((set(jax.tree.leaves(params)[0].devices()), set(sampler.mesh.devices.flat)))
+        return build(params, problems, key, sampler)
+
+    # The run's sampler (on the learner's mesh): the loop makes its twin on
+    # the rollout devices. Nothing is compiled: the stand-in never samples.
+    sampler = Sampler(MODEL, SamplingConfig(group_size=G, batch_buckets=(2, 4)), vespo_trainer.mesh)
+    loop = vespo_lib.VespoLoop(
+        cfg, trainer=vespo_trainer, build_batch=build_on_rollout_devices, problems=PROBLEMS,
+        sampler=sampler, rng=jax.random.PRNGKey(0), rollout_devices=rollout,
+    )
+    with loop:
+        _, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 3)
+    assert seen and all(params == mesh == set(rollout) for params, mesh in seen)
+    assert all(r["vespo/staleness"] <= cfg.vespo.max_staleness for r in records)
