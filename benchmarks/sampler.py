@@ -31,11 +31,18 @@ from the same checkpoint files. Peers:
 - transformers: `model.generate(..., num_return_sequences=G)` on PyTorch CPU,
   float32, `torch.inference_mode()`.
 
-On an accelerator (a JAX backend other than CPU) the script also reports the
-fraction of the memory-bandwidth bound that golfjax's decode reaches: each
-decode step must read every parameter once plus the KV cache written so far, so
-tokens/s <= N * bandwidth / (param bytes + mean KV bytes per step). The
-bandwidth comes from a table of device kinds or `--mem-bandwidth-gbs`.
+Each engine's figures also hold the process CPU seconds of its fastest call
+and the 1-minute load average when it was measured: on a shared machine CPU
+time is the steadier measure of work done, wall time the one that counts.
+
+On an accelerator (a JAX backend other than CPU) the script also reports
+golfjax's tokens/s there and the fraction of the memory-bandwidth bound that
+its decode reaches: each decode step must read every weight once plus the KV
+cache written so far (`sampling.decode_bytes_per_step`), so decode tokens/s <=
+N * bandwidth / bytes per step, with the cache at the prompt bucket plus on
+average (T - 1) / 2 generated slots. The bandwidth comes from a table of
+device kinds (`BANDWIDTH`) or `--mem-bandwidth-gbs` (which also computes the
+fraction for a CPU run).
 
 Runtime: dominated by transformers on the 20M model at B = 64 (65,536 tokens in
 one eager PyTorch call): ~20 min of a ~36 min full run measured on a shared
@@ -138,28 +145,36 @@ def make_prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 def timed(run: Callable[[], Any], repeats: int,
           warmup: Callable[[], Any] | None = None
-          ) -> tuple[float, float, Any]:
-    """(warm-up seconds, best timed seconds, the last result).
+          ) -> tuple[float, dict[str, Any], Any]:
+    """(warm-up seconds, figures of the fastest timed call, the last result).
 
     `warmup` (default: `run`) must compile everything `run` uses; the JAX
     engines pass a call that compiles the same programs but exits the decode
     loop at once. `repeats` timed calls, or with `repeats == 0` as many as fit
     in `_AUTO_SECONDS` (at least 1, at most `_AUTO_MAX`): short cases get a
     best-of-several, which damps the noise of other work on the machine, and
-    long ones are timed once.
+    long ones are timed once. The figures: `seconds` (wall) of the fastest
+    call, its process CPU seconds (all threads; less sensitive than wall time
+    to other processes taking the cores, though not to their cache traffic),
+    every call's wall seconds, and the 1-minute load average before the
+    first call.
     """
     start = time.perf_counter()
     (warmup or run)()
     warmup_s = time.perf_counter() - start
-    best, result, spent, done = float("inf"), None, 0.0, 0
-    while done < (repeats or _AUTO_MAX):
-        start = time.perf_counter()
+    load = os.getloadavg()[0]
+    best, best_cpu, result, calls = float("inf"), float("inf"), None, []
+    while len(calls) < (repeats or _AUTO_MAX):
+        start, cpu = time.perf_counter(), time.process_time()
         result = run()
         elapsed = time.perf_counter() - start
-        best, spent, done = min(best, elapsed), spent + elapsed, done + 1
-        if not repeats and spent + elapsed > _AUTO_SECONDS:
+        if elapsed < best:
+            best, best_cpu = elapsed, time.process_time() - cpu
+        calls.append(elapsed)
+        if not repeats and sum(calls) + elapsed > _AUTO_SECONDS:
             break
-    return warmup_s, best, result
+    return warmup_s, dict(seconds=best, cpu_seconds=best_cpu,
+                          all_seconds=calls, loadavg_1min=load), result
 
 
 _AUTO_SECONDS = 15.0
@@ -190,39 +205,40 @@ def bench_golfjax(path: str, case: Case, prompts: list[list[int]],
             params, cache, logits, tokens, mask, np.zeros(case.batch, bool),
             key))
 
-    warmup, best, rollout = timed(run, repeats, compile_only)
+    warmup, figures, rollout = timed(run, repeats, compile_only)
     assert int(np.asarray(rollout.length_N).min()) == case.new_tokens
     assert dict(sampler.trace_counts) == {"prefill": 1, "decode": 1}
 
     # Prefill alone, to split the time (decode = total - prefill).
-    _, prefill_s, _ = timed(lambda: jax.block_until_ready(
+    _, prefill, _ = timed(lambda: jax.block_until_ready(
         programs.prefill(params, tokens, mask)), 3)
-    out = dict(seconds=best, warmup_seconds=warmup,
+    best, prefill_s = figures["seconds"], prefill["seconds"]
+    out = dict(**figures, warmup_seconds=warmup,
                tokens_per_s=case.tokens / best, prefill_seconds=prefill_s,
                decode_tokens_per_s=case.tokens / max(best - prefill_s, 1e-9))
     device = jax.devices()[0]
-    if device.platform != "cpu":
-        out.update(bandwidth_bound(config, params, case, device,
-                                   out["decode_tokens_per_s"]))
-    return out
+    return dict(out, platform=device.platform, device_kind=device.device_kind)
 
 
-def bandwidth_bound(config: Any, params: Any, case: Case, device: Any,
+def bandwidth_bound(config: Any, case: Case, device_kind: str,
                     decode_tokens_per_s: float,
                     bandwidth: float | None = None) -> dict[str, Any]:
-    """The memory-bandwidth bound on decode tokens/s and the fraction reached."""
-    bandwidth = bandwidth or BANDWIDTH.get(device.device_kind)
+    """The memory-bandwidth bound on decode tokens/s and the fraction reached.
+
+    Each decode step reads at least every weight once and every row's keys
+    and values so far (`sampling.decode_bytes_per_step`): prompt bucket
+    slots plus on average (T - 1) / 2 generated ones. `bandwidth` (bytes/s)
+    defaults to the device kind's entry in `BANDWIDTH`.
+    """
+    bandwidth = bandwidth or BANDWIDTH.get(device_kind)
     if bandwidth is None:
-        return dict(bandwidth_note=f"unknown device kind {device.device_kind!r};"
+        return dict(bandwidth_note=f"unknown device kind {device_kind!r};"
                     " pass --mem-bandwidth-gbs")
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    kv_per_token = (2 * config.num_layers * config.num_kv_heads *
-                    config.head_dim * jnp.dtype(config.compute_dtype).itemsize)
-    # Mean cache read per step: each row's prompt plus half the response.
-    kv_bytes = case.rows * kv_per_token * (PROMPT_LEN + case.new_tokens / 2)
-    bound = case.rows * bandwidth / (param_bytes + kv_bytes)
-    return dict(device_kind=device.device_kind, bandwidth_bytes_per_s=bandwidth,
-                bound_tokens_per_s=bound,
+    slots = PROMPT_LEN + (case.new_tokens - 1) / 2
+    step_bytes = sampling.decode_bytes_per_step(config, case.rows, slots)
+    bound = case.rows * bandwidth / step_bytes
+    return dict(device_kind=device_kind, bandwidth_bytes_per_s=bandwidth,
+                bytes_per_decode_step=step_bytes, bound_tokens_per_s=bound,
                 fraction_of_bandwidth_bound=decode_tokens_per_s / bound)
 
 
@@ -302,11 +318,11 @@ def bench_tunix(path: str, case: Case, prompts: list[list[int]],
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        warmup, best, out = timed(run, repeats, compile_only)
+        warmup, figures, out = timed(run, repeats, compile_only)
     lengths = {len(t) for t in out.tokens}
     assert lengths == {case.new_tokens}, lengths
-    return dict(seconds=best, warmup_seconds=warmup, warmup=warmup_kind[0],
-                tokens_per_s=case.tokens / best)
+    return dict(**figures, warmup_seconds=warmup, warmup=warmup_kind[0],
+                tokens_per_s=case.tokens / figures["seconds"])
 
 
 def bench_transformers(path: str, case: Case, prompts: list[list[int]],
@@ -341,10 +357,10 @@ def bench_transformers(path: str, case: Case, prompts: list[list[int]],
                 pad_token_id=0)
 
     torch.manual_seed(0)
-    warmup, best, out = timed(run, repeats, short_run)
+    warmup, figures, out = timed(run, repeats, short_run)
     assert out.shape == (case.rows, PROMPT_LEN + case.new_tokens), out.shape
-    return dict(seconds=best, warmup_seconds=warmup,
-                tokens_per_s=case.tokens / best,
+    return dict(**figures, warmup_seconds=warmup,
+                tokens_per_s=case.tokens / figures["seconds"],
                 torch_threads=torch.get_num_threads())
 
 
@@ -384,6 +400,11 @@ def _spawn(engine: str, path: str, args: argparse.Namespace, batches: list[int],
 
 
 _RESULT = "RESULT "
+
+
+def _hf_config(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -436,13 +457,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     theirs = row.get(peer, {}).get("tokens_per_s")
                     if ours and theirs:
                         row[f"ratio_vs_{peer}"] = ours / theirs
-                if args.mem_bandwidth_gbs and ours:
-                    config, params = hf.load(path)
-                    case = Case(name, row["batch"], args.group, args.new_tokens)
-                    row["golfjax"].update(bandwidth_bound(
-                        config, params, case, jax.devices()[0],
-                        row["golfjax"]["decode_tokens_per_s"],
-                        args.mem_bandwidth_gbs * 1e9))
+                # On an accelerator (or with a given bandwidth), the fraction
+                # of the memory-bandwidth bound that decode reaches.
+                ours_row = row.get("golfjax", {})
+                if ours and (args.mem_bandwidth_gbs or
+                             ours_row.get("platform", "cpu") != "cpu"):
+                    ours_row.update(bandwidth_bound(
+                        hf.config_from_hf(_hf_config(path)),
+                        Case(name, row["batch"], args.group, args.new_tokens),
+                        ours_row["device_kind"], ours_row["decode_tokens_per_s"],
+                        args.mem_bandwidth_gbs and args.mem_bandwidth_gbs * 1e9))
             results.extend(rows)
 
     report = dict(

@@ -380,17 +380,25 @@ def _decode(
     *,
     model_config: ModelConfig,
     cfg: SamplingConfig,
+    split_layers: bool,
 ) -> Rollout:
-    """Shares each prefill across its G rows, then samples until all rows finish."""
+    """Shares each prefill across its G rows, then samples until all rows finish.
+
+    With `split_layers` (on CPU), the layer weights are copied into per-layer
+    arrays once, before the loop, instead of XLA copying each layer's slice
+    of the stacked weights on every step (`transformer.split_layers`).
+    """
     g, t = cfg.group_size, cfg.max_new_tokens
+    if split_layers:
+        params = transformer.split_layers(params)
     b, p = tokens_BxP.shape
     n = b * g
 
     def tile(x: jax.Array, axis: int = 0) -> jax.Array:
         return jnp.repeat(x, g, axis=axis, total_repeat_length=n)
 
-    cache = cache.replace(k_LxBxSxKxH=tile(cache.k_LxBxSxKxH, 1),
-                          v_LxBxSxKxH=tile(cache.v_LxBxSxKxH, 1))
+    cache = cache.replace(k_BxKxHxS=tuple(map(tile, cache.k_BxKxHxS)),
+                          v_BxKxSxH=tuple(map(tile, cache.v_BxKxSxH)))
     mask_NxP = tile(mask_BxP)
     attention_mask_NxS = jnp.concatenate(
         [mask_NxP, jnp.ones((n, t), bool)], axis=1)
@@ -513,10 +521,16 @@ class Sampler:
                 )
             self._param_shardings = transformer.param_shardings(
                 model_config, mesh, rules)
+        platform = (jax.devices()[0] if mesh is None
+                    else mesh.devices.flat[0]).platform
         # On a CPU mesh, queued multi-device programs can deadlock one another
         # (XLA's simulated devices share a thread pool); block on each result.
-        self._block = (mesh is not None and mesh.size > 1 and
-                       mesh.devices.flat[0].platform == "cpu")
+        self._block = mesh is not None and mesh.size > 1 and platform == "cpu"
+        # Per-layer weight copies (`_decode`) are for CPU, where XLA copies a
+        # slice of a stacked weight on every use. On TPU/GPU such slices are
+        # expected to fuse into the matmul (not measured here), and a second
+        # copy of the weights would cost accelerator memory.
+        self._split_layers = platform == "cpu"
 
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any) -> Any:
@@ -530,7 +544,7 @@ class Sampler:
         prefill = self._counted("prefill", functools.partial(
             _prefill, model_config=c, num_slots=s))
         decode = self._counted("decode", functools.partial(
-            _decode, model_config=c, cfg=cfg))
+            _decode, model_config=c, cfg=cfg, split_layers=self._split_layers))
         if self.mesh is None:
             return _Programs(prefill=jax.jit(prefill), decode=jax.jit(decode))
         mesh = self.mesh
@@ -607,6 +621,27 @@ class Sampler:
             rollout = self._wait(jax.tree.map(lambda x: x[:num * cfg.group_size],
                                               rollout))
         return rollout
+
+
+def decode_bytes_per_step(model_config: ModelConfig, rows: int,
+                          slots: float) -> float:
+    """The fewest bytes one decode step must read from memory (a roofline).
+
+    Every parameter once, except the input embedding table, of which only the
+    `rows` looked-up rows are read unless it is tied to the LM head (which
+    reads it whole); plus the keys and values in `slots` cache slots of every
+    layer for each row. Decode throughput is at most
+    `rows * bandwidth / decode_bytes_per_step(...)` tokens/s; over a decode of
+    T tokens after a P-token prompt the mean `slots` is P + (T - 1) / 2.
+    """
+    c = model_config
+    param_bytes = jnp.dtype(c.param_dtype).itemsize
+    params = c.num_params
+    if not c.tie_embeddings:  # Only the looked-up rows of the table.
+        params -= (c.vocab_size - rows) * c.embed_dim
+    kv_per_slot = (2 * c.num_layers * c.num_kv_heads * c.head_dim *
+                   jnp.dtype(c.compute_dtype).itemsize)
+    return params * param_bytes + rows * slots * kv_per_slot
 
 
 @functools.lru_cache(maxsize=16)

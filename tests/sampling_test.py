@@ -361,3 +361,24 @@ def test_sample_multi_block_cdf_matches_softmax_and_skips_masked():
         np.testing.assert_allclose(np.asarray(logp_N),
                                    np.log(probs_V[np.asarray(token_N)]),
                                    atol=1e-5)
+
+
+def test_decode_bytes_per_step_worked_example():
+    # The `tiny` preset (float32, untied): per layer 64 (attn norm) + 3 x 64 x 64
+    # (q, o and k+v: 2 x 64 x 32) + 64 (mlp norm) + 3 x 64 x 128 (gate, up,
+    # down) = 36,992 weights; 2 layers, the final norm (64) and the LM head
+    # (64 x 256) read whole, the embedding only at 8 rows: 73,984 + 64 +
+    # 16,384 + 8 x 64 = 90,944 floats = 363,776 bytes. Keys and values:
+    # 2 (k, v) x 2 layers x 2 kv heads x 16 x 4 bytes = 512 bytes per slot,
+    # x 8 rows x 100 slots = 409,600 bytes.
+    tiny = ModelConfig()
+    assert sampling.decode_bytes_per_step(tiny, rows=8, slots=100) == (
+        363_776 + 409_600)
+    # Tied: the table is read whole by the LM head and there is no lm_head.
+    tied = tiny.replace(tie_embeddings=True)
+    assert sampling.decode_bytes_per_step(tied, rows=8, slots=0) == 4 * (
+        73_984 + 64 + 16_384)
+    # bfloat16 halves both parts.
+    half = tiny.replace(param_dtype="bfloat16", compute_dtype="bfloat16")
+    assert sampling.decode_bytes_per_step(half, rows=8, slots=100) == (
+        363_776 + 409_600) / 2

@@ -2,11 +2,22 @@
 
 Layout (letters as in golfjax/models/layers.py):
 
-  k_LxBxSxKxH, v_LxBxSxKxH   keys (after RoPE) and values of every layer, in the
-                             compute dtype; S = max_length slots per row.
-  index                      int32 scalar: the next slot to write. Shared by all
-                             rows, because batches are left-padded so every row's
-                             last prompt token sits in the same slot.
+  k_BxKxHxS   tuple of L arrays, one per layer: keys (after RoPE), slots last.
+  v_BxKxSxH   tuple of L arrays, one per layer: values, head_dim last.
+              Both in the compute dtype, S = max_length slots per row.
+  index       int32 scalar: the next slot to write. Shared by all rows, because
+              batches are left-padded so every row's last prompt token sits in
+              the same slot.
+
+Why this layout. A decode step writes one slot of every layer and then reads
+each layer's whole cache. With a separate buffer per layer, XLA updates it in
+place and attention reads it where it lies; a stacked L x ... array carried
+through a loop over layers had each layer's slice copied out (and, in the old
+B x S x K x H order, transposed for the attention products) on every step,
+which on CPU cost more than the attention itself. Heads come before slots so
+that each (row, kv head) block is contiguous; keys put S last and values H
+last so that both decode products reduce over a major axis and vectorise over
+the minor one (see `layers._attend_cached`).
 
 `apply(..., cache=cache)` with T new tokens writes their keys and values at slots
 [index, index + T) of every layer, attends over all S slots under the mask rule
@@ -21,8 +32,8 @@ real token). A query in slot q = index + t sees key slot s iff
 whole decode. RoPE positions are independent of slots: `positions_BxT` for a
 left-padded row count from its first real token.
 
-The cache is a registered pytree dataclass (three array leaves, no static fields),
-so it can be the carry of `lax.while_loop` / `lax.scan` and donated to `jax.jit`.
+The cache is a registered pytree dataclass (2 L + 1 array leaves, no static
+fields), so it can be the carry of `lax.while_loop` and donated to `jax.jit`.
 """
 
 from __future__ import annotations
@@ -36,35 +47,43 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from golfjax import sharding as sharding_lib
 from golfjax.models.config import ModelConfig
 
-# Logical axes of k_LxBxSxKxH and v_LxBxSxKxH; the slot axis is not sharded.
-CACHE_LOGICAL_AXES: tuple[str | None, ...] = (
-    "layers", "batch", None, "kv_heads", "head_dim")
+# Logical axes of each layer's keys and values; the slot axis is not sharded.
+CACHE_LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
+    "k_BxKxHxS": ("batch", "kv_heads", "head_dim", None),
+    "v_BxKxSxH": ("batch", "kv_heads", None, "head_dim"),
+}
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-  k_LxBxSxKxH: jax.Array
-  v_LxBxSxKxH: jax.Array
+  k_BxKxHxS: tuple[jax.Array, ...]  # One per layer.
+  v_BxKxSxH: tuple[jax.Array, ...]  # One per layer.
   index: jax.Array  # int32 scalar, the next slot to write.
 
   @property
   def max_length(self) -> int:
-    return self.k_LxBxSxKxH.shape[2]
+    return self.v_BxKxSxH[0].shape[2]
 
-  def replace(self, **changes: jax.Array) -> KVCache:
+  def replace(self, **changes: jax.Array | tuple[jax.Array, ...]) -> KVCache:
     return dataclasses.replace(self, **changes)
+
+
+def _layer_shapes(config: ModelConfig, batch_size: int, max_length: int
+                  ) -> dict[str, tuple[int, int, int, int]]:
+  b, k, s, h = batch_size, config.num_kv_heads, max_length, config.head_dim
+  return {"k_BxKxHxS": (b, k, h, s), "v_BxKxSxH": (b, k, s, h)}
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int,
                dtype: jnp.dtype | str | None = None) -> KVCache:
   """An empty cache with `index = 0`; dtype defaults to `config.compute_dtype`."""
-  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads,
-           config.head_dim)
   dtype = jnp.dtype(dtype or config.compute_dtype)
-  return KVCache(k_LxBxSxKxH=jnp.zeros(shape, dtype),
-                 v_LxBxSxKxH=jnp.zeros(shape, dtype),
-                 index=jnp.zeros((), jnp.int32))
+  shapes = _layer_shapes(config, batch_size, max_length)
+  return KVCache(
+      **{name: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+         for name, shape in shapes.items()},
+      index=jnp.zeros((), jnp.int32))
 
 
 def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,
@@ -72,9 +91,10 @@ def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,
                     rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES
                     ) -> KVCache:
   """NamedShardings for `init_cache(config, batch_size, max_length)` on `mesh`."""
-  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads,
-           config.head_dim)
-  kv = sharding_lib.logical_to_sharding(CACHE_LOGICAL_AXES, mesh, rules,
-                                        shape=shape, what="KV cache")
-  return KVCache(k_LxBxSxKxH=kv, v_LxBxSxKxH=kv,
-                 index=NamedSharding(mesh, PartitionSpec()))
+  shapes = _layer_shapes(config, batch_size, max_length)
+  return KVCache(
+      **{name: (sharding_lib.logical_to_sharding(
+          CACHE_LOGICAL_AXES[name], mesh, rules, shape=shape,
+          what="KV cache"),) * config.num_layers
+         for name, shape in shapes.items()},
+      index=NamedSharding(mesh, PartitionSpec()))

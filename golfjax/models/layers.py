@@ -161,17 +161,16 @@ class Attention(nnx.Module):
       cos_BxTxH: jax.Array,
       mask_BxTxS: jax.Array,
       kv_cache: tuple[jax.Array, jax.Array] | None = None,
-      layer: jax.Array | None = None,
       write_index: jax.Array | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Self-attention; with `kv_cache`, keys/values are written then read back.
 
     Args:
-      kv_cache: the full stacked cache (k_LxBxSxKxH, v_LxBxSxKxH). This layer's new
-        keys and values are written at [layer, :, write_index:write_index+T], and
-        attention reads all S slots of layer `layer`. Writing only the T new slots
-        into the carried buffer (rather than returning a whole layer) lets XLA
-        update the cache in place inside a decode loop.
+      kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH). The new keys and
+        values are written at slots [write_index, write_index + T) and
+        attention reads all S slots; the updated pair is returned. Writing
+        only the T new slots lets XLA update the buffers in place inside a
+        decode loop.
     """
     c = self.config
     b, t, _ = x_BxTxD.shape
@@ -183,38 +182,79 @@ class Attention(nnx.Module):
       k_BxTxKxH = self.k_norm(k_BxTxKxH)
     q_BxTxNxH = apply_rope(q_BxTxNxH, sin_BxTxH, cos_BxTxH)
     k_BxTxKxH = apply_rope(k_BxTxKxH, sin_BxTxH, cos_BxTxH)
-
-    if kv_cache is None:
-      k_BxSxKxH, v_BxSxKxH, new_cache = k_BxTxKxH, v_BxTxKxH, None
-    else:
-      k_all, v_all = kv_cache
-      zero = jnp.zeros((), jnp.int32)
-      start = (layer, zero, write_index, zero, zero)
-      k_all = jax.lax.dynamic_update_slice(
-          k_all, k_BxTxKxH.astype(k_all.dtype)[None], start)
-      v_all = jax.lax.dynamic_update_slice(
-          v_all, v_BxTxKxH.astype(v_all.dtype)[None], start)
-      k_BxSxKxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-      v_BxSxKxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-      k_BxSxKxH = k_BxSxKxH.astype(x_BxTxD.dtype)
-      v_BxSxKxH = v_BxSxKxH.astype(x_BxTxD.dtype)
-      new_cache = (k_all, v_all)
-
     g = c.num_heads // c.num_kv_heads
     q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
-    scores_BxKxGxTxS = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-        preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                                 scores_BxKxGxTxS, MASK_VALUE)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-        x_BxTxD.dtype)
-    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+    if kv_cache is None:
+      out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS,
+                              c.head_dim)
+      new_cache = None
+    else:
+      k_BxKxHxS, v_BxKxSxH = kv_cache
+      zero = jnp.zeros((), jnp.int32)
+      k_BxKxHxS = jax.lax.dynamic_update_slice(
+          k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
+          (zero, zero, zero, write_index))
+      v_BxKxSxH = jax.lax.dynamic_update_slice(
+          v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
+          (zero, zero, write_index, zero))
+      out_BxTxKxGxH = _attend_cached(
+          q_BxTxKxGxH, k_BxKxHxS.astype(x_BxTxD.dtype),
+          v_BxKxSxH.astype(x_BxTxD.dtype), mask_BxTxS, c.head_dim)
+      new_cache = (k_BxKxHxS, v_BxKxSxH)
     out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
     o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
     out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
                        o_NxHxD.reshape(-1, o_NxHxD.shape[-1]))
     return out_BxTxD, new_cache
+
+
+def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+            mask_BxTxS: jax.Array, head_dim: int) -> jax.Array:
+  """Grouped-query softmax attention over keys in the projections' layout."""
+  scores_BxKxGxTxS = jnp.einsum(
+      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+      preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
+                               scores_BxKxGxTxS, MASK_VALUE)
+  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+      q_BxTxKxGxH.dtype)
+  return jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+
+
+def _attend_cached(q_BxTxKxGxH: jax.Array, k_BxKxHxS: jax.Array,
+                   v_BxKxSxH: jax.Array, mask_BxTxS: jax.Array,
+                   head_dim: int) -> jax.Array:
+  """`_attend` over the cache's layouts (keys B x K x H x S, values B x K x S x H).
+
+  One query per row (T = 1, a decode step) makes both products matrix-vector
+  products per (row, kv head), G query heads wide. As batched dots they run
+  at a few GB/s on CPU (each of the B x K tiny GEMMs pays a call); written as
+  a broadcast multiply and a sum over an axis that is not the minor one
+  (H of the keys, S of the values), XLA emits one fused loop that streams
+  the cache with vectorised adds along S and H. On the CPU of the sampler
+  benchmark this was 2.5-3.5x faster for the whole attention at 20M/64-512
+  rows. Prefill (T > 1) keeps the dots.
+  """
+  scale = head_dim ** -0.5
+  if q_BxTxKxGxH.shape[1] > 1:
+    scores_BxKxGxTxS = jnp.einsum(
+        "btkgh,bkhs->bkgts", q_BxTxKxGxH, k_BxKxHxS,
+        preferred_element_type=jnp.float32) * scale
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
+                                 scores_BxKxGxTxS, MASK_VALUE)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+        q_BxTxKxGxH.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
+  f32 = jnp.float32
+  q_BxKxGxHx1 = q_BxTxKxGxH[:, 0, :, :, :, None].astype(f32)
+  scores_BxKxGxS = jnp.sum(q_BxKxGxHx1 * k_BxKxHxS[:, :, None].astype(f32),
+                           axis=3) * scale
+  scores_BxKxGxS = jnp.where(mask_BxTxS[:, :, None, :], scores_BxKxGxS,
+                             MASK_VALUE)
+  probs_BxKxGxSx1 = jax.nn.softmax(scores_BxKxGxS, axis=-1)[..., None]
+  out_BxKxGxH = jnp.sum(probs_BxKxGxSx1 * v_BxKxSxH[:, :, None].astype(f32),
+                        axis=3)
+  return out_BxKxGxH.astype(q_BxTxKxGxH.dtype)[:, None]
 
 
 class MLP(nnx.Module):
@@ -249,11 +289,10 @@ class Block(nnx.Module):
       cos_BxTxH: jax.Array,
       mask_BxTxS: jax.Array,
       kv_cache: tuple[jax.Array, jax.Array] | None = None,
-      layer: jax.Array | None = None,
       write_index: jax.Array | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
-                                     cos_BxTxH, mask_BxTxS, kv_cache, layer,
+                                     cos_BxTxH, mask_BxTxS, kv_cache,
                                      write_index)
     x_BxTxD = x_BxTxD + attn_BxTxD
     x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))

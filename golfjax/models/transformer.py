@@ -15,6 +15,9 @@ a nested dict of arrays, `nnx.to_pure_dict` of the model's `nnx.Param` state:
 
 Layer parameters are stacked on a leading `layers` axis and run with `lax.scan`
 (each layer optionally rematerialised), so compile time does not grow with depth.
+With a KV cache (prefill and decode) the layers run unrolled instead, each over
+its own cache buffers (golfjax/models/cache.py says why), and `split_layers`
+gives the same params with per-layer weights for decode loops on CPU.
 `logical_axes(config)` gives the same tree with each leaf's logical axis names, and
 `param_shardings(config, mesh)` the NamedShardings the rules in golfjax/sharding.py
 assign.
@@ -92,9 +95,10 @@ class Transformer(nnx.Module):
       positions_BxT: jax.Array,
       attention_mask_BxS: jax.Array,
       cache: KVCache | None = None,
+      layer_params: tuple[Params, ...] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT,
-                                     attention_mask_BxS, cache)
+                                     attention_mask_BxS, cache, layer_params)
     return self.unembed(x_BxTxD), new_cache
 
   def hidden(
@@ -103,8 +107,14 @@ class Transformer(nnx.Module):
       positions_BxT: jax.Array,
       attention_mask_BxS: jax.Array,
       cache: KVCache | None = None,
+      layer_params: tuple[Params, ...] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
-    """Final-norm hidden states `x_BxTxD` (compute dtype) and the new cache."""
+    """Final-norm hidden states `x_BxTxD` (compute dtype) and the new cache.
+
+    `layer_params`: the layers' weights as separate per-layer trees (from
+    `split_layers`), used instead of this module's stacked ones; only with a
+    cache.
+    """
     c = self.config
     dt = c.compute_jnp_dtype
     _, t = tokens_BxT.shape
@@ -121,25 +131,55 @@ class Transformer(nnx.Module):
     mask_BxTxS = attention_mask_BxS.astype(bool)[:, None, :] & causal_TxS[None]
 
     layers_def, layers_state = nnx.split(self.layers)
+    if layer_params is not None and cache is None:
+      raise ValueError("split layer params are for the cached (decode) path")
+    if cache is not None:
+      return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS,
+                                 cache, layers_def, layers_state, layer_params)
 
-    def run_layer(carry: tuple[Any, ...], xs: tuple[Any, jax.Array]):
-      layer_state, layer = xs
+    def run_layer(carry: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
       block = nnx.merge(layers_def, layer_state)
-      x, kv = carry[0], (carry[1:] or None)
-      x, kv = block(x, sin_BxTxH, cos_BxTxH, mask_BxTxS, kv, layer, write_index)
-      return (x,) + (kv or ()), None
+      x, _ = block(carry, sin_BxTxH, cos_BxTxH, mask_BxTxS)
+      return x, None
 
     if c.remat:
       run_layer = jax.checkpoint(run_layer)
-    carry = (x_BxTxD,) if cache is None else (
-        x_BxTxD, cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
-    carry, _ = jax.lax.scan(
-        run_layer, carry,
-        (layers_state, jnp.arange(c.num_layers, dtype=jnp.int32)))
-    x_BxTxD = self.final_norm(carry[0])
-    new_cache = None if cache is None else KVCache(
-        k_LxBxSxKxH=carry[1], v_LxBxSxKxH=carry[2], index=write_index + t)
-    return x_BxTxD, new_cache
+    x_BxTxD, _ = jax.lax.scan(run_layer, x_BxTxD, layers_state)
+    return self.final_norm(x_BxTxD), None
+
+  def _hidden_cached(
+      self,
+      x_BxTxD: jax.Array,
+      sin_BxTxH: jax.Array,
+      cos_BxTxH: jax.Array,
+      mask_BxTxS: jax.Array,
+      cache: KVCache,
+      layers_def: nnx.GraphDef,
+      layers_state: nnx.State,
+      layer_params: tuple[Params, ...] | None,
+  ) -> tuple[jax.Array, KVCache]:
+    """The layers unrolled (a Python loop), each over its own cache buffers.
+
+    Unrolled rather than scanned because a scan needs the cache stacked over
+    layers, and a stacked cache is copied slice by slice on every decode step
+    (see golfjax/models/cache.py). Program size grows with depth on this path
+    only; the training forward stays scanned.
+    """
+    write_index = cache.index.astype(jnp.int32)
+    k_L, v_L = list(cache.k_BxKxHxS), list(cache.v_BxKxSxH)
+    for i in range(self.config.num_layers):
+      if layer_params is None:
+        layer_state = jax.tree.map(lambda w: w[i], layers_state)
+      else:
+        layer_state = layer_params[i]
+      block = nnx.merge(layers_def, layer_state)
+      x_BxTxD, (k_L[i], v_L[i]) = block(x_BxTxD, sin_BxTxH, cos_BxTxH,
+                                        mask_BxTxS, (k_L[i], v_L[i]),
+                                        write_index)
+    t = x_BxTxD.shape[1]
+    new_cache = KVCache(k_BxKxHxS=tuple(k_L), v_BxKxSxH=tuple(v_L),
+                        index=write_index + t)
+    return self.final_norm(x_BxTxD), new_cache
 
   def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
     """float32 logits of hidden states (any leading shape), via the LM head."""
@@ -221,8 +261,9 @@ def apply(
     cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
     config: the model config (static under jit).
   """
-  return _merge(params, config)(tokens_BxT, positions_BxT, attention_mask_BxS,
-                                 cache)
+  model, layer_params = _merge(params, config)
+  return model(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+               layer_params)
 
 
 def hidden(
@@ -239,16 +280,42 @@ def hidden(
   With `unembed`, lets a caller compute logits a chunk of positions at a time
   (e.g. log-probs without materialising B x T x V); `apply == unembed . hidden`.
   """
-  return _merge(params, config).hidden(tokens_BxT, positions_BxT,
-                                       attention_mask_BxS, cache)
+  model, layer_params = _merge(params, config)
+  return model.hidden(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+                      layer_params)
 
 
 def unembed(params: Params, h_BxTxD: jax.Array, *,
             config: ModelConfig) -> jax.Array:
   """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
-  return _merge(params, config).unembed(h_BxTxD)
+  return _merge(params, config)[0].unembed(h_BxTxD)
 
 
-def _merge(params: Params, config: ModelConfig) -> Transformer:
-  graphdef, _ = _graphdef_and_abstract(config)
-  return nnx.merge(graphdef, params)
+def split_layers(params: Params) -> Params:
+  """`params` with "layers" as a tuple of L per-layer trees (no `layers` axis).
+
+  `apply` and `hidden` with a cache accept this form as well as the stacked
+  one. It is for decode loops on CPU: there XLA materialises a layer's slice
+  of a stacked weight every time the loop body uses it (a CPU matmul cannot
+  read an operand at an offset into a larger buffer), which copies every
+  layer weight once per generated token. Splitting before the loop copies
+  them once, at the cost of a second copy of the layer weights while the
+  split tree is alive.
+  """
+  layers = params["layers"]
+  num_layers = jax.tree.leaves(layers)[0].shape[0]
+  return {**params, "layers": tuple(
+      jax.tree.map(lambda w, i=i: w[i], layers) for i in range(num_layers))}
+
+
+def _merge(params: Params, config: ModelConfig
+           ) -> tuple[Transformer, tuple[Params, ...] | None]:
+  """The module holding `params`, and the per-layer trees if they are split."""
+  graphdef, state = _graphdef_and_abstract(config)
+  layers = params["layers"]
+  if isinstance(layers, tuple):
+    # The module's stacked layer variables are never read when per-layer
+    # params are passed along; shape-only placeholders fill them.
+    placeholders = nnx.to_pure_dict(state)["layers"]
+    return nnx.merge(graphdef, {**params, "layers": placeholders}), layers
+  return nnx.merge(graphdef, params), None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -90,9 +91,11 @@ def test_incremental_decode_matches_full_forward(name):
   cache_mask = jnp.concatenate([mask, jnp.ones((3, max_len - 10), bool)], axis=1)
   step = functools.partial(APPLY, config=config)
   cache = cache_lib.init_cache(config, 3, max_len)
-  chex.assert_shape(cache.k_LxBxSxKxH,
-                    (config.num_layers, 3, max_len, config.num_kv_heads,
-                     config.head_dim))
+  assert len(cache.k_BxKxHxS) == len(cache.v_BxKxSxH) == config.num_layers
+  chex.assert_shape(cache.k_BxKxHxS,
+                    (3, config.num_kv_heads, config.head_dim, max_len))
+  chex.assert_shape(cache.v_BxKxSxH,
+                    (3, config.num_kv_heads, max_len, config.head_dim))
   logits, cache = step(params, tokens[:, :prompt], positions[:, :prompt],
                        cache_mask, cache)
   pieces = [logits]
@@ -125,6 +128,84 @@ def test_decode_in_while_loop_matches_full_forward():
 
   out = decode(params, cache_lib.init_cache(config, 2, 8))
   np.testing.assert_allclose(out[mask], full[mask], atol=1e-5)
+
+
+def test_split_layers_decode_equals_stacked():
+  config, params = tiny_params("tiny_qwen3")
+  tokens, positions, mask = left_padded(2, 6, [0, 2])
+  cache_mask = jnp.concatenate([mask, jnp.ones((2, 2), bool)], axis=1)
+  split = transformer.split_layers(params)
+  assert len(split["layers"]) == config.num_layers
+  chex.assert_shape(split["layers"][1]["attn"]["q"],
+                    params["layers"]["attn"]["q"].shape[1:])
+  outs = []
+  for p in (params, split):
+    cache = cache_lib.init_cache(config, 2, 8)
+    logits, cache = APPLY(p, tokens[:, :5], positions[:, :5], cache_mask, cache,
+                          config=config)
+    step, cache = APPLY(p, tokens[:, 5:], positions[:, 5:], cache_mask, cache,
+                        config=config)
+    outs.append((logits, step, cache))
+  jax.tree.map(np.testing.assert_array_equal, outs[0], outs[1])
+  with pytest.raises(ValueError, match="cached"):
+    APPLY(split, tokens, positions, mask, config=config)
+
+
+def _computation(hlo: str, name: str) -> list[str]:
+  """The instruction lines of computation `name` in an HLO module's text."""
+  start = hlo.index(f"\n%{name} ") + 1
+  return hlo[start:hlo.index("\n}", start)].splitlines()[1:]
+
+
+def test_decode_loop_reads_weights_and_cache_in_place():
+  # What makes decoding fast on CPU: inside the loop body no instruction
+  # produces an array of a layer weight's or a cache buffer's shape, except
+  # the in-place dynamic-update-slice that writes the new slot. (A stacked
+  # cache or stacked weights sliced per layer would show up here as copies.)
+  # Distinct sizes: D 28, N x H 24, K x H 12, F 36, V 44, S 14, B 3.
+  config = config_lib.ModelConfig(vocab_size=44, embed_dim=28, num_layers=2,
+                                  num_heads=4, num_kv_heads=2, head_dim=6,
+                                  mlp_dim=36, qkv_bias=True)
+  abstract = transformer.abstract_params(config)
+  weight_shapes = {x.shape[1:] for x in jax.tree.leaves(abstract["layers"])
+                   if x.ndim > 2}
+  cache = cache_lib.init_cache(config, 3, 14)
+  cache_shapes = {x.shape for x in cache.k_BxKxHxS + cache.v_BxKxSxH}
+  mask = jnp.ones((3, 14), bool)
+
+  def decode(params, cache):
+    params = transformer.split_layers(params)
+
+    def body(carry):
+      t, cache = carry
+      tokens = jnp.full((3, 1), 7, jnp.int32)
+      _, cache = transformer.apply(params, tokens, t + tokens * 0, mask, cache,
+                                   config=config)
+      return t + 1, cache
+
+    return jax.lax.while_loop(lambda c: c[0] < 12, body, (0, cache))[1]
+
+  hlo = jax.jit(decode).lower(abstract, cache).compile().as_text()
+  (body_name,) = re.findall(r"\bwhile\(.*\bbody=%([\w.-]+)", hlo)
+
+  def shape_of(line: str) -> tuple[int, ...] | None:
+    m = re.match(r"\s*(?:ROOT )?%[\w.-]+ = \w+\[([\d,]*)\]", line)
+    return m and tuple(int(d) for d in m.group(1).split(",") if d)
+
+  checked = 0
+  for line in _computation(hlo, body_name):
+    shape = shape_of(line)
+    opcode = re.search(r"\} (\S+)\(", line) or re.search(r"\] (\S+)\(", line)
+    if shape is None or opcode.group(1) in ("parameter", "get-tuple-element",
+                                            "bitcast", "tuple"):
+      continue
+    assert shape not in weight_shapes, f"copies a layer weight: {line}"
+    if shape in cache_shapes:
+      called = re.search(r"calls=%([\w.-]+)", line)
+      root = [l for l in _computation(hlo, called.group(1)) if "ROOT" in l]
+      assert "dynamic-update-slice(" in root[0], f"copies the cache: {line}"
+      checked += 1
+  assert checked == 2 * config.num_layers  # One in-place write per buffer.
 
 
 @pytest.mark.parametrize("name", TINY)
