@@ -14,8 +14,12 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.21",
     "jinja2>=3.1",
     "safetensors>=0.4",
+    # Prompt datasets (golfjax/data/): TFDS builds and reads ArrayRecord files
+    # without TensorFlow (its epath needs importlib_resources); grain batches them.
     "tensorflow-datasets>=4.9.8",
     "importlib_resources>=6",
+    "array_record>=0.8",
+    "grain>=0.2.18",
     "ml_collections>=1.0",
     "absl-py>=2.1",
     "tensorboardX>=2.6",
@@ -31,6 +35,10 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=4.51",
         "matplotlib>=3.8",  # golfjax.plotting (make demo, benchmarks)
+        # tests/notebook_test.py runs notebooks/golfjax_quickstart.ipynb.
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
     # Peers the benchmarks measure golfjax against in the same run.
     "bench": [
@@ -39,10 +47,16 @@ EXTRAS_REQUIRE = {
         "transformers>=4.51",
         "matplotlib>=3.8",
     ],
-    # XManager launch on Cloud TPU. Pinned so dependency resolution is fast.
+    # XManager launch (launch/xm_launch.py). Pinned so that pip resolves it
+    # without backtracking: unpinned, google-cloud-bigquery (via
+    # google-cloud-aiplatform) and kubernetes disagree on python-dateutil and
+    # pip walks back through every bigquery release for many minutes.
+    # xmanager needs protobuf<7.
     "launch": [
-        "xmanager==0.7.1",
-        "protobuf>=4.25,<7",
+        "xmanager==0.8.5.post1",
+        "protobuf>=6.31,<7",
+        "google-cloud-bigquery==3.47.0",
+        "kubernetes==37.0.1",
     ],
 }
 
