@@ -16,8 +16,9 @@ loss at staleness N). Options follow the variant, comma-separated:
 - `init=DIR`: start from the Hugging Face checkpoint in DIR instead of the cold
   start (benchmarks/staleness_sweep.py starts every run from one exported
   cold-start policy this way);
-- `smoke=1`: the tiny model and two steps (about a minute on a 2-core CPU,
-  mostly compilation); the variant `smoke` is `vespo,smoke=1`.
+- `smoke=1`: the tiny model, two cold-start and two RL steps (one to two
+  minutes on a 2-core CPU, mostly compilation); the variant `smoke` is
+  `vespo,smoke=1`.
 
 Setup. All 100 one-digit sums, 80 to train on and 20 held out. A cold start
 (80 supervised steps on the 80 training sums' reference solutions) takes the
@@ -32,7 +33,7 @@ k/lambda = 2/3 and 3/2, PPO eps 0.2 with dual clip 3, GSPO 3e-4/4e-4, SAPO
 tau 1/1.05), with GRPO advantages and `token-mean` aggregation as in the VESPO
 paper's scripts. Held-out accuracy: 20 problems x 8 samples every 8 steps.
 
-Runtime on a 2-core CPU: about 2.5 minutes for one run with its cold start.
+Runtime on a 2-core CPU: about 3 minutes for one run with its cold start.
 The sweep's measurements are in the README (section VESPO).
 """
 
@@ -98,8 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.golf.template = "compact"
         c.golf.max_refinement_prompt_tokens = 128
         c.cold_start.refine_fraction = 0.3
-        c.task.kwargs = {"min_digits": 3, "max_digits": 3}  # GOLF's sparse-reward regime.
-        c.sampling.max_new_tokens = 24
+        # GOLF's sparse-reward regime (as golf.py:arith): a cold start on 1-2
+        # digit sums, RL on 2-digit sums the cold-started model mostly fails.
+        c.task.kwargs = {"min_digits": 2, "max_digits": 2}
+        c.cold_start.task_kwargs = {"min_digits": 1, "max_digits": 2}
+        c.cold_start.steps = 200
     if "n" in options:
         c.vespo.staleness = int(options["n"])
     if "seed" in options:

@@ -487,10 +487,7 @@ class VespoLoop:
 
     def close(self) -> None:
         """Stops the worker (if any) and re-raises a failure it has not reported."""
-        worker = self._worker
         self._stop_worker()
-        if worker is not None:
-            worker.raise_unreported_error()
 
     def __enter__(self) -> VespoLoop:
         return self
@@ -499,7 +496,7 @@ class VespoLoop:
         if exc_type is None:
             self.close()
         else:  # Already failing: stop, but let that error through.
-            self._stop_worker()
+            self._stop_worker(report=False)
 
     # ------------------------------------------------------------ rollouts
 
@@ -575,9 +572,12 @@ class VespoLoop:
         self._worker = RolloutWorker(self._produce, self._store, queue_size=self.cfg.queue_size)
         self._worker.start()
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, report: bool = True) -> None:
+        """Stops the worker and rewinds the data; raises a failure it has not reported."""
         if self._worker is None:
             return
         worker, self._worker = self._worker, None
         worker.stop()  # What it still held is drawn again from the rewound position.
         self._data.restore(self._consumed_data_state)
+        if report:
+            worker.raise_unreported_error()

@@ -382,3 +382,33 @@ def test_async_worker_on_its_own_devices(vespo_trainer):
         _, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 3)
     assert seen and all(params == mesh == set(rollout) for params, mesh in seen)
     assert all(r["vespo/staleness"] <= cfg.vespo.max_staleness for r in records)
+
+
+def test_a_worker_failure_after_the_last_step_is_not_lost(vespo_trainer):
+    # The worker fails while the learner needs nothing more from it: the
+    # failure still surfaces, at the checkpoint that stops the worker.
+    cfg = _run_config(n=1, steps=1, async_rollout=True, queue_size=1)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
+    build, calls = _build_batch(), []
+    trained, failed = threading.Event(), threading.Event()
+
+    def failing(params, problems, key, sampler):
+        calls.append(problems)
+        if len(calls) == 2:
+            trained.wait(DEADLINE_S)  # Fail only once the learner is done.
+            failed.set()
+            raise RuntimeError("the sampler broke late")
+        return build(params, problems, key, sampler)
+
+    loop = _loop(vespo_trainer, cfg, failing)
+    data = EpochIterator(len(PROBLEMS), B, seed=3)
+    with pytest.raises(vespo_lib.RolloutWorkerError, match="broke late"):
+        with loop:
+            _train(loop, _init(vespo_trainer), data, 1)
+            trained.set()
+            _wait_for(failed.is_set, "the worker to fail")
+            loop.save_point(1, force=True, every=100)
+    # The position is still just after the one trained rollout.
+    expected = EpochIterator(len(PROBLEMS), B, seed=3)
+    expected.next()
+    assert data.state() == expected.state()
