@@ -43,57 +43,57 @@ CONFIGS = {
 
 def bench(name: str, config: config_lib.ModelConfig, batch: int, seq: int,
           runs: int) -> dict[str, object]:
-  params = transformer.init_params(config, jax.random.key(0))
-  jax.block_until_ready(params)
-  tokens_BxT = jnp.zeros((batch, seq), jnp.int32)
-  positions_BxT = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-  mask_BxT = jnp.ones((batch, seq), bool)
-  fn = jax.jit(functools.partial(transformer.apply, config=config))
-  start = time.perf_counter()
-  compiled = fn.lower(params, tokens_BxT, positions_BxT, mask_BxT).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(params, tokens_BxT, positions_BxT, mask_BxT))
-  times = []
-  for _ in range(runs):
+    params = transformer.init_params(config, jax.random.key(0))
+    jax.block_until_ready(params)
+    tokens_BxT = jnp.zeros((batch, seq), jnp.int32)
+    positions_BxT = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    mask_BxT = jnp.ones((batch, seq), bool)
+    fn = jax.jit(functools.partial(transformer.apply, config=config))
     start = time.perf_counter()
+    compiled = fn.lower(params, tokens_BxT, positions_BxT, mask_BxT).compile()
+    compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(params, tokens_BxT, positions_BxT, mask_BxT))
-    times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  return {"name": name, "params": config.num_params, "layers": config.num_layers,
-          "embed_dim": config.embed_dim, "batch": batch, "seq": seq,
-          "dtype": config.compute_dtype, "compile_s": compile_s,
-          "forward_median_s": median, "tokens_per_s": batch * seq / median}
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(params, tokens_BxT, positions_BxT, mask_BxT))
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"name": name, "params": config.num_params, "layers": config.num_layers,
+            "embed_dim": config.embed_dim, "batch": batch, "seq": seq,
+            "dtype": config.compute_dtype, "compile_s": compile_s,
+            "forward_median_s": median, "tokens_per_s": batch * seq / median}
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="benchmarks/results/model.json")
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--seq", type=int, default=256)
-  parser.add_argument("--runs", type=int, default=5)
-  parser.add_argument("--dtype", default="float32", choices=config_lib.DTYPES)
-  parser.add_argument("--configs", default=",".join(CONFIGS))
-  args = parser.parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/model.json")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=config_lib.DTYPES)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    args = parser.parse_args()
 
-  results = []
-  for name in args.configs.split(","):
-    config = CONFIGS[name].replace(param_dtype=args.dtype,
-                                   compute_dtype=args.dtype)
-    results.append(bench(name, config, args.batch, args.seq, args.runs))
-    r = results[-1]
-    print(f"{name:>11}  {r['params'] / 1e6:7.1f}M params  {r['layers']:3d} layers"
-          f"  compile {r['compile_s']:6.2f}s  forward {r['forward_median_s']:7.3f}s"
-          f"  {r['tokens_per_s']:9.0f} tok/s", flush=True)
+    results = []
+    for name in args.configs.split(","):
+        config = CONFIGS[name].replace(param_dtype=args.dtype,
+                                       compute_dtype=args.dtype)
+        results.append(bench(name, config, args.batch, args.seq, args.runs))
+        r = results[-1]
+        print(f"{name:>11}  {r['params'] / 1e6:7.1f}M params  {r['layers']:3d} layers"
+              f"  compile {r['compile_s']:6.2f}s  forward {r['forward_median_s']:7.3f}s"
+              f"  {r['tokens_per_s']:9.0f} tok/s", flush=True)
 
-  report = {"backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "jax": jax.__version__, "results": results}
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {args.out}")
+    report = {"backend": jax.default_backend(),
+              "devices": [str(d) for d in jax.devices()],
+              "cpu_count": os.cpu_count(), "machine": platform.machine(),
+              "jax": jax.__version__, "results": results}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -57,44 +57,44 @@ CACHE_LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-  k_BxKxHxS: tuple[jax.Array, ...]  # One per layer.
-  v_BxKxSxH: tuple[jax.Array, ...]  # One per layer.
-  index: jax.Array  # int32 scalar, the next slot to write.
+    k_BxKxHxS: tuple[jax.Array, ...]  # One per layer.
+    v_BxKxSxH: tuple[jax.Array, ...]  # One per layer.
+    index: jax.Array  # int32 scalar, the next slot to write.
 
-  @property
-  def max_length(self) -> int:
-    return self.v_BxKxSxH[0].shape[2]
+    @property
+    def max_length(self) -> int:
+        return self.v_BxKxSxH[0].shape[2]
 
-  def replace(self, **changes: jax.Array | tuple[jax.Array, ...]) -> KVCache:
-    return dataclasses.replace(self, **changes)
+    def replace(self, **changes: jax.Array | tuple[jax.Array, ...]) -> KVCache:
+        return dataclasses.replace(self, **changes)
 
 
 def _layer_shapes(config: ModelConfig, batch_size: int, max_length: int
                   ) -> dict[str, tuple[int, int, int, int]]:
-  b, k, s, h = batch_size, config.num_kv_heads, max_length, config.head_dim
-  return {"k_BxKxHxS": (b, k, h, s), "v_BxKxSxH": (b, k, s, h)}
+    b, k, s, h = batch_size, config.num_kv_heads, max_length, config.head_dim
+    return {"k_BxKxHxS": (b, k, h, s), "v_BxKxSxH": (b, k, s, h)}
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int,
                dtype: jnp.dtype | str | None = None) -> KVCache:
-  """An empty cache with `index = 0`; dtype defaults to `config.compute_dtype`."""
-  dtype = jnp.dtype(dtype or config.compute_dtype)
-  shapes = _layer_shapes(config, batch_size, max_length)
-  return KVCache(
-      **{name: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-         for name, shape in shapes.items()},
-      index=jnp.zeros((), jnp.int32))
+    """An empty cache with `index = 0`; dtype defaults to `config.compute_dtype`."""
+    dtype = jnp.dtype(dtype or config.compute_dtype)
+    shapes = _layer_shapes(config, batch_size, max_length)
+    return KVCache(
+        **{name: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+           for name, shape in shapes.items()},
+        index=jnp.zeros((), jnp.int32))
 
 
 def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,
                     mesh: Mesh,
                     rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES
                     ) -> KVCache:
-  """NamedShardings for `init_cache(config, batch_size, max_length)` on `mesh`."""
-  shapes = _layer_shapes(config, batch_size, max_length)
-  return KVCache(
-      **{name: (sharding_lib.logical_to_sharding(
-          CACHE_LOGICAL_AXES[name], mesh, rules, shape=shape,
-          what="KV cache"),) * config.num_layers
-         for name, shape in shapes.items()},
-      index=NamedSharding(mesh, PartitionSpec()))
+    """NamedShardings for `init_cache(config, batch_size, max_length)` on `mesh`."""
+    shapes = _layer_shapes(config, batch_size, max_length)
+    return KVCache(
+        **{name: (sharding_lib.logical_to_sharding(
+            CACHE_LOGICAL_AXES[name], mesh, rules, shape=shape,
+            what="KV cache"),) * config.num_layers
+           for name, shape in shapes.items()},
+        index=NamedSharding(mesh, PartitionSpec()))

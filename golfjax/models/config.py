@@ -30,133 +30,133 @@ DTYPES = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """Llama 3 ("llama3" rope_type) frequency scaling, as in transformers."""
+    """Llama 3 ("llama3" rope_type) frequency scaling, as in transformers."""
 
-  factor: float = 8.0
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 8192
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
 
-  def __post_init__(self) -> None:
-    if self.factor <= 0:
-      raise ValueError(f"RopeScaling.factor must be > 0, got {self.factor}")
-    if self.high_freq_factor <= self.low_freq_factor:
-      raise ValueError(
-          "RopeScaling.high_freq_factor must exceed low_freq_factor, got "
-          f"{self.high_freq_factor} <= {self.low_freq_factor}")
-    if self.original_max_position_embeddings <= 0:
-      raise ValueError("RopeScaling.original_max_position_embeddings must be "
-                       f"> 0, got {self.original_max_position_embeddings}")
+    def __post_init__(self) -> None:
+        if self.factor <= 0:
+            raise ValueError(f"RopeScaling.factor must be > 0, got {self.factor}")
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                "RopeScaling.high_freq_factor must exceed low_freq_factor, got "
+                f"{self.high_freq_factor} <= {self.low_freq_factor}")
+        if self.original_max_position_embeddings <= 0:
+            raise ValueError("RopeScaling.original_max_position_embeddings must be "
+                             f"> 0, got {self.original_max_position_embeddings}")
 
 
 def _dtype_name(dtype: Any) -> str:
-  """Normalises "float32", jnp.float32 or np.dtype('float32') to a name."""
-  name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
-  return name
+    """Normalises "float32", jnp.float32 or np.dtype('float32') to a name."""
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of one checkpoint. Hashable, so it can be a static jit argument.
+    """Architecture of one checkpoint. Hashable, so it can be a static jit argument.
 
-  Attributes:
-    family: "llama3", "qwen2" or "qwen3"; selects the HF architecture on save.
-    vocab_size: V, rows of the embedding table.
-    embed_dim: D, the residual stream width (HF `hidden_size`).
-    num_layers: L.
-    num_heads: N query heads.
-    num_kv_heads: K key/value heads; N must be a multiple of K (GQA).
-    head_dim: H per head (HF `head_dim`, default D / N).
-    mlp_dim: F, SwiGLU hidden width (HF `intermediate_size`).
-    rope_theta: RoPE base.
-    rope_scaling: llama3 RoPE scaling, or None for plain RoPE.
-    rms_norm_eps: epsilon inside every RMSNorm.
-    qkv_bias: add a bias to the q, k, v projections (Qwen 2).
-    qk_norm: RMSNorm on queries and keys over head_dim (Qwen 3).
-    tie_embeddings: the LM head is the embedding table transposed.
-    param_dtype: "float32" or "bfloat16" (jnp dtypes are accepted and normalised).
-    compute_dtype: "float32" or "bfloat16".
-    max_position: HF `max_position_embeddings` (metadata; RoPE has no table).
-    remat: rematerialise each layer in the backward pass (saves activations).
-  """
+    Attributes:
+      family: "llama3", "qwen2" or "qwen3"; selects the HF architecture on save.
+      vocab_size: V, rows of the embedding table.
+      embed_dim: D, the residual stream width (HF `hidden_size`).
+      num_layers: L.
+      num_heads: N query heads.
+      num_kv_heads: K key/value heads; N must be a multiple of K (GQA).
+      head_dim: H per head (HF `head_dim`, default D / N).
+      mlp_dim: F, SwiGLU hidden width (HF `intermediate_size`).
+      rope_theta: RoPE base.
+      rope_scaling: llama3 RoPE scaling, or None for plain RoPE.
+      rms_norm_eps: epsilon inside every RMSNorm.
+      qkv_bias: add a bias to the q, k, v projections (Qwen 2).
+      qk_norm: RMSNorm on queries and keys over head_dim (Qwen 3).
+      tie_embeddings: the LM head is the embedding table transposed.
+      param_dtype: "float32" or "bfloat16" (jnp dtypes are accepted and normalised).
+      compute_dtype: "float32" or "bfloat16".
+      max_position: HF `max_position_embeddings` (metadata; RoPE has no table).
+      remat: rematerialise each layer in the backward pass (saves activations).
+    """
 
-  family: str = "llama3"
-  vocab_size: int = 256
-  embed_dim: int = 64
-  num_layers: int = 2
-  num_heads: int = 4
-  num_kv_heads: int = 2
-  head_dim: int = 16
-  mlp_dim: int = 128
-  rope_theta: float = 10000.0
-  rope_scaling: RopeScaling | None = None
-  rms_norm_eps: float = 1e-6
-  qkv_bias: bool = False
-  qk_norm: bool = False
-  tie_embeddings: bool = False
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
-  max_position: int = 4096
-  remat: bool = False
+    family: str = "llama3"
+    vocab_size: int = 256
+    embed_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    mlp_dim: int = 128
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    max_position: int = 4096
+    remat: bool = False
 
-  def __post_init__(self) -> None:
-    # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
-    # equal whether built from strings or jnp dtypes.
-    for field in ("param_dtype", "compute_dtype"):
-      name = _dtype_name(getattr(self, field))
-      if name not in DTYPES:
-        raise ValueError(f"ModelConfig.{field} must be one of {DTYPES}, got "
-                         f"{getattr(self, field)!r}")
-      object.__setattr__(self, field, name)
-    if self.family not in FAMILIES:
-      raise ValueError(
-          f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
-    for field in ("vocab_size", "embed_dim", "num_layers", "num_heads",
-                  "num_kv_heads", "head_dim", "mlp_dim", "max_position"):
-      value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"ModelConfig.{field} must be a positive int, got {value!r}")
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(
-          f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
-          f"num_kv_heads ({self.num_kv_heads})")
-    if self.head_dim % 2:
-      raise ValueError(
-          f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
-    if self.rope_theta <= 0:
-      raise ValueError(
-          f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
-    if self.rms_norm_eps <= 0:
-      raise ValueError(
-          f"ModelConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    if self.rope_scaling is not None and not isinstance(self.rope_scaling,
-                                                        RopeScaling):
-      raise ValueError("ModelConfig.rope_scaling must be a RopeScaling or None, "
-                       f"got {self.rope_scaling!r}")
+    def __post_init__(self) -> None:
+        # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
+        # equal whether built from strings or jnp dtypes.
+        for field in ("param_dtype", "compute_dtype"):
+            name = _dtype_name(getattr(self, field))
+            if name not in DTYPES:
+                raise ValueError(f"ModelConfig.{field} must be one of {DTYPES}, got "
+                                 f"{getattr(self, field)!r}")
+            object.__setattr__(self, field, name)
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        for field in ("vocab_size", "embed_dim", "num_layers", "num_heads",
+                      "num_kv_heads", "head_dim", "mlp_dim", "max_position"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(
+                    f"ModelConfig.{field} must be a positive int, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(
+                f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.rope_theta <= 0:
+            raise ValueError(
+                f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
+        if self.rms_norm_eps <= 0:
+            raise ValueError(
+                f"ModelConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling,
+                                                            RopeScaling):
+            raise ValueError("ModelConfig.rope_scaling must be a RopeScaling or None, "
+                             f"got {self.rope_scaling!r}")
 
-  @property
-  def param_jnp_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
+    @property
+    def param_jnp_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
 
-  @property
-  def compute_jnp_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.compute_dtype)
+    @property
+    def compute_jnp_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.compute_dtype)
 
-  @property
-  def num_params(self) -> int:
-    """Parameter count (embedding counted once when tied)."""
-    d, h, f = self.embed_dim, self.head_dim, self.mlp_dim
-    attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
-    if self.qkv_bias:
-      attn += h * (self.num_heads + 2 * self.num_kv_heads)
-    norms = 2 * d + (2 * h if self.qk_norm else 0)
-    per_layer = attn + 3 * d * f + norms
-    head = 0 if self.tie_embeddings else d * self.vocab_size
-    return self.vocab_size * d + self.num_layers * per_layer + d + head
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embedding counted once when tied)."""
+        d, h, f = self.embed_dim, self.head_dim, self.mlp_dim
+        attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+        if self.qkv_bias:
+            attn += h * (self.num_heads + 2 * self.num_kv_heads)
+        norms = 2 * d + (2 * h if self.qk_norm else 0)
+        per_layer = attn + 3 * d * f + norms
+        head = 0 if self.tie_embeddings else d * self.vocab_size
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
 
-  def replace(self, **changes: Any) -> ModelConfig:
-    return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
 
 
 # Presets. `tiny` is for unit tests; the others are small models for the built-in
@@ -201,7 +201,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str) -> ModelConfig:
-  if name not in PRESETS:
-    raise ValueError(
-        f"Unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
-  return PRESETS[name]
+    if name not in PRESETS:
+        raise ValueError(
+            f"Unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -33,268 +33,268 @@ _INIT_STD = 0.02  # transformers' default initializer_range.
 
 def _param(init: Any, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype,
            names: tuple[str, ...]) -> nnx.Param:
-  return nnx.Param(init(key, shape, dtype), out_sharding=names,
-                   eager_sharding=False)
+    return nnx.Param(init(key, shape, dtype), out_sharding=names,
+                     eager_sharding=False)
 
 
 def _normal(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-  return _INIT_STD * jax.random.normal(key, shape, dtype)
+    return _INIT_STD * jax.random.normal(key, shape, dtype)
 
 
 def _zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-  del key
-  return jnp.zeros(shape, dtype)
+    del key
+    return jnp.zeros(shape, dtype)
 
 
 def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-  del key
-  return jnp.ones(shape, dtype)
+    del key
+    return jnp.ones(shape, dtype)
 
 
 def _dense(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
-  """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
+    """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
 
-  Flattening B x T first matters on CPU: XLA lowers a dot that contracts two
-  axes (the weight gradient of a 3-D einsum contracts both B and T) to a slow
-  generic loop, about 2.5x slower than the same work as one GEMM; on TPU/GPU
-  both forms compile to the same kernel.
-  """
-  lead = x_BxTxI.shape[:-1]
-  y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO)
-  return y.reshape(lead + (w_IxO.shape[-1],))
+    Flattening B x T first matters on CPU: XLA lowers a dot that contracts two
+    axes (the weight gradient of a 3-D einsum contracts both B and T) to a slow
+    generic loop, about 2.5x slower than the same work as one GEMM; on TPU/GPU
+    both forms compile to the same kernel.
+    """
+    lead = x_BxTxI.shape[:-1]
+    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO)
+    return y.reshape(lead + (w_IxO.shape[-1],))
 
 
 class RMSNorm(nnx.Module):
-  """RMSNorm over the last axis, computed in float32 as transformers does."""
+    """RMSNorm over the last axis, computed in float32 as transformers does."""
 
-  def __init__(self, dim: int, axis_name: str, config: ModelConfig):
-    self.eps = config.rms_norm_eps
-    self.scale = _param(_ones, None, (dim,), config.param_jnp_dtype, (axis_name,))
+    def __init__(self, dim: int, axis_name: str, config: ModelConfig):
+        self.eps = config.rms_norm_eps
+        self.scale = _param(_ones, None, (dim,), config.param_jnp_dtype, (axis_name,))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x_f32 = x.astype(jnp.float32)
-    var = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
-    normed = (x_f32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
-    scale = self.scale[...].astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-    return normed * scale
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x_f32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
+        normed = (x_f32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+        scale = self.scale[...].astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        return normed * scale
 
 
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-  """Inverse frequencies [H/2], float32, incl. llama3 scaling, as transformers.
+    """Inverse frequencies [H/2], float32, incl. llama3 scaling, as transformers.
 
-  A NumPy constant: it depends only on the config, so it folds into the program.
-  """
-  h = config.head_dim
-  inv_freq = (1.0 / (config.rope_theta ** (
-      np.arange(0, h, 2, dtype=np.float32) / np.float32(h)))).astype(np.float32)
-  s = config.rope_scaling
-  if s is None:
-    return inv_freq
-  # transformers `_compute_llama3_parameters`.
-  low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
-  high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
-  wavelen = 2 * math.pi / inv_freq
-  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
-  smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
-            (s.high_freq_factor - s.low_freq_factor))
-  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
-  is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+    A NumPy constant: it depends only on the config, so it folds into the program.
+    """
+    h = config.head_dim
+    inv_freq = (1.0 / (config.rope_theta ** (
+        np.arange(0, h, 2, dtype=np.float32) / np.float32(h)))).astype(np.float32)
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    # transformers `_compute_llama3_parameters`.
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+              (s.high_freq_factor - s.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
 def rope_sin_cos(positions_BxT: jax.Array,
                  config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-  """sin, cos of shape [B, T, H] in float32 (HF layout: the H/2 freqs twice)."""
-  inv_freq = jnp.asarray(rope_inv_freq(config))
-  freqs_BxTxH2 = (positions_BxT.astype(jnp.float32)[:, :, None] *
-                  inv_freq[None, None, :])
-  emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
-  return jnp.sin(emb_BxTxH), jnp.cos(emb_BxTxH)
+    """sin, cos of shape [B, T, H] in float32 (HF layout: the H/2 freqs twice)."""
+    inv_freq = jnp.asarray(rope_inv_freq(config))
+    freqs_BxTxH2 = (positions_BxT.astype(jnp.float32)[:, :, None] *
+                    inv_freq[None, None, :])
+    emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
+    return jnp.sin(emb_BxTxH), jnp.cos(emb_BxTxH)
 
 
 def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxH: jax.Array,
                cos_BxTxH: jax.Array) -> jax.Array:
-  """HF rotate-half RoPE: x * cos + rotate_half(x) * sin, in float32."""
-  x = x_BxTxNxH.astype(jnp.float32)
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  sin, cos = sin_BxTxH[:, :, None, :], cos_BxTxH[:, :, None, :]
-  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+    """HF rotate-half RoPE: x * cos + rotate_half(x) * sin, in float32."""
+    x = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    sin, cos = sin_BxTxH[:, :, None, :], cos_BxTxH[:, :, None, :]
+    return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
 
 
 class Attention(nnx.Module):
-  """Grouped-query attention with optional qkv bias (Qwen 2) and q/k norm (Qwen 3)."""
+    """Grouped-query attention with optional qkv bias (Qwen 2) and q/k norm (Qwen 3)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    c = config
-    d, n, k, h, dt = (c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
-                      c.param_jnp_dtype)
-    self.config = c
-    self.q = _param(_normal, rngs.params(), (d, n, h), dt,
-                    ("embed", "heads", "head_dim"))
-    self.k = _param(_normal, rngs.params(), (d, k, h), dt,
-                    ("embed", "kv_heads", "head_dim"))
-    self.v = _param(_normal, rngs.params(), (d, k, h), dt,
-                    ("embed", "kv_heads", "head_dim"))
-    self.o = _param(_normal, rngs.params(), (n, h, d), dt,
-                    ("heads", "head_dim", "embed"))
-    if c.qkv_bias:
-      self.q_bias = _param(_zeros, None, (n, h), dt, ("heads", "head_dim"))
-      self.k_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
-      self.v_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
-    if c.qk_norm:
-      self.q_norm = RMSNorm(h, "head_dim", c)
-      self.k_norm = RMSNorm(h, "head_dim", c)
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        d, n, k, h, dt = (c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
+                          c.param_jnp_dtype)
+        self.config = c
+        self.q = _param(_normal, rngs.params(), (d, n, h), dt,
+                        ("embed", "heads", "head_dim"))
+        self.k = _param(_normal, rngs.params(), (d, k, h), dt,
+                        ("embed", "kv_heads", "head_dim"))
+        self.v = _param(_normal, rngs.params(), (d, k, h), dt,
+                        ("embed", "kv_heads", "head_dim"))
+        self.o = _param(_normal, rngs.params(), (n, h, d), dt,
+                        ("heads", "head_dim", "embed"))
+        if c.qkv_bias:
+            self.q_bias = _param(_zeros, None, (n, h), dt, ("heads", "head_dim"))
+            self.k_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
+            self.v_bias = _param(_zeros, None, (k, h), dt, ("kv_heads", "head_dim"))
+        if c.qk_norm:
+            self.q_norm = RMSNorm(h, "head_dim", c)
+            self.k_norm = RMSNorm(h, "head_dim", c)
 
-  def _project(self, x_BxTxD: jax.Array, name: str) -> jax.Array:
-    w_DxNxH = getattr(self, name)[...].astype(x_BxTxD.dtype)
-    y = _dense(x_BxTxD, w_DxNxH.reshape(w_DxNxH.shape[0], -1))
-    y = y.reshape(y.shape[:-1] + w_DxNxH.shape[1:])
-    if self.config.qkv_bias:
-      y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
-    return y
+    def _project(self, x_BxTxD: jax.Array, name: str) -> jax.Array:
+        w_DxNxH = getattr(self, name)[...].astype(x_BxTxD.dtype)
+        y = _dense(x_BxTxD, w_DxNxH.reshape(w_DxNxH.shape[0], -1))
+        y = y.reshape(y.shape[:-1] + w_DxNxH.shape[1:])
+        if self.config.qkv_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
+        return y
 
-  def __call__(
-      self,
-      x_BxTxD: jax.Array,
-      sin_BxTxH: jax.Array,
-      cos_BxTxH: jax.Array,
-      mask_BxTxS: jax.Array,
-      kv_cache: tuple[jax.Array, jax.Array] | None = None,
-      write_index: jax.Array | None = None,
-  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """Self-attention; with `kv_cache`, keys/values are written then read back.
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        sin_BxTxH: jax.Array,
+        cos_BxTxH: jax.Array,
+        mask_BxTxS: jax.Array,
+        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        write_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Self-attention; with `kv_cache`, keys/values are written then read back.
 
-    Args:
-      kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH). The new keys and
-        values are written at slots [write_index, write_index + T) and
-        attention reads all S slots; the updated pair is returned. Writing
-        only the T new slots lets XLA update the buffers in place inside a
-        decode loop.
-    """
-    c = self.config
-    b, t, _ = x_BxTxD.shape
-    q_BxTxNxH = self._project(x_BxTxD, "q")
-    k_BxTxKxH = self._project(x_BxTxD, "k")
-    v_BxTxKxH = self._project(x_BxTxD, "v")
-    if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
-      q_BxTxNxH = self.q_norm(q_BxTxNxH)
-      k_BxTxKxH = self.k_norm(k_BxTxKxH)
-    q_BxTxNxH = apply_rope(q_BxTxNxH, sin_BxTxH, cos_BxTxH)
-    k_BxTxKxH = apply_rope(k_BxTxKxH, sin_BxTxH, cos_BxTxH)
-    g = c.num_heads // c.num_kv_heads
-    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
-    if kv_cache is None:
-      out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS,
-                              c.head_dim)
-      new_cache = None
-    else:
-      k_BxKxHxS, v_BxKxSxH = kv_cache
-      zero = jnp.zeros((), jnp.int32)
-      k_BxKxHxS = jax.lax.dynamic_update_slice(
-          k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
-          (zero, zero, zero, write_index))
-      v_BxKxSxH = jax.lax.dynamic_update_slice(
-          v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
-          (zero, zero, write_index, zero))
-      out_BxTxKxGxH = _attend_cached(
-          q_BxTxKxGxH, k_BxKxHxS.astype(x_BxTxD.dtype),
-          v_BxKxSxH.astype(x_BxTxD.dtype), mask_BxTxS, c.head_dim)
-      new_cache = (k_BxKxHxS, v_BxKxSxH)
-    out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
-    o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
-    out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
-                       o_NxHxD.reshape(-1, o_NxHxD.shape[-1]))
-    return out_BxTxD, new_cache
+        Args:
+          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH). The new keys and
+            values are written at slots [write_index, write_index + T) and
+            attention reads all S slots; the updated pair is returned. Writing
+            only the T new slots lets XLA update the buffers in place inside a
+            decode loop.
+        """
+        c = self.config
+        b, t, _ = x_BxTxD.shape
+        q_BxTxNxH = self._project(x_BxTxD, "q")
+        k_BxTxKxH = self._project(x_BxTxD, "k")
+        v_BxTxKxH = self._project(x_BxTxD, "v")
+        if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
+            q_BxTxNxH = self.q_norm(q_BxTxNxH)
+            k_BxTxKxH = self.k_norm(k_BxTxKxH)
+        q_BxTxNxH = apply_rope(q_BxTxNxH, sin_BxTxH, cos_BxTxH)
+        k_BxTxKxH = apply_rope(k_BxTxKxH, sin_BxTxH, cos_BxTxH)
+        g = c.num_heads // c.num_kv_heads
+        q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
+        if kv_cache is None:
+            out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS,
+                                    c.head_dim)
+            new_cache = None
+        else:
+            k_BxKxHxS, v_BxKxSxH = kv_cache
+            zero = jnp.zeros((), jnp.int32)
+            k_BxKxHxS = jax.lax.dynamic_update_slice(
+                k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
+                (zero, zero, zero, write_index))
+            v_BxKxSxH = jax.lax.dynamic_update_slice(
+                v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
+                (zero, zero, write_index, zero))
+            out_BxTxKxGxH = _attend_cached(
+                q_BxTxKxGxH, k_BxKxHxS.astype(x_BxTxD.dtype),
+                v_BxKxSxH.astype(x_BxTxD.dtype), mask_BxTxS, c.head_dim)
+            new_cache = (k_BxKxHxS, v_BxKxSxH)
+        out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
+        o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
+        out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
+                           o_NxHxD.reshape(-1, o_NxHxD.shape[-1]))
+        return out_BxTxD, new_cache
 
 
 def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
             mask_BxTxS: jax.Array, head_dim: int) -> jax.Array:
-  """Grouped-query softmax attention over keys in the projections' layout."""
-  scores_BxKxGxTxS = jnp.einsum(
-      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-      preferred_element_type=jnp.float32) * (head_dim ** -0.5)
-  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                               scores_BxKxGxTxS, MASK_VALUE)
-  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-      q_BxTxKxGxH.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+    """Grouped-query softmax attention over keys in the projections' layout."""
+    scores_BxKxGxTxS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+        preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
+                                 scores_BxKxGxTxS, MASK_VALUE)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+        q_BxTxKxGxH.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
 
 
 def _attend_cached(q_BxTxKxGxH: jax.Array, k_BxKxHxS: jax.Array,
                    v_BxKxSxH: jax.Array, mask_BxTxS: jax.Array,
                    head_dim: int) -> jax.Array:
-  """`_attend` over the cache's layouts (keys B x K x H x S, values B x K x S x H).
+    """`_attend` over the cache's layouts (keys B x K x H x S, values B x K x S x H).
 
-  One query per row (T = 1, a decode step) makes both products matrix-vector
-  products per (row, kv head), G query heads wide. As batched dots they run
-  at a few GB/s on CPU (each of the B x K tiny GEMMs pays a call); written as
-  a broadcast multiply and a sum over an axis that is not the minor one
-  (H of the keys, S of the values), XLA emits fused loops that stream the
-  cache with vectorised adds along S and H. At the sampler benchmark's 20M
-  shapes (64 or 512 rows, 160 slots) this attention took 3.4x less CPU time
-  than batched dots over a B x K x S x H cache. Prefill (T > 1) keeps the
-  dots.
-  """
-  scale = head_dim ** -0.5
-  if q_BxTxKxGxH.shape[1] > 1:
-    scores_BxKxGxTxS = jnp.einsum(
-        "btkgh,bkhs->bkgts", q_BxTxKxGxH, k_BxKxHxS,
-        preferred_element_type=jnp.float32) * scale
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                                 scores_BxKxGxTxS, MASK_VALUE)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-        q_BxTxKxGxH.dtype)
-    return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
-  f32 = jnp.float32
-  q_BxKxGxHx1 = q_BxTxKxGxH[:, 0, :, :, :, None].astype(f32)
-  scores_BxKxGxS = jnp.sum(q_BxKxGxHx1 * k_BxKxHxS[:, :, None].astype(f32),
-                           axis=3) * scale
-  scores_BxKxGxS = jnp.where(mask_BxTxS[:, :, None, :], scores_BxKxGxS,
-                             MASK_VALUE)
-  probs_BxKxGxSx1 = jax.nn.softmax(scores_BxKxGxS, axis=-1)[..., None]
-  out_BxKxGxH = jnp.sum(probs_BxKxGxSx1 * v_BxKxSxH[:, :, None].astype(f32),
-                        axis=3)
-  return out_BxKxGxH.astype(q_BxTxKxGxH.dtype)[:, None]
+    One query per row (T = 1, a decode step) makes both products matrix-vector
+    products per (row, kv head), G query heads wide. As batched dots they run
+    at a few GB/s on CPU (each of the B x K tiny GEMMs pays a call); written as
+    a broadcast multiply and a sum over an axis that is not the minor one
+    (H of the keys, S of the values), XLA emits fused loops that stream the
+    cache with vectorised adds along S and H. At the sampler benchmark's 20M
+    shapes (64 or 512 rows, 160 slots) this attention took 3.4x less CPU time
+    than batched dots over a B x K x S x H cache. Prefill (T > 1) keeps the
+    dots.
+    """
+    scale = head_dim ** -0.5
+    if q_BxTxKxGxH.shape[1] > 1:
+        scores_BxKxGxTxS = jnp.einsum(
+            "btkgh,bkhs->bkgts", q_BxTxKxGxH, k_BxKxHxS,
+            preferred_element_type=jnp.float32) * scale
+        scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
+                                     scores_BxKxGxTxS, MASK_VALUE)
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+            q_BxTxKxGxH.dtype)
+        return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
+    f32 = jnp.float32
+    q_BxKxGxHx1 = q_BxTxKxGxH[:, 0, :, :, :, None].astype(f32)
+    scores_BxKxGxS = jnp.sum(q_BxKxGxHx1 * k_BxKxHxS[:, :, None].astype(f32),
+                             axis=3) * scale
+    scores_BxKxGxS = jnp.where(mask_BxTxS[:, :, None, :], scores_BxKxGxS,
+                               MASK_VALUE)
+    probs_BxKxGxSx1 = jax.nn.softmax(scores_BxKxGxS, axis=-1)[..., None]
+    out_BxKxGxH = jnp.sum(probs_BxKxGxSx1 * v_BxKxSxH[:, :, None].astype(f32),
+                          axis=3)
+    return out_BxKxGxH.astype(q_BxTxKxGxH.dtype)[:, None]
 
 
 class MLP(nnx.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    d, f, dt = config.embed_dim, config.mlp_dim, config.param_jnp_dtype
-    self.gate = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
-    self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
-    self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, dt = config.embed_dim, config.mlp_dim, config.param_jnp_dtype
+        self.gate = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
+        self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
+        self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
 
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    dt = x_BxTxD.dtype
-    gate_BxTxF = _dense(x_BxTxD, self.gate[...].astype(dt))
-    up_BxTxF = _dense(x_BxTxD, self.up[...].astype(dt))
-    return _dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt))
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        dt = x_BxTxD.dtype
+        gate_BxTxF = _dense(x_BxTxD, self.gate[...].astype(dt))
+        up_BxTxF = _dense(x_BxTxD, self.up[...].astype(dt))
+        return _dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
-  """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.attn_norm = RMSNorm(config.embed_dim, "embed", config)
-    self.attn = Attention(config, rngs=rngs)
-    self.mlp_norm = RMSNorm(config.embed_dim, "embed", config)
-    self.mlp = MLP(config, rngs=rngs)
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config.embed_dim, "embed", config)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.embed_dim, "embed", config)
+        self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(
-      self,
-      x_BxTxD: jax.Array,
-      sin_BxTxH: jax.Array,
-      cos_BxTxH: jax.Array,
-      mask_BxTxS: jax.Array,
-      kv_cache: tuple[jax.Array, jax.Array] | None = None,
-      write_index: jax.Array | None = None,
-  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
-                                     cos_BxTxH, mask_BxTxS, kv_cache,
-                                     write_index)
-    x_BxTxD = x_BxTxD + attn_BxTxD
-    x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
-    return x_BxTxD, kv_cache
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        sin_BxTxH: jax.Array,
+        cos_BxTxH: jax.Array,
+        mask_BxTxS: jax.Array,
+        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        write_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
+                                         cos_BxTxH, mask_BxTxS, kv_cache,
+                                         write_index)
+        x_BxTxD = x_BxTxD + attn_BxTxD
+        x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+        return x_BxTxD, kv_cache

@@ -61,184 +61,184 @@ Params = dict[str, Any]
 
 class Embed(nnx.Module):
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.embedding = _param(_normal, rngs.params(),
-                            (config.vocab_size, config.embed_dim),
-                            config.param_jnp_dtype, ("vocab", "embed"))
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.embedding = _param(_normal, rngs.params(),
+                                (config.vocab_size, config.embed_dim),
+                                config.param_jnp_dtype, ("vocab", "embed"))
 
 
 class Transformer(nnx.Module):
-  """Token embedding, L scanned `Block`s, final RMSNorm and LM head."""
+    """Token embedding, L scanned `Block`s, final RMSNorm and LM head."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.config = config
-    self.embed = Embed(config, rngs=rngs)
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = Embed(config, rngs=rngs)
 
-    # One Block per layer, created under vmap so each parameter gains a leading
-    # `layers` axis (and that name in its sharding metadata).
-    @nnx.split_rngs(splits=config.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0,
-              transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def make_layers(rngs: nnx.Rngs) -> Block:
-      return Block(config, rngs=rngs)
+        # One Block per layer, created under vmap so each parameter gains a leading
+        # `layers` axis (and that name in its sharding metadata).
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs: nnx.Rngs) -> Block:
+            return Block(config, rngs=rngs)
 
-    self.layers = make_layers(rngs)
-    self.final_norm = RMSNorm(config.embed_dim, "embed", config)
-    if not config.tie_embeddings:
-      self.lm_head = _param(_normal, rngs.params(),
-                            (config.embed_dim, config.vocab_size),
-                            config.param_jnp_dtype, ("embed", "vocab"))
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(config.embed_dim, "embed", config)
+        if not config.tie_embeddings:
+            self.lm_head = _param(_normal, rngs.params(),
+                                  (config.embed_dim, config.vocab_size),
+                                  config.param_jnp_dtype, ("embed", "vocab"))
 
-  def __call__(
-      self,
-      tokens_BxT: jax.Array,
-      positions_BxT: jax.Array,
-      attention_mask_BxS: jax.Array,
-      cache: KVCache | None = None,
-      layer_params: tuple[Params, ...] | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
-    x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT,
-                                     attention_mask_BxS, cache, layer_params)
-    return self.unembed(x_BxTxD), new_cache
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        attention_mask_BxS: jax.Array,
+        cache: KVCache | None = None,
+        layer_params: tuple[Params, ...] | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT,
+                                         attention_mask_BxS, cache, layer_params)
+        return self.unembed(x_BxTxD), new_cache
 
-  def hidden(
-      self,
-      tokens_BxT: jax.Array,
-      positions_BxT: jax.Array,
-      attention_mask_BxS: jax.Array,
-      cache: KVCache | None = None,
-      layer_params: tuple[Params, ...] | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
-    """Final-norm hidden states `x_BxTxD` (compute dtype) and the new cache.
+    def hidden(
+        self,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        attention_mask_BxS: jax.Array,
+        cache: KVCache | None = None,
+        layer_params: tuple[Params, ...] | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states `x_BxTxD` (compute dtype) and the new cache.
 
-    `layer_params`: the layers' weights as separate per-layer trees (from
-    `split_layers`), used instead of this module's stacked ones; only with a
-    cache.
-    """
-    c = self.config
-    dt = c.compute_jnp_dtype
-    _, t = tokens_BxT.shape
-    embedding_VxD = self.embed.embedding[...]
-    x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(dt)
-    sin_BxTxH, cos_BxTxH = rope_sin_cos(positions_BxT, c)
+        `layer_params`: the layers' weights as separate per-layer trees (from
+        `split_layers`), used instead of this module's stacked ones; only with a
+        cache.
+        """
+        c = self.config
+        dt = c.compute_jnp_dtype
+        _, t = tokens_BxT.shape
+        embedding_VxD = self.embed.embedding[...]
+        x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(dt)
+        sin_BxTxH, cos_BxTxH = rope_sin_cos(positions_BxT, c)
 
-    write_index = (jnp.zeros((), jnp.int32) if cache is None else
-                   cache.index.astype(jnp.int32))
-    s = attention_mask_BxS.shape[1]
-    query_slot_T = write_index + jnp.arange(t, dtype=jnp.int32)
-    causal_TxS = (jnp.arange(s, dtype=jnp.int32)[None, :] <=
-                  query_slot_T[:, None])
-    mask_BxTxS = attention_mask_BxS.astype(bool)[:, None, :] & causal_TxS[None]
+        write_index = (jnp.zeros((), jnp.int32) if cache is None else
+                       cache.index.astype(jnp.int32))
+        s = attention_mask_BxS.shape[1]
+        query_slot_T = write_index + jnp.arange(t, dtype=jnp.int32)
+        causal_TxS = (jnp.arange(s, dtype=jnp.int32)[None, :] <=
+                      query_slot_T[:, None])
+        mask_BxTxS = attention_mask_BxS.astype(bool)[:, None, :] & causal_TxS[None]
 
-    layers_def, layers_state = nnx.split(self.layers)
-    if layer_params is not None and cache is None:
-      raise ValueError("split layer params are for the cached (decode) path")
-    if cache is not None:
-      return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS,
-                                 cache, layers_def, layers_state, layer_params)
+        layers_def, layers_state = nnx.split(self.layers)
+        if layer_params is not None and cache is None:
+            raise ValueError("split layer params are for the cached (decode) path")
+        if cache is not None:
+            return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS,
+                                       cache, layers_def, layers_state, layer_params)
 
-    def run_layer(carry: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
-      block = nnx.merge(layers_def, layer_state)
-      x, _ = block(carry, sin_BxTxH, cos_BxTxH, mask_BxTxS)
-      return x, None
+        def run_layer(carry: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
+            block = nnx.merge(layers_def, layer_state)
+            x, _ = block(carry, sin_BxTxH, cos_BxTxH, mask_BxTxS)
+            return x, None
 
-    if c.remat:
-      run_layer = jax.checkpoint(run_layer)
-    x_BxTxD, _ = jax.lax.scan(run_layer, x_BxTxD, layers_state)
-    return self.final_norm(x_BxTxD), None
+        if c.remat:
+            run_layer = jax.checkpoint(run_layer)
+        x_BxTxD, _ = jax.lax.scan(run_layer, x_BxTxD, layers_state)
+        return self.final_norm(x_BxTxD), None
 
-  def _hidden_cached(
-      self,
-      x_BxTxD: jax.Array,
-      sin_BxTxH: jax.Array,
-      cos_BxTxH: jax.Array,
-      mask_BxTxS: jax.Array,
-      cache: KVCache,
-      layers_def: nnx.GraphDef,
-      layers_state: nnx.State,
-      layer_params: tuple[Params, ...] | None,
-  ) -> tuple[jax.Array, KVCache]:
-    """The layers unrolled (a Python loop), each over its own cache buffers.
+    def _hidden_cached(
+        self,
+        x_BxTxD: jax.Array,
+        sin_BxTxH: jax.Array,
+        cos_BxTxH: jax.Array,
+        mask_BxTxS: jax.Array,
+        cache: KVCache,
+        layers_def: nnx.GraphDef,
+        layers_state: nnx.State,
+        layer_params: tuple[Params, ...] | None,
+    ) -> tuple[jax.Array, KVCache]:
+        """The layers unrolled (a Python loop), each over its own cache buffers.
 
-    Unrolled rather than scanned because a scan needs the cache stacked over
-    layers, and a stacked cache is copied slice by slice on every decode step
-    (see golfjax/models/cache.py). Program size grows with depth on this path
-    only; the training forward stays scanned.
-    """
-    write_index = cache.index.astype(jnp.int32)
-    k_L, v_L = list(cache.k_BxKxHxS), list(cache.v_BxKxSxH)
-    for i in range(self.config.num_layers):
-      if layer_params is None:
-        layer_state = jax.tree.map(lambda w: w[i], layers_state)
-      else:
-        layer_state = layer_params[i]
-      block = nnx.merge(layers_def, layer_state)
-      x_BxTxD, (k_L[i], v_L[i]) = block(x_BxTxD, sin_BxTxH, cos_BxTxH,
-                                        mask_BxTxS, (k_L[i], v_L[i]),
-                                        write_index)
-    t = x_BxTxD.shape[1]
-    new_cache = KVCache(k_BxKxHxS=tuple(k_L), v_BxKxSxH=tuple(v_L),
-                        index=write_index + t)
-    return self.final_norm(x_BxTxD), new_cache
+        Unrolled rather than scanned because a scan needs the cache stacked over
+        layers, and a stacked cache is copied slice by slice on every decode step
+        (see golfjax/models/cache.py). Program size grows with depth on this path
+        only; the training forward stays scanned.
+        """
+        write_index = cache.index.astype(jnp.int32)
+        k_L, v_L = list(cache.k_BxKxHxS), list(cache.v_BxKxSxH)
+        for i in range(self.config.num_layers):
+            if layer_params is None:
+                layer_state = jax.tree.map(lambda w: w[i], layers_state)
+            else:
+                layer_state = layer_params[i]
+            block = nnx.merge(layers_def, layer_state)
+            x_BxTxD, (k_L[i], v_L[i]) = block(x_BxTxD, sin_BxTxH, cos_BxTxH,
+                                              mask_BxTxS, (k_L[i], v_L[i]),
+                                              write_index)
+        t = x_BxTxD.shape[1]
+        new_cache = KVCache(k_BxKxHxS=tuple(k_L), v_BxKxSxH=tuple(v_L),
+                            index=write_index + t)
+        return self.final_norm(x_BxTxD), new_cache
 
-  def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
-    """float32 logits of hidden states (any leading shape), via the LM head."""
-    dt = self.config.compute_jnp_dtype
-    x_BxTxD = x_BxTxD.astype(dt)
-    if self.config.tie_embeddings:
-      return jnp.einsum("...d,vd->...v", x_BxTxD,
-                        self.embed.embedding[...].astype(dt),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", x_BxTxD, self.lm_head[...].astype(dt),
-                      preferred_element_type=jnp.float32)
+    def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
+        """float32 logits of hidden states (any leading shape), via the LM head."""
+        dt = self.config.compute_jnp_dtype
+        x_BxTxD = x_BxTxD.astype(dt)
+        if self.config.tie_embeddings:
+            return jnp.einsum("...d,vd->...v", x_BxTxD,
+                              self.embed.embedding[...].astype(dt),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", x_BxTxD, self.lm_head[...].astype(dt),
+                          preferred_element_type=jnp.float32)
 
 
 def _make_model(config: ModelConfig, key: jax.Array) -> Transformer:
-  return Transformer(config, rngs=nnx.Rngs(params=key))
+    return Transformer(config, rngs=nnx.Rngs(params=key))
 
 
 @functools.lru_cache(maxsize=64)
 def _graphdef_and_abstract(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-  model = nnx.eval_shape(lambda: _make_model(config, jax.random.key(0)))
-  return nnx.split(model, nnx.Param)
+    model = nnx.eval_shape(lambda: _make_model(config, jax.random.key(0)))
+    return nnx.split(model, nnx.Param)
 
 
 def abstract_params(config: ModelConfig) -> Params:
-  """The params tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
-  _, state = _graphdef_and_abstract(config)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                      nnx.to_pure_dict(state))
+    """The params tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+    _, state = _graphdef_and_abstract(config)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nnx.to_pure_dict(state))
 
 
 def logical_axes(config: ModelConfig) -> Params:
-  """The params tree with a tuple of logical axis names in place of each array."""
-  _, state = _graphdef_and_abstract(config)
-  names = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state,
-                       is_leaf=lambda v: isinstance(v, nnx.Variable))
-  return nnx.to_pure_dict(names)
+    """The params tree with a tuple of logical axis names in place of each array."""
+    _, state = _graphdef_and_abstract(config)
+    names = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state,
+                         is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return nnx.to_pure_dict(names)
 
 
 def param_shardings(config: ModelConfig, mesh: Mesh,
                     rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES
                     ) -> Params:
-  """NamedShardings for the params tree; raises ValueError naming a bad parameter."""
-  return sharding_lib.logical_shardings(abstract_params(config),
-                                        logical_axes(config), mesh, rules)
+    """NamedShardings for the params tree; raises ValueError naming a bad parameter."""
+    return sharding_lib.logical_shardings(abstract_params(config),
+                                          logical_axes(config), mesh, rules)
 
 
 def init_params(config: ModelConfig, key: jax.Array, mesh: Mesh | None = None,
                 rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> Params:
-  """Random parameters (normal(0.02) matrices, unit norms, zero biases).
+    """Random parameters (normal(0.02) matrices, unit norms, zero biases).
 
-  With a mesh, initialisation is jitted with `out_shardings` from the rules, so each
-  device only ever materialises its own shards.
-  """
+    With a mesh, initialisation is jitted with `out_shardings` from the rules, so each
+    device only ever materialises its own shards.
+    """
 
-  def init(key: jax.Array) -> Params:
-    return nnx.to_pure_dict(nnx.state(_make_model(config, key), nnx.Param))
+    def init(key: jax.Array) -> Params:
+        return nnx.to_pure_dict(nnx.state(_make_model(config, key), nnx.Param))
 
-  out_shardings = None if mesh is None else param_shardings(config, mesh, rules)
-  return jax.jit(init, out_shardings=out_shardings)(key)
+    out_shardings = None if mesh is None else param_shardings(config, mesh, rules)
+    return jax.jit(init, out_shardings=out_shardings)(key)
 
 
 def apply(
@@ -250,20 +250,20 @@ def apply(
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-  """Forward pass: float32 `logits_BxTxV` and the updated cache (None without one).
+    """Forward pass: float32 `logits_BxTxV` and the updated cache (None without one).
 
-  Args:
-    params: the params tree (see the module docstring).
-    tokens_BxT: int token ids.
-    positions_BxT: int RoPE positions of the tokens.
-    attention_mask_BxS: bool/int, True for real tokens; S = T without a cache,
-      S = cache.max_length with one.
-    cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
-    config: the model config (static under jit).
-  """
-  model, layer_params = _merge(params, config)
-  return model(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
-               layer_params)
+    Args:
+      params: the params tree (see the module docstring).
+      tokens_BxT: int token ids.
+      positions_BxT: int RoPE positions of the tokens.
+      attention_mask_BxS: bool/int, True for real tokens; S = T without a cache,
+        S = cache.max_length with one.
+      cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
+      config: the model config (static under jit).
+    """
+    model, layer_params = _merge(params, config)
+    return model(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+                 layer_params)
 
 
 def hidden(
@@ -275,47 +275,47 @@ def hidden(
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-  """`apply` without the LM head: final-normed `h_BxTxD` (compute dtype), cache.
+    """`apply` without the LM head: final-normed `h_BxTxD` (compute dtype), cache.
 
-  With `unembed`, lets a caller compute logits a chunk of positions at a time
-  (e.g. log-probs without materialising B x T x V); `apply == unembed . hidden`.
-  """
-  model, layer_params = _merge(params, config)
-  return model.hidden(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
-                      layer_params)
+    With `unembed`, lets a caller compute logits a chunk of positions at a time
+    (e.g. log-probs without materialising B x T x V); `apply == unembed . hidden`.
+    """
+    model, layer_params = _merge(params, config)
+    return model.hidden(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+                        layer_params)
 
 
 def unembed(params: Params, h_BxTxD: jax.Array, *,
             config: ModelConfig) -> jax.Array:
-  """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
-  return _merge(params, config)[0].unembed(h_BxTxD)
+    """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
+    return _merge(params, config)[0].unembed(h_BxTxD)
 
 
 def split_layers(params: Params) -> Params:
-  """`params` with "layers" as a tuple of L per-layer trees (no `layers` axis).
+    """`params` with "layers" as a tuple of L per-layer trees (no `layers` axis).
 
-  `apply` and `hidden` with a cache accept this form as well as the stacked
-  one. It is for decode loops on CPU: there XLA materialises a layer's slice
-  of a stacked weight every time the loop body uses it (a CPU matmul cannot
-  read an operand at an offset into a larger buffer), which copies every
-  layer weight once per generated token. Splitting before the loop copies
-  them once, at the cost of a second copy of the layer weights while the
-  split tree is alive.
-  """
-  layers = params["layers"]
-  num_layers = jax.tree.leaves(layers)[0].shape[0]
-  return {**params, "layers": tuple(
-      jax.tree.map(lambda w, i=i: w[i], layers) for i in range(num_layers))}
+    `apply` and `hidden` with a cache accept this form as well as the stacked
+    one. It is for decode loops on CPU: there XLA materialises a layer's slice
+    of a stacked weight every time the loop body uses it (a CPU matmul cannot
+    read an operand at an offset into a larger buffer), which copies every
+    layer weight once per generated token. Splitting before the loop copies
+    them once, at the cost of a second copy of the layer weights while the
+    split tree is alive.
+    """
+    layers = params["layers"]
+    num_layers = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": tuple(
+        jax.tree.map(lambda w, i=i: w[i], layers) for i in range(num_layers))}
 
 
 def _merge(params: Params, config: ModelConfig
            ) -> tuple[Transformer, tuple[Params, ...] | None]:
-  """The module holding `params`, and the per-layer trees if they are split."""
-  graphdef, state = _graphdef_and_abstract(config)
-  layers = params["layers"]
-  if isinstance(layers, tuple):
-    # The module's stacked layer variables are never read when per-layer
-    # params are passed along; shape-only placeholders fill them.
-    placeholders = nnx.to_pure_dict(state)["layers"]
-    return nnx.merge(graphdef, {**params, "layers": placeholders}), layers
-  return nnx.merge(graphdef, params), None
+    """The module holding `params`, and the per-layer trees if they are split."""
+    graphdef, state = _graphdef_and_abstract(config)
+    layers = params["layers"]
+    if isinstance(layers, tuple):
+        # The module's stacked layer variables are never read when per-layer
+        # params are passed along; shape-only placeholders fill them.
+        placeholders = nnx.to_pure_dict(state)["layers"]
+        return nnx.merge(graphdef, {**params, "layers": placeholders}), layers
+    return nnx.merge(graphdef, params), None

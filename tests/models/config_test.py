@@ -12,25 +12,25 @@ from golfjax.models import config as config_lib
     ("num_layers", 2.5),
 ])
 def test_invalid_field_named(field, value):
-  with pytest.raises(ValueError, match=field):
-    config_lib.ModelConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        config_lib.ModelConfig(**{field: value})
 
 
 def test_rope_scaling_validated():
-  with pytest.raises(ValueError, match="high_freq_factor"):
-    config_lib.RopeScaling(low_freq_factor=4.0, high_freq_factor=1.0)
+    with pytest.raises(ValueError, match="high_freq_factor"):
+        config_lib.RopeScaling(low_freq_factor=4.0, high_freq_factor=1.0)
 
 
 def test_dtypes_normalised_and_hashable():
-  a = config_lib.ModelConfig(param_dtype=jnp.bfloat16, compute_dtype=jnp.float32)
-  b = config_lib.ModelConfig(param_dtype="bfloat16", compute_dtype="float32")
-  assert a == b and hash(a) == hash(b)
-  assert a.param_jnp_dtype == jnp.bfloat16
+    a = config_lib.ModelConfig(param_dtype=jnp.bfloat16, compute_dtype=jnp.float32)
+    b = config_lib.ModelConfig(param_dtype="bfloat16", compute_dtype="float32")
+    assert a == b and hash(a) == hash(b)
+    assert a.param_jnp_dtype == jnp.bfloat16
 
 
 def test_presets():
-  for name, config in config_lib.PRESETS.items():
-    assert config.num_params > 0, name
-  assert 80e6 < config_lib.get_preset("base_100m").num_params < 120e6
-  with pytest.raises(ValueError, match="tiny"):
-    config_lib.get_preset("huge")
+    for name, config in config_lib.PRESETS.items():
+        assert config.num_params > 0, name
+    assert 80e6 < config_lib.get_preset("base_100m").num_params < 120e6
+    with pytest.raises(ValueError, match="tiny"):
+        config_lib.get_preset("huge")

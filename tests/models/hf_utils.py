@@ -22,42 +22,42 @@ FAMILIES = {
 
 
 def make_hf_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-  """A random tiny model whose weights are large enough to make errors visible."""
-  config_name, extra = FAMILIES[family]
-  kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                head_dim=16, max_position_embeddings=256)
-  kwargs.update(extra)
-  kwargs.update(overrides)
-  config = getattr(transformers, config_name)(**kwargs)
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(
-      config, torch_dtype=torch.float32).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.uniform_(0.5, 1.5)
-      else:
-        p.normal_(0.0, 0.1 if p.ndim > 1 else 0.5)
-  return model
+    """A random tiny model whose weights are large enough to make errors visible."""
+    config_name, extra = FAMILIES[family]
+    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, max_position_embeddings=256)
+    kwargs.update(extra)
+    kwargs.update(overrides)
+    config = getattr(transformers, config_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1 if p.ndim > 1 else 0.5)
+    return model
 
 
 def left_padded_batch(batch: int = 3, length: int = 24, seed: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """tokens_BxT, positions_BxT, mask_BxT; row b has 0, 5, 10... pad slots."""
-  rng = np.random.RandomState(seed)
-  mask = np.ones((batch, length), bool)
-  for b in range(batch):
-    mask[b, :min(5 * b, length - 1)] = False
-  tokens = rng.randint(1, VOCAB, (batch, length))
-  tokens[~mask] = 0
-  positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-  return tokens, positions, mask
+    """tokens_BxT, positions_BxT, mask_BxT; row b has 0, 5, 10... pad slots."""
+    rng = np.random.RandomState(seed)
+    mask = np.ones((batch, length), bool)
+    for b in range(batch):
+        mask[b, :min(5 * b, length - 1)] = False
+    tokens = rng.randint(1, VOCAB, (batch, length))
+    tokens[~mask] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return tokens, positions, mask
 
 
 def torch_logits(model: torch.nn.Module, tokens: np.ndarray,
                  positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(tokens),
-                 attention_mask=torch.tensor(mask.astype(np.int64)),
-                 position_ids=torch.tensor(positions)).logits.float().numpy()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(tokens),
+                     attention_mask=torch.tensor(mask.astype(np.int64)),
+                     position_ids=torch.tensor(positions)).logits.float().numpy()
