@@ -4,8 +4,11 @@ Every host of a multi-host run (a Cloud TPU pod slice, a Multislice, a GPU
 cluster) runs the same command; each process must join the others before
 anything touches a device, so experiments/main.py calls `initialize()` right
 after parsing its flags. Then `jax.devices()` lists every device of every host,
-`golfjax.sharding.make_mesh` builds the mesh over all of them, and each process
-feeds and fetches only its own (addressable) shards.
+`golfjax.sharding.make_mesh` builds the mesh over all of them. Every process
+holds the same whole host batch (a dataset is read one shard per process and
+the batch positions all-gathered) and feeds its own devices' rows of it
+(`golfjax.sharding.host_to_global`); rollouts are all-gathered back to every
+process (`golfjax.sharding.global_to_host`) for decoding and scoring.
 
 `--multihost`:
 

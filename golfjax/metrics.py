@@ -36,9 +36,11 @@ CONSOLE_KEYS = (
 
 def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Host floats of every scalar metric (one device fetch for all of them)."""
-    import jax  # Local: keeps this module importable without initialising JAX.
+    from golfjax import sharding  # Local: keeps this module importable without initialising JAX.
 
-    host = jax.device_get(dict(metrics))
+    # Multi-process, a metric on the mesh is read from this process's replica
+    # (or gathered, were it split); single-process this is `jax.device_get`.
+    host = sharding.global_to_host(dict(metrics))
     scalars = {}
     for name, value in host.items():
         array = np.asarray(value)

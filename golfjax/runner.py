@@ -305,9 +305,17 @@ def run(config: Any, workdir: str) -> dict[str, float]:
 
         # Prompts longer than the largest prompt bucket could not be sampled;
         # they are dropped (and counted) here rather than failing mid-run.
+        # Each process reads its own shard; the positions are all-gathered so
+        # every process holds the same global batch (golfjax/sharding.py).
+        processes = jax.process_count()
+        if cfg.train.prompts_per_step % processes:
+            raise ValueError(
+                f"train.prompts_per_step = {cfg.train.prompts_per_step} does not split over"
+                f" {processes} processes, each reading its own shard of task.dataset")
         rl_data = PromptPipeline(
-            r.task.load("train"), r.tokenizer, batch_size=cfg.train.prompts_per_step, seed=cfg.seed + 1,
-            max_prompt_tokens=max(cfg.sampling.prompt_buckets), template_kwargs=r.template_kwargs,
+            r.task.load("train"), r.tokenizer, batch_size=cfg.train.prompts_per_step // processes,
+            seed=cfg.seed + 1, max_prompt_tokens=max(cfg.sampling.prompt_buckets),
+            template_kwargs=r.template_kwargs, gather=True,
         )
     else:
         rl_data = EpochIterator(len(r.train_problems), cfg.train.prompts_per_step, cfg.seed + 1)

@@ -57,6 +57,12 @@ Sharding: with a mesh, rows (B for prefill, N for decode) are split over
 `cache.cache_shardings` (rows over `("data", "fsdp")`, kv heads over
 `"tensor"`). Every batch bucket must therefore be a multiple of the mesh's
 data x fsdp size, which `Sampler` checks up front.
+
+Multi-process (a mesh over the devices of several JAX processes): every
+process calls `generate` with the same prompts and key; each feeds the rows of
+its own devices (`sharding.host_to_global`). The returned `Rollout` is then a
+global array split over processes: read it with `sharding.global_to_host`,
+not `jax.device_get`.
 """
 
 from __future__ import annotations
@@ -575,6 +581,15 @@ class Sampler:
             self._programs[key] = self._compile(batch_bucket, prompt_bucket)
         return self._programs[key]
 
+    def _to_mesh(self, tokens_BxP: np.ndarray, mask_BxP: np.ndarray,
+                 valid_B: np.ndarray, key: jax.Array) -> tuple[jax.Array, ...]:
+        mesh = self.mesh
+        rows = NamedSharding(mesh, PartitionSpec(_ROWS))
+        rows2 = NamedSharding(mesh, PartitionSpec(_ROWS, None))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return sharding_lib.host_to_global(
+            (tokens_BxP, mask_BxP, valid_B, key), (rows2, rows2, rows, replicated))
+
     def _wait(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
 
@@ -614,6 +629,11 @@ class Sampler:
         programs = self.programs(b, p)
         if self.mesh is not None:
             params = jax.device_put(params, self._param_shardings)
+            if sharding_lib.is_multiprocess():
+                # jit takes host arrays only for devices this process owns;
+                # every process holds the same prompts and key (module docstring).
+                tokens_BxP, mask_BxP, valid_B, key = self._to_mesh(
+                    tokens_BxP, mask_BxP, valid_B, key)
         cache, logits_BxV = self._wait(programs.prefill(params, tokens_BxP, mask_BxP))
         rollout = self._wait(programs.decode(params, cache, logits_BxV, tokens_BxP,
                                              mask_BxP, valid_B, key))

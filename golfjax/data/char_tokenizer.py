@@ -29,8 +29,10 @@ loaded by `golfjax.tokenizer.load_tokenizer`, like any checkpoint's tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
@@ -75,14 +77,16 @@ def write_char_tokenizer(directory: str | os.PathLike[str]) -> str:
     """Writes the tokenizer files into `directory` (created if needed).
 
     Deterministic: the same bytes on every call, so a work directory's tokenizer
-    can be regenerated rather than copied.
+    can be regenerated rather than copied. Each file is written to a temporary
+    file in `directory` and renamed over the old one, so the processes of a
+    multi-host run can all write it at once: a reader sees one whole file or
+    another, never a half-written one, and they are identical.
 
     Returns:
       The directory, as a string.
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    build_char_tokenizer().save(os.path.join(directory, "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -92,13 +96,30 @@ def write_char_tokenizer(directory: str | os.PathLike[str]) -> str:
         "chat_template": CHAT_TEMPLATE,
         "model_max_length": 4096,
     }
-    with open(os.path.join(directory, "tokenizer_config.json"), "w",
-              encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    with open(os.path.join(directory, "generation_config.json"), "w",
-              encoding="utf-8") as f:
-        json.dump({"eos_token_id": SPECIAL_TOKENS.index(END)}, f, indent=2)
+    files = {
+        # `Tokenizer.save`'s bytes (pretty-printed).
+        "tokenizer.json": build_char_tokenizer().to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True),
+        "generation_config.json": json.dumps({"eos_token_id": SPECIAL_TOKENS.index(END)}, indent=2),
+    }
+    for name, text in files.items():
+        _write_atomically(os.path.join(directory, name), text)
     return directory
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to a uniquely named temporary file beside `path`, then renames it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's files are private; these are not.
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def make_task_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:

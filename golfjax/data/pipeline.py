@@ -22,7 +22,12 @@ construction, never mid-run.
 (dataset size, shard count, batch size, seed, length limit); it is the same on
 every process, so the primary host's copy in the checkpoint resumes all of them.
 `next()` returns item positions like `golfjax.data.iterator.EpochIterator`, so
-the runner can use either.
+the runner can use either. With `gather=True` (the runner's multi-process
+setting) each process still draws only from its own shard, and `next()`
+all-gathers the positions, so that every process holds the same global batch
+(process 0's prompts first): the host-side work of a step (scoring, critiques,
+refinement prompts) then runs on the whole rollout, which `golfjax.sharding`
+gathers onto every process.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from typing import Any, Mapping, Sequence
 
 import grain
 import jax
+import numpy as np
 from absl import logging
+
+from golfjax import sharding
 
 from golfjax.rewards.base import Problem
 from golfjax.tokenizer import Tokenizer
@@ -84,6 +92,9 @@ class PromptPipeline:
       template_kwargs: chat template variables, as the RL loop passes them.
       shard_index, num_shards: this process's shard; default
         `jax.process_index()` of `jax.process_count()`.
+      gather: `next()` returns the positions of every process's batch, in
+        process order (`batch_size * num_shards` of them); needs the default
+        shards, one per process.
 
     Raises:
       ValueError: the dataset or this process's shard is empty, or the shard
@@ -101,7 +112,14 @@ class PromptPipeline:
         template_kwargs: Mapping[str, Any] | None = None,
         shard_index: int | None = None,
         num_shards: int | None = None,
+        gather: bool = False,
     ) -> None:
+        if gather and (shard_index, num_shards) not in ((None, None),
+                                                      (jax.process_index(), jax.process_count())):
+            raise ValueError(
+                f"gather=True needs one shard per process (shard_index={jax.process_index()},"
+                f" num_shards={jax.process_count()}), got {shard_index} of {num_shards}")
+        self.gather = gather
         shard_index = jax.process_index() if shard_index is None else shard_index
         num_shards = jax.process_count() if num_shards is None else num_shards
         if not 0 <= shard_index < num_shards:
@@ -171,8 +189,15 @@ class PromptPipeline:
         return next(self._iterator)
 
     def next(self) -> list[int]:
-        """The positions (in `problems`) of the next batch; `EpochIterator.next`'s contract."""
-        return [example.index for example in self.next_batch()]
+        """The positions (in `problems`) of the next batch; `EpochIterator.next`'s contract.
+
+        With `gather`, every process's positions, in process order (all processes
+        must call this together).
+        """
+        local = [example.index for example in self.next_batch()]
+        if not self.gather:
+            return local
+        return [int(i) for i in sharding.allgather_processes(np.asarray(local, np.int64)).reshape(-1)]
 
     def state(self) -> dict[str, Any]:
         """A JSON-able position: restoring it replays the batches that follow."""

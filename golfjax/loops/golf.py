@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from golfjax import sharding
 from golfjax.config import GolfSection
 from golfjax import feedback as critics_lib
 from golfjax.feedback import injection as injection_lib
@@ -216,7 +217,7 @@ def decode_generate(sampler: Sampler, tokenizer: Tokenizer) -> GenerateFn:
     """A `GenerateFn` that samples one response per prompt with `sampler`."""
 
     def generate(params: Any, prompts: Sequence[Sequence[int]], key: jax.Array) -> list[str]:
-        rollout = jax.device_get(sampler.generate(params, [list(p) for p in prompts], key))
+        rollout = sharding.global_to_host(sampler.generate(params, [list(p) for p in prompts], key))
         return rl_lib.decode_responses(rollout, tokenizer)
 
     return generate

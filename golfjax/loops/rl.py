@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from golfjax import advantages as advantages_lib
+from golfjax import sharding
 from golfjax.rewards.base import Problem
 from golfjax.rewards.base import Task
 from golfjax.sampling import Rollout
@@ -62,7 +63,8 @@ def sample_groups(
     tokenizer: Tokenizer,
 ) -> Groups:
     """Samples G responses per prompt and scores each against its problem."""
-    rollout = jax.device_get(sampler.generate(params, list(prompts), key))
+    # Every process gets the whole rollout (gathered when it spans processes).
+    rollout = sharding.global_to_host(sampler.generate(params, list(prompts), key))
     texts = decode_responses(rollout, tokenizer)
     g = len(texts) // len(problems)
     reward_N = np.array(

@@ -37,7 +37,9 @@ Devices. The worker and the learner share the mesh, or with
 learner trains on the others. Where their programs could deadlock in each
 other's collectives (a shared multi-device mesh, or any multi-device CPU
 mesh, whose simulated devices share one thread pool) every device call holds
-one lock; elsewhere sampling and training overlap.
+one lock; elsewhere sampling and training overlap. A multi-process run
+(`jax.distributed`) supports the synchronous mode only: the asynchronous worker
+is refused at construction (`check_processes`).
 
 Metrics per optimizer step, besides the train step's (loss diagnostics incl.
 the baselines' clip fractions, entropy, grad norm): `vespo/staleness` (learner
@@ -311,6 +313,7 @@ def split_devices(
     cfg: VespoSection, devices: Sequence[jax.Device] | None = None
 ) -> tuple[list[jax.Device], list[jax.Device] | None]:
     """(learner devices, rollout devices or None when they share all of them)."""
+    check_processes(cfg)
     devices = list(jax.devices() if devices is None else devices)
     if not (cfg.enabled and cfg.async_rollout and cfg.rollout_devices):
         return devices, None
@@ -339,9 +342,26 @@ def make_device_lock(learner_mesh: Mesh, rollout_mesh: Mesh) -> contextlib.Abstr
     return contextlib.nullcontext()
 
 
+def check_processes(cfg: VespoSection) -> None:
+    """Refuses the asynchronous worker in a multi-process run.
+
+    Every process must launch the same device programs in the same order
+    (their collectives span processes), and train the same rollouts; a worker
+    thread per process samples and is dropped on timing, which differs between
+    processes. Synchronous staleness N is deterministic and works.
+    """
+    if cfg.enabled and cfg.async_rollout and sharding.is_multiprocess():
+        raise ValueError(
+            f"vespo.async_rollout=True does not support multi-process runs ({jax.process_count()}"
+            " processes): each process's rollout worker would sample and drop rollouts on its own"
+            " timing; use vespo.async_rollout=False (synchronous staleness vespo.staleness)"
+        )
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """Cross-section constraints of the VESPO loop; errors name the keys."""
     v = cfg.vespo
+    check_processes(v)
     if cfg.train.steps % v.staleness:
         raise ValueError(
             f"train.steps={cfg.train.steps} is not a multiple of vespo.staleness={v.staleness};"

@@ -115,8 +115,12 @@ class Trainer:
         return self._maybe_block(self._init(params, seed))
 
     def put_batch(self, batch: Batch) -> Batch:
-        """Host arrays to row-sharded device arrays."""
-        return jax.device_put(batch, self.batch_shardings)
+        """Host arrays to row-sharded device arrays.
+
+        Multi-process, every process passes the same full batch and feeds the
+        rows of its own devices (`sharding.host_to_global`).
+        """
+        return sharding_lib.host_to_global(batch, self.batch_shardings)
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         """One update; `state` is donated and must not be used afterwards."""

@@ -174,3 +174,10 @@ def test_pipeline_over_a_prepared_dataset(tmp_path, tok):
         assert e.problem.answer == str(2 * e.index)
         assert tok.decode(e.prompt_tokens) == (
             f"What is {e.index} + {e.index}?" + math_task.PROMPT_SUFFIX)
+
+
+def test_gather_needs_one_shard_per_process(tok):
+    # One process: gathering is the identity; a shard other than the process's is refused.
+    assert _pipeline(_problems(6), tok, gather=True).next() == _pipeline(_problems(6), tok).next()
+    with pytest.raises(ValueError, match="gather=True needs one shard per process"):
+        _pipeline(_problems(6), tok, gather=True, shard_index=0, num_shards=2)

@@ -38,6 +38,39 @@ def main(port: int, process_id: int, workdir: str) -> None:
     total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(w)
     assert float(total) == value_8x3.sum()
 
+    # The runner's host <-> mesh helpers: every process puts the same host
+    # array and reads back the whole of a split one.
+    put = sharding.host_to_global({"w": value_8x3, "n": np.int32(7)},
+                                  {"w": rows, "n": NamedSharding(mesh, PartitionSpec())})
+    assert put["w"].sharding == rows and not put["w"].is_fully_addressable
+    host = sharding.global_to_host({"w": w, "put": put, "total": total, "local": np.ones(2)})
+    np.testing.assert_array_equal(host["w"], value_8x3)
+    np.testing.assert_array_equal(host["put"]["w"], value_8x3)
+    assert int(host["put"]["n"]) == 7 and float(host["total"]) == value_8x3.sum()
+    assert isinstance(host["w"], np.ndarray) and host["local"].tolist() == [1.0, 1.0]
+    try:  # Different host values would mix the processes' rows: refused.
+        sharding.host_to_global(np.full(4, process_id), NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+    except AssertionError as e:
+        assert "different host arrays" in str(e)
+    else:
+        raise AssertionError("host_to_global accepted different values on the two processes")
+
+    # Dataset prompts: each process draws from its own shard, and the gathered
+    # positions give both processes the same global batch.
+    from golfjax.data.char_tokenizer import make_task_tokenizer
+    from golfjax.data.pipeline import PromptPipeline
+    from golfjax.rewards.base import Problem
+
+    problems = [Problem(id=i, question=f"q{i}?", answer=str(i)) for i in range(12)]
+    tokenizer = make_task_tokenizer(os.path.join(workdir, "tokenizer"))  # Both processes write it.
+    pipeline = PromptPipeline(problems, tokenizer, batch_size=2, seed=0, max_prompt_tokens=50,
+                              gather=True)
+    batches = [pipeline.next() for _ in range(3)]  # One epoch: 6 prompts per shard.
+    assert all(len(b) == 4 for b in batches)
+    assert all({i % 2 for i in b[:2]} == {0} and {i % 2 for i in b[2:]} == {1} for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    assert sharding.allgather_processes(np.asarray(batches)).tolist() == [batches, batches]
+
     # Orbax: every process writes its shards, process 0 the metadata and JSON.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
     ckpt.save(1, {"w": w}, {"position": 3}, {"seed": 0})
