@@ -117,8 +117,10 @@ class ColdStartSection:
     lr: float = 1e-3
     # Overrides of task.kwargs for the cold-start problems (e.g. easier ones).
     task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    # Share of examples in refinement format (a failed attempt + critique ->
-    # the reference solution), so the policy can use feedback from RL step 1.
+    # Share of steps whose batch is in refinement format (failed attempts +
+    # critiques -> the reference solution), so the policy can use feedback from
+    # RL step 1. A batch is of one kind: plain prompts then keep their short
+    # prompt bucket (golfjax/runner.py: Run.cold_start_step).
     refine_fraction: float = 0.0
 
     def __post_init__(self) -> None:

@@ -206,10 +206,14 @@ class Run:
         critic = None
         if cfg.cold_start.refine_fraction > 0:
             critic = critics_lib.make_critic(cfg.golf.critic or None, self.cold_task)
+        # A batch is all plain or all refinement examples (a refine_fraction of
+        # the steps, drawn from seed and step): plain prompts are several times
+        # shorter, and a mixed batch would pad them to the refinement bucket.
+        refine = np.random.default_rng([cfg.seed, step]).random() < cfg.cold_start.refine_fraction
         examples = data_cold_start.make_cold_start_examples(
             self.cold_task, problems, self.tokenizer,
             critic=critic,
-            refine_fraction=cfg.cold_start.refine_fraction,
+            refine_fraction=1.0 if refine else 0.0,
             max_prompt_tokens=cfg.golf.max_refinement_prompt_tokens,
             template=refinement_lib.TEMPLATES[cfg.golf.template],
             template_kwargs=self.template_kwargs,
@@ -226,6 +230,7 @@ class Run:
         metrics = metrics_lib.to_scalars(metrics)
         return state, {
             "cold_start/nll": metrics["loss"],
+            "cold_start/refine_batch": float(refine),
             "grad_norm": metrics["grad_norm"],
             "train/response_tokens": metrics["train/response_tokens"],
         }

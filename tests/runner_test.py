@@ -5,6 +5,7 @@ import json
 import pytest
 
 from experiments.configs import golf as golf_config
+from golfjax import config as config_lib
 from golfjax import runner
 
 
@@ -37,3 +38,24 @@ def test_conflicting_config_names_the_differing_keys(tmp_path):
     config.golf.n_inject = 2
     with pytest.raises(ValueError, match=r"differing keys: golf.n_inject: 1 -> 2; optimizer.lr: 0.0001 -> 0.5"):
         runner.run(config, str(tmp_path))
+
+
+def test_cold_start_batches_are_all_plain_or_all_refinement(tmp_path, monkeypatch):
+    config = golf_config.get_config("smoke")
+    config.cold_start.refine_fraction = 0.5
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    r = runner.Run(cfg, str(tmp_path))
+    lengths = []
+    sft_batch = runner.cold_start_lib.sft_batch
+    monkeypatch.setattr(runner.cold_start_lib, "sft_batch",
+                        lambda examples, **kw: lengths.append(kw["prompt_len"]) or sft_batch(examples, **kw))
+    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
+    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
+    kinds = []
+    for step in range(8):
+        state, metrics = r.cold_start_step(state, data, step)
+        kinds.append(metrics["cold_start/refine_batch"])
+    assert set(kinds) == {0.0, 1.0}  # Both kinds, drawn per step from (seed, step).
+    # Plain prompts ("What is 3+45?") fit the smallest bucket; refinement prompts need a larger one.
+    smallest = cfg.sampling.prompt_buckets[0]
+    assert [n == smallest for n in lengths] == [k == 0.0 for k in kinds]
