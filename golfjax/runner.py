@@ -379,13 +379,16 @@ def run(config: Any, workdir: str) -> dict[str, float]:
             if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
                 last |= r.evaluate(state.params, step)
             writer.write(step, last)
-            force = preempted.is_set() or step == total
+            # Read the flag once: a SIGTERM between deciding to save and deciding
+            # to stop would otherwise stop without saving this step.
+            stop = preempted.is_set()
+            force = stop or step == total
             if r.vespo is None:
                 ckpt.save(step, state, data_state(), config_dict, force=force)
             elif r.vespo.save_point(step, force=force, every=cfg.checkpoint.every):
                 # Between rollout batches only: nothing half-trained to save.
                 ckpt.save(step, state, data_state(), config_dict, force=True)
-            if preempted.is_set() and (r.vespo is None or r.vespo.at_boundary):
+            if stop and (r.vespo is None or r.vespo.at_boundary):
                 break
     ckpt.close()
     writer.close()

@@ -1,10 +1,12 @@
 """Tests for golfjax/runner.py, in-process."""
 
+import contextlib
 import json
 
 import pytest
 
 from experiments.configs import golf as golf_config
+from experiments.configs import grpo as grpo_config
 from golfjax import config as config_lib
 from golfjax import runner
 
@@ -59,3 +61,31 @@ def test_cold_start_batches_are_all_plain_or_all_refinement(tmp_path, monkeypatc
     # Plain prompts ("What is 3+45?") fit the smallest bucket; refinement prompts need a larger one.
     smallest = cfg.sampling.prompt_buckets[0]
     assert [n == smallest for n in lengths] == [k == 0.0 for k in kinds]
+
+
+class _FlagSetFromCall:
+    """A stand-in for the SIGTERM event that reads as set from its n-th read on."""
+
+    def __init__(self, n):
+        self.reads, self.n = 0, n
+
+    def is_set(self):
+        self.reads += 1
+        return self.reads >= self.n
+
+
+def test_a_preemption_always_saves_the_step_it_stops_at(tmp_path, monkeypatch):
+    # The flag turns on during step 4 (reads 1-3 are steps 1-3 if it is read once a
+    # step). Whatever step the run stops at must be the newest checkpoint: a SIGTERM
+    # landing between the save decision and the stop decision must not lose a step.
+    flag = _FlagSetFromCall(4)
+    monkeypatch.setattr(runner, "_preemption_flag", lambda: contextlib.nullcontext(flag))
+    config = grpo_config.get_config("smoke")
+    config.cold_start.steps = 0
+    config.train.steps = 8
+    config.eval.every = 100
+    config.checkpoint.every = 1000
+    runner.run(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert records[-1]["step"] == saved == 4
