@@ -65,3 +65,29 @@ def test_target_names_follow_paths() -> None:
     wrong = {name: name_for(src) for src, name in read_targets().items()
              if name != name_for(src)}
     assert not wrong, f"BUILD target names that do not follow their paths: {wrong}"
+
+
+def test_fast_only_runner_deselects_slow_tests_and_passes_a_file_of_only_slow_ones(tmp_path):
+    # tests/pytest_main.py as tools/bazel_test.sh runs it (GOLFJAX_FAST_ONLY=1).
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n")
+    (tmp_path / "only_slow_test.py").write_text(
+        "import pytest\n\n@pytest.mark.slow\ndef test_slow():\n    raise AssertionError\n")
+    (tmp_path / "mixed_test.py").write_text(
+        "import pytest\n\n@pytest.mark.slow\ndef test_slow():\n    raise AssertionError\n\n"
+        "def test_fast():\n    pass\n\ndef test_fast_failing():\n    raise AssertionError\n")
+    main = str((ROOT / "tests" / "pytest_main.py").resolve())
+
+    def run(name, fast_only):
+        env = {**os.environ, "GOLFJAX_FAST_ONLY": fast_only}
+        env.pop("XML_OUTPUT_FILE", None)
+        return subprocess.run([sys.executable, main, name, "-p", "no:xdist"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True)
+
+    assert run("only_slow_test.py", "1").returncode == 0
+    assert run("only_slow_test.py", "0").returncode == 1
+    mixed = run("mixed_test.py", "1")
+    assert mixed.returncode == 1 and "1 failed, 1 passed, 1 deselected" in mixed.stdout

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bazel-test`: runs every Bazel test target (`bazel test //...`) offline, under
-# the project's .venv, which `make` creates first. Extra arguments go to
+# the project's .venv, which `make` creates first; the slow end-to-end tests only
+# with GOLFJAX_BAZEL_SLOW=1. Extra arguments go to
 # `bazel test` in place of `//...`, e.g. `bash tools/bazel_test.sh //:build_test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,8 @@ fi
 # the venv's packages. (--python_path would not do: Bazel ignores it while Python
 # toolchains are enabled, the default since 0.27; and a py_runtime in a BUILD file
 # would need this machine's absolute path.)
-PATH="$PWD/.venv/bin:$PATH" exec bazel test "${@:-//...}"
+# The slow end-to-end tests (pytest marker `slow`) run under `make test`; here
+# they are deselected unless GOLFJAX_BAZEL_SLOW=1 (tests/pytest_main.py).
+fast_only=1
+if [[ "${GOLFJAX_BAZEL_SLOW:-0}" == 1 ]]; then fast_only=0; fi
+PATH="$PWD/.venv/bin:$PATH" exec bazel test --test_env=GOLFJAX_FAST_ONLY="$fast_only" "${@:-//...}"
