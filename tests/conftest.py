@@ -13,6 +13,20 @@ os.environ["XLA_FLAGS"] = " ".join([
 ]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache per test run: the process that imports this
+# first (pytest, or xdist's controller) picks the directory, and the xdist
+# workers and the end-to-end tests' subprocesses inherit it, since they compile
+# the same smoke-config programs many times over. Removed when the run ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _CACHE_DIR = tempfile.mkdtemp(prefix="golfjax-test-jax-cache-",
+                                  dir=os.environ.get("TEST_TMPDIR"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+else:
+    _CACHE_DIR = None
+
 import jax  # noqa: E402  (must follow the environment set-up above)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -22,3 +36,11 @@ from absl import flags  # noqa: E402
 # absltest helpers (create_tempdir, ...) read absl flags; under pytest nobody
 # parses them, so take their defaults.
 flags.FLAGS.mark_as_parsed()
+
+
+def pytest_sessionfinish(session):
+    # Only the process that made the cache directory removes it.
+    if _CACHE_DIR:
+        import shutil
+
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
