@@ -91,14 +91,35 @@ def _has_key(config: Any, dotted: str) -> bool:
     return True
 
 
-def load_sweep(config: str) -> list[dict[str, Any]]:
-    """The config's `get_sweep(variant)`, flattened to dotted keys and checked.
+def parse_overrides(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`["model.hf_path=/ckpt", "train.steps=5"]` -> a dict; values stay strings
+    (experiments/main.py parses `--config.KEY=VALUE` by the key's type).
+
+    Raises:
+      ValueError naming the `--set` value without `=` or set twice.
+    """
+    parsed: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set={item!r}: expected KEY=VALUE, e.g. model.hf_path=/ckpt")
+        if key in parsed:
+            raise ValueError(f"--set: {key!r} is set twice")
+        parsed[key] = value
+    return parsed
+
+
+def load_sweep(config: str, common: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The config's `get_sweep(variant)`, flattened to dotted keys and checked,
+    each item preceded by the `common` overrides (`--set`).
 
     Raises:
       ValueError naming `--config` when the file is missing or has no
-      `get_sweep`, and naming the work unit and key when a sweep key is not a
-      key of `get_config(variant)`.
+      `get_sweep`, naming the work unit and key when a sweep key is not a
+      key of `get_config(variant)`, and naming the `--set` key when it is not
+      one or when a sweep item sets it too.
     """
+    common = dict(common or {})
     path, variant = split_config_arg(config)
     module = load_config_module(path)
     for fn in ("get_config", "get_sweep"):
@@ -108,12 +129,18 @@ def load_sweep(config: str) -> list[dict[str, Any]]:
     sweep = [flatten(item) for item in module.get_sweep(variant)]
     if not sweep:
         raise ValueError(f"--config: {path} get_sweep({variant!r}) returned no work units")
+    for key in common:
+        if not _has_key(base, key):
+            raise ValueError(f"--set: {key!r} is not a key of get_config({variant!r})")
     for wid, item in enumerate(sweep, start=1):
         for key in item:
             if not _has_key(base, key):
                 raise ValueError(f"--config: work unit {wid} of get_sweep({variant!r}) sets "
                                  f"{key!r}, which is not a key of get_config({variant!r})")
-    return sweep
+            if key in common:
+                raise ValueError(f"--set: {key!r} is also set by work unit {wid} of "
+                                 f"get_sweep({variant!r})")
+    return [{**common, **item} for item in sweep]
 
 
 def format_override(value: Any) -> str:
@@ -144,6 +171,9 @@ class LaunchOptions:
     runtime_version: str | None = None
     keep_tpu: bool = False
     archive: str | None = None
+    # `KEY=VALUE` overrides for every work unit (`--set`), e.g.
+    # "model.hf_path=/gcs/bucket/Qwen2.5-Math-1.5B".
+    overrides: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +265,7 @@ def make_plan(options: LaunchOptions) -> Plan:
         raise ValueError(f"--executor={options.executor!r}: expected one of {', '.join(EXECUTORS)}")
     if not options.workdir_root:
         raise ValueError("--workdir_root is required: each work unit runs in <workdir_root>/<id>")
-    sweep = load_sweep(options.config)
+    sweep = load_sweep(options.config, parse_overrides(options.overrides))
     name = options.name or default_name(options.config)
     if not _NAME_RE.fullmatch(name) or len(name) > 40:
         raise ValueError(f"--name={name!r}: expected lowercase letters, digits and hyphens, "

@@ -69,6 +69,9 @@ _RUNTIME_VERSION = flags.DEFINE_string("runtime_version", None, "TPU VM software
                                        "(default: per generation, see launch/jobs.py).")
 _KEEP_TPU = flags.DEFINE_bool("keep_tpu", False, "Keep each TPU slice after its work unit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print every job spec as JSON and launch nothing.")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "KEY=VALUE: a config override for every work unit (repeatable), passed on as "
+    "--config.KEY=VALUE, e.g. --set=model.hf_path=/gcs/my-bucket/Qwen2.5-Math-1.5B.")
 flags.mark_flags_as_required(["config", "workdir_root"])
 
 
@@ -85,6 +88,7 @@ def options_from_flags() -> jobs.LaunchOptions:
         zone=_ZONE.value,
         runtime_version=_RUNTIME_VERSION.value,
         keep_tpu=_KEEP_TPU.value,
+        overrides=tuple(_SET.value),
     )
 
 

@@ -15,5 +15,17 @@ def test_readme_has_python_examples():
 
 
 def test_readme_python_examples_run():
-    for block in _python_blocks():
-        exec(compile(block, str(README), "exec"), {})  # noqa: S102
+    # The "Extending" example registers a loss, a critic and a task: put the
+    # registries back so that no other test in this process sees them.
+    from golfjax import feedback, losses, rewards
+
+    registries = (losses.LOSSES, feedback.CRITICS, rewards.TASKS)
+    saved = [dict(r) for r in registries]
+    try:
+        for block in _python_blocks():
+            exec(compile(block, str(README), "exec"), {})  # noqa: S102
+        assert "clipped_reinforce" in losses.LOSSES and "double" in rewards.TASKS
+    finally:
+        for registry, before in zip(registries, saved):
+            registry.clear()
+            registry.update(before)

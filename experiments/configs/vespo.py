@@ -16,6 +16,10 @@ loss at staleness N). Options follow the variant, comma-separated:
 - `init=DIR`: start from the Hugging Face checkpoint in DIR instead of the cold
   start (benchmarks/staleness_sweep.py starts every run from one exported
   cold-start policy this way);
+- `task=math`: the `math` task of golf.py/grpo.py (GSM8K/MATH-style prompts,
+  `\boxed{}` answers, no cold start) instead of `arith`, for real checkpoints:
+  add `--config.model.hf_path=DIR --config.task.tokenizer=DIR` and
+  `--config.task.dataset=DIR` (README: Launching);
 - `smoke=1`: the tiny model, two cold-start and two RL steps (one to two
   minutes on a 2-core CPU, mostly compilation); the variant `smoke` is
   `vespo,smoke=1`.
@@ -77,12 +81,27 @@ def arith() -> ml_collections.ConfigDict:
     return c
 
 
+def math() -> ml_collections.ConfigDict:
+    """VESPO on the `math` task (common.task_config("math"): no cold start),
+    with the staleness experiment's loss settings; for real checkpoints."""
+    c = common.task_config("math")
+    c.train.advantage = "grpo"
+    c.loss.agg = "token-mean"
+    c.vespo.enabled = True
+    c.vespo.staleness = 4
+    c.train.steps = 64
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, options = common.parse_variant(arg, VARIANTS)
-    unknown = sorted(set(options) - {"n", "async", "seed", "init", "smoke"})
+    unknown = sorted(set(options) - {"n", "async", "seed", "init", "smoke", "task"})
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r}; expected n, async, seed, init or smoke")
-    c = arith()
+        raise ValueError(f"unknown option {unknown[0]!r}; expected n, async, seed, init, task or smoke")
+    task = options.get("task", "arith")
+    if task not in ("arith", "math"):
+        raise ValueError(f"unknown task={task!r}; expected arith or math")
+    c = arith() if task == "arith" else math()
     if variant == "smoke":
         variant, options = "vespo", {**options, "smoke": "1"}
     c.train.loss = "vespo" if variant in ("async", "golf") else variant
@@ -94,7 +113,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.vespo.sync_every = 1
         c.vespo.max_staleness = 4
         c.train.recompute_old_logp = False
-    if variant == "golf":
+    if variant == "golf" and task == "math":
+        c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
+    elif variant == "golf":
         c.golf.enabled = True
         c.golf.template = "compact"
         c.golf.max_refinement_prompt_tokens = 128
@@ -121,11 +142,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
-    """The staleness sweep of benchmarks/staleness_sweep.py: N x loss x 2 seeds."""
-    del arg
-    return [
-        {"train.loss": loss, "vespo.staleness": n, "seed": seed}
-        for loss in ("vespo", "ppo_clip", "gspo", "sapo")
-        for n in (1, 4, 16, 64)
-        for seed in range(2)
-    ]
+    """Work units for `launch/xm_launch.py`.
+
+    With no variant (`--config=experiments/configs/vespo.py`), the staleness sweep
+    of benchmarks/staleness_sweep.py: N in {1, 4, 16, 64} x {vespo, ppo_clip,
+    gspo, sapo} x 2 seeds. A named variant fixes the loss and N itself, so its
+    sweep is three seeds (or the one run, when it names `seed=`).
+    """
+    if not arg:
+        return [
+            {"train.loss": loss, "vespo.staleness": n, "seed": seed}
+            for loss in ("vespo", "ppo_clip", "gspo", "sapo")
+            for n in (1, 4, 16, 64)
+            for seed in range(2)
+        ]
+    _, options = common.parse_variant(arg, VARIANTS)
+    return [{}] if "seed" in options else common.seed_sweep()

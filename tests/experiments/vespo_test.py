@@ -154,3 +154,16 @@ def test_resume_after_sigterm_mid_rollout_matches_the_uninterrupted_run(interrup
     assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(5))
     for mine, theirs in zip(resumed, whole):
         assert _deterministic(mine) == _deterministic(theirs), mine["step"]
+
+
+def test_math_task_option_builds_a_vespo_run_on_math_prompts():
+    from golfjax import config as config_lib
+
+    cfg = config_lib.build(config_lib.RunConfig, vespo_config.get_config("gspo,n=16,task=math"))
+    assert (cfg.task.name, cfg.train.loss, cfg.vespo.enabled, cfg.vespo.staleness) == (
+        "math", "gspo", True, 16)
+    assert cfg.cold_start.steps == 0 and cfg.train.steps % 16 == 0
+    golf = vespo_config.get_config("golf,task=math")
+    assert golf.golf.enabled and golf.task.name == "math" and golf.golf.template == "default"
+    with pytest.raises(ValueError, match="unknown task='gsm8k'; expected arith or math"):
+        vespo_config.get_config("vespo,task=gsm8k")

@@ -148,3 +148,21 @@ def test_overrides_parse_as_experiments_main_parses_them(tmp_path):
     assert parsed.seed == 7 and parsed.eval.samples == 3
     assert parsed.golf.enabled is False and parsed.optimizer.lr == 3e-4 and parsed.train.loss == "gspo"
     assert values.workdir == str(tmp_path / "1")
+
+
+def test_set_overrides_every_work_unit_and_names_bad_keys(tmp_path):
+    config = _sweep_config(tmp_path, '[{"seed": 0}, {"seed": 1}]')
+    plan = jobs.make_plan(jobs.LaunchOptions(
+        config=f"{config}:smoke", workdir_root=str(tmp_path),
+        overrides=("model.hf_path=/ckpt/qwen", "train.steps=7")))
+    for unit in plan.work_units:
+        assert unit.argv[-3:-1] == ("--config.model.hf_path=/ckpt/qwen", "--config.train.steps=7")
+    assert [u.overrides["seed"] for u in plan.work_units] == [0, 1]
+    for overrides, message in (
+            (("model.hf_pth=/x",), r"--set: 'model.hf_pth' is not a key of get_config\('smoke'\)"),
+            (("seed=3",), r"--set: 'seed' is also set by work unit 1"),
+            (("train.steps",), r"--set='train.steps': expected KEY=VALUE"),
+            (("train.steps=1", "train.steps=2"), r"--set: 'train.steps' is set twice")):
+        with pytest.raises(ValueError, match=message):
+            jobs.make_plan(jobs.LaunchOptions(config=f"{config}:smoke", workdir_root=str(tmp_path),
+                                              overrides=overrides))

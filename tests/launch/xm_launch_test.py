@@ -37,13 +37,13 @@ def _run(argv: list[str], env: dict[str, str] | None = None,
 
 def test_readme_has_the_launch_commands():
     commands = _readme_commands()
-    assert sum("--dry_run" in c for c in commands) == 3
+    assert sum("--dry_run" in c for c in commands) == 5
     assert sum("--dry_run" not in c for c in commands) == 1
 
 
 def test_readme_dry_runs_print_every_job_spec():
     plans = [json.loads(_run(c).stdout) for c in _readme_commands() if "--dry_run" in c]
-    local, v5e, v5p = plans
+    local, v5e, v5p, golf_qwen, vespo_qwen = plans
     assert local["executor"] == "local" and [u["id"] for u in local["work_units"]] == [1, 2, 3]
     assert local["work_units"][2]["argv"][-2:] == ["--workdir=/tmp/golf_sweep/3", "--config.seed=2"]
     assert (v5e["tpu"]["accelerator_type"], v5e["tpu"]["hosts"]) == ("v5litepod-16", 4)
@@ -52,6 +52,14 @@ def test_readme_dry_runs_print_every_job_spec():
         assert len(plan["work_units"]) == 3
         assert all("--multihost=on" in u["argv"] for u in plan["work_units"])
         assert "queued-resources create golf-arith-1 " in plan["work_units"][0]["script"]
+    # Qwen2.5-Math-1.5B: every unit loads the checkpoint, its tokenizer and the prompts.
+    for plan, config in ((golf_qwen, "golf.py:math"), (vespo_qwen, "vespo.py:vespo,n=16,task=math")):
+        assert [u["overrides"]["seed"] for u in plan["work_units"]] == [0, 1, 2]
+        for unit in plan["work_units"]:
+            assert f"--config=experiments/configs/{config}" in unit["argv"]
+            assert "--config.model.hf_path=/gcs/my-bucket/Qwen2.5-Math-1.5B" in unit["argv"]
+            assert "--config.task.tokenizer=/gcs/my-bucket/Qwen2.5-Math-1.5B" in unit["argv"]
+            assert "--config.task.dataset=/gcs/my-bucket/math_prompts" in unit["argv"]
 
 
 def test_bad_flags_fail_before_anything_runs():
