@@ -29,3 +29,68 @@ def test_readme_python_examples_run():
         for registry, before in zip(registries, saved):
             registry.clear()
             registry.update(before)
+
+
+def _commands() -> list[list[str]]:
+    """Every command of the README's sh blocks and inline `python ...` spans, as argv."""
+    import shlex
+
+    text = README.read_text()
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        lines += block.replace("\\\n", " ").splitlines()
+    lines += re.findall(r"`((?:\.venv/bin/)?python [^`]*)`", text)
+    commands = []
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        if argv:
+            commands.append(argv)
+    return commands
+
+
+def test_readme_experiment_commands_build_valid_configs():
+    # What experiments/main.py does with the flags before any work: parse the
+    # config file and its overrides, then build and validate the RunConfig.
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    from golfjax import config as config_lib
+
+    commands = [c for c in _commands() if c[1:3] == ["-m", "experiments.main"]
+                and "FILE:VARIANT" not in " ".join(c)]  # The prose's template.
+    assert len(commands) >= 6
+    for argv in commands:
+        argv = ["main", *argv[3:]]
+        values = absl_flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                        sys_argv=argv)
+        absl_flags.DEFINE_string("workdir", None, "", flag_values=values)
+        values(argv)
+        assert values.workdir, argv
+        config_lib.build(config_lib.RunConfig, values.config)
+
+
+def test_readme_script_commands_use_flags_the_scripts_define():
+    import subprocess
+    import sys
+
+    root = README.parent
+    scripts = [c for c in _commands() if c[0].endswith("python") and c[1].startswith("benchmarks/")]
+    modules = [c for c in _commands()
+               if c[0].endswith("python") and c[1] == "-m" and c[2].startswith("golfjax.")]
+    assert {c[1] for c in scripts} >= {"benchmarks/golf_vs_grpo.py", "benchmarks/staleness_sweep.py",
+                                       "benchmarks/model.py", "benchmarks/train_step.py"}
+    assert {c[2] for c in modules} >= {"golfjax.demo", "golfjax.export", "golfjax.data.prepare"}
+    helptexts: dict[tuple[str, ...], str] = {}
+    for argv in scripts + modules:
+        target = tuple(argv[1:2] if argv[1] != "-m" else argv[1:3])
+        rest = argv[len(target) + 1:]
+        if target not in helptexts:
+            helptexts[target] = subprocess.run(
+                [sys.executable, *target, "--help"], cwd=root, capture_output=True, text=True,
+                timeout=120).stdout
+        helptext = helptexts[target]
+        for arg in rest:
+            if arg.startswith("--"):
+                flag = arg.split("=", 1)[0]
+                assert flag in helptext, f"{' '.join(argv)}: {flag} is not a flag of {target[-1]}"
