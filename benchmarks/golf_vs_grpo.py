@@ -9,7 +9,7 @@ efficiency over scalar-reward RL):
    section: 1-2 digit sums, a share of them in refinement format), run once and
    exported as a Hugging Face checkpoint (`golfjax.export`), so every RL run
    starts from the SAME weights.
-2. From it, `--seeds` RL runs of each method on 3-digit sums: GOLF
+2. From it, `--seeds` RL runs of each method on 2-digit + 2-digit sums: GOLF
    (experiments/configs/golf.py:arith) and the GRPO baseline
    (experiments/configs/grpo.py:arith, the same loop with feedback off). Each is
    an ordinary run of `golfjax.runner.run` in its own work directory under
