@@ -149,7 +149,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float, path: str) -> Non
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out accuracy (3-digit sums)")
+    axes[0].set_ylabel("held-out accuracy (2-digit sums)")
     axes[0].legend()
     fig.suptitle("GOLF vs GRPO on arith, from one cold-start checkpoint (one line per seed)")
     fig.tight_layout()

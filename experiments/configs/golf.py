@@ -24,5 +24,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
-    del arg
-    return common.seed_sweep()
+    return common.seed_sweep(arg)

@@ -156,5 +156,5 @@ def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
             for n in (1, 4, 16, 64)
             for seed in range(2)
         ]
-    _, options = common.parse_variant(arg, VARIANTS)
-    return [{}] if "seed" in options else common.seed_sweep()
+    common.parse_variant(arg, VARIANTS)  # An unknown variant fails here, as in get_config.
+    return common.seed_sweep(arg)

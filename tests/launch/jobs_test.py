@@ -166,3 +166,16 @@ def test_set_overrides_every_work_unit_and_names_bad_keys(tmp_path):
         with pytest.raises(ValueError, match=message):
             jobs.make_plan(jobs.LaunchOptions(config=f"{config}:smoke", workdir_root=str(tmp_path),
                                               overrides=overrides))
+
+
+def test_a_variant_naming_its_seed_is_one_work_unit_not_a_seed_sweep(tmp_path):
+    for config in ("experiments/configs/golf.py", "experiments/configs/grpo.py",
+                   "experiments/configs/vespo.py"):
+        variant = "vespo" if "vespo" in config else "arith"
+        plan = jobs.make_plan(jobs.LaunchOptions(config=f"{config}:{variant},seed=5",
+                                                 workdir_root=str(tmp_path)))
+        [unit] = plan.work_units
+        assert unit.overrides == {} and not any(a.startswith("--config.seed") for a in unit.argv)
+        plan = jobs.make_plan(jobs.LaunchOptions(config=f"{config}:{variant}",
+                                                 workdir_root=str(tmp_path)))
+        assert [u.overrides["seed"] for u in plan.work_units] == [0, 1, 2]
