@@ -83,7 +83,7 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="cold_start_probe_")
     run = runner_lib.Run(cfg, workdir)
     tokenizer, pad = run.tokenizer, run.tokenizer.pad_id
-    critic = feedback_lib.make_critic(cfg.golf.critic or None, run.cold_task)
+    critic = feedback_lib.make_critic(cfg.golf.critic or None, run.task)
     template = refinement_lib.TEMPLATES[cfg.golf.template]
     rl_test = list(run.task.load("test"))[:num_eval]
     cold_test = list(run.cold_task.load("test"))[:num_eval]
