@@ -99,10 +99,6 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     sets = {**plain, "refine_rl": refine_rl}
     response_len = cfg.sampling.max_new_tokens
 
-    def bucket(examples: list[Any]) -> int:
-        longest = max(len(e.prompt_tokens) for e in examples)
-        return next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest)
-
     state = run.sft_trainer.init_state(run.initial_params, cfg.seed)
     data = EpochIterator(len(run.cold_problems), cfg.cold_start.batch_size, cfg.seed)
     rows, started, nll = [], time.monotonic(), []
@@ -112,7 +108,7 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
                    "nll": float(np.mean(nll)) if nll else None}
             for name, examples in sets.items():
                 row[name] = exact_match(state.params, run.model_config, examples, pad,
-                                        bucket(examples), response_len)
+                                        run.sft_prompt_len(examples), response_len)
             rows.append(row)
             nll = []
             print(json.dumps(row), flush=True)

@@ -219,11 +219,8 @@ class Run:
             template_kwargs=self.template_kwargs,
             seed=cfg.seed * 100_003 + step,
         )
-        longest = max(len(e.prompt_tokens) for e in examples)
-        # The rollout's prompt buckets, so the cold start compiles once per bucket too.
-        prompt_len = next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest)
         batch = cold_start_lib.sft_batch(
-            examples, prompt_len=prompt_len, response_len=cfg.sampling.max_new_tokens,
+            examples, prompt_len=self.sft_prompt_len(examples), response_len=cfg.sampling.max_new_tokens,
             pad_id=self.tokenizer.pad_id,
         )
         state, metrics = self.sft_trainer.step(state, self.sft_trainer.put_batch(batch))
@@ -234,6 +231,13 @@ class Run:
             "grad_norm": metrics["grad_norm"],
             "train/response_tokens": metrics["train/response_tokens"],
         }
+
+    def sft_prompt_len(self, examples: list[Any]) -> int:
+        """The prompt length of a supervised batch of `examples`: the smallest of
+        the rollout's prompt buckets that fits (so the cold start compiles once
+        per bucket too), or the longest prompt when none does."""
+        longest = max(len(e.prompt_tokens) for e in examples)
+        return next((b for b in self.cfg.sampling.prompt_buckets if b >= longest), longest)
 
     def build_batch(
         self, params: Any, problems: list[Any], key: jax.Array, sampler: Sampler | None = None
