@@ -9,9 +9,11 @@ Verifier. The final answer is the integer after the LAST "answer is"
 when that phrase is absent, the content of the last `\\boxed{...}`. A response
 with neither scores 0; otherwise it scores 1 iff the integer equals the answer.
 
-Difficulty knob: `min_digits`/`max_digits` (digits per operand, each operand's
-count drawn uniformly) and `ops` ("+", "-", "*"; subtraction keeps the larger
-operand first so answers are non-negative).
+Difficulty knobs: `min_digits`/`max_digits` (digits per operand, each
+operand's count drawn uniformly), `ops` ("+", "-", "*"; subtraction keeps the
+larger operand first so answers are non-negative) and, for sums, `carry`
+("none": no column carries, e.g. 23+45; "some": at least one does, e.g. 7+8;
+"any": either), the classic step in difficulty of column addition.
 
 Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF): a short
 supervised cold start on easy problems (`COLD_START`, 1-2 digit addition, a
@@ -37,6 +39,7 @@ import numpy as np
 from golfjax.rewards.base import Problem, Task
 
 OPS = ("+", "-", "*")
+CARRY = ("any", "none", "some")
 
 # Keyword arguments of the two phases of the intended regime (module docstring).
 COLD_START: dict[str, Any] = {"min_digits": 1, "max_digits": 2, "ops": "+"}
@@ -69,6 +72,16 @@ def _draw_operand(rng: np.random.Generator, digits: int) -> int:
     return int(rng.integers(low, 10 ** digits))
 
 
+def has_carry(a: int, b: int) -> bool:
+    """Whether the column addition of a + b (both >= 0) carries in any column."""
+    while a or b:
+        # The first carrying column has no carry coming in: its digits alone decide.
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
 def _compute(a: int, op: str, b: int) -> int:
     if op == "+":
         return a + b
@@ -83,6 +96,8 @@ class ArithTask(Task):
     Args:
       min_digits, max_digits: digits per operand, inclusive bounds, 1 <= min <= max.
       ops: the operations to draw from uniformly, a string over "+-*".
+      carry: "any", "none" (no column of a sum carries) or "some" (one at least);
+        "none" and "some" need ops "+".
       num_train, num_test: problems per split; the splits are disjoint.
       seed: the problems are a deterministic function of all arguments.
 
@@ -95,8 +110,8 @@ class ArithTask(Task):
     success_threshold = 0.125
 
     def __init__(self, *, min_digits: int = 3, max_digits: int = 3,
-                 ops: str | Sequence[str] = "+", num_train: int = 2000,
-                 num_test: int = 200, seed: int = 0) -> None:
+                 ops: str | Sequence[str] = "+", carry: str = "any",
+                 num_train: int = 2000, num_test: int = 200, seed: int = 0) -> None:
         if not 1 <= min_digits <= max_digits:
             raise ValueError(
                 f"arith: need 1 <= min_digits <= max_digits, got {min_digits},"
@@ -104,10 +119,15 @@ class ArithTask(Task):
         ops = tuple(ops)
         if not ops or any(op not in OPS for op in ops):
             raise ValueError(f"arith: ops must be a non-empty subset of {OPS}, got {ops}")
+        if carry not in CARRY:
+            raise ValueError(f"arith: carry must be one of {CARRY}, got {carry!r}")
+        if carry != "any" and ops != ("+",):
+            raise ValueError(f"arith: carry={carry!r} is defined for sums only (ops '+'), got ops {ops}")
         if num_train < 0 or num_test < 0:
             raise ValueError(
                 f"arith: num_train and num_test must be >= 0, got {num_train}, {num_test}")
         self.min_digits, self.max_digits, self.ops = min_digits, max_digits, ops
+        self.carry = carry
         self.num_train, self.num_test, self.seed = num_train, num_test, seed
         self._splits = self._generate()
 
@@ -126,13 +146,16 @@ class ArithTask(Task):
             a, b = _draw_operand(rng, int(da)), _draw_operand(rng, int(db))
             if op == "-" and b > a:
                 a, b = b, a
+            if self.carry != "any" and has_carry(a, b) != (self.carry == "some"):
+                continue
             if (a, op, b) not in seen:
                 seen.add((a, op, b))
                 triples.append((a, op, b))
         if len(triples) < wanted:
             raise ValueError(
                 f"arith: found only {len(triples)} distinct problems with"
-                f" {self.min_digits}-{self.max_digits} digits and ops {self.ops};"
+                f" {self.min_digits}-{self.max_digits} digits, ops {self.ops} and"
+                f" carry={self.carry!r};"
                 f" asked for num_train + num_test = {wanted}")
         # Test problems are drawn first so that growing num_train keeps the
         # test split unchanged.

@@ -56,8 +56,29 @@ def test_bad_arguments():
         arith.ArithTask(ops="/")
     with pytest.raises(ValueError, match="distinct problems"):
         arith.ArithTask(min_digits=1, max_digits=1, num_train=500, num_test=0)
+    with pytest.raises(ValueError, match="carry must be one of"):
+        arith.ArithTask(carry="all")
+    with pytest.raises(ValueError, match="sums only"):
+        arith.ArithTask(ops="+-", carry="none")
     with pytest.raises(ValueError, match="unknown split"):
         arith.ArithTask(num_train=1, num_test=1).load("valid")
+
+
+def test_has_carry():
+    assert not arith.has_carry(23, 45) and not arith.has_carry(0, 0) and not arith.has_carry(5, 4)
+    assert arith.has_carry(7, 8) and arith.has_carry(15, 5) and arith.has_carry(150, 50)
+    assert arith.has_carry(999, 1) and not arith.has_carry(1000, 999)
+
+
+@pytest.mark.parametrize("carry, count", [("none", 55), ("some", 45)])
+def test_carry_splits_the_one_digit_sums(carry, count):
+    # Of the 100 one-digit sums, 55 have a + b <= 9 (no carry) and 45 carry.
+    task = arith.ArithTask(min_digits=1, max_digits=1, carry=carry, num_train=count - 5, num_test=5)
+    problems = list(task.load("train")) + list(task.load("test"))
+    assert len({p.question for p in problems}) == count
+    assert all((p.meta["a"] + p.meta["b"] >= 10) == (carry == "some") for p in problems)
+    with pytest.raises(ValueError, match=f"carry='{carry}'"):
+        arith.ArithTask(min_digits=1, max_digits=1, carry=carry, num_train=count + 1, num_test=0)
 
 
 def test_rl_regime_is_harder_than_the_cold_start():
