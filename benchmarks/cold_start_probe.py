@@ -96,7 +96,8 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     refine_rl = data_cold_start.make_cold_start_examples(
         run.task, rl_test, tokenizer, critic=critic, refine_fraction=1.0, max_attempts=1,
         max_prompt_tokens=cfg.golf.max_refinement_prompt_tokens, template=template, seed=1)
-    sets = {**plain, "refine_rl": refine_rl}
+    # A cold-start task with num_test = 0 has no held-out set to measure.
+    sets = {name: examples for name, examples in {**plain, "refine_rl": refine_rl}.items() if examples}
     response_len = cfg.sampling.max_new_tokens
 
     state = run.sft_trainer.init_state(run.initial_params, cfg.seed)

@@ -122,6 +122,11 @@ class ColdStartSection:
     # RL step 1. A batch is of one kind: plain prompts then keep their short
     # prompt bucket (golfjax/runner.py: Run.cold_start_step).
     refine_fraction: float = 0.0
+    # Overrides of the cold-start task kwargs for the problems of the
+    # refinement-format batches ({}: the cold-start problems). Problems the
+    # policy cannot solve yet (for arith: longer sums) make those batches teach
+    # the use of the feedback (copy the revealed answer) rather than the task.
+    refine_task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.refine_fraction <= 1:

@@ -47,6 +47,7 @@ from golfjax.models import config as model_config_lib
 from golfjax.models import hf
 from golfjax.models import transformer
 from golfjax.rewards import make_task
+from golfjax.rewards.base import Problem, Task
 from golfjax.sampling import Sampler
 from golfjax.sampling import SamplingConfig
 from golfjax.tokenizer import Tokenizer
@@ -183,10 +184,13 @@ class Run:
             )
         self.cold_task = None
         if cfg.cold_start.steps:
-            self.cold_task = make_task(cfg.task.name, **{**cfg.task.task_kwargs(), **cfg.cold_start.task_kwargs})
-            self.cold_problems = [p for p in self.cold_task.load("train") if p.solution]
-            if not self.cold_problems:
-                raise ValueError(f"task {cfg.task.name!r} has no reference solutions for the cold start")
+            cold_kwargs = {**cfg.task.task_kwargs(), **cfg.cold_start.task_kwargs}
+            self.cold_task = make_task(cfg.task.name, **cold_kwargs)
+            self.cold_problems = self._sft_problems(self.cold_task, "cold_start.task_kwargs")
+            self.refine_task, self.refine_problems = self.cold_task, self.cold_problems
+            if cfg.cold_start.refine_fraction > 0 and cfg.cold_start.refine_task_kwargs:
+                self.refine_task = make_task(cfg.task.name, **{**cold_kwargs, **cfg.cold_start.refine_task_kwargs})
+                self.refine_problems = self._sft_problems(self.refine_task, "cold_start.refine_task_kwargs")
         self.initial_params = params
         self.rng = jax.random.PRNGKey(cfg.seed)
         self.vespo = None
@@ -196,22 +200,42 @@ class Run:
                 sampler=self.sampler, rng=self.rng, rollout_devices=rollout_devices,
             )
 
+    def _sft_problems(self, task: Task, key: str) -> list[Problem]:
+        """`task`'s train problems with a reference solution, less any held-out
+        RL problem (same question text): a split drawn with other kwargs may
+        hold some, and the cold start must not train on the evaluation."""
+        held_out = {p.question for p in self.task.load("test")}
+        problems = [p for p in task.load("train") if p.solution and p.question not in held_out]
+        if len(problems) < self.cfg.cold_start.batch_size:
+            raise ValueError(
+                f"{key}: task {self.cfg.task.name!r} gives {len(problems)} train problems with a"
+                f" reference solution and not held out, fewer than cold_start.batch_size ="
+                f" {self.cfg.cold_start.batch_size}")
+        return problems
+
     # ---------------------------------------------------------------- phases
 
     def cold_start_step(
         self, state: state_lib.TrainState, data: EpochIterator, step: int
     ) -> tuple[Any, dict]:
         cfg = self.cfg
-        problems = [self.cold_problems[i] for i in data.next()]
-        critic = None
-        if cfg.cold_start.refine_fraction > 0:
-            critic = critics_lib.make_critic(cfg.golf.critic or None, self.cold_task)
         # A batch is all plain or all refinement examples (a refine_fraction of
         # the steps, drawn from seed and step): plain prompts are several times
         # shorter, and a mixed batch would pad them to the refinement bucket.
         refine = np.random.default_rng([cfg.seed, step]).random() < cfg.cold_start.refine_fraction
+        task, critic = self.cold_task, None
+        if refine:
+            # Refinement batches draw their problems from seed and step too (no
+            # iterator state: a resumed run draws the same ones).
+            task = self.refine_task
+            critic = critics_lib.make_critic(cfg.golf.critic or None, task)
+            rows = np.random.default_rng([cfg.seed, step, 1]).choice(
+                len(self.refine_problems), cfg.cold_start.batch_size, replace=False)
+            problems = [self.refine_problems[i] for i in rows]
+        else:
+            problems = [self.cold_problems[i] for i in data.next()]
         examples = data_cold_start.make_cold_start_examples(
-            self.cold_task, problems, self.tokenizer,
+            task, problems, self.tokenizer,
             critic=critic,
             refine_fraction=1.0 if refine else 0.0,
             max_prompt_tokens=cfg.golf.max_refinement_prompt_tokens,

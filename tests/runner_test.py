@@ -63,6 +63,52 @@ def test_cold_start_batches_are_all_plain_or_all_refinement(tmp_path, monkeypatc
     assert [n == smallest for n in lengths] == [k == 0.0 for k in kinds]
 
 
+def test_refinement_batches_draw_from_refine_task_kwargs(tmp_path, monkeypatch):
+    config = golf_config.get_config("smoke")
+    config.cold_start.refine_fraction = 0.5
+    config.cold_start.refine_task_kwargs = {"min_digits": 3, "max_digits": 3}
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    r = runner.Run(cfg, str(tmp_path))
+    seen = []
+    make = runner.data_cold_start.make_cold_start_examples
+    monkeypatch.setattr(runner.data_cold_start, "make_cold_start_examples",
+                        lambda task, problems, *a, **kw: seen.append((kw["refine_fraction"], problems))
+                        or make(task, problems, *a, **kw))
+    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
+    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
+    for step in range(6):
+        state, _ = r.cold_start_step(state, data, step)
+    assert {fraction for fraction, _ in seen} == {0.0, 1.0}
+    for fraction, problems in seen:
+        operands = [max(p.meta["a"], p.meta["b"]) for p in problems]
+        if fraction:  # 3-digit operands, the refine_task_kwargs.
+            assert min(operands) >= 100
+        else:  # The cold start's 1-2 digit sums.
+            assert max(operands) < 100
+
+
+def test_the_cold_start_never_trains_on_a_held_out_problem(tmp_path):
+    # With num_test = 0 and otherwise the RL task's kwargs, the cold-start
+    # split's first problems are exactly the RL test split.
+    config = golf_config.get_config("smoke")
+    config.cold_start.task_kwargs = {"num_test": 0}
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    r = runner.Run(cfg, str(tmp_path))
+    held_out = {p.question for p in r.task.load("test")}
+    assert len(held_out) == 200
+    assert len(r.cold_problems) == 2000 - 200
+    assert not held_out & {p.question for p in r.cold_problems}
+
+
+def test_too_few_cold_start_problems_name_the_config_key(tmp_path):
+    config = golf_config.get_config("smoke")
+    config.cold_start.refine_fraction = 0.5
+    config.cold_start.refine_task_kwargs = {"num_train": 5}
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    with pytest.raises(ValueError, match=r"cold_start.refine_task_kwargs: .* gives [0-5] train problems"):
+        runner.Run(cfg, str(tmp_path))
+
+
 class _FlagSetFromCall:
     """A stand-in for the SIGTERM event that reads as set from its n-th read on."""
 
