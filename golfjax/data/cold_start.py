@@ -4,9 +4,11 @@ A built-in task's model is trained from scratch, so before RL a supervised pass 
 `Problem.solution` teaches it the answer format. With `refine_fraction > 0`, some
 examples are refinement prompts (golfjax/feedback/refinement.py) built from
 synthetic failed attempts and their critiques, with the reference solution as the
-target: the model then knows, before RL starts, how to use feedback (for `arith`
-with the `reveal` critic: copy the revealed answer), which is what lets GOLF's
-refinements succeed in all-fail groups from the first step.
+target, so that the model can use feedback before RL starts (for `arith` with
+the `reveal` critic: copy the revealed answer), which is what lets GOLF's
+refinements succeed in all-fail groups from the first step. It learns that only
+from problems it cannot answer without the feedback (the runner's
+`cold_start.refine_task_kwargs`; README, GOLF vs GRPO).
 
 A synthetic failed attempt is another problem's reference solution that the task
 scores as wrong for this problem; it is generic across tasks and has the right

@@ -25,8 +25,11 @@ little signal. The `reveal` critic puts the reference answer into the
 refinement prompt, so the SAME policy can fix its attempt by copying the
 revealed number; those verified refinements are injected into the all-fail
 groups. Cold-start examples in the refinement format (see
-golfjax/data/cold_start.py) teach the copy, over the same answer lengths as RL,
-before RL starts. The class defaults (3-digit sums) are harder still.
+golfjax/data/cold_start.py) are there to teach the copy before RL starts. The
+README (GOLF vs GRPO) measures when they do: only once the critique is the
+sole way to the answer, i.e. over problems the model cannot solve yet
+(`cold_start.refine_task_kwargs`). The class defaults (3-digit sums) are
+harder still.
 """
 
 from __future__ import annotations
