@@ -135,6 +135,10 @@ class ColdStartSection:
                 f" refine_fraction={self.refine_fraction}; expected steps >= 0,"
                 " batch_size >= 1, lr > 0, refine_fraction in [0, 1]"
             )
+        if self.refine_task_kwargs and not self.refine_fraction:
+            raise ValueError(
+                f"refine_task_kwargs={dict(self.refine_task_kwargs)} but refine_fraction = 0:"
+                " no refinement batch would use them")
 
 
 @dataclasses.dataclass(frozen=True)

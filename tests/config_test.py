@@ -44,6 +44,8 @@ def test_overrides_are_typed():
         ({"golf": {"strategy": "never"}}, r"config.golf: strategy='never'; expected one of adaptive, always, hybrid"),
         ({"train": {"steps": "ten"}}, r"config.train.steps='ten'; expected int"),
         ({"bogus": {}}, r"config: unknown key 'bogus'"),
+        ({"cold_start": {"refine_task_kwargs": {"min_digits": 3}}},
+         r"config.cold_start: refine_task_kwargs=\{'min_digits': 3\} but refine_fraction = 0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(mapping, message):
