@@ -184,13 +184,19 @@ class Run:
             )
         self.cold_task = None
         if cfg.cold_start.steps:
+            held_out = {p.question for p in self.task.load("test")}
             cold_kwargs = {**cfg.task.task_kwargs(), **cfg.cold_start.task_kwargs}
             self.cold_task = make_task(cfg.task.name, **cold_kwargs)
-            self.cold_problems = self._sft_problems(self.cold_task, "cold_start.task_kwargs")
-            self.refine_task, self.refine_problems = self.cold_task, self.cold_problems
-            if cfg.cold_start.refine_fraction > 0 and cfg.cold_start.refine_task_kwargs:
-                self.refine_task = make_task(cfg.task.name, **{**cold_kwargs, **cfg.cold_start.refine_task_kwargs})
-                self.refine_problems = self._sft_problems(self.refine_task, "cold_start.refine_task_kwargs")
+            self.cold_problems = self._sft_problems(self.cold_task, held_out, "cold_start.task_kwargs")
+            self.refine_task, self.refine_problems, self.refine_critic = self.cold_task, self.cold_problems, None
+            if cfg.cold_start.refine_fraction > 0:
+                if cfg.cold_start.refine_task_kwargs:
+                    self.refine_task = make_task(
+                        cfg.task.name, **{**cold_kwargs, **cfg.cold_start.refine_task_kwargs})
+                    self.refine_problems = self._sft_problems(
+                        self.refine_task, held_out, "cold_start.refine_task_kwargs")
+                # Critiques of the refinement batches' synthetic failed attempts.
+                self.refine_critic = critics_lib.make_critic(cfg.golf.critic or None, self.refine_task)
         self.initial_params = params
         self.rng = jax.random.PRNGKey(cfg.seed)
         self.vespo = None
@@ -200,11 +206,11 @@ class Run:
                 sampler=self.sampler, rng=self.rng, rollout_devices=rollout_devices,
             )
 
-    def _sft_problems(self, task: Task, key: str) -> list[Problem]:
+    def _sft_problems(self, task: Task, held_out: set[str], key: str) -> list[Problem]:
         """`task`'s train problems with a reference solution, less any held-out
-        RL problem (same question text): a split drawn with other kwargs may
-        hold some, and the cold start must not train on the evaluation."""
-        held_out = {p.question for p in self.task.load("test")}
+        RL problem (its question in `held_out`): a split drawn with other
+        kwargs may hold some, and the cold start must not train on the
+        evaluation."""
         problems = [p for p in task.load("train") if p.solution and p.question not in held_out]
         if len(problems) < self.cfg.cold_start.batch_size:
             raise ValueError(
@@ -223,16 +229,15 @@ class Run:
         # the steps, drawn from seed and step): plain prompts are several times
         # shorter, and a mixed batch would pad them to the refinement bucket.
         refine = np.random.default_rng([cfg.seed, step]).random() < cfg.cold_start.refine_fraction
-        task, critic = self.cold_task, None
         if refine:
             # Refinement batches draw their problems from seed and step too (no
             # iterator state: a resumed run draws the same ones).
-            task = self.refine_task
-            critic = critics_lib.make_critic(cfg.golf.critic or None, task)
             rows = np.random.default_rng([cfg.seed, step, 1]).choice(
                 len(self.refine_problems), cfg.cold_start.batch_size, replace=False)
+            task, critic = self.refine_task, self.refine_critic
             problems = [self.refine_problems[i] for i in rows]
         else:
+            task, critic = self.cold_task, None
             problems = [self.cold_problems[i] for i in data.next()]
         examples = data_cold_start.make_cold_start_examples(
             task, problems, self.tokenizer,
