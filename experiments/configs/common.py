@@ -124,11 +124,11 @@ def feedback_config(arg: str | None, *, golf: bool) -> ml_collections.ConfigDict
     return c
 
 
-def seed_sweep(arg: str | None = None) -> list[dict[str, object]]:
+def seed_sweep(arg: str | None, known: tuple[str, ...]) -> list[dict[str, object]]:
     """Three seeds, as the GOLF vs GRPO benchmark runs them; the one run when
-    the variant in `arg` names its own `seed=` (a sweep over seeds would
-    override it)."""
-    options = [p for p in (arg or "").split(",")[1:] if p]
-    if any(p.startswith("seed=") for p in options):
+    the variant in `arg` (one of `known`, see `parse_variant`) names its own
+    `seed=` (a sweep over seeds would override it)."""
+    _, options = parse_variant(arg, known)
+    if "seed" in options:
         return [{}]
     return [{"seed": seed} for seed in range(3)]

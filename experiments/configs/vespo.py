@@ -156,5 +156,4 @@ def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
             for n in (1, 4, 16, 64)
             for seed in range(2)
         ]
-    common.parse_variant(arg, VARIANTS)  # An unknown variant fails here, as in get_config.
-    return common.seed_sweep(arg)
+    return common.seed_sweep(arg, VARIANTS)
