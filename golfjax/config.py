@@ -19,6 +19,8 @@ import types
 import typing
 from typing import Any, Mapping
 
+import numpy as np
+
 from golfjax import advantages
 from golfjax import losses
 from golfjax.losses import LossConfig
@@ -127,6 +129,10 @@ class ColdStartSection:
     # policy cannot solve yet (for arith: longer sums) make those batches teach
     # the use of the feedback (copy the revealed answer) rather than the task.
     refine_task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # The first `refine_first_steps` steps are all refinement batches, the rest
+    # follow refine_fraction: a feedback-first curriculum, so that the use of
+    # the critique is learnt before the plain problems compete with it.
+    refine_first_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.refine_fraction <= 1:
@@ -135,10 +141,25 @@ class ColdStartSection:
                 f" refine_fraction={self.refine_fraction}; expected steps >= 0,"
                 " batch_size >= 1, lr > 0, refine_fraction in [0, 1]"
             )
-        if self.refine_task_kwargs and not self.refine_fraction:
+        # steps = 0 switches the cold start off, whatever the other keys say.
+        if self.refine_first_steps < 0 or self.steps and self.refine_first_steps > self.steps:
             raise ValueError(
-                f"refine_task_kwargs={dict(self.refine_task_kwargs)} but refine_fraction = 0:"
-                " no refinement batch would use them")
+                f"refine_first_steps={self.refine_first_steps}; expected 0 to steps = {self.steps}")
+        if self.refine_task_kwargs and not self.refines:
+            raise ValueError(
+                f"refine_task_kwargs={dict(self.refine_task_kwargs)} but refine_fraction = 0 and"
+                " refine_first_steps = 0: no refinement batch would use them")
+
+    @property
+    def refines(self) -> bool:
+        """Whether any cold-start batch is in refinement format."""
+        return self.refine_fraction > 0 or self.refine_first_steps > 0
+
+    def is_refine_step(self, seed: int, step: int) -> bool:
+        """Whether cold-start `step` trains on a refinement batch (drawn from
+        seed and step, so a resumed run makes the same choice)."""
+        return (step < self.refine_first_steps
+                or np.random.default_rng([seed, step]).random() < self.refine_fraction)
 
 
 @dataclasses.dataclass(frozen=True)

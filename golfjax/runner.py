@@ -189,7 +189,7 @@ class Run:
             self.cold_task = make_task(cfg.task.name, **cold_kwargs)
             self.cold_problems = self._sft_problems(self.cold_task, held_out, "cold_start.task_kwargs")
             self.refine_task, self.refine_problems, self.refine_critic = self.cold_task, self.cold_problems, None
-            if cfg.cold_start.refine_fraction > 0:
+            if cfg.cold_start.refines:
                 if cfg.cold_start.refine_task_kwargs:
                     self.refine_task = make_task(
                         cfg.task.name, **{**cold_kwargs, **cfg.cold_start.refine_task_kwargs})
@@ -225,10 +225,10 @@ class Run:
         self, state: state_lib.TrainState, data: EpochIterator, step: int
     ) -> tuple[Any, dict]:
         cfg = self.cfg
-        # A batch is all plain or all refinement examples (a refine_fraction of
-        # the steps, drawn from seed and step): plain prompts are several times
-        # shorter, and a mixed batch would pad them to the refinement bucket.
-        refine = np.random.default_rng([cfg.seed, step]).random() < cfg.cold_start.refine_fraction
+        # A batch is all plain or all refinement examples (ColdStartSection:
+        # is_refine_step): plain prompts are several times shorter, and a mixed
+        # batch would pad them to the refinement bucket.
+        refine = cfg.cold_start.is_refine_step(cfg.seed, step)
         if refine:
             # Refinement batches draw their problems from seed and step too (no
             # iterator state: a resumed run draws the same ones).

@@ -1,6 +1,7 @@
 """Tests for golfjax/config.py: ConfigDict -> typed dataclasses, once."""
 
 import ml_collections
+import numpy as np
 import pytest
 
 from golfjax import config as config_lib
@@ -46,11 +47,27 @@ def test_overrides_are_typed():
         ({"bogus": {}}, r"config: unknown key 'bogus'"),
         ({"cold_start": {"refine_task_kwargs": {"min_digits": 3}}},
          r"config.cold_start: refine_task_kwargs=\{'min_digits': 3\} but refine_fraction = 0"),
+        ({"cold_start": {"steps": 10, "refine_first_steps": 11}},
+         r"config.cold_start: refine_first_steps=11; expected 0 to steps = 10"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(mapping, message):
     with pytest.raises(ValueError, match=message):
         config_lib.build(config_lib.RunConfig, mapping)
+
+
+def test_refine_first_steps_precede_the_refine_fraction_draw():
+    first = config_lib.ColdStartSection(steps=40, refine_first_steps=10)
+    assert first.refines
+    assert [first.is_refine_step(0, s) for s in range(40)] == [True] * 10 + [False] * 30
+    mixed = config_lib.ColdStartSection(steps=400, refine_first_steps=10, refine_fraction=0.5)
+    later = [mixed.is_refine_step(3, s) for s in range(10, 400)]
+    assert all(mixed.is_refine_step(3, s) for s in range(10))
+    assert 0.4 < np.mean(later) < 0.6
+    # The draw depends on seed and step only: a resumed run makes the same choices.
+    assert later == [mixed.is_refine_step(3, s) for s in range(10, 400)]
+    assert not config_lib.ColdStartSection(steps=40).refines
+    config_lib.ColdStartSection(steps=0, refine_first_steps=10)  # No cold start: nothing to check.
 
 
 def test_to_dict_is_json_friendly():
