@@ -38,7 +38,7 @@ def test_conflicting_config_names_the_differing_keys(tmp_path):
     runner.run(config, str(tmp_path))
     config.optimizer.lr = 0.5
     config.golf.n_inject = 2
-    with pytest.raises(ValueError, match=r"differing keys: golf.n_inject: 1 -> 2; optimizer.lr: 0.0001 -> 0.5"):
+    with pytest.raises(ValueError, match=r"differing keys: golf.n_inject: 1 -> 2; optimizer.lr: 0.001 -> 0.5"):
         runner.run(config, str(tmp_path))
 
 
@@ -83,20 +83,38 @@ def test_refinement_batches_draw_from_refine_task_kwargs(tmp_path, monkeypatch):
         operands = [max(p.meta["a"], p.meta["b"]) for p in problems]
         if fraction:  # 3-digit operands, the refine_task_kwargs.
             assert min(operands) >= 100
-        else:  # The cold start's 1-2 digit sums.
+        else:  # The cold start's 1-digit sums.
             assert max(operands) < 100
 
 
-def test_the_cold_start_never_trains_on_a_held_out_problem(tmp_path):
-    # With num_test = 0 and otherwise the RL task's kwargs, the cold-start
-    # split's first problems are exactly the RL test split.
+def test_refine_first_steps_come_before_plain_batches(tmp_path):
     config = golf_config.get_config("smoke")
-    config.cold_start.task_kwargs = {"num_test": 0}
+    config.cold_start.steps = 5
+    config.cold_start.refine_first_steps = 3
+    config.cold_start.refine_fraction = 0.0  # Then plain batches only.
+    config.cold_start.refine_task_kwargs = {"min_digits": 3, "max_digits": 3}
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    r = runner.Run(cfg, str(tmp_path))
+    assert min(max(p.meta["a"], p.meta["b"]) for p in r.refine_problems) >= 100
+    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
+    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
+    kinds = []
+    for step in range(5):
+        state, metrics = r.cold_start_step(state, data, step)
+        kinds.append(metrics["cold_start/refine_batch"])
+    assert kinds == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_the_cold_start_never_trains_on_a_held_out_problem(tmp_path):
+    # With num_test = 0 and otherwise the RL task's kwargs (1-digit sums that
+    # carry), the cold-start split's first problems are exactly the RL test split.
+    config = golf_config.get_config("smoke")
+    config.cold_start.task_kwargs = {"num_test": 0, "num_train": 45}
     cfg = config_lib.build(config_lib.RunConfig, config)
     r = runner.Run(cfg, str(tmp_path))
     held_out = {p.question for p in r.task.load("test")}
-    assert len(held_out) == 200
-    assert len(r.cold_problems) == 2000 - 200
+    assert len(held_out) == 10
+    assert len(r.cold_problems) == 45 - 10  # Every carrying 1-digit sum, less the held-out ones.
     assert not held_out & {p.question for p in r.cold_problems}
 
 

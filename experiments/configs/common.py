@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from golfjax import config as config_lib
+from golfjax.rewards import arith
 
 
 def base() -> ml_collections.ConfigDict:
@@ -31,6 +32,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a config to about a minute on CPU: tiny model, few steps, small groups."""
     config.model.preset = "tiny"
     config.cold_start.steps = min(config.cold_start.steps, 2)
+    config.cold_start.refine_first_steps = min(config.cold_start.refine_first_steps, 1)
     config.cold_start.batch_size = 8
     config.train.steps = 2
     config.train.prompts_per_step = 4
@@ -50,12 +52,14 @@ TASK_VARIANTS = ("arith", "constraints", "math", "smoke")
 def task_config(variant: str) -> ml_collections.ConfigDict:
     """The GOLF/GRPO setup of one built-in task (feedback off; golf.py turns it on).
 
-    `arith`: a short cold start on 1-2 digit sums (the answer format, and with
-    refine_fraction the use of feedback), then RL on 2-digit + 2-digit sums
-    (golfjax/rewards/arith.py: `COLD_START`, `RL`), where the cold-started
-    model mostly fails: sparse reward, GOLF's regime. The tiny character-level
-    model (`task_1m`) needs far larger learning rates than GOLF's 1e-6 for 7B
-    models.
+    `arith` (golfjax/rewards/arith.py: `COLD_START`, `COLD_START_REFINE`,
+    `RL`): a cold start that teaches the answer format on the 1-digit sums that
+    do not carry and, in refinement-format batches over longer carry-free sums,
+    the copy of a revealed answer (all of the first 300 steps, a coin flip per
+    step after: README, GOLF vs GRPO); then RL on the 1-digit sums that carry,
+    which the cold-started model gets wrong: sparse reward, GOLF's regime. The
+    tiny character-level model (`task_1m`) needs far larger learning rates
+    than GOLF's 1e-6 for 7B models.
     """
     c = base()
     c.model.preset = "task_1m"
@@ -79,14 +83,20 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     c.checkpoint.every = 10
     if variant in ("arith", "smoke"):
         c.task.name = "arith"
-        c.task.kwargs = {"min_digits": 2, "max_digits": 2}  # arith.RL
-        c.cold_start.steps = 200
+        c.task.kwargs = arith.RL
+        c.cold_start.steps = 450
         c.cold_start.batch_size = 32
         c.cold_start.lr = 1e-3
-        c.cold_start.task_kwargs = {"min_digits": 1, "max_digits": 2}  # arith.COLD_START
-        c.cold_start.refine_fraction = 0.3
+        c.cold_start.task_kwargs = arith.COLD_START
+        c.cold_start.refine_task_kwargs = arith.COLD_START_REFINE
+        c.cold_start.refine_first_steps = 300
+        c.cold_start.refine_fraction = 0.5
+        # RL from that cold start: 3e-4 leaves GOLF's policy at 0% after 20
+        # steps, 3e-3 collapses it (README, GOLF vs GRPO).
+        c.optimizer.lr = 1e-3
         c.sampling.max_new_tokens = 20
         c.train.steps = 30
+        c.eval.samples = 16
         c.eval.every = 5
     elif variant == "constraints":
         c.task.name = "constraints"

@@ -6,9 +6,10 @@ Variants: `arith` (the project's demo: `make demo`), `constraints`, `math`
 (needs a local checkpoint and dataset for real runs, see common.py), and
 `smoke` (two steps of each phase on the tiny model; about a minute on a
 2-core CPU, mostly compilation).
-`arith`: 200 cold-start steps on 1-2 digit sums, then 30 GOLF steps on
-2-digit + 2-digit sums; about 4 minutes on an idle 2-core CPU. Its measured
-learning curve (README: GOLF vs GRPO) stays near 1% held-out accuracy.
+`arith`: a 450-step cold start (the answer format on 1-digit sums that do not
+carry, the copy of a revealed answer on longer ones), then 30 GOLF steps on the
+1-digit sums that carry (common.task_config); its measured learning curves
+are in the README (GOLF vs GRPO).
 The GRPO baseline on equal terms is experiments/configs/grpo.py.
 """
 

@@ -116,15 +116,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant == "golf" and task == "math":
         c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
     elif variant == "golf":
+        # GOLF's sparse-reward regime, as golf.py:arith: its task, cold start
+        # and refinement prompts.
+        golf = common.task_config("arith")
         c.golf.enabled = True
-        c.golf.template = "compact"
-        c.golf.max_refinement_prompt_tokens = 128
-        c.cold_start.refine_fraction = 0.3
-        # GOLF's sparse-reward regime (as golf.py:arith): a cold start on 1-2
-        # digit sums, RL on 2-digit sums the cold-started model mostly fails.
-        c.task.kwargs = {"min_digits": 2, "max_digits": 2}
-        c.cold_start.task_kwargs = {"min_digits": 1, "max_digits": 2}
-        c.cold_start.steps = 200
+        c.golf.template = golf.golf.template
+        c.golf.max_refinement_prompt_tokens = golf.golf.max_refinement_prompt_tokens
+        c.task.kwargs = golf.task.kwargs
+        c.cold_start = golf.cold_start
     if "n" in options:
         c.vespo.staleness = int(options["n"])
     if "seed" in options:

@@ -15,21 +15,18 @@ larger operand first so answers are non-negative) and, for sums, `carry`
 ("none": no column carries, e.g. 23+45; "some": at least one does, e.g. 7+8;
 "any": either), the classic step in difficulty of column addition.
 
-Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF): a short
-supervised cold start on easy problems (`COLD_START`, 1-2 digit addition, a
-share of them in refinement format) teaches the answer format and how to use
-feedback, but not yet the arithmetic of two 2-digit operands; RL then runs on
-those harder problems (`RL`, 2-digit + 2-digit), which the cold-started tiny
-model mostly gets wrong, so most groups are all-fail and scalar-reward RL has
-little signal. The `reveal` critic puts the reference answer into the
-refinement prompt, so the SAME policy can fix its attempt by copying the
-revealed number; those verified refinements are injected into the all-fail
-groups. Cold-start examples in the refinement format (see
-golfjax/data/cold_start.py) are there to teach the copy before RL starts. The
-README (GOLF vs GRPO) measures when they do: only once the critique is the
-sole way to the answer, i.e. over problems the model cannot solve yet
-(`cold_start.refine_task_kwargs`). The class defaults (3-digit sums) are
-harder still.
+Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF), split by the
+`carry` knob. The supervised cold start teaches two things: the answer format
+on easy problems (`COLD_START`: the 55 one-digit sums that do not carry) and
+the use of feedback (`COLD_START_REFINE`: refinement-format examples, see
+golfjax/data/cold_start.py, over carry-free sums of 1-3 digits, most of whose
+answers the model cannot compute and so must copy from the `reveal` critique). RL
+then runs on the 45 one-digit sums that carry (`RL`: 35 to train on, 10 held
+out), which the cold-started model gets wrong: most groups are all-fail and
+scalar-reward RL has little signal, while the SAME policy, shown the revealed
+answer, can write it, and those verified refinements are injected into the
+all-fail groups. The README (GOLF vs GRPO) measures both phases. The class
+defaults (3-digit sums) are harder still.
 """
 
 from __future__ import annotations
@@ -44,9 +41,13 @@ from golfjax.rewards.base import Problem, Task
 OPS = ("+", "-", "*")
 CARRY = ("any", "none", "some")
 
-# Keyword arguments of the two phases of the intended regime (module docstring).
-COLD_START: dict[str, Any] = {"min_digits": 1, "max_digits": 2, "ops": "+"}
-RL: dict[str, Any] = {"min_digits": 2, "max_digits": 2, "ops": "+"}
+# Keyword arguments of the phases of the intended regime (module docstring).
+COLD_START: dict[str, Any] = {
+    "min_digits": 1, "max_digits": 1, "ops": "+", "carry": "none", "num_train": 55, "num_test": 0}
+COLD_START_REFINE: dict[str, Any] = {
+    "min_digits": 1, "max_digits": 3, "ops": "+", "carry": "none", "num_train": 3000, "num_test": 0}
+RL: dict[str, Any] = {
+    "min_digits": 1, "max_digits": 1, "ops": "+", "carry": "some", "num_train": 35, "num_test": 10}
 
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(-?\d(?:,?\d)*)", re.IGNORECASE)
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d(?:,?\d)*)\s*\}")

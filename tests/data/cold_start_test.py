@@ -16,7 +16,7 @@ def tok(tmp_path_factory):
 
 
 def test_plain_examples(tok):
-    task = arith.ArithTask(**arith.COLD_START, num_train=5, num_test=0)
+    task = arith.ArithTask(**{**arith.COLD_START, "num_train": 5})
     examples = cold_start.make_cold_start_examples(task, task.load("train"), tok)
     p = task.load("train")[0]
     assert tok.decode(examples[0].prompt_tokens, skip_special_tokens=False) == (
@@ -25,7 +25,7 @@ def test_plain_examples(tok):
 
 
 def test_refinement_examples_reveal_the_answer(tok):
-    task = arith.ArithTask(**arith.COLD_START, num_train=50, num_test=0)
+    task = arith.ArithTask(**{**arith.COLD_START, "num_train": 50})
     critic = feedback.make_critic(None, task)
     examples = cold_start.make_cold_start_examples(
         task, task.load("train"), tok, critic=critic, refine_fraction=0.5,

@@ -81,9 +81,14 @@ def test_carry_splits_the_one_digit_sums(carry, count):
         arith.ArithTask(min_digits=1, max_digits=1, carry=carry, num_train=count + 1, num_test=0)
 
 
-def test_rl_regime_is_harder_than_the_cold_start():
-    easy = arith.ArithTask(**arith.COLD_START, num_train=100, num_test=0).load("train")
-    hard = arith.ArithTask(**arith.RL, num_train=100, num_test=0).load("train")
-    assert max(max(p.meta["a"], p.meta["b"]) for p in easy) < 100
-    assert any(min(p.meta["a"], p.meta["b"]) < 10 for p in easy)
-    assert min(min(p.meta["a"], p.meta["b"]) for p in hard) >= 10
+def test_the_golf_regime_splits_sums_by_carry():
+    # The cold start's plain sums never carry; the RL sums always do; the
+    # refinement batches' sums (for the copy) never carry and include longer ones.
+    cold = arith.ArithTask(**arith.COLD_START).load("train")
+    refine = arith.ArithTask(**arith.COLD_START_REFINE).load("train")
+    rl = list(arith.ArithTask(**arith.RL).load("train")) + list(arith.ArithTask(**arith.RL).load("test"))
+    assert len(cold) == 55 and len(rl) == 45  # Every 1-digit sum, once.
+    assert not any(arith.has_carry(p.meta["a"], p.meta["b"]) for p in list(cold) + list(refine))
+    assert all(arith.has_carry(p.meta["a"], p.meta["b"]) for p in rl)
+    assert max(max(p.meta["a"], p.meta["b"]) for p in refine) >= 100
+    assert not {p.question for p in rl} & {p.question for p in list(cold) + list(refine)}
