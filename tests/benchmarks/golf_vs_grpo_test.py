@@ -53,3 +53,16 @@ def test_summary_says_when_seeds_missed_the_target():
     assert summary["golf"]["seeds_reached"] == 1 and summary["grpo"]["seeds_reached"] == 0
     assert summary["ratio_grpo_over_golf"] == {"prompts": None, "samples": None}
     assert summary["note"].startswith("NOT every seed")
+
+
+def test_a_grpo_that_never_reaches_the_target_bounds_the_ratio_from_below():
+    # GOLF reaches 0.5 at 8 prompts / 128 samples; GRPO's budgets end at 24 and 32 prompts.
+    runs = {
+        "golf": [_run(_records([0.0, 0.5], 128), 0.5)] * 2,
+        "grpo": [_run(_records([0.0, 0.1, 0.2], 64), 0.5), _run(_records([0.0, 0.1, 0.2, 0.3], 64), 0.5)],
+    }
+    summary = bench.summarise(runs, seeds=2)
+    assert summary["ratio_grpo_over_golf"] == {"prompts": None, "samples": None}
+    assert summary["ratio_grpo_over_golf_at_least"] == {"prompts": 2.0, "samples": 1.0}
+    runs["grpo"][0] = _run(_records([0.0, 0.5], 64), 0.5)  # One GRPO seed reaches it: a ratio, no bound.
+    assert "ratio_grpo_over_golf_at_least" not in bench.summarise(runs, seeds=2)
