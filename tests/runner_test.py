@@ -42,6 +42,17 @@ def test_conflicting_config_names_the_differing_keys(tmp_path):
         runner.run(config, str(tmp_path))
 
 
+def _cold_start_kinds(r, cfg, steps):
+    """Runs `steps` cold-start steps of `r`; each one's kind (1.0: refinement batch)."""
+    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
+    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
+    kinds = []
+    for step in range(steps):
+        state, metrics = r.cold_start_step(state, data, step)
+        kinds.append(metrics["cold_start/refine_batch"])
+    return kinds
+
+
 def test_cold_start_batches_are_all_plain_or_all_refinement(tmp_path, monkeypatch):
     config = golf_config.get_config("smoke")
     config.cold_start.refine_fraction = 0.5
@@ -51,12 +62,7 @@ def test_cold_start_batches_are_all_plain_or_all_refinement(tmp_path, monkeypatc
     sft_batch = runner.cold_start_lib.sft_batch
     monkeypatch.setattr(runner.cold_start_lib, "sft_batch",
                         lambda examples, **kw: lengths.append(kw["prompt_len"]) or sft_batch(examples, **kw))
-    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
-    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
-    kinds = []
-    for step in range(8):
-        state, metrics = r.cold_start_step(state, data, step)
-        kinds.append(metrics["cold_start/refine_batch"])
+    kinds = _cold_start_kinds(r, cfg, 8)
     assert set(kinds) == {0.0, 1.0}  # Both kinds, drawn per step from (seed, step).
     # Plain prompts ("What is 3+45?") fit the smallest bucket; refinement prompts need a larger one.
     smallest = cfg.sampling.prompt_buckets[0]
@@ -74,10 +80,7 @@ def test_refinement_batches_draw_from_refine_task_kwargs(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.data_cold_start, "make_cold_start_examples",
                         lambda task, problems, *a, **kw: seen.append((kw["refine_fraction"], problems))
                         or make(task, problems, *a, **kw))
-    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
-    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
-    for step in range(6):
-        state, _ = r.cold_start_step(state, data, step)
+    _cold_start_kinds(r, cfg, 6)
     assert {fraction for fraction, _ in seen} == {0.0, 1.0}
     for fraction, problems in seen:
         operands = [max(p.meta["a"], p.meta["b"]) for p in problems]
@@ -96,13 +99,7 @@ def test_refine_first_steps_come_before_plain_batches(tmp_path):
     cfg = config_lib.build(config_lib.RunConfig, config)
     r = runner.Run(cfg, str(tmp_path))
     assert min(max(p.meta["a"], p.meta["b"]) for p in r.refine_problems) >= 100
-    state = r.sft_trainer.init_state(r.initial_params, cfg.seed)
-    data = runner.EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed)
-    kinds = []
-    for step in range(5):
-        state, metrics = r.cold_start_step(state, data, step)
-        kinds.append(metrics["cold_start/refine_batch"])
-    assert kinds == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert _cold_start_kinds(r, cfg, 5) == [1.0, 1.0, 1.0, 0.0, 0.0]
 
 
 def test_the_cold_start_never_trains_on_a_held_out_problem(tmp_path):
