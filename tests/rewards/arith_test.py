@@ -86,7 +86,8 @@ def test_the_golf_regime_splits_sums_by_carry():
     # refinement batches' sums (for the copy) never carry and include longer ones.
     cold = arith.ArithTask(**arith.COLD_START).load("train")
     refine = arith.ArithTask(**arith.COLD_START_REFINE).load("train")
-    rl = list(arith.ArithTask(**arith.RL).load("train")) + list(arith.ArithTask(**arith.RL).load("test"))
+    rl_task = arith.ArithTask(**arith.RL)
+    rl = list(rl_task.load("train")) + list(rl_task.load("test"))
     assert len(cold) == 55 and len(rl) == 45  # Every 1-digit sum, once.
     assert not any(arith.has_carry(p.meta["a"], p.meta["b"]) for p in list(cold) + list(refine))
     assert all(arith.has_carry(p.meta["a"], p.meta["b"]) for p in rl)
