@@ -78,6 +78,7 @@ class SamplingSection:
     max_new_tokens: int = 16
     group_size: int = 8
     prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    decode_loops: int = 4
 
 
 @dataclasses.dataclass(frozen=True)

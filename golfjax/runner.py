@@ -165,6 +165,7 @@ class Run:
             prompt_buckets=cfg.sampling.prompt_buckets,
             batch_buckets=tuple(shards * 2**i for i in range(12)),
             pad_id=self.tokenizer.pad_id,
+            decode_loops=cfg.sampling.decode_loops,
         )
         self.sampler = Sampler(self.model_config, sampling, self.mesh)
         self.eval_sampler = Sampler(

@@ -12,7 +12,7 @@ Shape letters:
     B  prompts (the batch bucket)        G  samples per prompt (`group_size`)
     N  rows, B * G (prompt b owns rows b*G .. b*G + G - 1)
     P  prompt bucket length              T  `max_new_tokens`
-    S  KV-cache slots, P + T             V  vocabulary size
+    S  KV-cache slots, at most P + T     V  vocabulary size
     C  candidate tokens kept by top-k    X  any leading axes
 
 One call runs:
@@ -21,12 +21,15 @@ One call runs:
    batch bucket >= the number of prompts. Programs are compiled per (B, P), so
    prompt lengths and batch sizes inside a bucket never recompile.
 2. Prefill (one program per (B, P)): a single forward pass over the B prompts
-   writes their keys and values into a cache of S slots.
+   writes their keys and values into a cache of P slots.
 3. Decode (one program per (B, P)): the prefix cache is repeated G times along
-   the batch, so each prompt is prefilled once, not G times. A `lax.while_loop`
-   then samples one token per row per iteration, with one T=1 forward pass, and
-   exits as soon as every row has finished (a stop token) or T tokens exist.
-   Nothing leaves the device inside the loop.
+   the batch, so each prompt is prefilled once, not G times. `lax.while_loop`s
+   then sample one token per row per iteration, with one T=1 forward pass, and
+   exit as soon as every row has finished (a stop token) or T tokens exist.
+   The steps are split over a few consecutive loops and the cache grows
+   between them, so each step reads little more than the slots its loop can
+   have written (`decode_segments`).
+   Nothing leaves the device inside the loops.
 
 Sampling and behaviour log-probs. With `temperature > 0` each token is drawn
 from the *processed* distribution
@@ -92,6 +95,7 @@ FINISH_LENGTH = 1  # The row reached `max_new_tokens` without a stop token.
 
 _ROWS = ("data", "fsdp")  # Mesh axes the rows are split over (rule "batch").
 _CDF_BLOCK = 128  # Candidates per block of the two-level CDF in `_draw`.
+MIN_LOOP_STEPS = 32  # Fewest decode steps per loop (`decode_segments`).
 
 
 def _is_int(x: Any) -> bool:
@@ -128,6 +132,10 @@ class SamplingConfig:
       batch_buckets: allowed padded prompt counts B, increasing.
       pad_id: token id written into padding (prompt left-padding and after a
         stop); it is always masked out.
+      decode_loops: the most decode loops (`decode_segments`), each of at
+        least `MIN_LOOP_STEPS` steps: more loops read less of the KV cache per
+        step, and each compiles its own copy of the model's forward pass. 1
+        reads all P + T slots on every step and compiles fastest.
     """
 
     temperature: float = 1.0
@@ -139,6 +147,7 @@ class SamplingConfig:
     prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     pad_id: int = 0
+    decode_loops: int = 4
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -153,7 +162,7 @@ class SamplingConfig:
                 f"SamplingConfig.top_p must be in (0, 1], got {self.top_p!r}"
             )
         for name, low in (("top_k", 0), ("max_new_tokens", 1), ("group_size", 1),
-                          ("pad_id", 0)):
+                          ("pad_id", 0), ("decode_loops", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(
@@ -318,18 +327,15 @@ def _prefill(
     mask_BxP: jax.Array,
     *,
     model_config: ModelConfig,
-    num_slots: int,
 ) -> tuple[cache_lib.KVCache, jax.Array]:
-    """Writes the prompts into a fresh S-slot cache; logits of each last token."""
+    """Writes the prompts into a fresh P-slot cache; logits of each last token.
+
+    The decode loops widen the cache as they go (`decode_segments`)."""
     b, p = tokens_BxP.shape
     positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1, dtype=jnp.int32) - 1, 0)
-    cache = cache_lib.init_cache(model_config, b, num_slots)
-    # Slots past the prompt are hidden by the causal rule until written.
-    attention_mask_BxS = jnp.concatenate(
-        [mask_BxP, jnp.ones((b, num_slots - p), bool)], axis=1)
+    cache = cache_lib.init_cache(model_config, b, p)
     logits_BxPxV, cache = transformer.apply(
-        params, tokens_BxP, positions_BxP, attention_mask_BxS, cache,
-        config=model_config)
+        params, tokens_BxP, positions_BxP, mask_BxP, cache, config=model_config)
     # Left padding puts every row's last prompt token in the last slot.
     return cache, logits_BxPxV[:, -1, :]
 
@@ -425,19 +431,23 @@ def _decode(
     token_N, logp_N = sample(tile(logits_BxV), jax.random.fold_in(key, 0), cfg)
     state = _record(state, token_N, logp_N, cache, cfg)
 
-    def keep_going(state: _DecodeState) -> jax.Array:
-        return (state.step < t) & ~jnp.all(state.done_N)
+    def keep_going(end: int, state: _DecodeState) -> jax.Array:
+        return (state.step < end) & ~jnp.all(state.done_N)
 
-    def step(state: _DecodeState) -> _DecodeState:
+    def step(mask_NxS: jax.Array, state: _DecodeState) -> _DecodeState:
         positions_Nx1 = (first_position_N + state.step)[:, None]
         logits_Nx1xV, cache = transformer.apply(
-            params, state.last_N[:, None], positions_Nx1, attention_mask_NxS,
-            state.cache, config=model_config)
+            params, state.last_N[:, None], positions_Nx1, mask_NxS, state.cache,
+            config=model_config)
         token_N, logp_N = sample(logits_Nx1xV[:, 0, :],
                                  jax.random.fold_in(key, state.step), cfg)
         return _record(state, token_N, logp_N, cache, cfg)
 
-    state = jax.lax.while_loop(keep_going, step, state)
+    for end, slots in decode_segments(p, t, cfg.decode_loops):
+        state = dataclasses.replace(state, cache=cache_lib.extend(state.cache, slots))
+        state = jax.lax.while_loop(functools.partial(keep_going, end),
+                                   functools.partial(step, attention_mask_NxS[:, :slots]),
+                                   state)
     return Rollout(
         prompt_tokens_NxP=tile(tokens_BxP),
         prompt_mask_NxP=mask_NxP,
@@ -449,6 +459,34 @@ def _decode(
                                   FINISH_LENGTH).astype(jnp.int32),
         group_id_N=jnp.arange(n, dtype=jnp.int32) // g,
     )
+
+
+def decode_segments(prompt_len: int, max_new_tokens: int, loops: int
+                    ) -> list[tuple[int, int]]:
+    """(end, slots) of each decode loop: steps < end read the first `slots` slots.
+
+    Decode step s (1 <= s < T; step 0 samples from the prefill's logits) feeds
+    response token s - 1, writes it at slot P + s - 1 and attends to slots
+    0 .. P + s - 1. Early steps therefore need only a prefix of the S = P + T
+    slots, and reading the whole cache on every step would stream about
+    S / (P + T / 2) times more keys and values than a decode needs. So the
+    steps are split into up to `loops` consecutive `while_loop`s of at least
+    `MIN_LOOP_STEPS` steps,
+    each over a cache just wide enough for its last step (widths in multiples
+    of 8 slots; the last loop's is S): the cache holds the P prompt slots after
+    prefill and is padded to each loop's width before the loop, one copy per
+    loop instead of reading unwritten slots on every step. Each loop is its
+    own compiled body; a finished batch exits every later loop on its first
+    check.
+    """
+    p, t = prompt_len, max_new_tokens
+    width = max(-(-t // loops), MIN_LOOP_STEPS)
+    width = -(-width // 8) * 8
+    segments, slots = [], p
+    while not segments or segments[-1][0] < t:
+        slots = min(slots + width, p + t)
+        segments.append((min(slots - p + 1, t), slots))
+    return segments
 
 
 def _bucket(size: int, buckets: tuple[int, ...], what: str, field: str) -> int:
@@ -548,7 +586,7 @@ class Sampler:
         c, cfg = self.model_config, self.cfg
         s = p + cfg.max_new_tokens
         prefill = self._counted("prefill", functools.partial(
-            _prefill, model_config=c, num_slots=s))
+            _prefill, model_config=c))
         decode = self._counted("decode", functools.partial(
             _decode, model_config=c, cfg=cfg, split_layers=self._split_layers))
         if self.mesh is None:
@@ -557,7 +595,7 @@ class Sampler:
         rows = NamedSharding(mesh, PartitionSpec(_ROWS))  # [B] or [N]
         rows2 = NamedSharding(mesh, PartitionSpec(_ROWS, None))  # [B, .] / [N, .]
         replicated = NamedSharding(mesh, PartitionSpec())
-        cache_b = cache_lib.cache_shardings(c, b, s, mesh, self._rules)
+        cache_b = cache_lib.cache_shardings(c, b, p, mesh, self._rules)
         # Checks that the N-row cache divides too (it is only constrained
         # through propagation inside decode).
         cache_lib.cache_shardings(c, b * cfg.group_size, s, mesh, self._rules)

@@ -101,6 +101,7 @@ def _teacher_forced_logp(config: ModelConfig, params: dict,
 @pytest.mark.parametrize("field, value", [
     ("temperature", -0.1), ("temperature", float("nan")), ("top_p", 0.0),
     ("top_p", 1.5), ("top_k", -1), ("max_new_tokens", 0), ("group_size", 0),
+    ("decode_loops", 0),
     ("stop_ids", (1, -2)), ("prompt_buckets", ()), ("prompt_buckets", (32, 16)),
     ("batch_buckets", (0, 4)), ("pad_id", -1),
 ])
@@ -141,6 +142,44 @@ def test_greedy_equals_transformers_generate(family_model):
     # Greedy reports the temperature-1 log-prob of the chosen token.
     np.testing.assert_allclose(r.behaviour_logp_NxT,
                                _teacher_forced_logp(config, params, r),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("p, t, loops", [
+    (8, 10, 4), (32, 128, 4), (32, 33, 4), (32, 65, 4), (16, 1, 4),
+    (32, 128, 1), (32, 1024, 4), (128, 130, 3), (8, 72, 8)])
+def test_decode_segments_cover_every_step_and_grow(p, t, loops):
+    segments = sampling.decode_segments(p, t, loops)
+    ends = [end for end, _ in segments]
+    slots = [s for _, s in segments]
+    assert 1 <= len(segments) <= loops
+    assert ends[-1] == t and ends == sorted(set(ends))
+    assert slots == sorted(set(slots)) and slots[-1] <= p + t
+    start = 1  # Step 0 samples from the prefill; step s writes slot p + s - 1.
+    for end, width in segments:
+        assert width >= p + end - 1, (end, width)  # Room for the last step.
+        assert end - start >= min(sampling.MIN_LOOP_STEPS, t - start)
+        start = end
+
+
+def test_several_decode_loops_equal_one_loop_and_transformers(qwen2_model):
+    model, config, params = qwen2_model
+    long = 72  # Three loops: steps 1-32, 33-64, 65-71.
+    assert len(sampling.decode_segments(8, long, 4)) == 3
+    greedy = _np(sampling.generate(params, PROMPTS, jax.random.key(0),
+                                   _cfg(max_new_tokens=long), model_config=config))
+    np.testing.assert_array_equal(greedy.tokens_NxT, _hf_greedy(model, PROMPTS, long))
+    loops = _np(sampling.generate(params, PROMPTS, jax.random.key(3),
+                                  _cfg(max_new_tokens=long, **SAMPLED),
+                                  model_config=config))
+    one = _np(sampling.generate(params, PROMPTS, jax.random.key(3),
+                                _cfg(max_new_tokens=long, decode_loops=1, **SAMPLED),
+                                model_config=config))
+    np.testing.assert_array_equal(loops.tokens_NxT, one.tokens_NxT)
+    np.testing.assert_allclose(loops.behaviour_logp_NxT, one.behaviour_logp_NxT,
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(loops.behaviour_logp_NxT,
+                               _teacher_forced_logp(config, params, loops),
                                atol=1e-5, rtol=0)
 
 

@@ -86,6 +86,22 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int,
         index=jnp.zeros((), jnp.int32))
 
 
+def extend(cache: KVCache, max_length: int) -> KVCache:
+    """`cache` with `max_length` >= its slots; the new ones, at the end, are zero."""
+    grow = max_length - cache.max_length
+    if grow < 0:
+        raise ValueError(f"cannot extend a cache of {cache.max_length} slots to "
+                         f"{max_length}")
+
+    def pad(x: jax.Array, axis: int) -> jax.Array:
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, grow)
+        return jnp.pad(x, widths)
+
+    return cache.replace(k_BxKxHxS=tuple(pad(k, 3) for k in cache.k_BxKxHxS),
+                         v_BxKxSxH=tuple(pad(v, 2) for v in cache.v_BxKxSxH))
+
+
 def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,
                     mesh: Mesh,
                     rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES

@@ -108,6 +108,29 @@ def test_incremental_decode_matches_full_forward(name):
     np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5)
 
 
+def test_extended_cache_decodes_like_a_full_size_one():
+    # The sampler prefills P slots and widens the cache between decode loops.
+    config, params = tiny_params("tiny")
+    tokens, positions, mask = left_padded(2, 8, [0, 3])
+    full, _ = APPLY(params, tokens, positions, mask, config=config)
+    cache = cache_lib.init_cache(config, 2, 5)
+    logits, cache = APPLY(params, tokens[:, :5], positions[:, :5], mask[:, :5], cache,
+                          config=config)
+    pieces = [logits]
+    for t, width in [(5, 6), (6, 8), (7, 8)]:
+        wider = cache_lib.extend(cache, width)
+        chex.assert_shape(wider.v_BxKxSxH, (2, config.num_kv_heads, width, config.head_dim))
+        np.testing.assert_array_equal(wider.k_BxKxHxS[0][..., :cache.max_length],
+                                      cache.k_BxKxHxS[0])
+        assert not np.asarray(wider.v_BxKxSxH[1][:, :, cache.max_length:]).any()
+        logits, cache = APPLY(params, tokens[:, t:t + 1], positions[:, t:t + 1],
+                              mask[:, :width], wider, config=config)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1)[mask], full[mask], atol=1e-5)
+    with pytest.raises(ValueError, match="8 slots to 4"):
+        cache_lib.extend(cache, 4)
+
+
 def test_decode_in_while_loop_matches_full_forward():
     # The cache is a valid lax.while_loop carry (what the sampler will do).
     config, params = tiny_params("tiny")
