@@ -31,6 +31,13 @@ loss, a line per N, async dashed). A persistent compilation cache under the
 work directory lets runs after the first reuse compiled programs; a run whose
 work directory is complete is read back, not rerun.
 
+`--regime golf` runs the same sweep on GOLF's batches (originals, verified
+refinements injected into failed groups, and the refinement groups) in
+golf.py:arith's sparse-reward regime (experiments/configs/vespo.py option
+`golf=1`): its 450-step cold start, then RL on the 1-digit sums that carry,
+where plain RL has no signal but GOLF learns within 64 steps (README, GOLF vs
+GRPO), so staleness can be seen to help or hurt learning that happens.
+
 Scale: the default (64 steps, N in {1, 4, 16, 64}, four losses, 2 seeds, four
 async runs: 36 runs of about 45 s after the first) is sized for about 30-40
 minutes on a 2-core CPU; `--quick` runs 8 steps of N in {1, 8} for vespo and
@@ -55,6 +62,9 @@ if REPO not in sys.path:  # Run as a script from anywhere: experiments/ is top l
     sys.path.insert(0, REPO)
 
 
+REGIMES = {"arith": "", "golf": ",golf=1"}  # --regime: the option it adds to every run.
+
+
 def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     """Runs the shared cold start; returns (HF checkpoint dir, its held-out accuracy)."""
     from experiments.configs import vespo as vespo_config
@@ -62,11 +72,12 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     from golfjax import metrics as metrics_lib
     from golfjax import runner
 
-    hf_dir = os.path.join(workdir, f"cold_start_{args.cold_start_steps}_hf")
-    run_dir = os.path.join(workdir, f"cold_start_{args.cold_start_steps}")
-    c = vespo_config.get_config("vespo,n=1")
-    steps = args.cold_start_steps
+    c = vespo_config.get_config("vespo,n=1" + REGIMES[args.regime])
+    steps = args.cold_start_steps or c.cold_start.steps
+    hf_dir = os.path.join(workdir, f"cold_start_{args.regime}_{steps}_hf")
+    run_dir = os.path.join(workdir, f"cold_start_{args.regime}_{steps}")
     c.cold_start.steps = steps
+    c.cold_start.refine_first_steps = min(c.cold_start.refine_first_steps, steps)
     c.train.steps = 1  # The runner needs one RL step; the export is the step before it.
     c.checkpoint.every = steps
     c.eval.every = 1000
@@ -89,7 +100,8 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     from golfjax import metrics as metrics_lib
     from golfjax import runner
 
-    c = vespo_config.get_config(f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}")
+    c = vespo_config.get_config(
+        f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
     c.train.steps = args.steps
     c.eval.every = args.eval_every
     c.eval.num_problems = args.eval_problems
@@ -135,6 +147,9 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         "grad_norm": column("grad_norm"),
         "reward": column("reward/mean"),
         "reward_mean": statistics.fmean(column("reward/mean")),
+        # GOLF's regime: the rollout's own reward, before refinements are injected.
+        "reward_pre_injection": column("reward_pre_injection/mean"),
+        "injection_rate": column("golf/injection_rate"),
         "entropy": column("entropy"),
         "staleness_per_step": column("vespo/staleness"),
         "log_w_abs_max": column("vespo/log_w_abs_max"),
@@ -192,7 +207,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(runs: list[dict[str, Any]], path: str) -> None:
+def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
     """Accuracy, training reward and gradient norm: a row per loss, a line per N."""
     import matplotlib
 
@@ -235,7 +250,7 @@ def plot(runs: list[dict[str, Any]], path: str) -> None:
     axes[0, 0].legend(fontsize=8)
     for col in range(3):
         axes[-1, col].set_xlabel("optimizer step (same samples per step)")
-    fig.suptitle("arith, same cold start and samples; mean over seeds")
+    fig.suptitle(f"{title}, same cold start and samples; mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -243,20 +258,30 @@ def plot(runs: list[dict[str, Any]], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/staleness_sweep",
-                        help="writes OUT.json and OUT.png")
-    parser.add_argument("--workdir", default=os.path.join("workdirs", "staleness_sweep"))
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="arith",
+                        help="arith: RL on all 1-digit sums (experiments/configs/vespo.py);"
+                        " golf: GOLF's batches in golf.py:arith's sparse-reward regime"
+                        " (the vespo.py option golf=1)")
+    parser.add_argument("--out", default=None,
+                        help="writes OUT.json and OUT.png (default:"
+                        " benchmarks/results/staleness_sweep[_golf])")
+    parser.add_argument("--workdir", default=None,
+                        help="default: workdirs/staleness_sweep[_golf]")
     parser.add_argument("--steps", type=int, default=64, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--ns", default="1,4,16,64", help="staleness values")
     parser.add_argument("--losses", default="vespo,ppo_clip,gspo,sapo")
     parser.add_argument("--async-losses", default=None,
                         help="losses of the fully-async runs (default: --losses)")
-    parser.add_argument("--cold-start-steps", type=int, default=80)
+    parser.add_argument("--cold-start-steps", type=int, default=None,
+                        help="default: the regime's (80 for arith, 450 for golf)")
     parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--eval-problems", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a few minutes (see the docstring)")
     args = parser.parse_args(argv)
+    suffix = "" if args.regime == "arith" else f"_{args.regime}"
+    args.out = args.out or f"benchmarks/results/staleness_sweep{suffix}"
+    args.workdir = args.workdir or os.path.join("workdirs", f"staleness_sweep{suffix}")
     if args.quick:
         args.steps, args.seeds, args.ns, args.losses = 8, 1, "1,8", "vespo,ppo_clip"
         args.async_losses = args.async_losses or "vespo"
@@ -310,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    plot(runs, args.out + ".png")
+    plot(runs, args.out + ".png", "arith" if args.regime == "arith" else "GOLF on arith")
     print(f"\ncold-start accuracy {cold_accuracy:.3f}; {len(runs)} runs in {result['wall_s']:.0f}s")
     print(f"{'loss':10} {'regime':7} {'acc start':>9} {'acc final':>9} {'acc mean':>8} {'rew 1st/4':>9}"
           f" {'rew last/4':>10} {'max |g|':>8} {'max|logW|':>9} {'min ESS':>8}")

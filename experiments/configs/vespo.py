@@ -12,6 +12,8 @@ loss at staleness N). Options follow the variant, comma-separated:
 - `n=N`: staleness, the optimizer steps per rollout batch (default 4;
   `train.steps` is rounded up to a multiple of it);
 - `async=1`: the variant's loss with fully asynchronous rollout;
+- `golf=1`: GOLF's batches in golf.py:arith's sparse-reward regime, trained
+  by the variant's loss (the variant `golf` is `vespo,golf=1`);
 - `seed=S`;
 - `init=DIR`: start from the Hugging Face checkpoint in DIR instead of the cold
   start (benchmarks/staleness_sweep.py starts every run from one exported
@@ -95,16 +97,19 @@ def math() -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, options = common.parse_variant(arg, VARIANTS)
-    unknown = sorted(set(options) - {"n", "async", "seed", "init", "smoke", "task"})
+    unknown = sorted(set(options) - {"n", "async", "golf", "seed", "init", "smoke", "task"})
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r}; expected n, async, seed, init, task or smoke")
+        raise ValueError(
+            f"unknown option {unknown[0]!r}; expected n, async, golf, seed, init, task or smoke")
     task = options.get("task", "arith")
     if task not in ("arith", "math"):
         raise ValueError(f"unknown task={task!r}; expected arith or math")
     c = arith() if task == "arith" else math()
     if variant == "smoke":
         variant, options = "vespo", {**options, "smoke": "1"}
-    c.train.loss = "vespo" if variant in ("async", "golf") else variant
+    if variant == "golf":
+        variant, options = "vespo", {**options, "golf": "1"}
+    c.train.loss = "vespo" if variant == "async" else variant
     if variant == "async" or options.get("async", "0") == "1":
         # The paper's fully-async setting: behaviour log-probs from the sampler,
         # a snapshot every learner step, bounded staleness.
@@ -113,17 +118,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.vespo.sync_every = 1
         c.vespo.max_staleness = 4
         c.train.recompute_old_logp = False
-    if variant == "golf" and task == "math":
+    golf = options.get("golf", "0") == "1"
+    if golf and task == "math":
         c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
-    elif variant == "golf":
+    elif golf:
         # GOLF's sparse-reward regime, as golf.py:arith: its task, cold start
         # and refinement prompts.
-        golf = common.task_config("arith")
+        regime = common.task_config("arith")
         c.golf.enabled = True
-        c.golf.template = golf.golf.template
-        c.golf.max_refinement_prompt_tokens = golf.golf.max_refinement_prompt_tokens
-        c.task.kwargs = golf.task.kwargs
-        c.cold_start = golf.cold_start
+        c.golf.template = regime.golf.template
+        c.golf.max_refinement_prompt_tokens = regime.golf.max_refinement_prompt_tokens
+        c.task.kwargs = regime.task.kwargs
+        c.cold_start = regime.cold_start
+        c.eval.samples = regime.eval.samples  # 10 held-out sums: more samples each.
     if "n" in options:
         c.vespo.staleness = int(options["n"])
     if "seed" in options:

@@ -167,3 +167,19 @@ def test_math_task_option_builds_a_vespo_run_on_math_prompts():
     assert golf.golf.enabled and golf.task.name == "math" and golf.golf.template == "default"
     with pytest.raises(ValueError, match="unknown task='gsm8k'; expected arith or math"):
         vespo_config.get_config("vespo,task=gsm8k")
+
+
+def test_golf_option_trains_golf_batches_with_any_loss():
+    from golfjax import config as config_lib
+
+    golf = vespo_config.get_config("golf,n=4")
+    ppo = vespo_config.get_config("ppo_clip,golf=1,n=4")
+    plain = vespo_config.get_config("ppo_clip,n=4")
+    assert golf.train.loss == "vespo" and ppo.train.loss == "ppo_clip"
+    assert golf.golf.enabled and ppo.golf.enabled and not plain.golf.enabled
+    # The loss is the only difference: the same GOLF regime and cold start.
+    assert ppo.task.to_dict() == golf.task.to_dict() != plain.task.to_dict()
+    assert ppo.cold_start.to_dict() == golf.cold_start.to_dict()
+    assert config_lib.build(config_lib.RunConfig, ppo).cold_start.refine_first_steps > 0
+    with pytest.raises(ValueError, match="unknown option 'gold'"):
+        vespo_config.get_config("ppo_clip,gold=1")
