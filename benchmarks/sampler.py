@@ -45,9 +45,10 @@ device kinds (`BANDWIDTH`) or `--mem-bandwidth-gbs` (which also computes the
 fraction for a CPU run).
 
 Runtime: dominated by transformers on the 20M model at B = 64 (65,536 tokens in
-one eager PyTorch call): ~20 min of a ~36 min full run measured on a shared
-2-core CPU (load average 6-10). The JSON records the load average before and
-after, since other work on the machine skews every figure.
+one eager PyTorch call): about 10 minutes for the full run on an idle 2-core
+AVX-512 machine, ~36 min on a shared, slower 2-core CPU (load average 6-10).
+The JSON records the load average before and after, since other work on the
+machine skews every figure.
 """
 
 from __future__ import annotations
