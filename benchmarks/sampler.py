@@ -185,11 +185,13 @@ _AUTO_MAX = 10
 
 
 def bench_golfjax(path: str, case: Case, prompts: list[list[int]],
-                  repeats: int) -> dict[str, Any]:
+                  repeats: int, decode_loops: int | None = None) -> dict[str, Any]:
     config, params = hf.load(path)
     cfg = sampling.SamplingConfig(
         temperature=1.0, max_new_tokens=case.new_tokens, group_size=case.group,
         prompt_buckets=(PROMPT_LEN,), batch_buckets=(case.batch,))
+    if decode_loops is not None:
+        cfg = cfg.replace(decode_loops=decode_loops)
     sampler = sampling.Sampler(config, cfg)
     key = jax.random.key(0)
 
@@ -373,14 +375,16 @@ ENGINES = {"golfjax": bench_golfjax, "tunix": bench_tunix,
 
 
 def run_worker(engine: str, path: str, model: str, batches: list[int],
-               group: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+               group: int, new_tokens: int, repeats: int,
+               decode_loops: int | None = None) -> list[dict[str, Any]]:
     """All batch sizes of one (engine, model): one process, one model load."""
     rows = []
     for batch in batches:
         case = Case(model, batch, group, new_tokens)
         prompts = make_prompts(batch, MODELS[model]["vocab_size"])
         try:
-            rows.append(ENGINES[engine](path, case, prompts, repeats))
+            options = {} if decode_loops is None else {"decode_loops": decode_loops}
+            rows.append(ENGINES[engine](path, case, prompts, repeats, **options))
         except Exception as e:  # Reported, never faked.
             rows.append(dict(error=f"{type(e).__name__}: {e}"))
     return rows
@@ -394,6 +398,8 @@ def _spawn(engine: str, path: str, args: argparse.Namespace, batches: list[int],
            "--checkpoint", path, "--models", model,
            "--batches", ",".join(map(str, batches)), "--group", str(args.group),
            "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    if engine == "golfjax" and args.decode_loops is not None:
+        cmd += ["--decode-loops", str(args.decode_loops)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT):
@@ -424,6 +430,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mem-bandwidth-gbs", type=float, default=None,
                         help="memory bandwidth (GB/s) for the bound; default "
                         "from the accelerator's device kind")
+    parser.add_argument("--decode-loops", type=int, default=None,
+                        help="golfjax's SamplingConfig.decode_loops (default: its"
+                        " default); 1 reads the whole KV cache on every step")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny model, B=8, 32 new tokens")
     parser.add_argument("--worker", choices=sorted(ENGINES),
@@ -435,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     if args.worker:
         rows = run_worker(args.worker, args.checkpoint, args.models, batches,
-                          args.group, args.new_tokens, args.repeats)
+                          args.group, args.new_tokens, args.repeats, args.decode_loops)
         print(_RESULT + json.dumps(rows), flush=True)
         return {}
 
@@ -484,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         versions=_versions(),
         settings=dict(prompt_len=PROMPT_LEN, min_prompt_len=MIN_PROMPT_LEN,
                       temperature=1.0, top_p=1.0, top_k=0,
-                      repeats=args.repeats),
+                      repeats=args.repeats, decode_loops=args.decode_loops),
         total_seconds=time.perf_counter() - started,
         results=results,
     )
