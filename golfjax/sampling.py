@@ -471,13 +471,12 @@ def decode_segments(prompt_len: int, max_new_tokens: int, loops: int
     slots, and reading the whole cache on every step would stream about
     S / (P + T / 2) times more keys and values than a decode needs. So the
     steps are split into up to `loops` consecutive `while_loop`s of at least
-    `MIN_LOOP_STEPS` steps,
-    each over a cache just wide enough for its last step (widths in multiples
-    of 8 slots; the last loop's is S): the cache holds the P prompt slots after
-    prefill and is padded to each loop's width before the loop, one copy per
-    loop instead of reading unwritten slots on every step. Each loop is its
-    own compiled body; a finished batch exits every later loop on its first
-    check.
+    `MIN_LOOP_STEPS` steps, each over a cache just wide enough for its last
+    step (widths in multiples of 8 slots; the last loop's is S): the cache
+    holds the P prompt slots after prefill and is padded to each loop's width
+    before the loop (`cache.extend`), one copy per loop instead of reading
+    unwritten slots on every step. Each loop is its own compiled body; a
+    finished batch exits every later loop on its first check.
     """
     p, t = prompt_len, max_new_tokens
     width = max(-(-t // loops), MIN_LOOP_STEPS)
