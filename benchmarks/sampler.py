@@ -379,11 +379,11 @@ def run_worker(engine: str, path: str, model: str, batches: list[int],
                decode_loops: int | None = None) -> list[dict[str, Any]]:
     """All batch sizes of one (engine, model): one process, one model load."""
     rows = []
+    options = {} if decode_loops is None else {"decode_loops": decode_loops}
     for batch in batches:
         case = Case(model, batch, group, new_tokens)
         prompts = make_prompts(batch, MODELS[model]["vocab_size"])
         try:
-            options = {} if decode_loops is None else {"decode_loops": decode_loops}
             rows.append(ENGINES[engine](path, case, prompts, repeats, **options))
         except Exception as e:  # Reported, never faked.
             rows.append(dict(error=f"{type(e).__name__}: {e}"))
