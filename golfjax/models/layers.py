@@ -210,15 +210,27 @@ class Attention(nnx.Module):
 
 def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
             mask_BxTxS: jax.Array, head_dim: int) -> jax.Array:
-    """Grouped-query softmax attention over keys in the projections' layout."""
-    scores_BxKxGxTxS = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+    """Grouped-query softmax attention over keys in the projections' layout.
+
+    The G query heads of a kv head and the T positions are merged into one
+    axis M = G * T before both products. Each product then contracts a single
+    axis, and so do their gradients: with G and T apart, the key and value
+    gradients contract both, which XLA's CPU backend lowers to a slow generic
+    loop (as `_dense` explains). On CPU, at the cold start's shapes, this made
+    attention's forward about 2x and its gradient about 1.25x faster.
+    """
+    b, t, k, g, h = q_BxTxKxGxH.shape
+    s = k_BxSxKxH.shape[1]
+    q_BxKxMxH = q_BxTxKxGxH.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
+    scores_BxKxMxS = jnp.einsum(
+        "bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
         preferred_element_type=jnp.float32) * (head_dim ** -0.5)
     scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                                 scores_BxKxGxTxS, MASK_VALUE)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-        q_BxTxKxGxH.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+                                 scores_BxKxMxS.reshape(b, k, g, t, s), MASK_VALUE)
+    probs_BxKxMxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
+        q_BxTxKxGxH.dtype).reshape(b, k, g * t, s)
+    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH)
+    return out_BxKxMxH.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
 def _attend_cached(q_BxTxKxGxH: jax.Array, k_BxKxHxS: jax.Array,
