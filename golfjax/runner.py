@@ -270,9 +270,13 @@ class Run:
         return next((b for b in self.cfg.sampling.prompt_buckets if b >= longest), longest)
 
     def build_batch(
-        self, params: Any, problems: list[Any], key: jax.Array, sampler: Sampler | None = None
+        self, params: Any, problems: list[Any], key: jax.Array, sampler: Sampler | None = None,
+        *, parts: bool = False,
     ) -> tuple[Any, dict]:
-        """One host train batch sampled by `params` (GRPO, or GOLF's 2N rows) and its metrics."""
+        """One host train batch sampled by `params` (GRPO, or GOLF's 2N rows) and
+        its metrics; with `parts`, GOLF's batch comes as its two parts
+        (golfjax/loops/golf.py), which `Trainer.step` trains without padding
+        the short original prompts to the refinement prompts' length."""
         sampler = sampler or self.sampler
         prompts = [self.tokenizer.encode_prompt(p.question, self.template_kwargs) for p in problems]
         groups = rl_lib.sample_groups(
@@ -286,11 +290,12 @@ class Run:
             info = rl_lib.group_metrics(groups.reward_BxG())
             info["samples/generated"] = float(b * g)
             return batch, info
-        return self.golf.build_batch(params, groups, sampler, self.advantage_fn, jax.random.fold_in(key, 1))
+        return self.golf.build_batch(
+            params, groups, sampler, self.advantage_fn, jax.random.fold_in(key, 1), parts=parts)
 
     def rl_step(self, state: state_lib.TrainState, data: EpochIterator, key: jax.Array) -> tuple[Any, dict]:
         problems = [self.train_problems[i] for i in data.next()]
-        batch, info = self.build_batch(state.params, problems, key)
+        batch, info = self.build_batch(state.params, problems, key, parts=True)
         batch = self.trainer.put_batch(batch)
         if self.cfg.train.recompute_old_logp:
             batch = self.trainer.with_old_logprobs(state, batch)

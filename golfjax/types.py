@@ -143,3 +143,24 @@ def make_batch(
     )
     check_batch(batch)
     return batch
+
+
+def concat_parts(parts: tuple[Batch, ...], pad_id: int) -> Batch:
+    """Host batches of different prompt lengths as one batch: prompts are
+    left-padded to the longest P (as the module docstring lays them out) and
+    every field is concatenated along the rows, in order."""
+    length = max(np.shape(part.prompt_tokens_NxP)[1] for part in parts)
+
+    def left_pad(x: Any, value: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return np.pad(x, ((0, 0), (length - x.shape[1], 0)), constant_values=value)
+
+    pads = {"prompt_tokens_NxP": pad_id, "prompt_mask_NxP": False}
+    batch = Batch(**{
+        f.name: np.concatenate([
+            left_pad(getattr(part, f.name), pads[f.name]) if f.name in pads
+            else np.asarray(getattr(part, f.name)) for part in parts])
+        for f in dataclasses.fields(Batch)
+    })
+    check_batch(batch)
+    return batch

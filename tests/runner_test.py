@@ -3,12 +3,15 @@
 import contextlib
 import json
 
+import chex
+import jax
 import pytest
 
 from experiments.configs import golf as golf_config
 from experiments.configs import grpo as grpo_config
 from golfjax import config as config_lib
 from golfjax import runner
+from golfjax.types import concat_parts
 
 
 @pytest.mark.slow
@@ -28,6 +31,26 @@ def test_golf_two_steps_on_the_8_device_mesh(tmp_path):
         assert key in last, key
     assert last["samples/generated"] == 2 * 2 * 4 * 4  # 2 steps x (original + refinement) x B x G
     assert last["train/skipped_nonfinite"] == 0.0
+
+
+def test_golf_batch_parts_keep_their_prompt_lengths(tmp_path):
+    # The RL step trains GOLF's batch as two parts; concatenated, they are
+    # exactly the one batch (the train step's equality: tests/train/step_test.py).
+    config = golf_config.get_config("smoke")
+    config.cold_start.steps = 0
+    cfg = config_lib.build(config_lib.RunConfig, config)
+    r = runner.Run(cfg, str(tmp_path))
+    problems = r.train_problems[: cfg.train.prompts_per_step]
+    key = jax.random.PRNGKey(7)
+    whole, info = r.build_batch(r.initial_params, problems, key)
+    parts, parts_info = r.build_batch(r.initial_params, problems, key, parts=True)
+    assert parts_info == info
+    original, refinement = parts
+    n = cfg.train.prompts_per_step * cfg.sampling.group_size
+    assert original.num_rows == refinement.num_rows == n
+    assert original.prompt_tokens_NxP.shape[1] < refinement.prompt_tokens_NxP.shape[1]
+    assert whole.prompt_tokens_NxP.shape[1] == refinement.prompt_tokens_NxP.shape[1]
+    chex.assert_trees_all_equal(concat_parts(parts, r.tokenizer.pad_id), whole)
 
 
 def test_conflicting_config_names_the_differing_keys(tmp_path):

@@ -20,7 +20,10 @@ of G samples per prompt has been scored (golfjax/loops/rl.py):
    over the refinement groups, which train on-policy under their refinement
    prompt: that is how the policy learns to refine.
 
-The batch is the original groups plus the refinement groups (2N rows); the
+The batch is the original groups plus the refinement groups (2N rows), as
+one `Batch` or, with `parts=True`, as two parts that keep their own prompt
+lengths (the original prompts are several times shorter than the refinement
+prompts, and `train_step` trains parts exactly as their concatenation); the
 train step applies the policy loss to on-policy tokens and the off-policy term
 (`train.off_policy_loss`) to injected ones. Metrics report rewards both before
 and after injection (the released code logged only post-injection rewards).
@@ -44,19 +47,11 @@ from golfjax.sampling import Rollout
 from golfjax.sampling import Sampler
 from golfjax.tokenizer import Tokenizer
 from golfjax.types import Batch
+from golfjax.types import concat_parts
 from golfjax.types import make_batch
 
 # (params, prompt token lists, key) -> response texts; the judge critic's model.
 GenerateFn = Callable[[Any, list[list[int]], jax.Array], list[str]]
-
-
-def _left_pad(tokens_NxP: np.ndarray, mask_NxP: np.ndarray, length: int, pad_id: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    extra = length - tokens_NxP.shape[1]
-    return (
-        np.pad(tokens_NxP, ((0, 0), (extra, 0)), constant_values=pad_id),
-        np.pad(mask_NxP, ((0, 0), (extra, 0)), constant_values=False),
-    )
 
 
 class GolfStep:
@@ -98,8 +93,11 @@ class GolfStep:
         sampler: Sampler,
         advantage_fn: Callable[..., jax.Array],
         key: jax.Array,
-    ) -> tuple[Batch, dict[str, float]]:
-        """The 2N-row batch (original + refinement groups) and GOLF's metrics."""
+        *,
+        parts: bool = False,
+    ) -> tuple[Batch | tuple[Batch, Batch], dict[str, float]]:
+        """The 2N-row batch (original + refinement groups) and GOLF's metrics;
+        with `parts`, the batch is the pair (original rows, refinement rows)."""
         problems, b, g = groups.problems, len(groups.problems), groups.group_size
         rows = [problems[i // g] for i in range(b * g)]
         self._judge_state = {"params": params, "key": jax.random.fold_in(key, 0)}
@@ -137,6 +135,8 @@ class GolfStep:
             _response_arrays(refined.rollout, refined.reward_N), group_size=g,
         )
         batch = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g, advantage_fn)
+        if not parts:
+            batch = concat_parts(batch, self.tokenizer.pad_id)
         info = {
             **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
             **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
@@ -159,14 +159,10 @@ class GolfStep:
         refined_reward_N: np.ndarray,
         g: int,
         advantage_fn: Callable[..., jax.Array],
-    ) -> Batch:
+    ) -> tuple[Batch, Batch]:
+        """The original rows (injection applied) and the refinement rows, each
+        with its own prompts; advantages are computed over both at once."""
         n = original.tokens_NxT.shape[0]
-        length = max(original.prompt_tokens_NxP.shape[1], refined.prompt_tokens_NxP.shape[1])
-        pad = self.tokenizer.pad_id
-        prompts = [
-            _left_pad(np.asarray(r.prompt_tokens_NxP), np.asarray(r.prompt_mask_NxP), length, pad)
-            for r in (original, refined)
-        ]
         arrays = injected.arrays
         # Original group b is id b; its refinement group is id B + b.
         group_id = np.concatenate([np.arange(n) // g, n // g + np.arange(n) // g]).astype(np.int32)
@@ -175,23 +171,28 @@ class GolfStep:
         if self.cfg.split_mean:
             exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
         advantage = np.asarray(advantage_fn(reward, group_id, exclude))
-        return make_batch(
-            prompt_tokens_NxP=np.concatenate([prompts[0][0], prompts[1][0]]),
-            prompt_mask_NxP=np.concatenate([prompts[0][1], prompts[1][1]]),
-            tokens_NxT=np.concatenate([arrays["tokens_NxT"], np.asarray(refined.tokens_NxT)]),
-            response_mask_NxT=np.concatenate(
-                [arrays["response_mask_NxT"], np.asarray(refined.response_mask_NxT)]
-            ),
-            behaviour_logp_NxT=np.concatenate(
-                [arrays["behaviour_logp_NxT"], np.asarray(refined.behaviour_logp_NxT)]
-            ),
-            advantage_N=advantage,
-            reward_N=reward,
-            group_id_N=group_id,
-            off_policy_mask_NxT=np.concatenate(
-                [injected.off_policy_mask_NxT, np.zeros_like(injected.off_policy_mask_NxT)]
-            ),
+        original_part = make_batch(
+            prompt_tokens_NxP=np.asarray(original.prompt_tokens_NxP),
+            prompt_mask_NxP=np.asarray(original.prompt_mask_NxP),
+            tokens_NxT=arrays["tokens_NxT"],
+            response_mask_NxT=arrays["response_mask_NxT"],
+            behaviour_logp_NxT=arrays["behaviour_logp_NxT"],
+            advantage_N=advantage[:n],
+            reward_N=reward[:n],
+            group_id_N=group_id[:n],
+            off_policy_mask_NxT=injected.off_policy_mask_NxT,
         )
+        refinement_part = make_batch(
+            prompt_tokens_NxP=np.asarray(refined.prompt_tokens_NxP),
+            prompt_mask_NxP=np.asarray(refined.prompt_mask_NxP),
+            tokens_NxT=np.asarray(refined.tokens_NxT),
+            response_mask_NxT=np.asarray(refined.response_mask_NxT),
+            behaviour_logp_NxT=np.asarray(refined.behaviour_logp_NxT),
+            advantage_N=advantage[n:],
+            reward_N=reward[n:],
+            group_id_N=group_id[n:],
+        )
+        return original_part, refinement_part
 
 
 def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.ndarray]:

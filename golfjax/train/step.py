@@ -17,6 +17,12 @@ parameters, so they are computed once up front; each micro-batch then adds
 `grad(sum_m / C)` and the accumulated gradient is exactly the full-batch
 gradient, whatever M and whatever the aggregation mode.
 
+A batch may also come as a tuple of parts that differ only in their prompt
+length P (GOLF: the original rows' short prompts and the refinement rows' long
+ones). Every part is split into M micro-batches and the counts are the sum of
+the parts' counts, so the gradient is the one of the parts concatenated along
+the rows with their prompts padded to one length, without the padding's compute.
+
 Non-finite gradients never reach the parameters: the update is skipped (the
 optimizer state is kept too) and `train/skipped_nonfinite` is 1. With
 `nonfinite="raise"` the host raises after fetching the metrics (`check_finite`).
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -213,9 +219,32 @@ def _micro_objective(
     return objective, (shares, diagnostics)
 
 
+Parts = tuple[Batch, ...]
+
+
+def as_parts(batch: Batch | Parts) -> Parts:
+    """`batch` as a tuple of parts; checks that the parts differ only in P.
+
+    Raises:
+      ValueError: no part, or parts whose response length T differs (the
+        aggregation's normaliser, `seq-mean-token-sum-norm`'s T, must be one).
+    """
+    parts = batch if isinstance(batch, tuple) else (batch,)
+    if not parts:
+        raise ValueError("train batch has no parts")
+    lengths = [part.tokens_NxT.shape[1] for part in parts]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"train batch parts have response lengths T = {lengths}; they must be equal")
+    return parts
+
+
+def add_counts(counts: Sequence[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    return {name: sum(c[name] for c in counts) for name in counts[0]}
+
+
 def train_step(
     state: TrainState,
-    batch: Batch,
+    batch: Batch | Parts,
     key: jax.Array,
     *,
     model_config: ModelConfig,
@@ -227,7 +256,8 @@ def train_step(
 
     Args:
       state: the current `TrainState` (donated by `Trainer`).
-      batch: the rows to train on; N must divide by `cfg.micro_batches`.
+      batch: the rows to train on, or a tuple of parts (see the module
+        docstring); each part's N must divide by `cfg.micro_batches`.
       key: per-step randomness (`fold_in(state.rng, step)`). None of the
         built-in objectives is stochastic; the argument is the contract every
         caller uses, so a stochastic regulariser needs no new plumbing.
@@ -241,19 +271,21 @@ def train_step(
       `train/skipped_nonfinite`, token counts.
     """
     del key  # Deterministic objectives (see above).
-    n = batch.num_rows
+    parts = as_parts(batch)
     m = cfg.micro_batches
-    if n % m:
-        raise ValueError(f"batch has {n} rows, not divisible by micro_batches={m}")
-    counts = term_counts(batch, cfg)
+    for i, part in enumerate(parts):
+        if part.num_rows % m:
+            name = "batch" if len(parts) == 1 else f"batch part {i}"
+            raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
+    counts = add_counts([term_counts(part, cfg) for part in parts])
 
     # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
     # contiguous blocks over the data devices, every micro-batch then keeps
     # rows on every device.
     def split(x: jax.Array) -> jax.Array:
+        n = x.shape[0]
         return jnp.swapaxes(x.reshape((n // m, m) + x.shape[1:]), 0, 1)
 
-    micro = jax.tree.map(split, batch)
     grad_fn = jax.value_and_grad(_micro_objective, has_aux=True)
 
     def accumulate(carry: Any, micro_batch: Batch) -> tuple[Any, None]:
@@ -268,7 +300,7 @@ def train_step(
             jax.tree.map(jnp.add, diagnostics, d),
         ), None
 
-    first = jax.tree.map(lambda x: x[0], micro)
+    first = jax.tree.map(lambda x: x[:1], parts[0])
     _, (shares_shape, diagnostics_shape) = jax.eval_shape(
         lambda: _micro_objective(state.params, first, counts, model_config, cfg)
     )
@@ -276,8 +308,11 @@ def train_step(
     def zeros(tree: Any) -> Any:
         return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
-    init = (zeros(state.params), jnp.zeros((), jnp.float32), zeros(shares_shape), zeros(diagnostics_shape))
-    (grads, loss, shares, diagnostics), _ = jax.lax.scan(accumulate, init, micro)
+    carry = (zeros(state.params), jnp.zeros((), jnp.float32), zeros(shares_shape), zeros(diagnostics_shape))
+    # One scan per part: the parts' shapes differ.
+    for part in parts:
+        carry, _ = jax.lax.scan(accumulate, carry, jax.tree.map(split, part))
+    grads, loss, shares, diagnostics = carry
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
@@ -293,15 +328,17 @@ def train_step(
     # moment: no extra passes over the state, and the donated buffers alias.
     params, opt_state = jax.lax.cond(finite, update, keep, None)
     next_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    response_NxT = batch.response_mask_NxT
     metrics = {
         **shares,
-        **{name: value / m for name, value in diagnostics.items()},
+        **{name: value / (m * len(parts)) for name, value in diagnostics.items()},
         "loss": loss,
         "grad_norm": grad_norm,
         "train/skipped_nonfinite": (~finite).astype(jnp.float32),
-        "train/response_tokens": response_NxT.sum().astype(jnp.float32),
-        "train/offpolicy_tokens": (response_NxT & batch.off_policy_mask_NxT).sum().astype(jnp.float32),
+        "train/response_tokens": sum(
+            part.response_mask_NxT.sum().astype(jnp.float32) for part in parts),
+        "train/offpolicy_tokens": sum(
+            (part.response_mask_NxT & part.off_policy_mask_NxT).sum().astype(jnp.float32)
+            for part in parts),
     }
     return next_state, metrics
 

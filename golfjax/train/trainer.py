@@ -78,23 +78,16 @@ class Trainer:
             in_shardings=(self.param_shardings,),
             out_shardings=self.state_shardings,
         )
-        self._step = jax.jit(
-            functools.partial(
-                step_lib.train_step,
-                model_config=model_config,
-                optimizer=self.optimizer,
-                cfg=step_cfg,
-                row_sharding=row,
-            ),
-            # state: parameters and moments by the rules, step/rng replicated;
-            # batch: rows over ("data", "fsdp"); key: replicated.
-            in_shardings=(self.state_shardings, self.batch_shardings, replicated),
-            # The new state keeps the old one's layout, so donating the old
-            # state lets XLA update parameters and moments in place; metrics
-            # are replicated scalars.
-            out_shardings=(self.state_shardings, replicated),
-            donate_argnums=0,
+        self._step_fn = functools.partial(
+            step_lib.train_step,
+            model_config=model_config,
+            optimizer=self.optimizer,
+            cfg=step_cfg,
+            row_sharding=row,
         )
+        self._replicated = replicated
+        # One jitted step per batch layout: a Batch, or a tuple of k parts.
+        self._steps: dict[int | None, Any] = {}
         self._logprobs = jax.jit(
             functools.partial(
                 step_lib.compute_logprobs,
@@ -114,30 +107,53 @@ class Trainer:
         """Step 0 from `params` (host or device arrays), laid out by the rules."""
         return self._maybe_block(self._init(params, seed))
 
-    def put_batch(self, batch: Batch) -> Batch:
-        """Host arrays to row-sharded device arrays.
+    def put_batch(self, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
+        """Host arrays to row-sharded device arrays (each part of a tuple).
 
         Multi-process, every process passes the same full batch and feeds the
         rows of its own devices (`sharding.host_to_global`).
         """
+        if isinstance(batch, tuple):
+            return tuple(self.put_batch(part) for part in batch)
         return sharding_lib.host_to_global(batch, self.batch_shardings)
 
-    def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One update; `state` is donated and must not be used afterwards."""
+    def step(
+        self, state: TrainState, batch: Batch | step_lib.Parts
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One update from a batch or a tuple of parts (`train_step`); `state`
+        is donated and must not be used afterwards."""
+        layout = len(batch) if isinstance(batch, tuple) else None
+        if layout not in self._steps:
+            batch_shardings = self.batch_shardings if layout is None else (self.batch_shardings,) * layout
+            self._steps[layout] = jax.jit(
+                self._step_fn,
+                # state: parameters and moments by the rules, step/rng
+                # replicated; batch: rows over ("data", "fsdp"); key: replicated.
+                in_shardings=(self.state_shardings, batch_shardings, self._replicated),
+                # The new state keeps the old one's layout, so donating the old
+                # state lets XLA update parameters and moments in place;
+                # metrics are replicated scalars.
+                out_shardings=(self.state_shardings, self._replicated),
+                donate_argnums=0,
+            )
         key = jax.random.fold_in(state.rng, state.step)
-        return self._maybe_block(self._step(state, batch, key))
+        return self._maybe_block(self._steps[layout](state, batch, key))
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""
         logp_NxT, _ = self._logprobs(params, batch)
         return self._maybe_block(logp_NxT)
 
-    def with_old_logprobs(self, state: TrainState, batch: Batch) -> Batch:
-        """`batch` with `old_logp` recomputed by the trainer (the behaviour policy)."""
+    def with_old_logprobs(self, state: TrainState, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
+        """`batch` (each part) with `old_logp` recomputed by the trainer (the behaviour policy)."""
+        if isinstance(batch, tuple):
+            return tuple(self.with_old_logprobs(state, part) for part in batch)
         return batch.replace(old_logp_NxT=self.logprobs(state.params, batch))
 
-    def with_ref_logprobs(self, ref_params: Any, batch: Batch) -> Batch:
-        """`batch` with `ref_logp` from the reference policy (for the KL term)."""
+    def with_ref_logprobs(self, ref_params: Any, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
+        """`batch` (each part) with `ref_logp` from the reference policy (for the KL term)."""
+        if isinstance(batch, tuple):
+            return tuple(self.with_ref_logprobs(ref_params, part) for part in batch)
         return batch.replace(ref_logp_NxT=self.logprobs(ref_params, batch))
 
     def _maybe_block(self, tree: Any) -> Any:

@@ -14,28 +14,29 @@ from golfjax.models import transformer
 from golfjax.train import state as state_lib
 from golfjax.train import step as step_lib
 from golfjax.train import trainer as trainer_lib
+from golfjax.types import concat_parts
 from golfjax.types import make_batch
 
 MODEL = config_lib.get_preset("tiny")
 N, P, T = 8, 6, 5
 
 
-def _batch(seed=0, off_policy_rows=(2, 5), advantage=None):
+def _batch(seed=0, off_policy_rows=(2, 5), advantage=None, n=N, p=P, t=T):
     rng = np.random.default_rng(seed)
-    prompt_len = rng.integers(2, P + 1, N)
-    prompt_mask = np.arange(P)[None, :] >= (P - prompt_len)[:, None]  # left-padded
-    response_len = rng.integers(1, T + 1, N)
-    response_mask = np.arange(T)[None, :] < response_len[:, None]
-    off = np.zeros((N, T), bool)
+    prompt_len = rng.integers(2, p + 1, n)
+    prompt_mask = np.arange(p)[None, :] >= (p - prompt_len)[:, None]  # left-padded
+    response_len = rng.integers(1, t + 1, n)
+    response_mask = np.arange(t)[None, :] < response_len[:, None]
+    off = np.zeros((n, t), bool)
     off[list(off_policy_rows)] = True
     return make_batch(
-        prompt_tokens_NxP=np.where(prompt_mask, rng.integers(1, MODEL.vocab_size, (N, P)), 0),
+        prompt_tokens_NxP=np.where(prompt_mask, rng.integers(1, MODEL.vocab_size, (n, p)), 0),
         prompt_mask_NxP=prompt_mask,
-        tokens_NxT=np.where(response_mask, rng.integers(1, MODEL.vocab_size, (N, T)), 0),
+        tokens_NxT=np.where(response_mask, rng.integers(1, MODEL.vocab_size, (n, t)), 0),
         response_mask_NxT=response_mask,
-        behaviour_logp_NxT=np.log(rng.uniform(0.001, 0.02, (N, T))),
-        advantage_N=rng.normal(size=N) if advantage is None else advantage,
-        group_id_N=np.arange(N) // 4,
+        behaviour_logp_NxT=np.log(rng.uniform(0.001, 0.02, (n, t))),
+        advantage_N=rng.normal(size=n) if advantage is None else advantage,
+        group_id_N=np.arange(n) // 4,
         off_policy_mask_NxT=off & response_mask,
     )
 
@@ -113,6 +114,42 @@ def test_four_micro_batches_of_two_equal_one_of_eight(agg):
     # (which differs between one matmul of 8 rows and four of 2) moves it ~1e-7.
     for key in ("loss", "loss/policy", "loss/kl", "entropy", "grad_norm"):
         np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+def test_parts_of_different_prompt_lengths_equal_their_concatenation(agg):
+    # GOLF's two parts: short original prompts with injected rows, long
+    # refinement prompts; two micro-batches each, KL and entropy terms on, the
+    # old and reference log-probs recomputed per part.
+    parts = (_batch(seed=3, off_policy_rows=(1,), n=4, p=3), _batch(seed=4, off_policy_rows=(), n=4, p=9))
+    whole = concat_parts(parts, pad_id=0)
+    chex.assert_shape(whole.prompt_tokens_NxP, (8, 9))
+    results = []
+    for batch in (whole, parts):
+        trainer = _trainer(loss="ppo_clip", micro_batches=2, loss_cfg=losses.LossConfig(agg=agg),
+                           kl_coef=0.1, entropy_coef=0.01)
+        state = trainer.init_state(_params(), seed=0)
+        device_batch = trainer.with_ref_logprobs(_params(seed=1), trainer.put_batch(batch))
+        device_batch = trainer.with_old_logprobs(state, device_batch)
+        state, metrics = trainer.step(state, device_batch)
+        results.append((jax.device_get(state.params), metrics_lib.to_scalars(metrics)))
+    (params_whole, metrics_whole), (params_parts, metrics_parts) = results
+    chex.assert_trees_all_close(params_parts, params_whole, atol=1e-5)
+    for key in ("loss", "loss/policy", "loss/kl", "entropy", "grad_norm",
+                "train/response_tokens", "train/offpolicy_tokens"):
+        np.testing.assert_allclose(metrics_parts[key], metrics_whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert metrics_whole["train/offpolicy_tokens"] > 0
+
+
+def test_parts_must_share_the_response_length_and_divide():
+    trainer = _trainer(micro_batches=4)
+    state = trainer.init_state(_params(), seed=0)
+    with pytest.raises(ValueError, match=r"response lengths T = \[5, 7\]"):
+        trainer.step(state, trainer.put_batch((_batch(n=4, off_policy_rows=()), _batch(n=4, off_policy_rows=(), t=7))))
+    with pytest.raises(ValueError, match="batch part 1 has 6 rows, not divisible by micro_batches=4"):
+        trainer.step(state, trainer.put_batch((_batch(n=4, off_policy_rows=()), _batch(n=6, off_policy_rows=()))))
+    with pytest.raises(ValueError, match="no parts"):
+        trainer.step(state, ())
 
 
 @pytest.mark.slow
