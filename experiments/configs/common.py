@@ -91,6 +91,11 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         c.cold_start.refine_task_kwargs = arith.COLD_START_REFINE
         c.cold_start.refine_first_steps = 300
         c.cold_start.refine_fraction = 0.5
+        # Every refinement prompt of this task, the cold start's and GOLF's,
+        # is 90-109 tokens (one attempt: a second never fits the 128-token
+        # budget); padding them to 112 rather than 128 makes each cold-start
+        # step about 11% shorter, and most of the demo is those steps.
+        c.sampling.prompt_buckets = (32, 64, 112, 128, 256)
         # RL from that cold start: 3e-4 leaves GOLF's policy at 0% after 20
         # steps, 3e-3 collapses it (README, GOLF vs GRPO).
         c.optimizer.lr = 1e-3
