@@ -270,7 +270,7 @@ def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     key = jax.random.fold_in(state.rng, state.step)
-    compiled = trainer._step.lower(state, batch, key).compile()  # pylint: disable=protected-access
+    compiled = trainer.jitted_step(batch).lower(state, batch, key).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

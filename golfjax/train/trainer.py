@@ -122,6 +122,12 @@ class Trainer:
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One update from a batch or a tuple of parts (`train_step`); `state`
         is donated and must not be used afterwards."""
+        key = jax.random.fold_in(state.rng, state.step)
+        return self._maybe_block(self.jitted_step(batch)(state, batch, key))
+
+    def jitted_step(self, batch: Batch | step_lib.Parts) -> Any:
+        """The jitted `train_step` for `batch`'s layout, `(state, batch, key)
+        -> (state, metrics)`; e.g. to lower and compile it ahead of time."""
         layout = len(batch) if isinstance(batch, tuple) else None
         if layout not in self._steps:
             batch_shardings = self.batch_shardings if layout is None else (self.batch_shardings,) * layout
@@ -136,8 +142,7 @@ class Trainer:
                 out_shardings=(self.state_shardings, self._replicated),
                 donate_argnums=0,
             )
-        key = jax.random.fold_in(state.rng, state.step)
-        return self._maybe_block(self._steps[layout](state, batch, key))
+        return self._steps[layout]
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""

@@ -141,6 +141,19 @@ def test_parts_of_different_prompt_lengths_equal_their_concatenation(agg):
     assert metrics_whole["train/offpolicy_tokens"] > 0
 
 
+def test_jitted_step_compiles_ahead_of_time_per_layout():
+    # benchmarks/train_step.py lowers and compiles the step before timing it.
+    trainer = _trainer(loss="ppo_clip")
+    for batch in (_batch(), (_batch(n=4, p=3, off_policy_rows=()), _batch(n=4, off_policy_rows=(1,)))):
+        batch = trainer.put_batch(batch)
+        state = trainer.init_state(_params(), seed=0)
+        key = jax.random.fold_in(state.rng, state.step)
+        compiled = trainer.jitted_step(batch).lower(state, batch, key).compile()
+        _, expected = trainer.step(trainer.init_state(_params(), seed=0), batch)
+        _, metrics = compiled(state, batch, key)
+        np.testing.assert_allclose(metrics["loss"], expected["loss"], rtol=1e-6)
+
+
 def test_parts_must_share_the_response_length_and_divide():
     trainer = _trainer(micro_batches=4)
     state = trainer.init_state(_params(), seed=0)
