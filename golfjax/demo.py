@@ -6,7 +6,7 @@ Runs experiments/configs/golf.py:arith (a 450-step supervised cold start that
 teaches the answer format and the use of a revealed answer, then 30 GOLF steps
 on the 1-digit sums that carry, where the cold-started model fails), prints
 progress, and writes `accuracy.png`: held-out accuracy versus training samples
-generated. 6 to 11 minutes on an idle 2-core CPU, by machine (README);
+generated. About 5 minutes on an idle 2-core CPU (README);
 `--variant smoke` runs in about a minute. The work directory is the run's
 identity: running the demo again resumes (or just replots) it; delete the
 directory to start over.
