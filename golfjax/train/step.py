@@ -238,7 +238,8 @@ def as_parts(batch: Batch | Parts) -> Parts:
     return parts
 
 
-def add_counts(counts: Sequence[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+def _add_counts(counts: Sequence[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """The parts' term counts added up (every count is a sum over rows)."""
     return {name: sum(c[name] for c in counts) for name in counts[0]}
 
 
@@ -277,7 +278,7 @@ def train_step(
         if part.num_rows % m:
             name = "batch" if len(parts) == 1 else f"batch part {i}"
             raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
-    counts = add_counts([term_counts(part, cfg) for part in parts])
+    counts = _add_counts([term_counts(part, cfg) for part in parts])
 
     # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
     # contiguous blocks over the data devices, every micro-batch then keeps
