@@ -10,7 +10,7 @@ RNG, metrics) are replicated. Every program is compiled once per batch shape;
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import optax
@@ -113,9 +113,7 @@ class Trainer:
         Multi-process, every process passes the same full batch and feeds the
         rows of its own devices (`sharding.host_to_global`).
         """
-        if isinstance(batch, tuple):
-            return tuple(self.put_batch(part) for part in batch)
-        return sharding_lib.host_to_global(batch, self.batch_shardings)
+        return _each_part(batch, lambda part: sharding_lib.host_to_global(part, self.batch_shardings))
 
     def step(
         self, state: TrainState, batch: Batch | step_lib.Parts
@@ -151,16 +149,16 @@ class Trainer:
 
     def with_old_logprobs(self, state: TrainState, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
         """`batch` (each part) with `old_logp` recomputed by the trainer (the behaviour policy)."""
-        if isinstance(batch, tuple):
-            return tuple(self.with_old_logprobs(state, part) for part in batch)
-        return batch.replace(old_logp_NxT=self.logprobs(state.params, batch))
+        return _each_part(batch, lambda part: part.replace(old_logp_NxT=self.logprobs(state.params, part)))
 
     def with_ref_logprobs(self, ref_params: Any, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
         """`batch` (each part) with `ref_logp` from the reference policy (for the KL term)."""
-        if isinstance(batch, tuple):
-            return tuple(self.with_ref_logprobs(ref_params, part) for part in batch)
-        return batch.replace(ref_logp_NxT=self.logprobs(ref_params, batch))
+        return _each_part(batch, lambda part: part.replace(ref_logp_NxT=self.logprobs(ref_params, part)))
 
     def _maybe_block(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
 
+
+def _each_part(batch: Batch | step_lib.Parts, fn: Callable[[Batch], Batch]) -> Batch | step_lib.Parts:
+    """`fn` of a batch, or of each part of a tuple of parts (the same layout back)."""
+    return tuple(fn(part) for part in batch) if isinstance(batch, tuple) else fn(batch)
