@@ -2,7 +2,7 @@
 
 Every entry of `LOSSES` (and of `OFF_POLICY_LOSSES`) has the signature
 
-    fn(logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg, sampler_logp_BxT=None)
+    fn(logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg, sampler_logp_NxT=None)
         -> (Weighted(sum, count), aux)
 
 with `cfg` a `LossConfig`. Return values are `(sum, count)` pairs so that

@@ -1,6 +1,6 @@
 """Importance weights: train/inference mismatch correction and the VESPO kernel.
 
-Shapes: B rows (sequences), T padded response tokens.
+Shapes: N rows (sequences), T padded response tokens.
 
 Three log-probabilities meet here: `logp` (the policy being trained), `old_logp`
 (the behaviour policy, recomputed by the trainer) and `sampler_logp` (what the
@@ -27,34 +27,34 @@ from golfjax.losses import inputs
 from golfjax.losses import reduce
 from golfjax.losses.config import LossConfig
 
-# ALGORITHMS.md: weights are floored at 1e-8 before their log is taken.
+# docs/algorithms.md#vespo: weights are floored at 1e-8 before their log is taken.
 _LOG_WEIGHT_FLOOR = math.log(1e-8)
 _DEFAULT_CFG = LossConfig()
 
 
 def tis_log_weights(
-    old_logp_BxT: jax.Array, sampler_logp_BxT: jax.Array, cap: float, clip: float
+    old_logp_NxT: jax.Array, sampler_logp_NxT: jax.Array, cap: float, clip: float
 ) -> jax.Array:
     """`clip(log(max(min(exp(old - sampler), cap), 1e-8)), -clip, clip)`.
 
     Evaluated in log space, so it neither overflows nor underflows.
     """
-    log_w_BxT = jnp.minimum(old_logp_BxT - sampler_logp_BxT, math.log(cap))
-    return jnp.clip(jnp.maximum(log_w_BxT, _LOG_WEIGHT_FLOOR), -clip, clip)
+    log_w_NxT = jnp.minimum(old_logp_NxT - sampler_logp_NxT, math.log(cap))
+    return jnp.clip(jnp.maximum(log_w_NxT, _LOG_WEIGHT_FLOOR), -clip, clip)
 
 
 def tis_weights(
-    old_logp_BxT: jax.Array, sampler_logp_BxT: jax.Array, cap: float = 2.0
+    old_logp_NxT: jax.Array, sampler_logp_NxT: jax.Array, cap: float = 2.0
 ) -> jax.Array:
     """Token TIS weights `min(exp(old_logp - sampler_logp), cap)`, detached."""
-    log_w_BxT = tis_log_weights(old_logp_BxT, sampler_logp_BxT, cap, clip=20.0)
-    return jax.lax.stop_gradient(jnp.exp(log_w_BxT))
+    log_w_NxT = tis_log_weights(old_logp_NxT, sampler_logp_NxT, cap, clip=20.0)
+    return jax.lax.stop_gradient(jnp.exp(log_w_NxT))
 
 
 def mis_mask(
-    old_logp_BxT: jax.Array,
-    sampler_logp_BxT: jax.Array,
-    mask_BxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    sampler_logp_NxT: jax.Array,
+    mask_NxT: jax.Array,
     cap: float = 2.0,
     level: str = "token",
 ) -> jax.Array:
@@ -64,14 +64,14 @@ def mis_mask(
     `level="sequence"` a whole row is kept when its product ratio
     `exp(sum_t m_t (old_logp_t - sampler_logp_t))` is inside the same bounds.
     """
-    valid_BxT = mask_BxT.astype(bool)
-    log_ratio_BxT = jnp.where(valid_BxT, old_logp_BxT - sampler_logp_BxT, 0.0)
+    valid_NxT = mask_NxT.astype(bool)
+    log_ratio_NxT = jnp.where(valid_NxT, old_logp_NxT - sampler_logp_NxT, 0.0)
     bound = math.log(cap)
     if level == "token":
-        return valid_BxT & (jnp.abs(log_ratio_BxT) <= bound)
+        return valid_NxT & (jnp.abs(log_ratio_NxT) <= bound)
     if level == "sequence":
-        keep_B = jnp.abs(log_ratio_BxT.sum(axis=-1)) <= bound
-        return valid_BxT & keep_B[:, None]
+        keep_N = jnp.abs(log_ratio_NxT.sum(axis=-1)) <= bound
+        return valid_NxT & keep_N[:, None]
     raise ValueError(f"level={level!r}; expected 'token' or 'sequence'")
 
 
@@ -84,36 +84,36 @@ def correct_mismatch(
       The (possibly reduced) bool mask, the TIS log-weights (None when TIS is
       off) and diagnostics.
     """
-    if (cfg.tis or cfg.mis != "none") and x.sampler_logp_BxT is None:
+    if (cfg.tis or cfg.mis != "none") and x.sampler_logp_NxT is None:
         raise ValueError(
             f"LossConfig(tis={cfg.tis}, mis={cfg.mis!r}) corrects the"
-            " train/inference mismatch and needs sampler_logp_BxT; got None"
+            " train/inference mismatch and needs sampler_logp_NxT; got None"
         )
-    mask_BxT, tis_log_w_BxT, aux = x.mask_BxT, None, {}
+    mask_NxT, tis_log_w_NxT, aux = x.mask_NxT, None, {}
     if cfg.mis != "none":
-        mask_BxT = mis_mask(
-            x.old_logp_BxT, x.sampler_logp_BxT, x.mask_BxT, cfg.mis_cap, cfg.mis
+        mask_NxT = mis_mask(
+            x.old_logp_NxT, x.sampler_logp_NxT, x.mask_NxT, cfg.mis_cap, cfg.mis
         )
-        rejected = x.mask_BxT.sum() - mask_BxT.sum()
+        rejected = x.mask_NxT.sum() - mask_NxT.sum()
         aux["mis_reject_frac"] = reduce.Weighted(
-            rejected.astype(jnp.float32), x.mask_BxT.sum().astype(jnp.float32)
+            rejected.astype(jnp.float32), x.mask_NxT.sum().astype(jnp.float32)
         ).value
     if cfg.tis:
-        tis_log_w_BxT = tis_log_weights(
-            x.old_logp_BxT, x.sampler_logp_BxT, cfg.tis_cap, cfg.log_ratio_clip
+        tis_log_w_NxT = tis_log_weights(
+            x.old_logp_NxT, x.sampler_logp_NxT, cfg.tis_cap, cfg.log_ratio_clip
         )
         aux["tis_weight_mean"] = reduce.masked_mean(
-            jnp.exp(tis_log_w_BxT), mask_BxT
+            jnp.exp(tis_log_w_NxT), mask_NxT
         )
-    return mask_BxT, tis_log_w_BxT, aux
+    return mask_NxT, tis_log_w_NxT, aux
 
 
 def sequence_log_weight(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    mask_NxT: jax.Array,
     clip: float = 20.0,
-    tis_log_w_BxT: jax.Array | None = None,
+    tis_log_w_NxT: jax.Array | None = None,
 ) -> jax.Array:
     """`s_i = clip(sum_t m_t clip(logp_t - old_logp_t) [+ sum_t m_t log w_t])`.
 
@@ -121,12 +121,12 @@ def sequence_log_weight(
     length (that is GSPO's geometric mean). With TIS log-weights the sum also
     carries `old/sampler`, so `exp(s_i)` is `pi / pi_sampler`.
     """
-    valid_BxT = mask_BxT.astype(bool)
-    log_r_BxT = inputs.clipped_log_ratio(logp_BxT, old_logp_BxT, clip)
-    if tis_log_w_BxT is not None:
-        log_r_BxT = log_r_BxT + tis_log_w_BxT
-    s_B = jnp.where(valid_BxT, log_r_BxT, 0.0).sum(axis=-1)
-    return jnp.clip(s_B, -clip, clip)
+    valid_NxT = mask_NxT.astype(bool)
+    log_r_NxT = inputs.clipped_log_ratio(logp_NxT, old_logp_NxT, clip)
+    if tis_log_w_NxT is not None:
+        log_r_NxT = log_r_NxT + tis_log_w_NxT
+    s_N = jnp.where(valid_NxT, log_r_NxT, 0.0).sum(axis=-1)
+    return jnp.clip(s_N, -clip, clip)
 
 
 def vespo_log_kernel(
@@ -149,30 +149,30 @@ def vespo_kernel(
     return jnp.where(jnp.isfinite(phi), phi, 0.0)
 
 
-def effective_sample_size(log_w_B: jax.Array, valid_B: jax.Array) -> jax.Array:
+def effective_sample_size(log_w_N: jax.Array, valid_N: jax.Array) -> jax.Array:
     """Normalised ESS `(sum W)^2 / (n sum W^2)` over valid rows, in (0, 1].
 
     1 means uniform weights; 1/n means one row carries all the weight. Computed
     from log-weights shifted by their maximum, so large weights do not overflow.
     """
-    valid_B = valid_B.astype(bool)
-    shift = jnp.max(jnp.where(valid_B, log_w_B, -jnp.inf))
+    valid_N = valid_N.astype(bool)
+    shift = jnp.max(jnp.where(valid_N, log_w_N, -jnp.inf))
     shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-    w_B = jnp.where(valid_B, jnp.exp(log_w_B - shift), 0.0)
-    n = valid_B.sum()
-    denominator = n * jnp.sum(w_B**2)
+    w_N = jnp.where(valid_N, jnp.exp(log_w_N - shift), 0.0)
+    n = valid_N.sum()
+    denominator = n * jnp.sum(w_N**2)
     return jnp.where(
-        n > 0, jnp.sum(w_B) ** 2 / jnp.where(n > 0, denominator, 1.0), 0.0
+        n > 0, jnp.sum(w_N) ** 2 / jnp.where(n > 0, denominator, 1.0), 0.0
     )
 
 
 def vespo(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, dict[str, jax.Array]]:
     """VESPO: REINFORCE reweighted by a closed-form kernel of the sequence weight.
 
@@ -196,30 +196,31 @@ def vespo(
       `(Weighted, aux)`; aux holds log-W and phi means split by advantage sign,
       the fraction of rows with `A >= 0`, and the normalised ESS of W.
     """
-    x = inputs.prepare(logp_BxT, old_logp_BxT, adv_B, mask_BxT, sampler_logp_BxT)
-    mask_BxT, tis_log_w_BxT, aux = correct_mismatch(x, cfg)
-    s_B = jax.lax.stop_gradient(
+    cfg = cfg.for_loss("vespo")
+    x = inputs.prepare(logp_NxT, old_logp_NxT, adv_N, mask_NxT, sampler_logp_NxT)
+    mask_NxT, tis_log_w_NxT, aux = correct_mismatch(x, cfg)
+    s_N = jax.lax.stop_gradient(
         sequence_log_weight(
-            x.logp_BxT, x.old_logp_BxT, mask_BxT, cfg.log_ratio_clip, tis_log_w_BxT
+            x.logp_NxT, x.old_logp_NxT, mask_NxT, cfg.log_ratio_clip, tis_log_w_NxT
         )
     )
-    positive_B = x.adv_B >= 0
-    k_B = jnp.where(positive_B, cfg.vespo_k_pos, cfg.vespo_k_neg)
-    lam_B = jnp.where(positive_B, cfg.vespo_lam_pos, cfg.vespo_lam_neg)
-    phi_B = jnp.exp(vespo_log_kernel(s_B, k_B, lam_B))
-    phi_B = jax.lax.stop_gradient(jnp.where(jnp.isfinite(phi_B), phi_B, 0.0))
+    positive_N = x.adv_N >= 0
+    k_N = jnp.where(positive_N, cfg.vespo_k_pos, cfg.vespo_k_neg)
+    lam_N = jnp.where(positive_N, cfg.vespo_lam_pos, cfg.vespo_lam_neg)
+    phi_N = jnp.exp(vespo_log_kernel(s_N, k_N, lam_N))
+    phi_N = jax.lax.stop_gradient(jnp.where(jnp.isfinite(phi_N), phi_N, 0.0))
 
-    loss_BxT = -(phi_B * x.adv_B)[:, None] * x.logp_BxT
-    has_tokens_B = mask_BxT.any(axis=-1)
-    pos_rows_B = has_tokens_B & positive_B
-    neg_rows_B = has_tokens_B & ~positive_B
+    loss_NxT = -(phi_N * x.adv_N)[:, None] * x.logp_NxT
+    has_tokens_N = mask_NxT.any(axis=-1)
+    pos_rows_N = has_tokens_N & positive_N
+    neg_rows_N = has_tokens_N & ~positive_N
     aux |= {
-        "log_w_mean": reduce.masked_mean(s_B, has_tokens_B),
-        "log_w_pos_mean": reduce.masked_mean(s_B, pos_rows_B),
-        "log_w_neg_mean": reduce.masked_mean(s_B, neg_rows_B),
-        "phi_pos_mean": reduce.masked_mean(phi_B, pos_rows_B),
-        "phi_neg_mean": reduce.masked_mean(phi_B, neg_rows_B),
-        "pos_frac": reduce.masked_mean(positive_B, has_tokens_B),
-        "ess": effective_sample_size(s_B, has_tokens_B),
+        "log_w_mean": reduce.masked_mean(s_N, has_tokens_N),
+        "log_w_pos_mean": reduce.masked_mean(s_N, pos_rows_N),
+        "log_w_neg_mean": reduce.masked_mean(s_N, neg_rows_N),
+        "phi_pos_mean": reduce.masked_mean(phi_N, pos_rows_N),
+        "phi_neg_mean": reduce.masked_mean(phi_N, neg_rows_N),
+        "pos_frac": reduce.masked_mean(positive_N, has_tokens_N),
+        "ess": effective_sample_size(s_N, has_tokens_N),
     }
-    return reduce.aggregate(loss_BxT, mask_BxT, cfg.agg), aux
+    return reduce.aggregate(loss_NxT, mask_NxT, cfg.agg), aux

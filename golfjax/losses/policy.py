@@ -1,13 +1,14 @@
 """On-policy policy-gradient losses: PPO clip, GSPO, CISPO, SAPO, REINFORCE.
 
-Shapes: B rows (sequences), T padded response tokens.
+Shapes: N rows (sequences), T padded response tokens.
 
 Every loss has the signature of `golfjax.losses.LOSSES`:
 
-    fn(logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg, sampler_logp_BxT=None)
+    fn(logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg, sampler_logp_NxT=None)
         -> (Weighted(sum, count), aux)
 
-and is a pure function of arrays (never of the model). Token ratios are
+and is a pure function of arrays (never of the model). `cfg.agg` left at
+"loss-default" is resolved per loss (`LossConfig.for_loss`). Token ratios are
 `rho_t = exp(clip(logp_t - old_logp_t, -20, 20))`. With `cfg.tis` the token loss
 is multiplied by the detached train/inference weight; with `cfg.mis` rejected
 tokens are masked out (see `importance.correct_mismatch`). `aux` holds scalar
@@ -36,73 +37,75 @@ TokenLoss = Callable[
 
 
 def _run(
+    name: str,
     token_loss: TokenLoss,
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig,
-    sampler_logp_BxT: jax.Array | None,
+    sampler_logp_NxT: jax.Array | None,
 ) -> tuple[reduce.Weighted, Aux]:
-    """The steps shared by every token-level policy loss."""
-    x = inputs.prepare(logp_BxT, old_logp_BxT, adv_B, mask_BxT, sampler_logp_BxT)
-    mask_BxT, tis_log_w_BxT, aux = importance.correct_mismatch(x, cfg)
-    loss_BxT, loss_aux = token_loss(x, mask_BxT, cfg)
-    if tis_log_w_BxT is not None:
-        loss_BxT = loss_BxT * jnp.exp(tis_log_w_BxT)
-    log_r_BxT = inputs.clipped_log_ratio(
-        x.logp_BxT, x.old_logp_BxT, cfg.log_ratio_clip
+    """The steps shared by every token-level policy loss `name`."""
+    cfg = cfg.for_loss(name)
+    x = inputs.prepare(logp_NxT, old_logp_NxT, adv_N, mask_NxT, sampler_logp_NxT)
+    mask_NxT, tis_log_w_NxT, aux = importance.correct_mismatch(x, cfg)
+    loss_NxT, loss_aux = token_loss(x, mask_NxT, cfg)
+    if tis_log_w_NxT is not None:
+        loss_NxT = loss_NxT * jnp.exp(tis_log_w_NxT)
+    log_r_NxT = inputs.clipped_log_ratio(
+        x.logp_NxT, x.old_logp_NxT, cfg.log_ratio_clip
     )
     # k3 = (r - 1) - log r with r = pi/old: unbiased for KL(old || pi) under
     # old's samples, and never negative.
-    k3_BxT = jnp.expm1(log_r_BxT) - log_r_BxT
+    k3_NxT = jnp.expm1(log_r_NxT) - log_r_NxT
     aux |= loss_aux
-    aux["approx_kl"] = reduce.masked_mean(jax.lax.stop_gradient(k3_BxT), mask_BxT)
-    return reduce.aggregate(loss_BxT, mask_BxT, cfg.agg), aux
+    aux["approx_kl"] = reduce.masked_mean(jax.lax.stop_gradient(k3_NxT), mask_NxT)
+    return reduce.aggregate(loss_NxT, mask_NxT, cfg.agg), aux
 
 
 def _clipped_surrogate(
-    ratio_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    ratio_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     eps_low: float,
     eps_high: float,
     dual_clip: float | None,
 ) -> tuple[jax.Array, Aux]:
     """`max(-A r, -A clip(r, 1-eps_low, 1+eps_high))`, dual-clipped for A < 0."""
-    adv_Bx1 = adv_B[:, None]
-    unclipped_BxT = -adv_Bx1 * ratio_BxT
-    clipped_BxT = -adv_Bx1 * jnp.clip(ratio_BxT, 1.0 - eps_low, 1.0 + eps_high)
-    loss_BxT = jnp.maximum(unclipped_BxT, clipped_BxT)
-    aux = {"clip_frac": reduce.masked_mean(clipped_BxT > unclipped_BxT, mask_BxT)}
+    adv_Nx1 = adv_N[:, None]
+    unclipped_NxT = -adv_Nx1 * ratio_NxT
+    clipped_NxT = -adv_Nx1 * jnp.clip(ratio_NxT, 1.0 - eps_low, 1.0 + eps_high)
+    loss_NxT = jnp.maximum(unclipped_NxT, clipped_NxT)
+    aux = {"clip_frac": reduce.masked_mean(clipped_NxT > unclipped_NxT, mask_NxT)}
     if dual_clip is not None:
         # Ye et al. 2020 ("Mastering Complex Control in MOBA Games"): with A < 0
         # an enormous ratio would otherwise give an unbounded loss.
-        bound_BxT = -adv_Bx1 * dual_clip
-        dual_BxT = (adv_Bx1 < 0) & (loss_BxT > bound_BxT)
-        loss_BxT = jnp.where(dual_BxT, bound_BxT, loss_BxT)
-        aux["dual_clip_frac"] = reduce.masked_mean(dual_BxT, mask_BxT)
-    return loss_BxT, aux
+        bound_NxT = -adv_Nx1 * dual_clip
+        dual_NxT = (adv_Nx1 < 0) & (loss_NxT > bound_NxT)
+        loss_NxT = jnp.where(dual_NxT, bound_NxT, loss_NxT)
+        aux["dual_clip_frac"] = reduce.masked_mean(dual_NxT, mask_NxT)
+    return loss_NxT, aux
 
 
 def _ppo_clip_tokens(
-    x: inputs.PolicyInputs, mask_BxT: jax.Array, cfg: LossConfig
+    x: inputs.PolicyInputs, mask_NxT: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, Aux]:
-    rho_BxT = jnp.exp(
-        inputs.clipped_log_ratio(x.logp_BxT, x.old_logp_BxT, cfg.log_ratio_clip)
+    rho_NxT = jnp.exp(
+        inputs.clipped_log_ratio(x.logp_NxT, x.old_logp_NxT, cfg.log_ratio_clip)
     )
     return _clipped_surrogate(
-        rho_BxT, x.adv_B, mask_BxT, cfg.eps_low, cfg.eps_high, cfg.dual_clip
+        rho_NxT, x.adv_N, mask_NxT, cfg.eps_low, cfg.eps_high, cfg.dual_clip
     )
 
 
 def ppo_clip(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, Aux]:
     """PPO's clipped surrogate, as GRPO and DAPO use it.
 
@@ -115,39 +118,41 @@ def ppo_clip(
     aux: `clip_frac`, `dual_clip_frac`, `approx_kl`.
     """
     return _run(
-        _ppo_clip_tokens, logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg,
-        sampler_logp_BxT,
+        "ppo_clip", _ppo_clip_tokens, logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg,
+        sampler_logp_NxT,
     )
 
 
 def _gspo_tokens(
-    x: inputs.PolicyInputs, mask_BxT: jax.Array, cfg: LossConfig
+    x: inputs.PolicyInputs, mask_NxT: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, Aux]:
-    lengths_B = jnp.maximum(mask_BxT.sum(axis=-1), 1)
-    log_r_BxT = jnp.where(mask_BxT, x.logp_BxT - x.old_logp_BxT, 0.0)
-    log_s_B = jnp.clip(
-        log_r_BxT.sum(axis=-1) / lengths_B, -cfg.log_ratio_clip, cfg.log_ratio_clip
+    lengths_N = jnp.maximum(mask_NxT.sum(axis=-1), 1)
+    log_r_NxT = jnp.where(mask_NxT, x.logp_NxT - x.old_logp_NxT, 0.0)
+    log_s_N = jnp.clip(
+        log_r_NxT.sum(axis=-1) / lengths_N, -cfg.log_ratio_clip, cfg.log_ratio_clip
     )
     # Token form: the value of every token's ratio is the sequence's s_i, while
     # the gradient of token t flows only through its own logp_t.
-    log_s_BxT = (
-        jax.lax.stop_gradient(log_s_B)[:, None]
-        + x.logp_BxT
-        - jax.lax.stop_gradient(x.logp_BxT)
+    log_s_NxT = (
+        jax.lax.stop_gradient(log_s_N)[:, None]
+        + x.logp_NxT
+        - jax.lax.stop_gradient(x.logp_NxT)
     )
+    # No dual clip: verl's compute_policy_loss_gspo and TRL's sequence-level
+    # importance sampling apply none (docs/algorithms.md#gspo).
     return _clipped_surrogate(
-        jnp.exp(log_s_BxT), x.adv_B, mask_BxT, cfg.gspo_eps_low,
-        cfg.gspo_eps_high, cfg.dual_clip,
+        jnp.exp(log_s_NxT), x.adv_N, mask_NxT, cfg.gspo_eps_low,
+        cfg.gspo_eps_high, dual_clip=None,
     )
 
 
 def gspo(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, Aux]:
     """GSPO: the clipped surrogate on the length-normalised sequence ratio.
 
@@ -156,111 +161,119 @@ def gspo(
       s_i      = exp(sum_t m_t (logp_t - old_logp_t) / |y_i|)
       log s_it = sg[log s_i] + logp_t - sg[logp_t]
       l_t      = the PPO clip of `ppo_clip` on s_it, with
-                 (cfg.gspo_eps_low, cfg.gspo_eps_high) = (3e-4, 4e-4) by default.
+                 (cfg.gspo_eps_low, cfg.gspo_eps_high) = (3e-4, 4e-4) by default,
+                 and no dual clip.
 
-    aux: `clip_frac`, `dual_clip_frac`, `approx_kl`.
+    Aggregated `seq-mean-token-mean` by default, as in verl and TRL; under
+    that mode the token form's gradient is exactly the sequence-level GSPO
+    gradient `-A s_i grad (1/|y_i|) sum_t logp_t`. See docs/algorithms.md#gspo.
+    aux: `clip_frac`, `approx_kl`.
     """
     return _run(
-        _gspo_tokens, logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg,
-        sampler_logp_BxT,
+        "gspo", _gspo_tokens, logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg,
+        sampler_logp_NxT,
     )
 
 
 def _cispo_tokens(
-    x: inputs.PolicyInputs, mask_BxT: jax.Array, cfg: LossConfig
+    x: inputs.PolicyInputs, mask_NxT: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, Aux]:
-    rho_BxT = jnp.exp(
-        inputs.clipped_log_ratio(x.logp_BxT, x.old_logp_BxT, cfg.log_ratio_clip)
+    rho_NxT = jnp.exp(
+        inputs.clipped_log_ratio(x.logp_NxT, x.old_logp_NxT, cfg.log_ratio_clip)
     )
-    weight_BxT = jax.lax.stop_gradient(
-        jnp.clip(rho_BxT, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
-    )
-    loss_BxT = -weight_BxT * x.adv_B[:, None] * x.logp_BxT
-    clipped_BxT = (rho_BxT < 1.0 - cfg.eps_low) | (rho_BxT > 1.0 + cfg.eps_high)
-    return loss_BxT, {"clip_frac": reduce.masked_mean(clipped_BxT, mask_BxT)}
+    # Clipped from above only: no token's weight is raised, and none dropped.
+    weight_NxT = jax.lax.stop_gradient(jnp.minimum(rho_NxT, cfg.cispo_max_weight))
+    loss_NxT = -weight_NxT * x.adv_N[:, None] * x.logp_NxT
+    clipped_NxT = rho_NxT > cfg.cispo_max_weight
+    return loss_NxT, {"clip_frac": reduce.masked_mean(clipped_NxT, mask_NxT)}
 
 
 def cispo(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, Aux]:
-    """CISPO: REINFORCE weighted by a clipped, detached importance ratio.
+    """CISPO: REINFORCE weighted by a detached importance ratio, capped above.
 
     MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with
-    Lightning Attention":
+    Lightning Attention" (arXiv:2506.13585):
 
-      l_t = -sg[clip(rho_t, 1 - eps_low, 1 + eps_high)] A logp_t
+      l_t = -sg[min(rho_t, cfg.cispo_max_weight)] A logp_t
 
-    Unlike PPO, no token's gradient is ever dropped; only its weight is bounded.
-    aux: `clip_frac` (ratios outside the range), `approx_kl`.
+    The paper's lower bound is left open, as in TRL (`loss_type="cispo"`,
+    `epsilon_high` the cap, 5.0 recommended) and verl's example script; see
+    docs/algorithms.md#cispo. Unlike PPO, no token's gradient is ever
+    dropped; only its weight is bounded.
+    aux: `clip_frac` (ratios above the cap), `approx_kl`.
     """
     return _run(
-        _cispo_tokens, logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg,
-        sampler_logp_BxT,
+        "cispo", _cispo_tokens, logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg,
+        sampler_logp_NxT,
     )
 
 
 def _sapo_tokens(
-    x: inputs.PolicyInputs, mask_BxT: jax.Array, cfg: LossConfig
+    x: inputs.PolicyInputs, mask_NxT: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, Aux]:
-    rho_BxT = jnp.exp(
-        inputs.clipped_log_ratio(x.logp_BxT, x.old_logp_BxT, cfg.log_ratio_clip)
+    rho_NxT = jnp.exp(
+        inputs.clipped_log_ratio(x.logp_NxT, x.old_logp_NxT, cfg.log_ratio_clip)
     )
-    tau_Bx1 = jnp.where(x.adv_B > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg)[:, None]
-    gate_BxT = jax.nn.sigmoid(tau_Bx1 * (rho_BxT - 1.0)) * (4.0 / tau_Bx1)
-    loss_BxT = -gate_BxT * x.adv_B[:, None]
-    return loss_BxT, {}
+    tau_Nx1 = jnp.where(x.adv_N > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg)[:, None]
+    gate_NxT = jax.nn.sigmoid(tau_Nx1 * (rho_NxT - 1.0)) * (4.0 / tau_Nx1)
+    loss_NxT = -gate_NxT * x.adv_N[:, None]
+    return loss_NxT, {}
 
 
 def sapo(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, Aux]:
     """SAPO: a smooth sigmoid gate in place of the hard clip.
 
-    Qwen team 2025, "Soft Adaptive Policy Optimization":
+    Qwen team 2025, "Soft Adaptive Policy Optimization" (arXiv:2511.20347):
 
       g_t = sigmoid(tau (rho_t - 1)) 4 / tau,  tau = tau_pos if A > 0 else tau_neg
       l_t = -g_t A
 
+    Aggregated `seq-mean-token-mean` by default, as in verl and TRL (see
+    docs/algorithms.md#sapo).
     The gradient is `-A 4 s(1-s) rho grad logp` with `s` the sigmoid: exactly
     REINFORCE at `rho = 1`, decaying smoothly as the ratio leaves 1.
     aux: `approx_kl`.
     """
     return _run(
-        _sapo_tokens, logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg,
-        sampler_logp_BxT,
+        "sapo", _sapo_tokens, logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg,
+        sampler_logp_NxT,
     )
 
 
 def _reinforce_tokens(
-    x: inputs.PolicyInputs, mask_BxT: jax.Array, cfg: LossConfig
+    x: inputs.PolicyInputs, mask_NxT: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, Aux]:
-    del mask_BxT, cfg  # Same loss whatever the ratio.
-    return -x.adv_B[:, None] * x.logp_BxT, {}
+    del mask_NxT, cfg  # Same loss whatever the ratio.
+    return -x.adv_N[:, None] * x.logp_NxT, {}
 
 
 def reinforce(
-    logp_BxT: jax.Array,
-    old_logp_BxT: jax.Array,
-    adv_B: jax.Array,
-    mask_BxT: jax.Array,
+    logp_NxT: jax.Array,
+    old_logp_NxT: jax.Array,
+    adv_N: jax.Array,
+    mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
-    sampler_logp_BxT: jax.Array | None = None,
+    sampler_logp_NxT: jax.Array | None = None,
 ) -> tuple[reduce.Weighted, Aux]:
     """REINFORCE (Williams 1992): `l_t = -A logp_t`; `old_logp` only feeds aux.
 
     aux: `approx_kl`.
     """
     return _run(
-        _reinforce_tokens, logp_BxT, old_logp_BxT, adv_B, mask_BxT, cfg,
-        sampler_logp_BxT,
+        "reinforce", _reinforce_tokens, logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg,
+        sampler_logp_NxT,
     )

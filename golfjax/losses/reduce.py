@@ -5,7 +5,7 @@ that summing the pairs of several micro-batches, or of several devices, and
 dividing once gives exactly the value the whole batch would have given. A mean of
 per-micro-batch means would not: micro-batches hold different numbers of tokens.
 
-Shapes: B rows (sequences), T padded response tokens.
+Shapes: N rows (sequences), T padded response tokens.
 
 Aggregation modes (names follow verl's `loss_agg_mode`):
 
@@ -71,49 +71,61 @@ class Weighted:
         return cls(jnp.zeros((), dtype), jnp.zeros((), dtype))
 
 
-def check_aggregation(agg: str) -> None:
-    """Raises ValueError unless `agg` is one of `AGGREGATIONS`."""
-    if agg not in AGGREGATIONS:
+# `LossConfig.agg`'s default, "the loss's own aggregation": a name for a
+# config, resolved by `LossConfig.for_loss` before anything is aggregated.
+LOSS_DEFAULT_AGG: Final = "loss-default"
+
+
+def check_aggregation(agg: str, also: str | None = None) -> None:
+    """Raises ValueError unless `agg` is one of `AGGREGATIONS` (or `also`)."""
+    if agg == also:
+        return
+    if agg == LOSS_DEFAULT_AGG:
         raise ValueError(
-                f"agg={agg!r} is not an aggregation mode; expected one of"
-                f" {', '.join(AGGREGATIONS)}"
+                f"agg={agg!r} names the loss's default; resolve it with"
+                " LossConfig.for_loss(loss name) before aggregating"
+        )
+    if agg not in AGGREGATIONS:
+        expected = ", ".join(AGGREGATIONS + ((also,) if also else ()))
+        raise ValueError(
+                f"agg={agg!r} is not an aggregation mode; expected one of {expected}"
         )
 
 
-def aggregate(loss_BxT: jax.Array, mask_BxT: jax.Array, agg: str) -> Weighted:
+def aggregate(loss_NxT: jax.Array, mask_NxT: jax.Array, agg: str) -> Weighted:
     """Aggregates a per-token loss over valid tokens into a `Weighted` pair.
 
     Args:
-        loss_BxT: per-token loss. Values at masked positions are ignored (selected
+        loss_NxT: per-token loss. Values at masked positions are ignored (selected
             away, so a NaN or inf there cannot leak into the sum or its gradient).
-        mask_BxT: 1 (or True) at valid tokens, 0 elsewhere.
+        mask_NxT: 1 (or True) at valid tokens, 0 elsewhere.
         agg: one of `AGGREGATIONS` (see the module docstring for the formulas).
 
     Returns:
-        `Weighted(sum, count)` in the dtype of `loss_BxT`.
+        `Weighted(sum, count)` in the dtype of `loss_NxT`.
     """
     check_aggregation(agg)
-    if loss_BxT.ndim != 2 or loss_BxT.shape != mask_BxT.shape:
+    if loss_NxT.ndim != 2 or loss_NxT.shape != mask_NxT.shape:
         raise ValueError(
-                f"loss_BxT has shape {loss_BxT.shape} and mask_BxT {mask_BxT.shape};"
-                " expected two equal [B, T] shapes"
+                f"loss_NxT has shape {loss_NxT.shape} and mask_NxT {mask_NxT.shape};"
+                " expected two equal [N, T] shapes"
         )
-    dtype = loss_BxT.dtype
-    valid_BxT = mask_BxT.astype(bool)
-    masked_BxT = jnp.where(valid_BxT, loss_BxT, jnp.zeros((), dtype))
-    tokens_B = valid_BxT.sum(axis=-1).astype(dtype)
+    dtype = loss_NxT.dtype
+    valid_NxT = mask_NxT.astype(bool)
+    masked_NxT = jnp.where(valid_NxT, loss_NxT, jnp.zeros((), dtype))
+    tokens_N = valid_NxT.sum(axis=-1).astype(dtype)
     if agg == TOKEN_MEAN:
-        return Weighted(masked_BxT.sum(), tokens_B.sum())
+        return Weighted(masked_NxT.sum(), tokens_N.sum())
 
-    row_sum_B = masked_BxT.sum(axis=-1)
-    has_tokens_B = tokens_B > 0
+    row_sum_N = masked_NxT.sum(axis=-1)
+    has_tokens_N = tokens_N > 0
     if agg == SEQ_MEAN_TOKEN_MEAN:
-        per_row_B = row_sum_B / jnp.where(has_tokens_B, tokens_B, 1)
+        per_row_N = row_sum_N / jnp.where(has_tokens_N, tokens_N, 1)
     elif agg == SEQ_MEAN_TOKEN_SUM:
-        per_row_B = row_sum_B
+        per_row_N = row_sum_N
     else:  # SEQ_MEAN_TOKEN_SUM_NORM: Dr.GRPO's constant, the padded length.
-        per_row_B = row_sum_B / loss_BxT.shape[-1]
-    return Weighted(per_row_B.sum(), has_tokens_B.sum().astype(dtype))
+        per_row_N = row_sum_N / loss_NxT.shape[-1]
+    return Weighted(per_row_N.sum(), has_tokens_N.sum().astype(dtype))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

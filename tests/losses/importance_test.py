@@ -10,7 +10,7 @@ from golfjax.losses import importance
 from golfjax.losses import LossConfig
 from tests.losses import reference
 
-# ALGORITHMS.md reference values, (W, phi(W)), default (k, lam) per sign.
+# docs/algorithms.md#vespo reference values, (W, phi(W)), default (k, lam) per sign.
 PHI_POSITIVE = [(0.5, 1.120), (1.2, 0.790), (2.0, 0.199), (3.0, 0.022), (2 / 3, 1.208)]
 PHI_NEGATIVE = [(0.5, 0.340), (1.2, 1.158), (2.0, 1.083), (3.0, 0.495), (1.5, 1.242)]
 

@@ -14,7 +14,7 @@ from golfjax.losses import LossConfig
 from tests.losses import reference
 
 ALL_LOSSES = tuple(LOSSES)
-# Losses whose gradient at ratio 1 must equal REINFORCE's (ALGORITHMS.md).
+# Losses whose gradient at ratio 1 must equal REINFORCE's (docs/algorithms.md).
 RATIO_ONE_LOSSES = ("ppo_clip", "cispo", "vespo", "sapo")
 
 
@@ -35,6 +35,19 @@ class PolicyLossTest(parameterized.TestCase):
         value, grad = _value_and_grad(name, cfg, logp, old, adv, mask)
         ref_value, ref_grad = reference.loss_and_grad(
             reference.TOKEN_LOSSES[name], logp, old, adv, mask, agg
+        )
+        np.testing.assert_allclose(value, ref_value, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-6)
+
+    @parameterized.parameters(*ALL_LOSSES)
+    def test_default_config_aggregates_as_the_loss_reference_does(self, name):
+        # LossConfig() leaves agg at "loss-default": GSPO and SAPO must then
+        # aggregate seq-mean-token-mean (verl, TRL), every other loss token-mean.
+        logp, old, adv, mask = reference.random_batch(seed=hash(name) % 1000 + 1)
+        value, grad = _value_and_grad(name, LossConfig(), logp, old, adv, mask)
+        ref_value, ref_grad = reference.loss_and_grad(
+            reference.TOKEN_LOSSES[name], logp, old, adv, mask,
+            reference.DEFAULT_AGG[name],
         )
         np.testing.assert_allclose(value, ref_value, rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-6)
@@ -132,6 +145,39 @@ class PolicyLossTest(parameterized.TestCase):
         )
         self.assertAlmostEqual(float(no_dual.value), float(np.exp(3.0)), places=3)
 
+    def test_gspo_has_no_dual_clip(self):
+        # The same token as above: a sequence ratio e^3 with A = -1 keeps its
+        # loss -A s = e^3 even though LossConfig.dual_clip is 3 (verl, TRL).
+        logp = jnp.zeros((1, 1))
+        old = jnp.full((1, 1), -3.0)
+        adv = jnp.array([-1.0])
+        mask = jnp.ones((1, 1), bool)
+        weighted, aux = LOSSES["gspo"](logp, old, adv, mask, LossConfig(dual_clip=3.0))
+        self.assertAlmostEqual(float(weighted.value), float(np.exp(3.0)), places=3)
+        self.assertNotIn("dual_clip_frac", aux)
+
+    def test_cispo_clips_the_weight_from_above_only(self):
+        # Ratios e^-1, e^0.5, e^1 and e^2 (about 0.37, 1.65, 2.72, 7.39): the
+        # first three are weights as they are (no lower bound, no PPO range),
+        # the last is capped at cispo_max_weight = 5.
+        log_ratio = jnp.array([[-1.0, 0.5, 1.0, 2.0]])
+        old = jnp.full((1, 4), -2.0)
+        adv = jnp.array([1.0])
+        mask = jnp.ones((1, 4), bool)
+        cfg = LossConfig()
+        self.assertEqual(cfg.cispo_max_weight, 5.0)
+        grad, aux = jax.grad(
+            lambda lp: (lambda w, a: (w.value, a))(
+                *LOSSES["cispo"](lp, old, adv, mask, cfg)), has_aux=True,
+        )(old + log_ratio)
+        weights = np.minimum(np.exp([-1.0, 0.5, 1.0, 2.0]), 5.0)
+        np.testing.assert_allclose(grad, -weights[None, :] / 4, rtol=1e-6)
+        self.assertAlmostEqual(float(aux["clip_frac"]), 0.25)
+        # verl's example bound, 1 + 0.2: ratios above 1.2 are capped there.
+        grad_verl = jax.grad(lambda lp: LOSSES["cispo"](
+            lp, old, adv, mask, LossConfig(cispo_max_weight=1.2))[0].value)(old + log_ratio)
+        np.testing.assert_allclose(grad_verl, [[-np.exp(-1.0) / 4, -0.3, -0.3, -0.3]], rtol=1e-6)
+
 
 class MismatchCorrectionTest(parameterized.TestCase):
 
@@ -147,7 +193,9 @@ class MismatchCorrectionTest(parameterized.TestCase):
             *[np.asarray(a, np.float64) for a in (logp, old, adv, mask)]
         )
         w = reference.tis_weights(old.astype(np.float64), sampler, cap=2.0)
-        ref_value, weights = reference.aggregate(loss * w, mask, "token-mean")
+        ref_value, weights = reference.aggregate(
+            loss * w, mask, reference.DEFAULT_AGG[name]
+        )
         np.testing.assert_allclose(value, ref_value, rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(grad, weights * dloss * w, rtol=2e-5, atol=1e-6)
 
@@ -183,7 +231,7 @@ class MismatchCorrectionTest(parameterized.TestCase):
 
     def test_correction_without_sampler_logp_is_an_error(self):
         logp, old, adv, mask = reference.random_batch(seed=10)
-        with self.assertRaisesRegex(ValueError, "sampler_logp_BxT"):
+        with self.assertRaisesRegex(ValueError, "sampler_logp_NxT"):
             LOSSES["ppo_clip"](logp, old, adv, mask, LossConfig(tis=True))
 
 
@@ -209,9 +257,9 @@ class JitVariantsTest(chex.TestCase, parameterized.TestCase):
 class BadInputTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
-        ("old_logp", 1, (6, 8), "old_logp_BxT"),
-        ("adv", 2, (5,), "adv_B"),
-        ("mask", 3, (6,), "mask_BxT"),
+        ("old_logp", 1, (6, 8), "old_logp_NxT"),
+        ("adv", 2, (5,), "adv_N"),
+        ("mask", 3, (6,), "mask_NxT"),
     )
     def test_shape_mismatch_names_the_argument(self, index, shape, arg):
         args = list(reference.random_batch(seed=12))
@@ -222,11 +270,11 @@ class BadInputTest(parameterized.TestCase):
 
     def test_sampler_logp_shape_is_checked(self):
         logp, old, adv, mask = reference.random_batch(seed=13)
-        with self.assertRaisesRegex(ValueError, r"sampler_logp_BxT .*\(6, 9\)"):
+        with self.assertRaisesRegex(ValueError, r"sampler_logp_NxT .*\(6, 9\)"):
             LOSSES["vespo"](logp, old, adv, mask, LossConfig(), old[:, :3])
 
     def test_logp_must_be_2d(self):
-        with self.assertRaisesRegex(ValueError, r"logp_BxT has shape \(9,\)"):
+        with self.assertRaisesRegex(ValueError, r"logp_NxT has shape \(9,\)"):
             LOSSES["ppo_clip"](
                 np.zeros(9), np.zeros(9), np.zeros(1), np.ones(9), LossConfig()
             )

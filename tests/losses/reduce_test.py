@@ -66,5 +66,7 @@ class AggregateTest(chex.TestCase, parameterized.TestCase):
     def test_unknown_mode_and_bad_shapes(self):
         with self.assertRaisesRegex(ValueError, "agg='mean'.*token-mean"):
             reduce.aggregate(jnp.zeros((2, 3)), jnp.ones((2, 3)), "mean")
-        with self.assertRaisesRegex(ValueError, r"loss_BxT has shape \(2, 3\) and mask_BxT \(2, 4\)"):
+        with self.assertRaisesRegex(ValueError, "agg='loss-default'.*LossConfig.for_loss"):
+            reduce.aggregate(jnp.zeros((2, 3)), jnp.ones((2, 3)), "loss-default")
+        with self.assertRaisesRegex(ValueError, r"loss_NxT has shape \(2, 3\) and mask_NxT \(2, 4\)"):
             reduce.aggregate(jnp.zeros((2, 3)), jnp.ones((2, 4)), "token-mean")

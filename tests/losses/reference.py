@@ -1,6 +1,6 @@
 """Float64 NumPy re-derivation of every loss: value and gradient w.r.t. logp.
 
-Written from ALGORITHMS.md without importing golfjax, so the tests compare two
+Written from docs/algorithms.md without importing golfjax, so the tests compare two
 independent derivations. Each `*_tokens` function returns the per-token loss
 `l` and its analytic derivative `dl/dlogp` (with the stop-gradients of the
 specification applied by hand); `aggregate` returns the aggregated value and
@@ -46,7 +46,8 @@ def ppo_clip_tokens(logp, old, adv, mask, eps_low=0.2, eps_high=0.2, dual_clip=3
     return _surrogate(rho, drho, adv, eps_low, eps_high, dual_clip)
 
 
-def gspo_tokens(logp, old, adv, mask, eps_low=3e-4, eps_high=4e-4, dual_clip=3.0):
+def gspo_tokens(logp, old, adv, mask, eps_low=3e-4, eps_high=4e-4, dual_clip=None):
+    """GSPO has no dual clip (verl, TRL); `dual_clip` only for tests that add one."""
     length = np.maximum(mask.sum(-1), 1)
     log_s = np.clip((mask * (logp - old)).sum(-1) / length, -CLIP, CLIP)
     s = np.broadcast_to(np.exp(log_s)[:, None], logp.shape)
@@ -54,10 +55,11 @@ def gspo_tokens(logp, old, adv, mask, eps_low=3e-4, eps_high=4e-4, dual_clip=3.0
     return _surrogate(s, s, adv, eps_low, eps_high, dual_clip)
 
 
-def cispo_tokens(logp, old, adv, mask, eps_low=0.2, eps_high=0.2):
+def cispo_tokens(logp, old, adv, mask, max_weight=5.0):
+    """The weight is the ratio capped from above only (TRL: epsilon_high = 5)."""
     del mask
     rho, _ = _ratio(logp, old)
-    weight = np.clip(rho, 1 - eps_low, 1 + eps_high)
+    weight = np.minimum(rho, max_weight)
     return -weight * adv[:, None] * logp, -weight * adv[:, None]
 
 
@@ -132,6 +134,20 @@ def aggregate(loss, mask, mode):
     weights = per_token / rows
     return float((weights * masked).sum()), weights
 
+
+# Each loss's aggregation when LossConfig.agg is left at its default (verl's
+# compute_policy_loss_gspo/_sapo and TRL's "grpo"/"sapo" loss types for GSPO
+# and SAPO; token-mean for the rest).
+DEFAULT_AGG = {
+    "ppo_clip": "token-mean",
+    "gspo": "seq-mean-token-mean",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
+    "reinforce": "token-mean",
+    "vespo": "token-mean",
+    "shaping": "token-mean",
+    "truncated_is": "token-mean",
+}
 
 TOKEN_LOSSES = {
     "ppo_clip": ppo_clip_tokens,

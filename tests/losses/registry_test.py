@@ -21,7 +21,7 @@ class RegistryTest(parameterized.TestCase):
         params = list(inspect.signature(fn).parameters)
         self.assertEqual(
             params,
-            ["logp_BxT", "old_logp_BxT", "adv_B", "mask_BxT", "cfg", "sampler_logp_BxT"],
+            ["logp_NxT", "old_logp_NxT", "adv_N", "mask_NxT", "cfg", "sampler_logp_NxT"],
         )
         self.assertTrue(fn.__doc__ and "l_t" in fn.__doc__, f"{name} documents its formula")
 
