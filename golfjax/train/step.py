@@ -89,6 +89,9 @@ class StepConfig:
     def __post_init__(self) -> None:
         losses_lib.get_loss(self.loss)
         losses_lib.get_off_policy_loss(self.off_policy_loss)
+        # One aggregation for every term: the on-policy loss's default when
+        # `loss.agg` is "loss-default" (docs/algorithms.md#aggregation).
+        object.__setattr__(self, "loss_cfg", self.loss_cfg.for_loss(self.loss))
         choices = {"kl_estimator": KL_ESTIMATORS, "nonfinite": NONFINITE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
