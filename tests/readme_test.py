@@ -1,9 +1,11 @@
-"""The README's Python examples run as written."""
+"""The README and docs/: examples run, commands parse, links and cited anchors resolve."""
 
 import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
 def _python_blocks() -> list[str]:
@@ -32,10 +34,11 @@ def test_readme_python_examples_run():
 
 
 def _commands() -> list[list[str]]:
-    """Every command of the README's sh blocks and inline `python ...` spans, as argv."""
+    """Every command of the sh blocks and inline `python ...` spans of the README
+    and docs/, as argv."""
     import shlex
 
-    text = README.read_text()
+    text = "\n".join(path.read_text() for path in [README, *DOCS])
     lines = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         lines += block.replace("\\\n", " ").splitlines()
@@ -74,7 +77,7 @@ def test_readme_script_commands_use_flags_the_scripts_define():
     import subprocess
     import sys
 
-    root = README.parent
+    root = ROOT
     scripts = [c for c in _commands() if c[0].endswith("python") and c[1].startswith("benchmarks/")]
     modules = [c for c in _commands()
                if c[0].endswith("python") and c[1] == "-m" and c[2].startswith("golfjax.")]
@@ -94,3 +97,46 @@ def test_readme_script_commands_use_flags_the_scripts_define():
             if arg.startswith("--"):
                 flag = arg.split("=", 1)[0]
                 assert flag in helptext, f"{' '.join(argv)}: {flag} is not a flag of {target[-1]}"
+
+
+def test_readme_is_a_guide_not_a_lab_notebook():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 350, "README.md is a user's guide of at most 350 lines"
+    # Measurements, with their commits, belong to docs/results.md.
+    hashes = [h for h in re.findall(r"\b[0-9a-f]{7,40}\b", text)
+              if re.search(r"[a-f]", h) and re.search(r"[0-9]", h)]
+    assert not hashes, f"README.md names commits {hashes}; measurements go to docs/results.md"
+
+
+def _anchors(path: pathlib.Path) -> set[str]:
+    """Explicit `<a id>` anchors and GitHub's heading slugs of a Markdown file."""
+    text = path.read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', text))
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_markdown_links_and_anchors_resolve():
+    for path in [README, *DOCS]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if "://" in target:
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            assert linked.exists(), f"{path.name}: link to missing {target}"
+            if anchor:
+                assert anchor in _anchors(linked), f"{path.name}: no anchor #{anchor} in {file_part}"
+
+
+def test_code_cites_sections_of_docs_algorithms_md_that_exist():
+    anchors = _anchors(ROOT / "docs" / "algorithms.md")
+    cited = {}
+    for folder in ("golfjax", "benchmarks", "experiments", "tests"):
+        for source in (ROOT / folder).rglob("*.py"):
+            for anchor in re.findall(r"docs/algorithms\.md#([\w\-]+)", source.read_text()):
+                cited.setdefault(anchor, source.relative_to(ROOT))
+    assert cited, "no code cites docs/algorithms.md"
+    missing = {a: str(f) for a, f in cited.items() if a not in anchors}
+    assert not missing, f"cited sections missing from docs/algorithms.md: {missing}"

@@ -1,10 +1,10 @@
 """Critics: one natural-language critique per sampled response (GOLF step 2).
 
-ALGORITHMS.md, GOLF: "Critics are pluggable per task: a rule checker (lists
-unmet constraints), execution feedback (failing cases), an answer critic
-('incorrect; the reference answer is X', or just 'incorrect, try again'), or an
-LLM judge that writes a critique." The model judge lives in judge.py; the
-registry (`CRITICS`, `make_critic`) in this package's `__init__`.
+Critics are pluggable per task (docs/algorithms.md#golf-critics): an answer
+critic that reveals the reference answer (`reveal`) or only says the attempt
+is wrong (`simple`), a rule critic that lists a task's unmet constraints
+(`rule`), and a model judge (judge.py). The registry (`CRITICS`,
+`make_critic`) is in this package's `__init__`.
 
 Every critic is batched, `critique(problems, responses, rewards) -> list[str]`
 over N parallel rows, so a model judge can sample all its critiques at once. A

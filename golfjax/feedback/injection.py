@@ -1,10 +1,11 @@
 """Adaptive injection of verified refinements into failing groups (GOLF step 5).
 
-ALGORITHMS.md, GOLF: "for a prompt whose group succeeded fewer than
-`ceil(success_threshold * G)` times, replace `k = min(n_inject, #wrong, #correct
-refinements)` failed samples by verified-correct refinements, keeping the
-ORIGINAL prompt; mark those tokens off-policy. Strategies: `adaptive` (default),
-`always`, `hybrid` (adaptive plus injection with probability 0.3)."
+Specification: docs/algorithms.md#golf-injection. A group with fewer than
+`ceil(success_threshold * G)` successes gets `k = min(n_inject, #wrong,
+#correct refinements)` of its failed samples replaced by verified-correct
+refinements, which keep the ORIGINAL prompt and whose tokens are marked
+off-policy. Strategies: `adaptive` (default), `always` (every group), `hybrid`
+(adaptive, plus any other group with probability `hybrid_prob`).
 
 Host-side NumPy, in two steps the loop calls between scoring and advantages:
 

@@ -1,16 +1,16 @@
 """Group-level aggregation: one refinement prompt per prompt (GOLF step 3).
 
-ALGORITHMS.md, GOLF: "for each prompt, collect the group's failed attempts with
-their critiques (only the wrong ones by default), shortest first, adding attempts
-while the refinement prompt fits the prompt-token budget. Render one refinement
-prompt: the problem, the attempts each with its score and feedback, and
-instructions."
+Specification: docs/algorithms.md#golf-refinement. For each prompt, the
+group's failed attempts (all attempts with `include="all"`) with their scores
+and critiques, shortest first, are added while the rendered prompt fits the
+token budget; the prompt holds the problem, those attempts and instructions.
 
 The user message is `problem.question`, then (if any attempt fits) the intro and
 the attempts, then the instructions; it is rendered with the SAME chat template
 and `template_kwargs` (thinking mode) as the rollout, with the generation prompt.
 
-Budget rules (the released code's defects avoided, see ALGORITHMS.md):
+Budget rules (the released code's defects avoided, see
+docs/algorithms.md#golf-differences):
 - the budget counts every token of the rendered prompt: chat template, problem,
   attempts, instructions and generation prompt;
 - attempts are taken shortest first (response tokens, ties by position in the
@@ -24,7 +24,7 @@ Pasted attempts and critiques have the tokenizer's special token strings removed
 (golfjax/feedback/text.py), so a response cannot forge a turn boundary.
 
 Nothing to refine: `num_attempts == 0` (every attempt succeeded, or none fit);
-the loop gives that refinement group reward 0 (ALGORITHMS.md, step 4). A prompt
+the loop gives that refinement group reward 0 (docs/algorithms.md#golf-refinement). A prompt
 is still returned so that every prompt has a refinement group of fixed shape.
 """
 
@@ -48,8 +48,9 @@ class RefinementTemplate:
     instructions: str
 
 
-# Instructions as ALGORITHMS.md lists them: find what was wrong, keep the valid
-# steps, do not merely copy an answer, self-contained, never mention attempts.
+# Instructions as docs/algorithms.md#golf-refinement lists them: find what was
+# wrong, keep the valid steps, do not merely copy an answer, self-contained,
+# never mention attempts.
 DEFAULT_TEMPLATE = RefinementTemplate(
     intro="\n\nBelow are previous attempts at this problem, each with its score and"
           " feedback.\n",

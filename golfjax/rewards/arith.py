@@ -15,7 +15,7 @@ larger operand first so answers are non-negative) and, for sums, `carry`
 ("none": no column carries, e.g. 23+45; "some": at least one does, e.g. 7+8;
 "any": either), the classic step in difficulty of column addition.
 
-Intended regime, where GOLF should shine (ALGORITHMS.md, GOLF), split by the
+Intended regime, where GOLF should shine (docs/algorithms.md#golf), split by the
 `carry` knob. The supervised cold start teaches two things: the answer format
 on easy problems (`COLD_START`: the 55 one-digit sums that do not carry) and
 the use of feedback (`COLD_START_REFINE`: refinement-format examples, see

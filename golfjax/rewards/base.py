@@ -8,8 +8,8 @@ Host-side only (plain Python, never inside jit). A task supplies:
   scored against);
 - `default_critic`: the name of the critic GOLF uses for it (see
   golfjax/feedback/critics.py), and `success_threshold`, the fraction of a
-  group below which GOLF injects refinements (ALGORITHMS.md: math 0.125,
-  instruction following 0.25, chat 0.375).
+  group below which GOLF injects refinements (docs/algorithms.md#golf-injection:
+  math 0.125, instruction following 0.25, chat 0.375).
 
 A `Problem.question` is the user message content; chat templating is the
 tokenizer's job, so the same problem renders correctly for any model.

@@ -1,14 +1,15 @@
 """`constraints`: write a short string that satisfies several checkable rules.
 
-A stand-in for instruction following with a rule checker (ALGORITHMS.md, GOLF:
-"a rule checker (lists unmet constraints)"). Example question:
+A stand-in for instruction following with a rule critic that lists the unmet
+constraints (docs/algorithms.md#golf-critics). Example question:
 
     Write a string that: has 4 to 9 characters; contains
     'c'; does not contain 'h'; has 'a' before 'e'; starts with 'b'.
 
 The response is the string itself, surrounding whitespace stripped. Reward 1 iff
 every constraint holds, else 0. Default critic `rule` (it lists the unmet
-constraints); success threshold 0.25 (ALGORITHMS.md: instruction following).
+constraints); success threshold 0.25 (docs/algorithms.md#golf-injection:
+instruction following).
 
 Constraint kinds (stored in `Problem.meta["constraints"]`, JSON-serialisable):
 

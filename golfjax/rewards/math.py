@@ -27,7 +27,7 @@ Reward: the content of the LAST `\\boxed{...}` of the response (nested braces
 allowed) is compared with the gold answer by the `math-verify` library
 (`parse` then `verify`, symbolic equivalence: "0.5" matches "\\frac{1}{2}").
 No `\\boxed{}` scores 0. Default critic `reveal`; success threshold 0.125
-(ALGORITHMS.md: math, only all-fail groups get injections).
+(docs/algorithms.md#golf-injection: math, only all-fail groups get injections).
 
 `SAMPLE_PATH` is a handful of hand-written problems (all three formats), used by
 the tests and for smoke runs; real datasets are read from a local path.
