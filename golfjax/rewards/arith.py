@@ -25,7 +25,7 @@ then runs on the 45 one-digit sums that carry (`RL`: 35 to train on, 10 held
 out), which the cold-started model gets wrong: most groups are all-fail and
 scalar-reward RL has little signal, while the SAME policy, shown the revealed
 answer, can write it, and those verified refinements are injected into the
-all-fail groups. The README (GOLF vs GRPO) measures both phases. The class
+all-fail groups. docs/results.md#golf-vs-grpo measures both phases. The class
 defaults (3-digit sums) are harder still.
 """
 
