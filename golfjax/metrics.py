@@ -64,13 +64,15 @@ class MetricsWriter:
         *,
         total_steps: int | None = None,
         tensorboard: bool = True,
-        console: TextIO | None = sys.stdout,
+        console: TextIO | None | str = "stdout",
         resume_from_step: int | None = None,
         primary: bool | None = None,
     ) -> None:
         """Opens the run's metrics; `primary` (default: process 0) writes them.
 
         Args:
+          console: where the progress line goes; "stdout": `sys.stdout` as it
+            is when the writer opens; None: nowhere.
           resume_from_step: the step the run restored; records of later steps
             are dropped. None: a fresh run, whose file starts empty.
         """
@@ -79,6 +81,8 @@ class MetricsWriter:
         self.primary = _is_process_zero() if primary is None else primary
         self._jsonl = None
         self._tb = None
+        if console == "stdout":  # Looked up now: sys.stdout may be redirected since import.
+            console = sys.stdout
         self._console = console if self.primary else None
         self._total = total_steps
         self._start = time.monotonic()
@@ -87,8 +91,8 @@ class MetricsWriter:
         os.makedirs(self.workdir, exist_ok=True)
         keep_through = -1 if resume_from_step is None else int(resume_from_step)
         dropped = _truncate_after(self.path, keep_through)
-        if dropped and console is not None:
-            console.write(
+        if dropped and self._console is not None:
+            self._console.write(
                 f"{self.path}: dropped {dropped} unreadable line(s) (torn by a crash mid-write)\n")
         self._jsonl = open(self.path, "a", encoding="utf-8")
         if tensorboard:
