@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -342,7 +342,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
 
 
 def _run_locked(
-    cfg: config_lib.RunConfig, workdir: str, ckpt: checkpoint_lib.Checkpointer, say: Any
+    cfg: config_lib.RunConfig, workdir: str, ckpt: checkpoint_lib.Checkpointer,
+    say: Callable[[str], None],
 ) -> dict[str, float]:
     """`run`, once the work directory is locked and its checkpointer open."""
     config_dict = config_lib.to_dict(cfg)
@@ -411,54 +412,51 @@ def _run_locked(
         }
 
     last: dict[str, float] = {}
-    try:
+    # The VESPO loop, a context manager, stops its rollout worker with the run.
+    with contextlib.closing(writer), _preemption_flag() as preempted, r.vespo or contextlib.nullcontext():
         if found is None and cold_steps == 0:
             writer.write(0, r.evaluate(state.params, 0))  # The starting point.
-        # The VESPO loop, a context manager, stops its rollout worker with the run.
-        with _preemption_flag() as preempted, r.vespo or contextlib.nullcontext():
-            while step < total:
-                started = time.monotonic()
-                if step < cold_steps:
-                    state, last = r.cold_start_step(state, sft_data, step)
-                else:
-                    if step == cold_steps and cold_steps:
-                        # Fresh Adam moments for RL; the SFT moments reflect another loss.
-                        state = r.trainer.init_state(state.params, cfg.seed)
-                        state = state.replace(step=jax.device_put(np.int32(step), state.step.sharding))
-                    key = jax.random.fold_in(r.rng, step)
-                    if r.vespo is None:
-                        state, last = r.rl_step(state, rl_data, key)
-                    else:
-                        state, last = r.vespo.step(state, rl_data, key)
-                    counters["prompts"] += cfg.train.prompts_per_step
-                    counters["samples"] += int(last.pop("samples/generated"))
-                    last["samples/prompts_seen"] = counters["prompts"]
-                    last["samples/generated"] = counters["samples"]
-                # Trained response tokens per second of the whole step (rollout,
-                # scoring and update; evaluation excluded).
-                last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)
-                step += 1
-                guard.check(step, last, phase="cold start" if step <= cold_steps else "train")
-                rl_step = step - cold_steps
-                # Evaluate where RL starts (the end of the cold start), every
-                # `eval.every` RL steps, and at the end.
-                if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
-                    last |= r.evaluate(state.params, step)
-                writer.write(step, last)
-                # Read the flag once: a signal between deciding to save and deciding
-                # to stop would otherwise stop without saving this step.
-                stop = preempted.is_set()
-                force = stop or step == total
+        while step < total:
+            started = time.monotonic()
+            if step < cold_steps:
+                state, last = r.cold_start_step(state, sft_data, step)
+            else:
+                if step == cold_steps and cold_steps:
+                    # Fresh Adam moments for RL; the SFT moments reflect another loss.
+                    state = r.trainer.init_state(state.params, cfg.seed)
+                    state = state.replace(step=jax.device_put(np.int32(step), state.step.sharding))
+                key = jax.random.fold_in(r.rng, step)
                 if r.vespo is None:
-                    ckpt.save(step, state, data_state(), config_dict, force=force)
-                elif r.vespo.save_point(step, force=force, every=cfg.checkpoint.every):
-                    # Between rollout batches only: nothing half-trained to save.
-                    ckpt.save(step, state, data_state(), config_dict, force=True)
-                if stop and (r.vespo is None or r.vespo.at_boundary):
-                    name = getattr(preempted, "name", "") or "a stop request"
-                    say(f"{workdir}: stopped by {name} at step {step} of {total}, with a checkpoint;"
-                        " run the same command again to resume")
-                    break
-    finally:
-        writer.close()
+                    state, last = r.rl_step(state, rl_data, key)
+                else:
+                    state, last = r.vespo.step(state, rl_data, key)
+                counters["prompts"] += cfg.train.prompts_per_step
+                counters["samples"] += int(last.pop("samples/generated"))
+                last["samples/prompts_seen"] = counters["prompts"]
+                last["samples/generated"] = counters["samples"]
+            # Trained response tokens per second of the whole step (rollout,
+            # scoring and update; evaluation excluded).
+            last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)
+            step += 1
+            guard.check(step, last, phase="cold start" if step <= cold_steps else "train")
+            rl_step = step - cold_steps
+            # Evaluate where RL starts (the end of the cold start), every
+            # `eval.every` RL steps, and at the end.
+            if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
+                last |= r.evaluate(state.params, step)
+            writer.write(step, last)
+            # Read the flag once: a signal between deciding to save and deciding
+            # to stop would otherwise stop without saving this step.
+            stop = preempted.is_set()
+            force = stop or step == total
+            if r.vespo is None:
+                ckpt.save(step, state, data_state(), config_dict, force=force)
+            elif r.vespo.save_point(step, force=force, every=cfg.checkpoint.every):
+                # Between rollout batches only: nothing half-trained to save.
+                ckpt.save(step, state, data_state(), config_dict, force=True)
+            if stop and (r.vespo is None or r.vespo.at_boundary):
+                name = getattr(preempted, "name", "") or "a stop request"
+                say(f"{workdir}: stopped by {name} at step {step} of {total}, with a checkpoint;"
+                    " run the same command again to resume")
+                break
     return last
