@@ -9,12 +9,13 @@ lives, and it holds a JSON line naming the holder:
 
 A second run on the same directory fails at once with `WorkdirLockedError`
 naming that holder. The kernel drops a flock when its process dies, however it
-dies (SIGKILL included), so a lock file left behind by a dead run is stale: the
-next run takes it over and says so. A file whose flock is free but which names
-a live process of this host, or any process of another host, is not taken over
-(a file system whose locks do not reach across hosts cannot tell a live holder
-on another host from a dead one): the error then says to delete the file once
-that run is known to be gone.
+dies (SIGKILL included), so a lock file left behind by a dead run of this host
+is stale: the next run takes it over and says so. A flock does not tell much
+across hosts (a shared file system may not pass locks between them), so the
+holder also refreshes the file's modification time every `HEARTBEAT_S`
+seconds from a background thread: a lock file naming another host (or a live
+process of this host, a reused pid) is stale once it has not been refreshed
+for `STALE_AFTER_S` seconds, and is refused before, with its age and a hint.
 
 Multi-process runs: only process 0 writes into the work directory, so only it
 takes the lock; every process then learns whether it did (one broadcast), so a
@@ -32,9 +33,16 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 from typing import Any, Callable, Iterator, TextIO
 
 LOCK_NAME = "lock"
+# The holder refreshes the lock file this often; a file older than
+# STALE_AFTER_S is a dead run's, whichever host it names (clocks of hosts
+# sharing a file system may differ by a little, never by minutes).
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 600.0
 
 
 class WorkdirLockedError(RuntimeError):
@@ -85,17 +93,31 @@ def _read_holder(f: TextIO) -> dict[str, Any] | None:
 class WorkdirLock:
     """The held lock of one work directory; `release()` (idempotent) frees it."""
 
-    def __init__(self, path: str, f: TextIO, holder: dict[str, Any], took_over: dict[str, Any] | None):
+    def __init__(
+        self, path: str, f: TextIO, holder: dict[str, Any], took_over: dict[str, Any] | None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.path = path
         self.holder = holder
         # The holder of the stale lock this one replaced, if any.
         self.took_over = took_over
         self._file: TextIO | None = f
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), name="golfjax-workdir-lock", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with contextlib.suppress(OSError):  # A file system hiccup: try again next beat.
+                os.utime(self.path)
 
     def release(self) -> None:
         if self._file is None:
             return
         f, self._file = self._file, None
+        self._stop.set()
+        self._heartbeat.join()
         try:
             # Unlink while still holding the flock: a run that opened the old
             # file meanwhile finds it unlinked after taking the flock, and retries.
@@ -106,13 +128,22 @@ class WorkdirLock:
             f.close()
 
 
-def acquire(workdir: str | os.PathLike[str], *, report: Callable[[str], None] | None = None) -> WorkdirLock:
+def acquire(
+    workdir: str | os.PathLike[str],
+    *,
+    report: Callable[[str], None] | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_after_s: float = STALE_AFTER_S,
+) -> WorkdirLock:
     """Takes `<workdir>/lock` (making `workdir` if needed) or raises `WorkdirLockedError`.
 
     Args:
       workdir: the run's work directory.
       report: called with one line when a stale lock is taken over
         (default: printed to stderr).
+      heartbeat_s: how often the holder refreshes the file.
+      stale_after_s: the age from which an unrefreshed file that names
+        another host, or a live pid of this host, is stale.
     """
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
     workdir = os.path.abspath(os.fspath(workdir))
@@ -145,28 +176,28 @@ def acquire(workdir: str | os.PathLike[str], *, report: Callable[[str], None] | 
         break
     previous = _read_holder(f)
     if previous is not None:
-        # The flock was free: its holder is gone or never held one here.
-        if previous.get("host") != me["host"] or (
-            previous.get("pid") != me["pid"] and _pid_alive(previous.get("pid"))
-        ):
+        # The flock was free: its holder is gone, or on a host whose locks this
+        # one does not see.
+        age = time.time() - os.fstat(fd).st_mtime
+        other_host = previous.get("host") != me["host"]
+        may_live = other_host or (previous.get("pid") != me["pid"] and _pid_alive(previous.get("pid")))
+        if may_live and age < stale_after_s:
             fcntl.flock(fd, fcntl.LOCK_UN)
             f.close()
-            where = "another host" if previous.get("host") != me["host"] else "this host"
+            where = "another host" if other_host else "this host, not holding it"
             raise WorkdirLockedError(
                 f"{workdir} may be in use by another run: {path} names {describe(previous)}"
-                f" on {where}, which this host cannot confirm has exited; if that run is"
-                f" gone, delete {path} and start again"
+                f" on {where}, refreshed {age:.0f} s ago; it is stale once {stale_after_s:.0f} s"
+                f" old, or delete it if that run is gone"
             )
-        report(
-            f"{workdir}: took over a stale lock of {describe(previous)}, which is no longer"
-            " running"
-        )
+        why = f"not refreshed for {age:.0f} s" if may_live else "no longer running"
+        report(f"{workdir}: took over a stale lock of {describe(previous)}, {why}")
     f.seek(0)
     f.truncate()
     f.write(json.dumps(me) + "\n")
     f.flush()
     os.fsync(fd)
-    return WorkdirLock(path, f, me, previous)
+    return WorkdirLock(path, f, me, previous, heartbeat_s)
 
 
 def _all_agree(ok: bool) -> bool:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -73,8 +74,7 @@ def test_a_lock_held_by_another_process_is_refused_until_it_dies(tmp_path):
     held = workdir_lib.acquire(tmp_path, report=reports.append)
     assert held.took_over["pid"] == holder.pid
     assert reports == [f"{tmp_path}: took over a stale lock of pid {holder.pid} on host"
-                       f" {socket.gethostname()} (since {held.took_over['started']}), which is no"
-                       " longer running"]
+                       f" {socket.gethostname()} (since {held.took_over['started']}), no longer running"]
     assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
     held.release()
 
@@ -88,16 +88,41 @@ def test_a_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path):
     assert len(reports) == 1 and f"stale lock of pid {pid}" in reports[0]
 
 
-def test_a_lock_file_naming_a_live_process_or_another_host_is_not_taken_over(tmp_path):
-    # The flock is free, but the named process runs: refuse rather than guess.
+def test_a_fresh_lock_file_naming_a_live_process_or_another_host_is_not_taken_over(tmp_path):
+    # The flock is free, but the named process runs (a reused pid, or a file
+    # system without flock): refuse while the file is fresh.
     _write_lock(tmp_path, pid=os.getppid())
     with pytest.raises(workdir_lib.WorkdirLockedError,
-                       match=rf"names pid {os.getppid()} .* on this host.*delete {tmp_path}/lock"):
+                       match=rf"names pid {os.getppid()} .* on this host, not holding it, refreshed \d+ s"
+                             rf" ago; it is stale once 600 s old, or delete it if that run is gone"):
         workdir_lib.acquire(tmp_path)
     _write_lock(tmp_path, host="elsewhere", pid=_dead_pid())
     with pytest.raises(workdir_lib.WorkdirLockedError, match=r"on host elsewhere .* on another host"):
         workdir_lib.acquire(tmp_path)
     assert json.loads((tmp_path / "lock").read_text())["host"] == "elsewhere"  # Untouched.
+
+
+def test_a_lock_file_of_another_host_not_refreshed_for_long_is_stale(tmp_path):
+    _write_lock(tmp_path, host="elsewhere", pid=7)
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / "lock", (an_hour_ago, an_hour_ago))
+    reports = []
+    with workdir_lib.lock(tmp_path, report=reports.append) as held:
+        assert held.took_over["host"] == "elsewhere"
+    assert reports == [f"{tmp_path}: took over a stale lock of pid 7 on host elsewhere (since then),"
+                       " not refreshed for 3600 s"]
+
+
+def test_the_holder_refreshes_the_lock_file(tmp_path):
+    held = workdir_lib.acquire(tmp_path, heartbeat_s=0.05)
+    long_ago = time.time() - 3600
+    os.utime(tmp_path / "lock", (long_ago, long_ago))
+    deadline = time.time() + 10
+    while os.stat(tmp_path / "lock").st_mtime < time.time() - 60:
+        assert time.time() < deadline, "the lock file was not refreshed"
+        time.sleep(0.05)
+    held.release()
+    assert not (tmp_path / "lock").exists()
 
 
 def test_an_empty_or_garbled_lock_file_without_a_holder_is_taken(tmp_path):
