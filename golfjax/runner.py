@@ -347,6 +347,7 @@ def _run_locked(
 ) -> dict[str, float]:
     """`run`, once the work directory is locked and its checkpointer open."""
     config_dict = config_lib.to_dict(cfg)
+    cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
     found = ckpt.newest_intact(report=lambda line: say(f"{workdir}: {line}"))
     if found is not None:
         allowed, refused = checkpoint_lib.config_changes(found.config, config_dict)
@@ -354,16 +355,14 @@ def _run_locked(
             raise ValueError(
                 f"{workdir} holds a run with a different config; differing keys: " + "; ".join(refused)
             )
+        if found.step >= total:
+            say(f"{workdir}: the run is complete at step {found.step} (cold_start.steps +"
+                f" train.steps = {total}); nothing to do")
+            records = metrics_lib.read_metrics(workdir)
+            return {k: float(v) for k, v in (records[-1] if records else {}).items() if k != "step"}
         say(f"{workdir}: resuming from checkpoint step {found.step}")
         if allowed:
             say(f"{workdir}: settings changed since the checkpoint: " + "; ".join(allowed))
-
-    cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
-    if found is not None and found.step >= total:
-        say(f"{workdir}: the run is complete at step {found.step} (cold_start.steps + train.steps ="
-            f" {total}); nothing to do")
-        records = metrics_lib.read_metrics(workdir)
-        return {k: float(v) for k, v in (records[-1] if records else {}).items() if k != "step"}
 
     r = Run(cfg, workdir)
     sft_data = EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed) if cold_steps else None

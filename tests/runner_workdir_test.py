@@ -58,6 +58,7 @@ def test_a_second_run_on_a_held_directory_fails_at_once_naming_the_holder(tmp_pa
     assert not (workdir / "lock").exists()
 
 
+@pytest.mark.slow  # The file's first RL run: it compiles the smoke programs.
 def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_step_once(tmp_path, capfd):
     # A run killed (or out of disk) during step 3, before its first checkpoint,
     # leaves steps 0-2 and a torn line.
@@ -162,8 +163,10 @@ def test_a_finished_run_says_so_and_can_be_extended(tmp_path, capfd):
     last = runner.run(_config(steps=2), str(tmp_path))
     capfd.readouterr()
     again = runner.run(_config(steps=2), str(tmp_path))
+    out = capfd.readouterr().out
     assert (f"{tmp_path}: the run is complete at step 2 (cold_start.steps + train.steps = 2);"
-            " nothing to do") in capfd.readouterr().out
+            " nothing to do\n") in out
+    assert "resuming" not in out and "step 1/2" not in out  # No work at all.
     assert again["loss"] == last["loss"]
     config = _config(steps=3)
     config.eval.every = 1
@@ -178,6 +181,7 @@ def test_a_finished_run_says_so_and_can_be_extended(tmp_path, capfd):
         runner.run(config, str(tmp_path))
 
 
+@pytest.mark.slow  # The first cold-start run compiles the supervised step.
 @pytest.mark.parametrize("policy", ["raise", "skip"])
 def test_the_nonfinite_policy_covers_a_diverging_cold_start(tmp_path, policy):
     config = _config(steps=1)
