@@ -99,6 +99,9 @@ class TrainSection:
     # exactly 1 on the first mini-batch); False uses the sampler's log-probs.
     recompute_old_logp: bool = True
     nonfinite: str = "skip"
+    # With nonfinite = "skip", a run stops once more than this many steps in a
+    # row were skipped (golfjax/train/nonfinite.py).
+    max_consecutive_skips: int = 10
 
     def __post_init__(self) -> None:
         losses.get_loss(self.loss)
@@ -106,6 +109,8 @@ class TrainSection:
         advantages.get_advantage(self.advantage)
         if self.steps < 0:
             raise ValueError(f"steps={self.steps}; expected >= 0 (0: cold start only)")
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips}; expected >= 0")
         for name in ("prompts_per_step", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")

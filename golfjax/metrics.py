@@ -7,8 +7,13 @@ prints a one-line summary. Values may be Python numbers, NumPy or JAX scalars;
 they are fetched to the host here, so call it with the *previous* step's
 metrics to keep the device busy (dispatch step t, then write step t-1).
 
-On resume, `metrics.jsonl` is truncated to the restored step, so the file never
-holds two records of one step.
+The file holds each step exactly once, however the run before stopped (a crash
+before its first checkpoint, mid-line, a resume): a writer opened with
+`resume_from_step=s` keeps only the records of steps `<= s` (one per step, the
+last one written) and a fresh run's writer (`resume_from_step=None`) keeps
+none, since the run writes every step again; a line torn by a crash mid-write
+is dropped. TensorBoard is told the same (`purge_step`), so its curves drop
+the steps written after the restored step too.
 
 In a multi-process run every process computes the same metrics, and only
 process 0 writes them (file, TensorBoard and console); the others just fetch.
@@ -59,29 +64,43 @@ class MetricsWriter:
         *,
         total_steps: int | None = None,
         tensorboard: bool = True,
-        console: TextIO | None = sys.stdout,
+        console: TextIO | None | str = "stdout",
         resume_from_step: int | None = None,
         primary: bool | None = None,
     ) -> None:
-        """Opens the run's metrics; `primary` (default: process 0) writes them."""
+        """Opens the run's metrics; `primary` (default: process 0) writes them.
+
+        Args:
+          console: where the progress line goes; "stdout": `sys.stdout` as it
+            is when the writer opens; None: nowhere.
+          resume_from_step: the step the run restored; records of later steps
+            are dropped. None: a fresh run, whose file starts empty.
+        """
         self.workdir = os.fspath(workdir)
         self.path = os.path.join(self.workdir, "metrics.jsonl")
         self.primary = _is_process_zero() if primary is None else primary
         self._jsonl = None
         self._tb = None
+        if console == "stdout":  # Looked up now: sys.stdout may be redirected since import.
+            console = sys.stdout
         self._console = console if self.primary else None
         self._total = total_steps
         self._start = time.monotonic()
         if not self.primary:
             return
         os.makedirs(self.workdir, exist_ok=True)
-        if resume_from_step is not None:
-            _truncate_after(self.path, resume_from_step)
+        keep_through = -1 if resume_from_step is None else int(resume_from_step)
+        dropped = _truncate_after(self.path, keep_through)
+        if dropped and self._console is not None:
+            self._console.write(
+                f"{self.path}: dropped {dropped} unreadable line(s) (torn by a crash mid-write)\n")
         self._jsonl = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+            # Events of steps after the restored one are discarded by TensorBoard.
+            self._tb = SummaryWriter(
+                os.path.join(self.workdir, "tensorboard"), purge_step=keep_through + 1)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Records `metrics` at `step`; returns them as host floats."""
@@ -122,12 +141,18 @@ def _is_process_zero() -> bool:
 
 
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All records of `<workdir>/metrics.jsonl`, in order."""
+    """All records of `<workdir>/metrics.jsonl`, in order.
+
+    A torn last line (a crash mid-write) is dropped; an unreadable line before
+    the last is an error naming the file and line.
+    """
     path = os.path.join(os.fspath(workdir), "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records, bad, last_line = _parse(path)
+    if bad and bad[0] != last_line:
+        raise ValueError(f"{path}:{bad[0]}: not a JSON record of a step (the file is damaged)")
+    return [record for _, record in records]
 
 
 def _json_number(value: float) -> float | str:
@@ -135,13 +160,37 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
-def _truncate_after(path: str, step: int) -> None:
-    """Drops records with `step > step` (written after the restored checkpoint)."""
+def _parse(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[int], int]:
+    """`(line, record)` of each readable record, the line numbers of the
+    unreadable ones, and the number of the last non-blank line."""
+    records, bad, last_line = [], [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            last_line = number
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                bad.append(number)
+                continue
+            records.append((line.rstrip("\n") + "\n", record))
+    return records, bad, last_line
+
+
+def _truncate_after(path: str, step: int) -> int:
+    """Keeps one record per step `<= step` (the last written), in step order;
+    returns how many unreadable lines were dropped."""
     if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        return 0
+    records, bad, _ = _parse(path)
+    last = {record["step"]: line for line, record in records if record["step"] <= step}
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+        f.writelines(last[s] for s in sorted(last))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)  # Atomic: a crash here leaves either file, never half.
+    return len(bad)

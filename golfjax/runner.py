@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -53,23 +51,18 @@ from golfjax.sampling import SamplingConfig
 from golfjax.tokenizer import Tokenizer
 from golfjax.tokenizer import load_tokenizer
 from golfjax.train import checkpoint as checkpoint_lib
+from golfjax.train import interrupts as interrupts_lib
+from golfjax.train import nonfinite as nonfinite_lib
 from golfjax.train import state as state_lib
 from golfjax.train import step as step_lib
+from golfjax.train import workdir as workdir_lib
 from golfjax.train.trainer import Trainer
 
 
-@contextlib.contextmanager
-def _preemption_flag() -> Iterator[threading.Event]:
-    """An event set by SIGTERM while the run is inside this block."""
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event  # Signals are only delivered to the main thread.
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _preemption_flag() -> contextlib.AbstractContextManager[interrupts_lib.StopRequest]:
+    """A stop request set by SIGTERM or Ctrl-C while the run is inside this
+    block (golfjax/train/interrupts.py: a second Ctrl-C interrupts at once)."""
+    return interrupts_lib.graceful()
 
 
 def _tokenizer(cfg: config_lib.RunConfig, workdir: str, vocab_size: int | None) -> Tokenizer:
@@ -260,6 +253,7 @@ class Run:
             "cold_start/refine_batch": float(refine),
             "grad_norm": metrics["grad_norm"],
             "train/response_tokens": metrics["train/response_tokens"],
+            "train/skipped_nonfinite": metrics["train/skipped_nonfinite"],
         }
 
     def sft_prompt_len(self, examples: list[Any]) -> int:
@@ -324,25 +318,53 @@ def run(config: Any, workdir: str) -> dict[str, float]:
 
     Returns:
       The last logged metrics (host floats).
+
+    Raises:
+      WorkdirLockedError: another run holds `workdir`.
+      CheckpointError: `workdir` holds checkpoints and none is intact.
+      ValueError: the config differs from the checkpoint's in a key that a
+        resume may not change.
+      FloatingPointError: the non-finite policy stopped the run.
     """
     cfg = config if isinstance(config, config_lib.RunConfig) else config_lib.build(config_lib.RunConfig, config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    config_dict = config_lib.to_dict(cfg)
-    ckpt = checkpoint_lib.Checkpointer(
+    primary = jax.process_index() == 0
+
+    def say(line: str) -> None:
+        if primary:
+            print(line, flush=True)
+
+    # Nothing is written into the work directory before the lock is held.
+    with workdir_lib.lock(workdir), contextlib.closing(checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
-    )
-    saved = ckpt.restore_config()
-    if saved is not None:
-        diff = checkpoint_lib.config_diff(saved, config_dict)
-        if diff:
-            ckpt.close()
+    )) as ckpt:
+        return _run_locked(cfg, workdir, ckpt, say)
+
+
+def _run_locked(
+    cfg: config_lib.RunConfig, workdir: str, ckpt: checkpoint_lib.Checkpointer,
+    say: Callable[[str], None],
+) -> dict[str, float]:
+    """`run`, once the work directory is locked and its checkpointer open."""
+    config_dict = config_lib.to_dict(cfg)
+    cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
+    found = ckpt.newest_intact(report=lambda line: say(f"{workdir}: {line}"))
+    if found is not None:
+        allowed, refused = checkpoint_lib.config_changes(found.config, config_dict)
+        if refused:
             raise ValueError(
-                f"{workdir} holds a run with a different config; differing keys: " + "; ".join(diff)
+                f"{workdir} holds a run with a different config; differing keys: " + "; ".join(refused)
             )
+        if found.step >= total:
+            say(f"{workdir}: the run is complete at step {found.step} (cold_start.steps +"
+                f" train.steps = {total}); nothing to do")
+            records = metrics_lib.read_metrics(workdir)
+            return {k: float(v) for k, v in (records[-1] if records else {}).items() if k != "step"}
+        say(f"{workdir}: resuming from checkpoint step {found.step}")
+        if allowed:
+            say(f"{workdir}: settings changed since the checkpoint: " + "; ".join(allowed))
 
     r = Run(cfg, workdir)
-    cold_steps, total = cfg.cold_start.steps, cfg.cold_start.steps + cfg.train.steps
     sft_data = EpochIterator(len(r.cold_problems), cfg.cold_start.batch_size, cfg.seed) if cold_steps else None
     if cfg.task.dataset:
         from golfjax.data.pipeline import PromptPipeline  # grain: only dataset runs need it.
@@ -365,31 +387,34 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         rl_data = EpochIterator(len(r.train_problems), cfg.train.prompts_per_step, cfg.seed + 1)
     counters = {"prompts": 0, "samples": 0}
 
-    latest = ckpt.latest_step()
-    if latest is None:
+    if found is None:
         state = r.trainer.init_state(r.initial_params, cfg.seed)
     else:
-        state, data = ckpt.restore(r.trainer.abstract_state)
+        state, _ = ckpt.restore(r.trainer.abstract_state, found.step)
+        data = found.data
         rl_data.restore(data["rl"])
         if sft_data is not None:
             sft_data.restore(data["sft"])
         counters = data["counters"]
     del r.initial_params
     step = int(state.step)
-    writer = metrics_lib.MetricsWriter(workdir, total_steps=total, resume_from_step=latest)
+    guard = nonfinite_lib.NonfiniteGuard(
+        cfg.train.nonfinite, cfg.train.max_consecutive_skips, streak=counters.get("nonfinite_streak", 0))
+    writer = metrics_lib.MetricsWriter(
+        workdir, total_steps=total, resume_from_step=None if found is None else found.step)
 
     def data_state() -> dict[str, Any]:
         return {
             "rl": rl_data.state(),
             "sft": sft_data.state() if sft_data else None,
-            "counters": counters,
+            "counters": {**counters, "nonfinite_streak": guard.streak},
         }
 
     last: dict[str, float] = {}
-    if latest is None and cold_steps == 0:
-        writer.write(0, r.evaluate(state.params, 0))  # The starting point.
     # The VESPO loop, a context manager, stops its rollout worker with the run.
-    with _preemption_flag() as preempted, r.vespo or contextlib.nullcontext():
+    with contextlib.closing(writer), _preemption_flag() as preempted, r.vespo or contextlib.nullcontext():
+        if found is None and cold_steps == 0:
+            writer.write(0, r.evaluate(state.params, 0))  # The starting point.
         while step < total:
             started = time.monotonic()
             if step < cold_steps:
@@ -412,13 +437,14 @@ def run(config: Any, workdir: str) -> dict[str, float]:
             # scoring and update; evaluation excluded).
             last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)
             step += 1
+            guard.check(step, last, phase="cold start" if step <= cold_steps else "train")
             rl_step = step - cold_steps
             # Evaluate where RL starts (the end of the cold start), every
             # `eval.every` RL steps, and at the end.
             if rl_step >= 0 and (rl_step % cfg.eval.every == 0 or step == total):
                 last |= r.evaluate(state.params, step)
             writer.write(step, last)
-            # Read the flag once: a SIGTERM between deciding to save and deciding
+            # Read the flag once: a signal between deciding to save and deciding
             # to stop would otherwise stop without saving this step.
             stop = preempted.is_set()
             force = stop or step == total
@@ -428,7 +454,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 # Between rollout batches only: nothing half-trained to save.
                 ckpt.save(step, state, data_state(), config_dict, force=True)
             if stop and (r.vespo is None or r.vespo.at_boundary):
+                name = getattr(preempted, "name", "") or "a stop request"
+                say(f"{workdir}: stopped by {name} at step {step} of {total}, with a checkpoint;"
+                    " run the same command again to resume")
                 break
-    ckpt.close()
-    writer.close()
     return last

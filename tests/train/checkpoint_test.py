@@ -68,6 +68,8 @@ class CheckpointerTest(parameterized.TestCase):
         self.assertTrue(ckpt.save(7, state, {}, {}, force=True))
         ckpt.wait()
         self.assertEqual(ckpt.all_steps(), [6, 7])
+        # Sealing runs beside Orbax's deletion of old steps; the kept ones verify.
+        self.assertEqual([ckpt.verify(step) for step in (6, 7)], [True, True])
         ckpt.close()
 
     def test_a_half_written_step_is_ignored(self):
@@ -113,3 +115,151 @@ class ConfigDiffTest(absltest.TestCase):
             ],
         )
         self.assertEqual(ckpt_lib.config_diff({"a": (1, 2)}, {"a": [1, 2]}), [])
+
+
+def _largest_file(directory):
+    files = [os.path.join(root, n) for root, _, names in os.walk(directory) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate_data(step_dir):
+    path = _largest_file(os.path.join(step_dir, "state"))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    return os.path.relpath(path, step_dir), r"has \d+ bytes, its digest says \d+ \(truncated\)"
+
+
+def _remove_item(step_dir):
+    import shutil
+
+    shutil.rmtree(os.path.join(step_dir, "data"))
+    return "data/", "is missing"
+
+
+def _garbage_metadata(step_dir):
+    with open(os.path.join(step_dir, "state", "_METADATA"), "w") as f:
+        f.write("{not json")
+    return "state/_METADATA", "has \\d+ bytes, its digest says"
+
+
+def _flip_bytes(step_dir):
+    path = _largest_file(os.path.join(step_dir, "state"))
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        for i in range(len(data) - 64, len(data)):
+            data[i] ^= 0xFF
+        f.seek(0)
+        f.write(data)
+    return os.path.relpath(path, step_dir), r"differs from its digest \(sha256 mismatch"
+
+
+class IntegrityTest(parameterized.TestCase):
+
+    def _two_steps(self, workdir, mesh):
+        state, shardings = _state(mesh)
+        ckpt = ckpt_lib.Checkpointer(workdir, save_every=1)
+        ckpt.save(1, state, {"index": 1}, {"seed": 0})
+        ckpt.save(2, state, {"index": 2}, {"seed": 0})
+        ckpt.close()
+        return state, ckpt_lib.abstract_with_shardings(state, shardings)
+
+    def test_every_saved_step_is_sealed_and_verifies(self):
+        workdir = self.create_tempdir().full_path
+        self._two_steps(workdir, _mesh())
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        for step in (1, 2):
+            self.assertTrue(os.path.exists(os.path.join(workdir, str(step), "digest.json")))
+            self.assertTrue(ckpt.verify(step))
+        reports = []
+        found = ckpt.newest_intact(reports.append)
+        self.assertEqual((found.step, found.data, found.config, found.verified),
+                         (2, {"index": 2}, {"seed": 0}, True))
+        self.assertEqual(reports, [])
+        ckpt.close()
+
+    @parameterized.named_parameters(
+        ("truncated_data_file", _truncate_data),
+        ("missing_item", _remove_item),
+        ("garbage_metadata", _garbage_metadata),
+        ("flipped_bytes", _flip_bytes),
+    )
+    def test_a_damaged_latest_step_falls_back_to_the_intact_one(self, damage):
+        workdir = self.create_tempdir().full_path
+        state, abstract = self._two_steps(workdir, _mesh())
+        rel, cause = damage(os.path.join(workdir, "2"))
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        reports = []
+        found = ckpt.newest_intact(reports.append)
+        self.assertEqual(found.step, 1)
+        self.assertLen(reports, 1)
+        self.assertRegex(reports[0], rf"^damaged checkpoint: {os.path.join(workdir, '2', rel)}\S* {cause}")
+        self.assertTrue(reports[0].endswith("; trying step 1"))
+        restored, data = ckpt.restore(abstract, found.step)
+        self.assertEqual(data, {"index": 1})
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(got, want)
+        # With the older step damaged too, nothing is intact: one line, no fallback.
+        damage(os.path.join(workdir, "1"))
+        with self.assertRaisesRegex(
+                ckpt_lib.CheckpointError,
+                rf"^no intact checkpoint in {workdir}: {os.path.join(workdir, '2', rel)}\S* {cause}"
+                r".* \(and 1 older damaged step\(s\)\)$"):
+            ckpt.newest_intact(reports.append)
+        ckpt.close()
+
+    def test_a_garbled_digest_is_damage(self):
+        workdir = self.create_tempdir().full_path
+        self._two_steps(workdir, _mesh())
+        with open(os.path.join(workdir, "2", "digest.json"), "w") as f:
+            f.write('{"files": ')
+        with self.assertRaisesRegex(ckpt_lib.CheckpointError, r"2/digest.json is unreadable \(JSONDecodeError"):
+            ckpt_lib.Checkpointer(workdir).verify(2)
+
+    def test_an_unsealed_step_is_restored_unverified_and_checked_finite(self):
+        mesh = _mesh()
+        workdir = self.create_tempdir().full_path
+        state, abstract = self._two_steps(workdir, mesh)
+        os.remove(os.path.join(workdir, "2", "digest.json"))
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        reports = []
+        found = ckpt.newest_intact(reports.append)
+        self.assertEqual((found.step, found.verified), (2, False))
+        self.assertEqual(reports, [f"checkpoint {workdir}/2 has no digest (its save was not sealed);"
+                                   " restoring it unverified"])
+        ckpt.restore(abstract, 2)
+        # A state that is not finite never restores silently.
+        bad = state.replace(params={**state.params, "w": state.params["w"].at[0, 0].set(jnp.nan)})
+        ckpt.save(3, bad, {}, {}, force=True)
+        ckpt.wait()
+        with self.assertRaisesRegex(ckpt_lib.CheckpointError,
+                                    rf"^{workdir}/3/state holds non-finite values in 1 array\(s\), e.g."
+                                    r" state.params\['w'\]$"):
+            ckpt.restore(abstract, 3)
+        ckpt.close()
+
+    def test_a_damaged_unsealed_step_fails_in_one_line(self):
+        mesh = _mesh()
+        workdir = self.create_tempdir().full_path
+        _, abstract = self._two_steps(workdir, mesh)
+        os.remove(os.path.join(workdir, "2", "digest.json"))
+        _garbage_metadata(os.path.join(workdir, "2"))
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        with self.assertRaises(ckpt_lib.CheckpointError) as raised:
+            ckpt.restore(abstract, 2)
+        self.assertRegex(str(raised.exception), rf"^{workdir}/2 does not restore \(\w+: ")
+        self.assertNotIn("\n", str(raised.exception))
+        ckpt.close()
+
+
+class ConfigChangesTest(absltest.TestCase):
+
+    def test_lengthening_and_evaluation_changes_are_allowed_the_rest_refused(self):
+        saved = {"train": {"steps": 40, "lr": 1.0}, "eval": {"every": 5, "samples": 4}, "seed": 0}
+        new = {"train": {"steps": 80, "lr": 2.0}, "eval": {"every": 10, "samples": 4}, "seed": 0,
+               "evaluation": 1}
+        allowed, refused = ckpt_lib.config_changes(saved, new)
+        self.assertEqual(allowed, ["eval.every: 5 -> 10", "train.steps: 40 -> 80"])
+        self.assertEqual(refused, ["evaluation: (absent) -> 1", "train.lr: 1.0 -> 2.0"])
+        self.assertEqual(ckpt_lib.config_changes(saved, saved), ([], []))
+        self.assertEqual(ckpt_lib.config_changes(saved, new, resumable=("train.",))[0],
+                         ["train.lr: 1.0 -> 2.0", "train.steps: 40 -> 80"])
