@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/staleness_sweep.py            # the default sweep
     .venv/bin/python benchmarks/staleness_sweep.py --quick    # a few minutes
 
-Every run goes through `golfjax.runner.run` (the code path of
+Every run goes through `golfjax.train_loop.train` (the code path of
 `python -m experiments.main`) with experiments/configs/vespo.py on the built-in
 `arith` task, in this process, on one device:
 
@@ -70,7 +70,7 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     from experiments.configs import vespo as vespo_config
     from golfjax import export
     from golfjax import metrics as metrics_lib
-    from golfjax import runner
+    from golfjax import train_loop
 
     c = vespo_config.get_config("vespo,n=1" + REGIMES[args.regime])
     steps = args.cold_start_steps or c.cold_start.steps
@@ -78,13 +78,13 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     run_dir = os.path.join(workdir, f"cold_start_{args.regime}_{steps}")
     c.cold_start.steps = steps
     c.cold_start.refine_first_steps = min(c.cold_start.refine_first_steps, steps)
-    c.train.steps = 1  # The runner needs one RL step; the export is the step before it.
+    c.train.steps = 1  # The train loop needs one RL step; the export is the step before it.
     c.checkpoint.every = steps
     c.eval.every = 1000
     c.eval.num_problems = args.eval_problems
     if not os.path.exists(os.path.join(hf_dir, "config.json")):
         started = time.monotonic()
-        runner.run(c, run_dir)
+        train_loop.train(c, run_dir)
         export.export(run_dir, hf_dir, step=steps)
         print(f"cold start: {steps} steps in {time.monotonic() - started:.0f}s -> {hf_dir}", flush=True)
     records = metrics_lib.read_metrics(run_dir)
@@ -98,7 +98,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     from experiments.configs import vespo as vespo_config
     from golfjax import config as config_lib
     from golfjax import metrics as metrics_lib
-    from golfjax import runner
+    from golfjax import train_loop
 
     c = vespo_config.get_config(
         f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
@@ -117,7 +117,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     timing = os.path.join(run_dir, "sweep_wall_s.json")
     if not records or records[-1]["step"] != total:
         started = time.monotonic()
-        runner.run(c, run_dir)
+        train_loop.train(c, run_dir)
         records = metrics_lib.read_metrics(run_dir)
         with open(timing, "w") as f:  # Read back with the run's results.
             json.dump(time.monotonic() - started, f)
@@ -151,15 +151,15 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         "reward_pre_injection": column("reward_pre_injection/mean"),
         "injection_rate": column("golf/injection_rate"),
         "entropy": column("entropy"),
-        "staleness_per_step": column("vespo/staleness"),
-        "log_w_abs_max": column("vespo/log_w_abs_max"),
-        "log_w_pos_mean": column("vespo/log_w_pos_mean"),
-        "log_w_neg_mean": column("vespo/log_w_neg_mean"),
+        "staleness_per_step": column("schedule/staleness"),
+        "log_w_abs_max": column("schedule/log_w_abs_max"),
+        "log_w_pos_mean": column("schedule/log_w_pos_mean"),
+        "log_w_neg_mean": column("schedule/log_w_neg_mean"),
         "phi_pos_mean": column("vespo/phi_pos_mean"),
         "phi_neg_mean": column("vespo/phi_neg_mean"),
-        "ess": column("vespo/ess"),
+        "ess": column("schedule/ess"),
         "clip_frac": column("loss/clip_frac"),
-        "dropped_rollouts": sum(column("vespo/dropped_rollouts")),
+        "dropped_rollouts": sum(column("schedule/dropped_rollouts")),
         "samples_generated": rl[-1]["samples/generated"],
         "skipped_nonfinite": sum(column("train/skipped_nonfinite")),
     }
