@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/golf_vs_grpo.py --out benchmarks/results/golf_vs_grpo.json
 
-The issue's measurement (ALGORITHMS.md, GOLF; the paper reports 2.2x sample
+The issue's measurement (docs/algorithms.md, GOLF; the paper reports 2.2x sample
 efficiency over scalar-reward RL):
 
 1. One supervised cold start (experiments/configs/golf.py:arith's cold-start

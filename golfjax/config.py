@@ -274,7 +274,7 @@ class ScheduleSection:
     A rollout samples `minibatches` mini-batches of `train.prompts_per_step`
     prompts each with one policy, and trains them in order, one optimizer step
     each; mini-batch j (1-based) is trained by a policy j - 1 steps ahead of
-    the one that sampled it (VESPO's "staleness N" is `minibatches = N`).
+    the one that sampled it (VESPO's staleness setting is `minibatches`).
     `minibatches = 1` is on-policy training. `train.steps` counts optimizer
     steps and must be a multiple of `minibatches`.
     """

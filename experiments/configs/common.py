@@ -97,7 +97,7 @@ def parse_variant(
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a config to about a minute on CPU: tiny model, few steps, small groups."""
+    """Shrinks a config to a quick CPU check: tiny model, few steps, small groups."""
     config.model.preset = "tiny"
     config.cold_start.steps = min(config.cold_start.steps, 2)
     config.cold_start.refine_first_steps = min(config.cold_start.refine_first_steps, 1)

@@ -4,15 +4,15 @@
 
 Variants name the loss that trains (`train.loss`, a key of
 `golfjax.losses.LOSSES`: `vespo`, `ppo_clip` (GRPO), `gspo`, `sapo`, `cispo`)
-under the synchronous rollout schedule with staleness N
-(`schedule.minibatches = N`), or `async` (the VESPO loss with fully
+under the synchronous rollout schedule at a staleness of
+`schedule.minibatches` optimizer steps per rollout, or `async` (the VESPO loss with fully
 asynchronous rollout: sampler log-probs, weights synced every step, rollouts
 more than 4 steps behind dropped), or `golf` (GOLF's batches, with
-refinements and injection, trained by the VESPO loss at staleness N). Options
+refinements and injection, trained by the VESPO loss at that staleness). Options
 follow the variant, comma-separated, typed and checked by
 `common.parse_variant`:
 
-- `n=N`: staleness, the optimizer steps per rollout (default 4;
+- `n=<steps>`: the staleness, optimizer steps per rollout (default 4;
   `train.steps` is rounded up to a multiple of it);
 - `async=1`: the variant's loss with fully asynchronous rollout;
 - `golf=1`: GOLF's batches in golf.py:arith's sparse-reward regime, trained
@@ -24,18 +24,19 @@ follow the variant, comma-separated, typed and checked by
 - `task=math`: the `math` task of golf.py/grpo.py (GSM8K/MATH-style prompts,
   `\boxed{}` answers, no cold start) instead of `arith`, for real checkpoints:
   add `--config.model.hf_path=DIR --config.task.tokenizer=DIR` and
-  `--config.task.dataset=DIR` (README: Launching);
+  `--config.task.dataset=DIR` (README, launching on TPU);
 - `smoke=1`: the tiny model, two cold-start and two RL steps (mostly
   compilation); the variant `smoke` is `vespo,smoke=1`.
 
 Setup. All 100 one-digit sums, 80 to train on and 20 held out. A cold start
-(80 supervised steps on the 80 training sums' reference solutions) takes the
-`task_1m` model to about 9% accuracy at temperature 1 with pass@8 near 60%:
-most groups of 8 hold a success, so every mini-batch carries signal. Then 64
-optimizer steps of RL, each one mini-batch of 4 prompts x 8 samples: every run
-generates the same 2,048 samples and takes the same number of steps whatever
-N; N only sets how stale each step's data is. AdamW at lr 3e-4 (higher rates
-make even on-policy training collapse on this tiny model, lower ones leave it
+(80 supervised steps on the 80 training sums' reference solutions) leaves the
+`task_1m` model with a low accuracy at temperature 1 but a high pass@8
+(docs/results.md): most groups of 8 hold a success, so every mini-batch
+carries signal. Then 64 optimizer steps of RL, each one mini-batch of 4
+prompts x 8 samples: every run generates the same 2,048 samples and takes the
+same number of steps whatever the staleness, which only sets how stale each
+step's data is. AdamW at lr 3e-4 (higher rates make even on-policy training
+collapse on this tiny model, lower ones leave it
 where it started within 64 steps). Losses keep the library's defaults (VESPO's
 k/lambda = 2/3 and 3/2, PPO eps 0.2 with dual clip 3, GSPO 3e-4/4e-4, SAPO
 tau 1/1.05), with GRPO advantages and `token-mean` aggregation as in the VESPO
@@ -147,8 +148,8 @@ def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
     """Work units for `launch/xm_launch.py`.
 
     With no variant (`--config=experiments/configs/vespo.py`), the staleness sweep
-    of benchmarks/staleness_sweep.py: N in {1, 4, 16, 64} x {vespo, ppo_clip,
-    gspo, sapo} x 2 seeds. A named variant fixes the loss and N itself, so its
+    of benchmarks/staleness_sweep.py: staleness in {1, 4, 16, 64} x {vespo, ppo_clip,
+    gspo, sapo} x 2 seeds. A named variant fixes the loss and the staleness itself, so its
     sweep is three seeds (or the one run, when it names `seed=`).
     """
     if not arg:

@@ -17,7 +17,7 @@ mini-batch under the sampling parameters, all done once per rollout before
 its first update (so PPO's clip is active from the second mini-batch on), or,
 with `train.recompute_old_logp=False`, the sampler's own. Mini-batch j
 (1-based) is therefore trained by a policy j - 1 steps ahead of the
-behaviour policy: VESPO's staleness N is k = N. On-policy training is k = 1.
+behaviour policy: VESPO's staleness setting is k. On-policy training is k = 1.
 Mini-batch j samples with `fold_in(key, j)`, `key` being the key of the
 rollout's first step, so the schedule is deterministic for a seed, and
 checkpoints (taken only between rollouts) resume exactly.
