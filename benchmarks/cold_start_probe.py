@@ -4,8 +4,9 @@ GOLF on `arith` works only if, after the supervised cold start, (a) the policy
 sometimes solves an RL problem on its own (else GRPO has no signal at all),
 and (b) given the `reveal` critique of a failed attempt, it writes the
 revealed answer (else no refinement succeeds and nothing is injected). This
-script runs the cold start of an experiment config exactly as the train loop does
-(`Run.cold_start_step`) and every `--every` steps measures, teacher-forced on
+script runs the cold start of an experiment config exactly as the train loop
+does (golfjax/loops/cold_start.py's batches, the cold start's trainer) and
+every `--every` steps measures, teacher-forced on
 held-out problems, the share of examples whose every response token is the
 model's argmax (what greedy decoding would write):
 
