@@ -155,6 +155,7 @@ class ColdStart:
             "cold_start/nll": step_metrics["loss"],
             "grad_norm": step_metrics["grad_norm"],
             "train/response_tokens": step_metrics["train/response_tokens"],
+            "train/skipped_nonfinite": step_metrics["train/skipped_nonfinite"],
         }
 
 

@@ -109,3 +109,11 @@ def test_an_example_that_does_not_fit_names_its_index():
     example = cold_start_lib.SFTExample(prompt_tokens=[1] * 5, response_tokens=[2] * 3)
     with pytest.raises(ValueError, match="cold-start example 0: prompt of 5 tokens"):
         cold_start_lib.sft_batch([example], prompt_len=4, response_len=3, pad_id=0)
+
+
+def test_metrics_keep_the_step_s_names_the_train_loop_reads():
+    metrics = cold_start_lib.ColdStart.metrics(
+        {"loss": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0, "train/skipped_nonfinite": 0.0,
+         "entropy": 3.0})
+    assert metrics == {"cold_start/nll": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0,
+                       "train/skipped_nonfinite": 0.0}
