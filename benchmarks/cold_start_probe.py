@@ -4,8 +4,9 @@ GOLF on `arith` works only if, after the supervised cold start, (a) the policy
 sometimes solves an RL problem on its own (else GRPO has no signal at all),
 and (b) given the `reveal` critique of a failed attempt, it writes the
 revealed answer (else no refinement succeeds and nothing is injected). This
-script runs the cold start of an experiment config exactly as the runner does
-(`Run.cold_start_step`) and every `--every` steps measures, teacher-forced on
+script runs the cold start of an experiment config exactly as the train loop
+does (golfjax/loops/cold_start.py's batches, the cold start's trainer) and
+every `--every` steps measures, teacher-forced on
 held-out problems, the share of examples whose every response token is the
 model's argmax (what greedy decoding would write):
 
@@ -45,9 +46,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from launch import jobs  # noqa: E402
 from golfjax import config as config_lib  # noqa: E402
-from golfjax import runner as runner_lib  # noqa: E402
+from golfjax import components as components_lib  # noqa: E402
+from golfjax import metrics as metrics_lib  # noqa: E402
 from golfjax.data import cold_start as data_cold_start  # noqa: E402
-from golfjax.data.iterator import EpochIterator  # noqa: E402
 from golfjax import feedback as feedback_lib  # noqa: E402
 from golfjax.feedback import refinement as refinement_lib  # noqa: E402
 from golfjax.loops import cold_start as cold_start_lib  # noqa: E402
@@ -81,13 +82,15 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     if not cfg.cold_start.steps:
         raise ValueError("the config has no cold start (cold_start.steps = 0)")
     workdir = tempfile.mkdtemp(prefix="cold_start_probe_")
-    run = runner_lib.Run(cfg, workdir)
+    config_lib.validate(cfg, jax.device_count(), jax.process_count())
+    run, initial_params = components_lib.build(cfg, workdir)
+    cold = run.cold_start
     tokenizer, pad = run.tokenizer, run.tokenizer.pad_id
     critic = feedback_lib.make_critic(cfg.golf.critic or None, run.task)
     template = refinement_lib.TEMPLATES[cfg.golf.template]
     rl_test = list(run.task.load("test"))[:num_eval]
-    cold_test = list(run.cold_task.load("test"))[:num_eval]
-    cold_train = run.cold_problems[:num_eval]
+    cold_test = list(cold.task.load("test"))[:num_eval]
+    cold_train = list(cold.problems[:num_eval])
     plain = {
         "plain_cold_train": [data_cold_start.make_sft_example(p, tokenizer) for p in cold_train],
         "plain_cold": [data_cold_start.make_sft_example(p, tokenizer) for p in cold_test],
@@ -100,8 +103,9 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     sets = {name: examples for name, examples in {**plain, "refine_rl": refine_rl}.items() if examples}
     response_len = cfg.sampling.max_new_tokens
 
-    state = run.sft_trainer.init_state(run.initial_params, cfg.seed)
-    data = EpochIterator(len(run.cold_problems), cfg.cold_start.batch_size, cfg.seed)
+    trainer = run.cold_start_trainer
+    state = trainer.init_state(initial_params, cfg.seed)
+    data = cold.data()
     rows, started, nll = [], time.monotonic(), []
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
@@ -109,13 +113,14 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
                    "nll": float(np.mean(nll)) if nll else None}
             for name, examples in sets.items():
                 row[name] = exact_match(state.params, run.model_config, examples, pad,
-                                        run.sft_prompt_len(examples), response_len)
+                                        cold.prompt_len(examples), response_len)
             rows.append(row)
             nll = []
             print(json.dumps(row), flush=True)
         if step < steps:
-            state, metrics = run.cold_start_step(state, data, step)
-            nll.append(metrics["cold_start/nll"])
+            batch, _ = cold.batch(step, data)
+            state, metrics = trainer.step(state, trainer.put_batch(batch))
+            nll.append(metrics_lib.to_scalars(metrics)["loss"])
     return {"config": config_lib.to_dict(cfg), "steps": steps, "num_eval": num_eval,
             "rows": rows, "total_seconds": time.monotonic() - started}
 

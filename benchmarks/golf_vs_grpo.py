@@ -13,7 +13,7 @@ efficiency over scalar-reward RL):
 2. From it, `--seeds` RL runs of each method on the 1-digit sums that carry: GOLF
    (experiments/configs/golf.py:arith) and the GRPO baseline
    (experiments/configs/grpo.py:arith, the same loop with feedback off). Each is
-   an ordinary run of `golfjax.runner.run` in its own work directory under
+   an ordinary run of `golfjax.train_loop.train` in its own work directory under
    `--root`, so an interrupted benchmark resumes where it stopped.
 3. Held-out accuracy (mean over `eval.samples` samples of `eval.num_problems`
    test problems) is logged every `--eval_every` RL steps. For each run the
@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import common  # noqa: E402
 from golfjax import export as export_lib  # noqa: E402
 from golfjax import metrics as metrics_lib  # noqa: E402
-from golfjax import runner  # noqa: E402
+from golfjax import train_loop  # noqa: E402
 
 METHODS = ("golf", "grpo")
 
@@ -79,7 +79,7 @@ def cold_start(args: argparse.Namespace) -> tuple[str, dict[str, float], float]:
         c.cold_start.steps = args.cold_steps
     c.checkpoint.every = max(1, c.cold_start.steps)
     started = time.monotonic()
-    last = runner.run(c, workdir)
+    last = train_loop.train(c, workdir)
     if not os.path.exists(os.path.join(policy, "config.json")):
         export_lib.export(workdir, policy)
     evals = [r for r in metrics_lib.read_metrics(workdir) if "eval/accuracy" in r]
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in METHODS:
             workdir = os.path.join(args.root, f"{method}_seed{seed}")
             t0 = time.monotonic()
-            runner.run(_config(method, seed, args, policy), workdir)
+            train_loop.train(_config(method, seed, args, policy), workdir)
             records = metrics_lib.read_metrics(workdir)
             run = {
                 "seed": seed,

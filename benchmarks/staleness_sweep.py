@@ -1,9 +1,9 @@
-"""Staleness sweep: VESPO and its baselines at N optimizer steps per rollout, and fully async.
+"""Staleness sweep: VESPO and its baselines at several optimizer steps per rollout, and fully async.
 
     .venv/bin/python benchmarks/staleness_sweep.py            # the default sweep
     .venv/bin/python benchmarks/staleness_sweep.py --quick    # a few minutes
 
-Every run goes through `golfjax.runner.run` (the code path of
+Every run goes through `golfjax.train_loop.train` (the code path of
 `python -m experiments.main`) with experiments/configs/vespo.py on the built-in
 `arith` task, in this process, on one device:
 
@@ -11,12 +11,12 @@ Every run goes through `golfjax.runner.run` (the code path of
    start on the training sums), exported as a Hugging Face checkpoint to
    `<workdir>/cold_start_<steps>_hf`: every run below starts from exactly this policy
    (`init=` option of the config, no cold start of its own).
-2. For each loss in `--losses`, staleness N in `--ns` and seed in `--seeds`:
-   `vespo.py:<loss>,n=<N>,seed=<s>,init=<dir>` for `--steps` optimizer steps of
+2. For each loss in `--losses`, staleness (optimizer steps per rollout) in `--ns` and seed in `--seeds`:
+   `vespo.py:<loss>,n=<staleness>,seed=<s>,init=<dir>` for `--steps` optimizer steps of
    RL on one-digit sums. A step is one mini-batch of 4 prompts x 8 samples, so
    every run generates the same `steps x 32` samples and takes the same number
-   of optimizer steps; N only sets how stale each step's data is (one rollout
-   batch of N mini-batches every N steps). The seed changes the rollouts and
+   of optimizer steps; the staleness only sets how stale each step's data is
+   (one rollout of that many mini-batches every that many steps). The seed changes the rollouts and
    the data order, not the starting policy.
 3. For each loss in `--async-losses` (default: `--losses`): the same with fully
    asynchronous rollout (a worker thread samples with a snapshot synced every
@@ -25,9 +25,9 @@ Every run goes through `golfjax.runner.run` (the code path of
 Held-out accuracy (20 problems x 8 samples) is measured every `--eval-every`
 steps. The sweep writes `<out>.json` (per run: config, accuracy curve, and per
 step the gradient norm, training reward, entropy, W statistics and clip
-fraction, wall time; a per-(loss, N) summary over seeds) and `<out>.png`
+fraction, wall time; a per-(loss, staleness) summary over seeds) and `<out>.png`
 (held-out accuracy, training reward and gradient norm over training, a row per
-loss, a line per N, async dashed). A persistent compilation cache under the
+loss, a line per staleness, async dashed). A persistent compilation cache under the
 work directory lets runs after the first reuse compiled programs; a run whose
 work directory is complete is read back, not rerun.
 
@@ -35,14 +35,14 @@ work directory is complete is read back, not rerun.
 refinements injected into failed groups, and the refinement groups) in
 golf.py:arith's sparse-reward regime (experiments/configs/vespo.py option
 `golf=1`): its 450-step cold start, then RL on the 1-digit sums that carry,
-where plain RL has no signal but GOLF learns within 64 steps (README, GOLF vs
-GRPO), so staleness can be seen to help or hurt learning that happens.
+where plain RL has no signal but GOLF learns within 64 steps (docs/results.md,
+GOLF vs GRPO), so staleness can be seen to help or hurt learning that happens.
 
-Scale: the default (64 steps, N in {1, 4, 16, 64}, four losses, 2 seeds, four
-async runs: 36 runs of about 45 s after the first) is sized for about 30-40
-minutes on a 2-core CPU; `--quick` runs 8 steps of N in {1, 8} for vespo and
-ppo_clip, one seed, and one async run, from a 40-step cold start, in a few
-minutes: a check of the pipeline, too short to measure anything.
+Scale: the default is 64 steps, staleness in {1, 4, 16, 64}, four losses, 2
+seeds and four async runs (36 runs; docs/results.md has their run times);
+`--quick` runs 8 steps of staleness in {1, 8} for vespo and ppo_clip, one
+seed, and one async run, from a 40-step cold start: a check of the pipeline,
+too short to measure anything.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     from experiments.configs import vespo as vespo_config
     from golfjax import export
     from golfjax import metrics as metrics_lib
-    from golfjax import runner
+    from golfjax import train_loop
 
     c = vespo_config.get_config("vespo,n=1" + REGIMES[args.regime])
     steps = args.cold_start_steps or c.cold_start.steps
@@ -78,13 +78,13 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     run_dir = os.path.join(workdir, f"cold_start_{args.regime}_{steps}")
     c.cold_start.steps = steps
     c.cold_start.refine_first_steps = min(c.cold_start.refine_first_steps, steps)
-    c.train.steps = 1  # The runner needs one RL step; the export is the step before it.
+    c.train.steps = 1  # The train loop needs one RL step; the export is the step before it.
     c.checkpoint.every = steps
     c.eval.every = 1000
     c.eval.num_problems = args.eval_problems
     if not os.path.exists(os.path.join(hf_dir, "config.json")):
         started = time.monotonic()
-        runner.run(c, run_dir)
+        train_loop.train(c, run_dir)
         export.export(run_dir, hf_dir, step=steps)
         print(f"cold start: {steps} steps in {time.monotonic() - started:.0f}s -> {hf_dir}", flush=True)
     records = metrics_lib.read_metrics(run_dir)
@@ -98,7 +98,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     from experiments.configs import vespo as vespo_config
     from golfjax import config as config_lib
     from golfjax import metrics as metrics_lib
-    from golfjax import runner
+    from golfjax import train_loop
 
     c = vespo_config.get_config(
         f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
@@ -117,7 +117,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     timing = os.path.join(run_dir, "sweep_wall_s.json")
     if not records or records[-1]["step"] != total:
         started = time.monotonic()
-        runner.run(c, run_dir)
+        train_loop.train(c, run_dir)
         records = metrics_lib.read_metrics(run_dir)
         with open(timing, "w") as f:  # Read back with the run's results.
             json.dump(time.monotonic() - started, f)
@@ -151,15 +151,15 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         "reward_pre_injection": column("reward_pre_injection/mean"),
         "injection_rate": column("golf/injection_rate"),
         "entropy": column("entropy"),
-        "staleness_per_step": column("vespo/staleness"),
-        "log_w_abs_max": column("vespo/log_w_abs_max"),
-        "log_w_pos_mean": column("vespo/log_w_pos_mean"),
-        "log_w_neg_mean": column("vespo/log_w_neg_mean"),
+        "staleness_per_step": column("schedule/staleness"),
+        "log_w_abs_max": column("schedule/log_w_abs_max"),
+        "log_w_pos_mean": column("schedule/log_w_pos_mean"),
+        "log_w_neg_mean": column("schedule/log_w_neg_mean"),
         "phi_pos_mean": column("vespo/phi_pos_mean"),
         "phi_neg_mean": column("vespo/phi_neg_mean"),
-        "ess": column("vespo/ess"),
+        "ess": column("schedule/ess"),
         "clip_frac": column("loss/clip_frac"),
-        "dropped_rollouts": sum(column("vespo/dropped_rollouts")),
+        "dropped_rollouts": sum(column("schedule/dropped_rollouts")),
         "samples_generated": rl[-1]["samples/generated"],
         "skipped_nonfinite": sum(column("train/skipped_nonfinite")),
     }
@@ -172,10 +172,10 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (loss, N or async): means over seeds of the headline numbers."""
+    """Per (loss, staleness or async): means over seeds of the headline numbers."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
-        regime = "async" if run["async"] else f"N={run['staleness']}"
+        regime = "async" if run["async"] else f"staleness={run['staleness']}"
         groups.setdefault((run["loss"], regime), []).append(run)
     rows = []
     for (loss, regime), members in groups.items():
@@ -208,7 +208,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
-    """Accuracy, training reward and gradient norm: a row per loss, a line per N."""
+    """Accuracy, training reward and gradient norm: a row per loss, a line per staleness."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,7 +230,7 @@ def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
             if not members:
                 continue
             style = {"color": "black", "linestyle": "--"} if regime == "async" else {"color": colors[regime]}
-            label = "async" if regime == "async" else f"N={regime}"
+            label = "async" if regime == "async" else f"staleness={regime}"
             length = min(len(m["eval_accuracy"]) for m in members)
             accuracy = np.mean([m["eval_accuracy"][:length] for m in members], axis=0)
             axes[row, 0].plot(members[0]["eval_step"][:length], accuracy, marker="o", markersize=3,
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                                       else args.losses).split(",") if loss]
     bad = [n for n in ns if args.steps % n]
     if bad:
-        parser.error(f"--steps={args.steps} is not a multiple of N = {bad}")
+        parser.error(f"--steps={args.steps} is not a multiple of staleness {bad}")
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -98,6 +98,8 @@ from golfjax.models import transformer  # noqa: E402
 from golfjax.train import step as step_lib  # noqa: E402
 from golfjax.train import trainer as trainer_lib  # noqa: E402
 from golfjax.train.state import OptimizerConfig  # noqa: E402
+from golfjax.config import TrainSection  # noqa: E402
+from golfjax.losses import LossConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,8 +265,8 @@ def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     config = preset.replace(compute_dtype=args.dtype, remat=args.remat or preset.remat)
     n, p, t = shape.rows, shape.prompt, shape.response
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    step_cfg = step_lib.StepConfig(loss="ppo_clip", micro_batches=1, logp_chunk=128)
-    trainer = trainer_lib.Trainer(config, step_cfg, OptimizerConfig(lr=1e-5), mesh)
+    train_cfg = TrainSection(loss="ppo_clip", micro_batches=1, logp_chunk=128)
+    trainer = trainer_lib.Trainer(config, train_cfg, LossConfig(), OptimizerConfig(lr=1e-5), mesh)
     state = trainer.init_state(transformer.init_params(config, jax.random.key(0), mesh), seed=0)
     batch = trainer.put_batch(make_batch(config, n, p, t))
 

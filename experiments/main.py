@@ -55,9 +55,9 @@ def main(argv: list[str]) -> None:
         )
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    from golfjax import runner  # After flag parsing: importing JAX is slow.
+    from golfjax import train_loop  # After flag parsing: importing JAX is slow.
 
-    runner.run(_CONFIG.value, _WORKDIR.value)
+    train_loop.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

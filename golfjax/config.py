@@ -1,30 +1,51 @@
-"""Typed run configuration, built once from an `ml_collections.ConfigDict`.
+"""Typed run configuration, built and validated once from an `ml_collections.ConfigDict`.
 
 Experiment configs (experiments/configs/*.py) are ConfigDicts so that absl
-flags can override any key (`--config.optimizer.lr=1e-6`). The runner turns
-one into a `RunConfig` of frozen dataclasses here, exactly once; library code
-only ever sees the dataclasses. Every default lives in a dataclass below (or in
-the library dataclasses they reuse: `LossConfig`, `OptimizerConfig`), so a
-config file only states what differs from them.
+flags can override any key (`--config.optimizer.lr=1e-6`). `build` turns one
+into a `RunConfig` of frozen dataclasses here, exactly once; library code only
+ever sees the dataclasses, and the components take their section as is: the
+train step takes `TrainSection` and `LossConfig`, the optimizer
+`OptimizerConfig`, the sampler a `SamplingConfig` made from `SamplingSection`
+plus the values derived from the tokenizer and the mesh
+(golfjax/components.py). Every default lives in one dataclass: a section below, or
+the library dataclass it is (`LossConfig`, `OptimizerConfig`) or takes its
+defaults from (`SamplingConfig`). The ConfigDict conversion itself (`build`,
+`to_dict`) is golfjax/config_dict.py.
 
-Validation names the offending key by its full dotted path and says what it
-accepts, e.g. `config.optimizer.lr: OptimizerConfig.lr=0.0; expected > 0` or
-`config.train: unknown key 'lrr'; known keys: advantage, ...`.
+Validation runs before anything is built or written: each field in its
+section's `__post_init__`, the constraints between sections in `validate`.
+Every error names the full dotted key and what it accepts, e.g.
+`config.eval.every=0; expected >= 1`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from typing import Any, Mapping
 
 import numpy as np
 
 from golfjax import advantages
 from golfjax import losses
+from golfjax.config_dict import build  # noqa: F401  (config_lib.build: the entry point)
+from golfjax.config_dict import to_dict  # noqa: F401
 from golfjax.losses import LossConfig
+from golfjax.sampling import SamplingConfig
 from golfjax.train.state import OptimizerConfig
+
+KL_ESTIMATORS = ("k1", "k3")
+NONFINITE_MODES = ("skip", "raise")
+
+
+def _check(section: Any, checks: Mapping[str, tuple[bool, str]]) -> None:
+    """Raises `name=value; expected ...` for the first failed check."""
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"{name}={getattr(section, name)!r}; expected {expected}")
+
+
+def _one_of(section: Any, name: str, allowed: tuple[str, ...]) -> tuple[bool, str]:
+    return getattr(section, name) in allowed, f"one of {', '.join(allowed)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +56,12 @@ class ModelSection:
     hf_path: str = ""  # A local directory; overrides `preset` when set.
     remat: bool = False
 
+    def __post_init__(self) -> None:
+        from golfjax.models.config import PRESETS
+
+        if not self.hf_path:
+            _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
+
 
 # Tasks whose constructor takes `dataset=DIR` (`TaskSection.dataset`).
 DATASET_TASKS = ("math",)
@@ -42,7 +69,7 @@ DATASET_TASKS = ("math",)
 
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
-    """The task (`golfjax.rewards.TASKS`) and its constructor arguments."""
+    """The task (`golfjax.rewards.TASKS`), its constructor arguments and its prompts."""
 
     name: str = "arith"
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -53,72 +80,120 @@ class TaskSection:
     # reads its problems from it, and RL prompts come through the grain
     # pipeline (golfjax/data/pipeline.py). Only tasks in DATASET_TASKS read one.
     dataset: str = ""
+    # Chat-template variables of every prompt the policy sees: rollout,
+    # refinement, evaluation and cold start (e.g. Qwen 3's
+    # `{"enable_thinking": False}`).
+    template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from golfjax.rewards import TASKS
+
+        _check(self, {"name": _one_of(self, "name", tuple(sorted(TASKS)))})
         if self.dataset and self.name not in DATASET_TASKS:
             raise ValueError(
                 f"dataset={self.dataset!r} but task {self.name!r} makes its own problems;"
                 f" datasets are read by the tasks {', '.join(DATASET_TASKS)}"
             )
         if self.dataset and "dataset" in self.kwargs:
-            raise ValueError("dataset is set twice, as task.dataset and task.kwargs.dataset; keep one")
+            raise ValueError("dataset: set twice, as task.dataset and task.kwargs.dataset; keep one")
+        bad = sorted(k for k in self.template_kwargs if not isinstance(k, str) or not k.isidentifier())
+        if bad:
+            raise ValueError(
+                f"template_kwargs: key {bad[0]!r} is not an identifier; expected chat-template variable names")
 
     def task_kwargs(self) -> dict[str, Any]:
         """The task constructor's keyword arguments: `kwargs`, plus `dataset` when set."""
         return {**self.kwargs, "dataset": self.dataset} if self.dataset else dict(self.kwargs)
 
 
+_SAMPLER = SamplingConfig()  # The sampler's defaults are the sampling section's.
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingSection:
-    """Rollout sampling (see `golfjax.sampling.SamplingConfig`)."""
+    """Rollout sampling; the fields and defaults of `golfjax.sampling.SamplingConfig`.
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 16
+    The sampler's other fields (stop ids, pad id, batch buckets) are derived
+    from the tokenizer and the mesh where the sampler is built.
+    """
+
+    temperature: float = _SAMPLER.temperature
+    top_p: float = _SAMPLER.top_p
+    top_k: int = _SAMPLER.top_k
+    max_new_tokens: int = _SAMPLER.max_new_tokens
+    # G: an RL group needs several samples, unlike the sampler's plain default of 1.
     group_size: int = 8
-    prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
-    decode_loops: int = 4
+    prompt_buckets: tuple[int, ...] = _SAMPLER.prompt_buckets
+    decode_loops: int = _SAMPLER.decode_loops
+
+    def __post_init__(self) -> None:
+        _check(self, {
+            "temperature": (self.temperature >= 0, ">= 0 (0: greedy)"),
+            "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
+            "top_k": (self.top_k >= 0, ">= 0 (0: off)"),
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "group_size": (self.group_size >= 1, ">= 1"),
+            "prompt_buckets": (bool(self.prompt_buckets) and self.prompt_buckets[0] >= 1 and list(
+                self.prompt_buckets) == sorted(set(self.prompt_buckets)), "increasing lengths >= 1"),
+            "decode_loops": (self.decode_loops >= 1, ">= 1"),
+        })
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    """The RL phase: how many steps, how big, which objective."""
+    """The RL phase: how many steps, how big, which objective.
 
-    steps: int = 100
-    prompts_per_step: int = 16
+    The train step (golfjax/train/step.py) takes this section itself; `loss`
+    is the one setting that chooses the policy loss (`golfjax.losses.LOSSES`,
+    e.g. "vespo"), whatever the rollout schedule (`ScheduleSection`).
+    """
+
+    steps: int = 100  # Optimizer steps of RL (0: cold start only).
+    prompts_per_step: int = 16  # B: prompts of one optimizer step's mini-batch.
     loss: str = "ppo_clip"
-    off_policy_loss: str = "shaping"
+    off_policy_loss: str = "shaping"  # GOLF's injected tokens.
     advantage: str = "grpo"
-    micro_batches: int = 1
+    micro_batches: int = 1  # M: gradient accumulation; the rows N must divide by it.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
-    logp_chunk: int = 128
-    # Score old_logp with the trainer before the update (the ratio is then
-    # exactly 1 on the first mini-batch); False uses the sampler's log-probs.
+    logp_chunk: int = 128  # Response positions per log-prob chunk (memory vs speed).
+    # Score old_logp with the trainer once per rollout, before its first
+    # update; False uses the sampler's log-probs.
     recompute_old_logp: bool = True
-    nonfinite: str = "skip"
+    nonfinite: str = "skip"  # "skip" a non-finite update, or also "raise".
     # With nonfinite = "skip", a run stops once more than this many steps in a
     # row were skipped (golfjax/train/nonfinite.py).
     max_consecutive_skips: int = 10
 
     def __post_init__(self) -> None:
-        losses.get_loss(self.loss)
-        losses.get_off_policy_loss(self.off_policy_loss)
-        advantages.get_advantage(self.advantage)
-        if self.steps < 0:
-            raise ValueError(f"steps={self.steps}; expected >= 0 (0: cold start only)")
-        if self.max_consecutive_skips < 0:
-            raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips}; expected >= 0")
-        for name in ("prompts_per_step", "micro_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
+        for name, get in (("loss", losses.get_loss), ("off_policy_loss", losses.get_off_policy_loss),
+                      ("advantage", advantages.get_advantage)):
+            try:
+                get(getattr(self, name))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        _check(self, {
+            "steps": (self.steps >= 0, ">= 0 (0: cold start only)"),
+            "prompts_per_step": (self.prompts_per_step >= 1, ">= 1"),
+            "micro_batches": (self.micro_batches >= 1, ">= 1"),
+            "kl_coef": (self.kl_coef >= 0, ">= 0"),
+            "kl_estimator": _one_of(self, "kl_estimator", KL_ESTIMATORS),
+            "entropy_coef": (self.entropy_coef >= 0, ">= 0"),
+            "logp_chunk": (self.logp_chunk >= 1, ">= 1"),
+            "nonfinite": _one_of(self, "nonfinite", NONFINITE_MODES),
+            "max_consecutive_skips": (self.max_consecutive_skips >= 0, ">= 0"),
+        })
 
 
 @dataclasses.dataclass(frozen=True)
 class ColdStartSection:
-    """Supervised warm-up on the task's reference solutions (0 steps: none)."""
+    """Supervised warm-up on the task's reference solutions (0 steps: none).
+
+    golfjax/loops/cold_start.py builds its batches. RL then starts with fresh
+    optimizer moments, and `optimizer.warmup_steps` ramps RL's learning rate
+    from 0 (golfjax/components.py explains the choice).
+    """
 
     steps: int = 0
     batch_size: int = 32
@@ -127,30 +202,28 @@ class ColdStartSection:
     task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Share of steps whose batch is in refinement format (failed attempts +
     # critiques -> the reference solution), so the policy can use feedback from
-    # RL step 1. A batch is of one kind: plain prompts then keep their short
-    # prompt bucket (golfjax/runner.py: Run.cold_start_step).
+    # RL step 1 (golfjax/loops/cold_start.py).
     refine_fraction: float = 0.0
-    # Overrides of the cold-start task kwargs for the problems of the
-    # refinement-format batches ({}: the cold-start problems). Problems the
-    # policy cannot solve yet (for arith: longer sums) make those batches teach
-    # the use of the feedback (copy the revealed answer) rather than the task.
+    # Overrides of the cold-start task kwargs for the refinement-format batches'
+    # problems ({}: the cold start's). Problems the policy cannot solve yet make
+    # those batches teach the use of the feedback rather than the task.
     refine_task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # The first `refine_first_steps` steps are all refinement batches, the rest
-    # follow refine_fraction: a feedback-first curriculum, so that the use of
-    # the critique is learnt before the plain problems compete with it.
+    # follow refine_fraction: the use of the critique is learnt first.
     refine_first_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.refine_fraction <= 1:
-            raise ValueError(
-                f"steps={self.steps}, batch_size={self.batch_size}, lr={self.lr},"
-                f" refine_fraction={self.refine_fraction}; expected steps >= 0,"
-                " batch_size >= 1, lr > 0, refine_fraction in [0, 1]"
-            )
-        # steps = 0 switches the cold start off, whatever the other keys say.
-        if self.refine_first_steps < 0 or self.steps and self.refine_first_steps > self.steps:
-            raise ValueError(
-                f"refine_first_steps={self.refine_first_steps}; expected 0 to steps = {self.steps}")
+        _check(self, {
+            "steps": (self.steps >= 0, ">= 0 (0: no cold start)"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "refine_fraction": (0 <= self.refine_fraction <= 1, "in [0, 1]"),
+            # steps = 0 switches the cold start off, whatever the other keys say.
+            "refine_first_steps": (
+                self.refine_first_steps >= 0 and not (self.steps and self.refine_first_steps > self.steps),
+                f"0 to steps = {self.steps}",
+            ),
+        })
         if self.refine_task_kwargs and not self.refines:
             raise ValueError(
                 f"refine_task_kwargs={dict(self.refine_task_kwargs)} but refine_fraction = 0 and"
@@ -170,7 +243,7 @@ class ColdStartSection:
 
 @dataclasses.dataclass(frozen=True)
 class GolfSection:
-    """GOLF's feedback loop; `enabled=False` is the GRPO baseline."""
+    """GOLF's feedback loop (golfjax/loops/golf.py); `enabled=False` is the GRPO baseline."""
 
     enabled: bool = False
     critic: str = ""  # "" takes the task's default critic.
@@ -184,73 +257,53 @@ class GolfSection:
     split_mean: bool = False
 
     def __post_init__(self) -> None:
-        choices = {
-            "strategy": ("adaptive", "always", "hybrid"),
-            "include": ("failed", "all"),
-            "template": ("default", "compact"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}"
-                )
-        if self.n_inject < 1 or not 0 <= self.hybrid_prob <= 1:
-            raise ValueError(
-                f"n_inject={self.n_inject}, hybrid_prob={self.hybrid_prob};"
-                " expected n_inject >= 1 and hybrid_prob in [0, 1]"
-            )
+        from golfjax.feedback import CRITICS
+
+        _check(self, {
+            "critic": (self.critic in ("",) + tuple(CRITICS), f"'' or one of {', '.join(sorted(CRITICS))}"),
+            "strategy": _one_of(self, "strategy", ("adaptive", "always", "hybrid")),
+            "success_threshold": (self.success_threshold <= 1, "<= 1 (< 0: the task's)"),
+            "n_inject": (self.n_inject >= 1, ">= 1"),
+            "hybrid_prob": (0 <= self.hybrid_prob <= 1, "in [0, 1]"),
+            "include": _one_of(self, "include", ("failed", "all")),
+            "template": _one_of(self, "template", ("default", "compact")),
+            "max_refinement_prompt_tokens": (self.max_refinement_prompt_tokens >= 1, ">= 1"),
+        })
 
 
 @dataclasses.dataclass(frozen=True)
-class VespoSection:
-    """VESPO's training regimes (golfjax/loops/vespo.py); `enabled=False`: one update per rollout.
+class ScheduleSection:
+    """How rollouts feed optimizer steps (golfjax/loops/schedule.py), for any `train.loss`.
 
-    The loop trains any `train.loss`; `train.recompute_old_logp` picks the
-    behaviour log-probs (the trainer's rescoring of the rollout under the
-    parameters that sampled it, or the sampler's own; `loss.tis` then corrects
-    between the two). A mini-batch is `train.prompts_per_step` prompts and one
-    optimizer step, so `train.steps` counts optimizer steps and a run samples
-    `train.steps * train.prompts_per_step * sampling.group_size` responses
-    whatever the staleness.
+    A rollout samples `minibatches` mini-batches of `train.prompts_per_step`
+    prompts each with one policy, and trains them in order, one optimizer step
+    each; mini-batch j (1-based) is trained by a policy j - 1 steps ahead of
+    the one that sampled it (VESPO's staleness setting is `minibatches`).
+    `minibatches = 1` is on-policy training. `train.steps` counts optimizer
+    steps and must be a multiple of `minibatches`.
     """
 
-    enabled: bool = False
-    # N: mini-batches per rollout batch, trained once each in sequence, so
-    # mini-batch j is trained by a policy j - 1 optimizer steps ahead of the
-    # one that sampled it. `train.steps` must be a multiple of it.
-    staleness: int = 1
-    # A rollout worker thread samples with a parameter snapshot while the
-    # learner trains (fully asynchronous).
+    minibatches: int = 1
+    # A worker thread samples with a parameter snapshot while the learner trains.
     async_rollout: bool = False
-    sync_every: int = 1  # K: learner steps between parameter snapshots (async).
+    sync_every: int = 1  # Async: learner steps between parameter snapshots.
     # Async: a rollout whose first mini-batch would be trained more than this
-    # many learner steps after its sampling policy is dropped (and counted).
-    # At least K - 1, or the learner could wait forever.
+    # many steps after its sampling policy is dropped (>= sync_every - 1).
     max_staleness: int = 4
     queue_size: int = 2  # Async: finished rollouts the worker may hold ahead.
-    # Async: the last `rollout_devices` devices sample and the others train;
-    # 0 shares every device between the worker and the learner.
+    # Async: the last `rollout_devices` devices sample, the others train (0: shared).
     rollout_devices: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "staleness": (self.staleness >= 1, ">= 1"),
+        _check(self, {
+            "minibatches": (self.minibatches >= 1, ">= 1"),
             "sync_every": (self.sync_every >= 1, ">= 1"),
-            "max_staleness": (
-                self.max_staleness >= self.sync_every - 1,
-                f">= sync_every - 1 = {self.sync_every - 1}",
-            ),
+            "max_staleness": (self.max_staleness >= self.sync_every - 1,
+                              f">= sync_every - 1 = {self.sync_every - 1}"),
             "queue_size": (self.queue_size >= 1, ">= 1"),
-            "rollout_devices": (self.rollout_devices >= 0, ">= 0"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)}; expected {expected}")
-        if self.rollout_devices and not self.async_rollout:
-            raise ValueError(
-                f"rollout_devices={self.rollout_devices} needs async_rollout=True"
-                " (only the asynchronous worker samples on its own devices)"
-            )
+            "rollout_devices": (self.rollout_devices >= 0 and not (self.rollout_devices and not self.async_rollout),
+                                ">= 0, and 0 unless async_rollout (only the worker samples on devices of its own)"),
+        })
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,11 +315,22 @@ class EvalSection:
     samples: int = 4  # k of pass@k
     temperature: float = 1.0
 
+    def __post_init__(self) -> None:
+        _check(self, {
+            "every": (self.every >= 1, ">= 1 (RL steps between evaluations)"),
+            "num_problems": (self.num_problems >= 1, ">= 1"),
+            "samples": (self.samples >= 1, ">= 1 (k of pass@k)"),
+            "temperature": (self.temperature >= 0, ">= 0 (0: greedy)"),
+        })
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
-    every: int = 10
+    every: int = 10  # Steps between checkpoints (the last step and a SIGTERM always save).
     keep: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self, {"every": (self.every >= 1, ">= 1"), "keep": (self.keep >= 1, ">= 1")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +340,13 @@ class MeshSection:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = (self.data, self.fsdp, self.tensor)
+        _check(self, {name: (size >= 1 or size == -1, ">= 1 or -1 (the rest)")
+                      for name, size in zip(("data", "fsdp", "tensor"), sizes)})
+        if sizes.count(-1) > 1:
+            raise ValueError(f"data, fsdp, tensor = {sizes}: at most one may be -1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,75 +360,77 @@ class RunConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     cold_start: ColdStartSection = ColdStartSection()
     golf: GolfSection = GolfSection()
-    vespo: VespoSection = VespoSection()
+    schedule: ScheduleSection = ScheduleSection()
     eval: EvalSection = EvalSection()
     checkpoint: CheckpointSection = CheckpointSection()
     mesh: MeshSection = MeshSection()
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed={self.seed}; expected an int in [0, 2**31)")
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Coerces a ConfigDict value to the annotated type, or raises naming `path`."""
-    origin = typing.get_origin(tp)
-    if _is_dataclass_type(tp):
-        return build(tp, value, path)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        non_none = [t for t in options if t is not type(None)]
-        return _convert(value, non_none[0], path)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{path}={value!r}; expected a sequence")
-        (item,) = typing.get_args(tp)[:1]
-        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin is not None and issubclass(origin, Mapping):
-        if hasattr(value, "to_dict"):
-            value = value.to_dict()
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{path}={value!r}; expected a mapping")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{path}={value!r}; expected {tp.__name__}")
-    if tp is int and isinstance(value, bool):
-        raise ValueError(f"{path}={value!r}; expected int")
-    return value
+    @property
+    def total_steps(self) -> int:
+        """Global steps of the run: the cold start's, then RL's."""
+        return self.cold_start.steps + self.train.steps
 
 
-def build(cls: type, mapping: Any, path: str = "config") -> Any:
-    """A `cls` dataclass from a (Config)dict; unknown or bad keys name `path`."""
-    if hasattr(mapping, "to_dict"):
-        mapping = mapping.to_dict()
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{path}={mapping!r}; expected a mapping of {cls.__name__} fields")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
+def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
+    """The constraints between sections, checked before anything is built.
+
+    Raises:
+      ValueError naming the dotted keys involved and what they accept.
+    """
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    devices = device_count - (cfg.schedule.rollout_devices if cfg.schedule.async_rollout else 0)
+    if devices < 1:
         raise ValueError(
-            f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {
-        name: _convert(value, hints[name], f"{path}.{name}") for name, value in mapping.items()
+            f"config.schedule.rollout_devices={cfg.schedule.rollout_devices} leaves no device to"
+            f" train on ({device_count} devices)")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes and devices % known == 0:
+        sizes[sizes.index(-1)] = devices // known
+    if int(np.prod(sizes)) != devices:
+        raise ValueError(
+            f"config.mesh: data x fsdp x tensor = {cfg.mesh.data} x {cfg.mesh.fsdp} x"
+            f" {cfg.mesh.tensor} does not fit the {devices} training devices")
+    shards = sizes[0] * sizes[1]
+    rows = {
+        "config.train.prompts_per_step * config.sampling.group_size":
+            cfg.train.prompts_per_step * cfg.sampling.group_size,
     }
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    if cfg.cold_start.steps:
+        rows["config.cold_start.batch_size"] = cfg.cold_start.batch_size
+    for name, value in rows.items():
+        if value % shards:
+            raise ValueError(f"{name} = {value} rows do not split over the mesh's {shards} data x fsdp devices")
+        if name.startswith("config.train") and value % cfg.train.micro_batches:
+            raise ValueError(
+                f"{name} = {value} rows do not split into config.train.micro_batches ="
+                f" {cfg.train.micro_batches}")
+    if cfg.train.steps % cfg.schedule.minibatches:
+        raise ValueError(
+            f"config.train.steps={cfg.train.steps} is not a multiple of config.schedule.minibatches ="
+            f" {cfg.schedule.minibatches}; every rollout is trained to the end")
+    if cfg.schedule.rollout_devices and cfg.train.recompute_old_logp:
+        raise ValueError(
+            f"config.schedule.rollout_devices={cfg.schedule.rollout_devices} needs"
+            " config.train.recompute_old_logp=False (the sampler's log-probs)")
+    if cfg.schedule.async_rollout and process_count > 1:  # Each worker would drop rollouts on its own timing.
+        raise ValueError(
+            f"config.schedule.async_rollout=True does not support multi-process runs ({process_count}"
+            " processes); use the synchronous schedule (config.schedule.minibatches)")
+    from golfjax.rewards import make_task  # The tasks check their own arguments.
 
-
-def to_dict(config: Any) -> Any:
-    """A JSON-able dict of a (nested) config dataclass, for checkpoints."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return {str(k): to_dict(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [to_dict(v) for v in config]
-    return config
+    kwargs = {"config.task.kwargs": cfg.task.task_kwargs()}
+    if cfg.cold_start.steps:
+        kwargs["config.cold_start.task_kwargs"] = {**kwargs["config.task.kwargs"], **cfg.cold_start.task_kwargs}
+    for key, task_kwargs in kwargs.items():
+        try:
+            make_task(cfg.task.name, **task_kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{key}: task {cfg.task.name!r} refuses {task_kwargs}: {e}") from None
+    if cfg.task.dataset and cfg.train.prompts_per_step % process_count:
+        raise ValueError(
+            f"config.train.prompts_per_step = {cfg.train.prompts_per_step} does not split over"
+            f" {process_count} processes, each reading its own shard of config.task.dataset")

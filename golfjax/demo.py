@@ -6,8 +6,8 @@ Runs experiments/configs/golf.py:arith (a 450-step supervised cold start that
 teaches the answer format and the use of a revealed answer, then 30 GOLF steps
 on the 1-digit sums that carry, where the cold-started model fails), prints
 progress, and writes `accuracy.png`: held-out accuracy versus training samples
-generated. About 5 minutes on an idle 2-core CPU (README);
-`--variant smoke` runs in about a minute. The work directory is the run's
+generated. `--variant smoke` is the short version (docs/results.md has
+measured run times). The work directory is the run's
 identity: running the demo again resumes (or just replots) it; delete the
 directory to start over.
 """
@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.configs import golf as golf_config
     from golfjax import metrics as metrics_lib
     from golfjax import plotting
-    from golfjax import runner
+    from golfjax import train_loop
 
     config = golf_config.get_config(args.variant)
     print(f"GOLF on {config.task.name}: {config.cold_start.steps} cold-start steps, then"
           f" {config.train.steps} RL steps; work directory {args.workdir}")
-    last = runner.run(config, args.workdir)
+    last = train_loop.train(config, args.workdir)
     curve = plotting.eval_curve(metrics_lib.read_metrics(args.workdir))
     path = os.path.join(args.workdir, "accuracy.png")
     plotting.plot_curves({"GOLF": curve}, path, title=f"GOLF on {config.task.name}")

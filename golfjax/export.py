@@ -25,7 +25,6 @@ from golfjax import sharding
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
 from golfjax.train import checkpoint as checkpoint_lib
-from golfjax.train import step as step_lib
 from golfjax.train.trainer import Trainer
 
 
@@ -66,7 +65,7 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> int:
         model_config = _model_config(cfg)
         # The state's optimizer part must match the saved structure: the run's
         # optimizer config builds it; the loss settings do not matter here.
-        trainer = Trainer(model_config, step_lib.StepConfig(), cfg.optimizer, mesh)
+        trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.optimizer, mesh)
         state, _ = ckpt.restore(trainer.abstract_state, step)
     finally:
         ckpt.close()

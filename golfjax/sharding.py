@@ -131,6 +131,17 @@ def logical_to_sharding(names: Sequence[str | None], mesh: Mesh,
     return NamedSharding(mesh, spec)
 
 
+def row_sharding(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> NamedSharding:
+    """Arrays split by their leading (row) dimension over the `batch` rule's mesh
+    axes, the rest of each array whole: the layout of every batch and rollout."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def row_shards(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> int:
+    """How many devices the rows of a `row_sharding` array are split over."""
+    return _mesh_axis_size(mesh, dict(rules)["batch"])
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
                     for k in path)

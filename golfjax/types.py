@@ -1,6 +1,25 @@
 """The one batch that flows through a train step, for every algorithm.
 
-Letters: N rows (samples), P prompt slots, T response slots.
+Shape letters, the project's one definition. Array names end in their shape
+(`logp_NxT`, `reward_BxG`); every module uses these meanings:
+
+  B   prompts (problems) of a rollout or mini-batch
+  G   samples per prompt (a group)
+  N   rows (sequences); N = B * G in a rollout
+  P   prompt tokens (left-padded)
+  T   response tokens (right-padded)
+  S   tokens of a full sequence in the model, S = P + T
+  V   vocabulary
+  D   model width
+  H   query heads
+  K   key/value heads
+  Dh  head dim (the width of one head)
+  L   layers
+  F   MLP width
+  M   micro-batches of a train step
+
+A count of optimizer steps between a rollout's policy and the policy trained
+on it is written out as `staleness`, never a letter.
 
 Every row is a (prompt, response) pair. Prompts are left-padded into P slots so
 the last prompt token of every row sits at slot P - 1; responses are

@@ -6,6 +6,7 @@ import pytest
 
 from golfjax import config as config_lib
 from golfjax.losses import LossConfig
+from golfjax.sampling import SamplingConfig
 
 
 def _config(**sections):
@@ -20,35 +21,43 @@ def test_round_trip_of_the_defaults():
     built = config_lib.build(config_lib.RunConfig, _config())
     assert built == config_lib.RunConfig()
     assert isinstance(built.loss, LossConfig)
-    assert built.sampling.prompt_buckets == (32, 64, 128, 256, 512, 1024, 2048)
-
-
-def test_overrides_are_typed():
-    built = config_lib.build(
-        config_lib.RunConfig,
-        _config(optimizer={"lr": 1}, loss={"agg": "seq-mean-token-sum-norm"}, task={"kwargs": {"max_digits": 3}}),
-    )
-    assert built.optimizer.lr == 1.0 and isinstance(built.optimizer.lr, float)
-    assert built.loss.agg == "seq-mean-token-sum-norm"
-    assert built.task.kwargs == {"max_digits": 3}
-    hash(built.loss)  # static under jit
+    # One default per setting: the sampling section's are the sampler's.
+    sampler = SamplingConfig()
+    for name in ("temperature", "top_p", "top_k", "max_new_tokens", "prompt_buckets", "decode_loops"):
+        assert getattr(built.sampling, name) == getattr(sampler, name), name
 
 
 @pytest.mark.parametrize(
     "mapping, message",
     [
         ({"train": {"lrr": 1.0}}, r"config.train: unknown key 'lrr'; known keys: advantage, "),
-        ({"optimizer": {"lr": 0.0}}, r"config.optimizer: OptimizerConfig.lr=0.0; expected > 0"),
-        ({"loss": {"agg": "mean"}}, r"config.loss: agg='mean' is not an aggregation mode"),
-        ({"train": {"loss": "ppo"}}, r"config.train: unknown loss 'ppo'; expected one of cispo"),
-        ({"train": {"advantage": "gae"}}, r"config.train: unknown advantage 'gae'"),
-        ({"golf": {"strategy": "never"}}, r"config.golf: strategy='never'; expected one of adaptive, always, hybrid"),
+        ({"optimizer": {"lr": 0.0}}, r"config.optimizer.lr=0.0; expected > 0"),
+        ({"loss": {"agg": "mean"}}, r"config.loss.agg='mean' is not an aggregation mode"),
+        ({"train": {"loss": "ppo"}}, r"config.train.loss: unknown loss 'ppo'; expected one of cispo"),
+        ({"train": {"advantage": "gae"}}, r"config.train.advantage: unknown advantage 'gae'"),
+        ({"golf": {"strategy": "never"}}, r"config.golf.strategy='never'; expected one of adaptive, always, hybrid"),
+        ({"eval": {"every": 0}}, r"config.eval.every=0; expected >= 1"),
+        ({"eval": {"samples": 0}}, r"config.eval.samples=0; expected >= 1"),
+        ({"eval": {"num_problems": 0}}, r"config.eval.num_problems=0; expected >= 1"),
+        ({"seed": -1}, r"config.seed=-1; expected an int in"),
+        ({"checkpoint": {"every": 0}}, r"config.checkpoint.every=0; expected >= 1"),
+        ({"checkpoint": {"keep": 0}}, r"config.checkpoint.keep=0; expected >= 1"),
+        ({"sampling": {"max_new_tokens": 0}}, r"config.sampling.max_new_tokens=0; expected >= 1"),
+        ({"sampling": {"prompt_buckets": [64, 32]}}, r"config.sampling.prompt_buckets=\(64, 32\); expected increasing"),
+        ({"sampling": {"top_p": 0.0}}, r"config.sampling.top_p=0.0; expected in \(0, 1\]"),
+        ({"schedule": {"minibatches": 0}}, r"config.schedule.minibatches=0; expected >= 1"),
+        ({"mesh": {"data": 0}}, r"config.mesh.data=0; expected >= 1 or -1"),
+        ({"model": {"preset": "huge"}}, r"config.model.preset='huge'; expected one of"),
+        ({"task": {"name": "chess"}}, r"config.task.name='chess'; expected one of arith"),
+        ({"task": {"template_kwargs": {"enable thinking": 1}}}, r"config.task.template_kwargs: key 'enable thinking' is not an identifier"),
+        ({"golf": {"critic": "oracle"}}, r"config.golf.critic='oracle'; expected '' or one of"),
+        ({"train": {"kl_estimator": "k2"}}, r"config.train.kl_estimator='k2'; expected one of k1, k3"),
         ({"train": {"steps": "ten"}}, r"config.train.steps='ten'; expected int"),
         ({"bogus": {}}, r"config: unknown key 'bogus'"),
         ({"cold_start": {"refine_task_kwargs": {"min_digits": 3}}},
-         r"config.cold_start: refine_task_kwargs=\{'min_digits': 3\} but refine_fraction = 0"),
+         r"config.cold_start.refine_task_kwargs=\{'min_digits': 3\} but refine_fraction = 0"),
         ({"cold_start": {"steps": 10, "refine_first_steps": 11}},
-         r"config.cold_start: refine_first_steps=11; expected 0 to steps = 10"),
+         r"config.cold_start.refine_first_steps=11; expected 0 to steps = 10"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(mapping, message):
@@ -70,8 +79,22 @@ def test_refine_first_steps_precede_the_refine_fraction_draw():
     config_lib.ColdStartSection(steps=0, refine_first_steps=10)  # No cold start: nothing to check.
 
 
-def test_to_dict_is_json_friendly():
-    import json
-
-    as_dict = config_lib.to_dict(config_lib.RunConfig())
-    assert json.loads(json.dumps(as_dict)) == as_dict
+def test_cross_section_constraints_name_their_keys():
+    cfg = config_lib.RunConfig()
+    config_lib.validate(cfg, 8)
+    bad = config_lib.build(config_lib.RunConfig, _config(train={"prompts_per_step": 3}, sampling={"group_size": 2}))
+    with pytest.raises(ValueError, match=r"config.train.prompts_per_step \* config.sampling.group_size = 6 rows"
+                                         r" do not split over the mesh's 8 data x fsdp devices"):
+        config_lib.validate(bad, 8)
+    bad = config_lib.build(config_lib.RunConfig, _config(train={"micro_batches": 3}))
+    with pytest.raises(ValueError, match=r"= 128 rows do not split into config.train.micro_batches = 3"):
+        config_lib.validate(bad, 8)
+    bad = config_lib.build(config_lib.RunConfig, _config(cold_start={"steps": 5, "batch_size": 12}))
+    with pytest.raises(ValueError, match=r"config.cold_start.batch_size = 12 rows do not split"):
+        config_lib.validate(bad, 8)
+    bad = config_lib.build(config_lib.RunConfig, _config(task={"kwargs": {"digits": 3}}))
+    with pytest.raises(ValueError, match=r"config.task.kwargs: task 'arith' refuses \{'digits': 3\}"):
+        config_lib.validate(bad, 8)
+    bad = config_lib.build(config_lib.RunConfig, _config(cold_start={"steps": 5, "task_kwargs": {"num_train": -1}}))
+    with pytest.raises(ValueError, match=r"config.cold_start.task_kwargs: task 'arith' refuses"):
+        config_lib.validate(bad, 8)

@@ -10,12 +10,11 @@ from experiments.configs import common
 from golfjax import config as config_lib
 from golfjax import export as export_lib
 from golfjax import metrics as metrics_lib
-from golfjax import runner
+from golfjax import train_loop
 from golfjax import sharding
 from golfjax.models import hf
 from golfjax.tokenizer import load_tokenizer
 from golfjax.train import checkpoint as checkpoint_lib
-from golfjax.train import step as step_lib
 from golfjax.train.trainer import Trainer
 
 
@@ -23,7 +22,7 @@ def _cold_start_only(workdir):
     c = common.feedback_config("smoke", golf=False)
     c.train.steps = 0
     c.checkpoint.every = 1
-    runner.run(c, workdir)
+    train_loop.train(c, workdir)
     return c
 
 
@@ -42,7 +41,7 @@ def test_export_then_rl_from_the_export(tmp_path):
     # The exported weights are the checkpoint's, bit for bit.
     mesh = sharding.make_mesh(1, -1, 1)
     optimizer = config_lib.build(config_lib.RunConfig, c.to_dict()).optimizer
-    trainer = Trainer(model_config, step_lib.StepConfig(), optimizer, mesh)
+    trainer = Trainer(model_config, config_lib.TrainSection(), config_lib.LossConfig(), optimizer, mesh)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     state, _ = ckpt.restore(trainer.abstract_state)
     ckpt.close()
@@ -58,7 +57,7 @@ def test_export_then_rl_from_the_export(tmp_path):
     rl.task.tokenizer = str(out)
     rl.cold_start.steps = 0
     rl.train.steps = 1
-    last = runner.run(rl, str(tmp_path / "rl"))
+    last = train_loop.train(rl, str(tmp_path / "rl"))
     assert "reward/mean" in last and np.isfinite(last["loss"])
 
 

@@ -36,6 +36,16 @@ def test_logical_to_spec():
         sharding.logical_to_spec(("heads", "mlp"))
 
 
+def test_rows_follow_the_batch_rule():
+    mesh = sharding.make_mesh(2, 2, 2)
+    assert sharding.row_sharding(mesh).spec == P(("data", "fsdp"))
+    assert sharding.row_shards(mesh) == 4
+    # Another rule table moves the rows with it.
+    rules = (("batch", "data"),) + tuple(r for r in sharding.LOGICAL_RULES if r[0] != "batch")
+    assert sharding.row_sharding(mesh, rules).spec == P("data")
+    assert sharding.row_shards(mesh, rules) == 2
+
+
 def test_indivisible_dimension_names_parameter():
     # 2 kv heads over a tensor axis of 4: the k projection cannot be sharded.
     mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)

@@ -7,6 +7,8 @@ that `--config.section.key=value` works for every key.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
 
 import ml_collections
 
@@ -19,17 +21,83 @@ def base() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config_lib.to_dict(config_lib.RunConfig()))
 
 
-def parse_variant(arg: str | None, known: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """`"arith,seed=3"` -> `("arith", {"seed": "3"})`; the first item is the variant."""
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options a variant may take after its name (`"arith,seed=3"`), typed.
+
+    Each config file passes the subset it accepts to `parse_variant`; an
+    option outside it, or a value of the wrong type, is an error naming the
+    option and what it accepts.
+
+    Attributes:
+      seed: the run's seed (a sweep over seeds then runs this one only).
+      n: optimizer steps per rollout (`schedule.minibatches`), VESPO's staleness N.
+      async_rollout: fully asynchronous rollout (`async=1`).
+      golf: GOLF's batches in golf.py:arith's sparse-reward regime (`golf=1`).
+      init: a Hugging Face checkpoint directory to start from (no cold start).
+      smoke: the tiny model and a few steps (`smoke=1`).
+      task: the task of the variant's runs.
+    """
+
+    seed: int | None = None
+    n: int | None = None
+    async_rollout: bool = False
+    golf: bool = False
+    init: str = ""
+    smoke: bool = False
+    task: str = "arith"
+
+
+# Option spelling in a variant string -> `Options` field.
+_OPTION_FIELDS = {"seed": "seed", "n": "n", "async": "async_rollout", "golf": "golf",
+                  "init": "init", "smoke": "smoke", "task": "task"}
+_TASK_CHOICES = ("arith", "math")
+
+
+def _option_value(name: str, text: str) -> Any:
+    field = _OPTION_FIELDS[name]
+    if field in ("seed", "n"):
+        if not text.isdigit() or (field == "n" and int(text) < 1):
+            raise ValueError(f"option {name}={text!r}; expected an int >= {1 if field == 'n' else 0}")
+        return int(text)
+    if field in ("async_rollout", "golf", "smoke"):
+        if text not in ("0", "1", "true", "false"):
+            raise ValueError(f"option {name}={text!r}; expected 0 or 1")
+        return text in ("1", "true")
+    if field == "task" and text not in _TASK_CHOICES:
+        raise ValueError(f"option task={text!r}; expected one of {', '.join(_TASK_CHOICES)}")
+    return text
+
+
+def parse_variant(
+    arg: str | None, known: tuple[str, ...], options: tuple[str, ...] = ("seed",)
+) -> tuple[str, Options]:
+    """`"arith,seed=3"` -> `("arith", Options(seed=3))`; the first item is the variant.
+
+    Args:
+      arg: the variant string (None: the first of `known`).
+      known: the variant names.
+      options: the option names this config accepts (keys of `_OPTION_FIELDS`).
+
+    Raises:
+      ValueError naming an unknown variant or option, or a bad option value.
+    """
     parts = [p for p in (arg or known[0]).split(",") if p]
-    variant, options = parts[0], dict(p.split("=", 1) for p in parts[1:])
+    variant = parts[0]
     if variant not in known:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(known)}")
-    return variant, options
+    values: dict[str, Any] = {}
+    for part in parts[1:]:
+        name, sep, text = part.partition("=")
+        if not sep or name not in options:
+            raise ValueError(f"unknown option {part!r} of variant {variant!r}; expected NAME=VALUE with"
+                             f" NAME one of {', '.join(options)}")
+        values[_OPTION_FIELDS[name]] = _option_value(name, text)
+    return variant, Options(**values)
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a config to about a minute on CPU: tiny model, few steps, small groups."""
+    """Shrinks a config to a quick CPU check: tiny model, few steps, small groups."""
     config.model.preset = "tiny"
     config.cold_start.steps = min(config.cold_start.steps, 2)
     config.cold_start.refine_first_steps = min(config.cold_start.refine_first_steps, 1)
@@ -56,10 +124,16 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     `RL`): a cold start that teaches the answer format on the 1-digit sums that
     do not carry and, in refinement-format batches over longer carry-free sums,
     the copy of a revealed answer (all of the first 300 steps, a coin flip per
-    step after: README, GOLF vs GRPO); then RL on the 1-digit sums that carry,
-    which the cold-started model gets wrong: sparse reward, GOLF's regime. The
-    tiny character-level model (`task_1m`) needs far larger learning rates
-    than GOLF's 1e-6 for 7B models.
+    step after); then RL on the 1-digit sums that carry, which the
+    cold-started model gets wrong: sparse reward, GOLF's regime. The tiny
+    character-level model (`task_1m`) needs far larger learning rates than
+    GOLF's 1e-6 for 7B models; docs/results.md holds the measurements behind
+    these settings.
+
+    Optimizer steps per rollout (`schedule.minibatches`) follow GOLF's released
+    scripts where the task has a counterpart there: 4 for math, 2 for
+    instruction following (`constraints`); code tasks would take 8. `arith`
+    keeps 1 (on-policy), the setting its learning rate was tuned for.
     """
     c = base()
     c.model.preset = "task_1m"
@@ -93,20 +167,18 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         c.cold_start.refine_fraction = 0.5
         # Every refinement prompt of this task, the cold start's and GOLF's,
         # is 90-109 tokens (one attempt: a second never fits the 128-token
-        # budget); padding them to 112 rather than 128 makes each cold-start
-        # step about 11% shorter, and most of the demo is those steps.
+        # budget); a 112 bucket pads them less than 128 would.
         c.sampling.prompt_buckets = (32, 64, 112, 128, 256)
-        # RL from that cold start: 3e-4 leaves GOLF's policy at 0% after 20
-        # steps, 3e-3 collapses it (README, GOLF vs GRPO).
+        # RL from that cold start: lower rates leave GOLF's policy where it
+        # starts within 30 steps, higher ones collapse it (docs/results.md).
         c.optimizer.lr = 1e-3
         c.sampling.max_new_tokens = 20
         c.train.steps = 30
         c.eval.samples = 16
         c.eval.every = 5
-        # A save cost about half a second of a 2-core CPU's time (the state and
-        # Adam's moments, written while the next steps run), so saving every 10
-        # steps cost the demo about 25 s. A crash now recomputes at most 50
-        # steps; a preemption (SIGTERM) still saves the step it stops at.
+        # Saves are a noticeable share of a short CPU run; a crash recomputes
+        # at most 50 steps, and a preemption (SIGTERM) still saves the step it
+        # stops at.
         c.checkpoint.every = 50
     elif variant == "constraints":
         c.task.name = "constraints"
@@ -116,6 +188,7 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         c.cold_start.refine_fraction = 0.3
         c.train.steps = 40
         c.sampling.max_new_tokens = 16
+        c.schedule.minibatches = 2  # GOLF's instruction-following scripts.
     elif variant == "math":
         # Real models: point model.hf_path and task.tokenizer at a local
         # checkpoint (e.g. Qwen2.5-Math-1.5B) and task.kwargs.train_path at a
@@ -129,6 +202,7 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         c.sampling.prompt_buckets = (64, 128, 256, 512, 1024)
         c.train.steps = 20
         c.eval.num_problems = 8
+        c.schedule.minibatches = 4  # GOLF's math scripts.
     if variant == "smoke":
         smoke(c)
     return c
@@ -139,16 +213,18 @@ def feedback_config(arg: str | None, *, golf: bool) -> ml_collections.ConfigDict
     variant, options = parse_variant(arg, TASK_VARIANTS)
     c = task_config(variant)
     c.golf.enabled = golf
-    if "seed" in options:
-        c.seed = int(options["seed"])
+    if options.seed is not None:
+        c.seed = options.seed
     return c
 
 
-def seed_sweep(arg: str | None, known: tuple[str, ...]) -> list[dict[str, object]]:
+def seed_sweep(
+    arg: str | None, known: tuple[str, ...], options: tuple[str, ...] = ("seed",)
+) -> list[dict[str, object]]:
     """Three seeds, as the GOLF vs GRPO benchmark runs them; the one run when
     the variant in `arg` (one of `known`, see `parse_variant`) names its own
     `seed=` (a sweep over seeds would override it)."""
-    _, options = parse_variant(arg, known)
-    if "seed" in options:
+    _, parsed = parse_variant(arg, known, options)
+    if parsed.seed is not None:
         return [{}]
     return [{"seed": seed} for seed in range(3)]

@@ -4,12 +4,12 @@
 
 Variants: `arith` (the project's demo: `make demo`), `constraints`, `math`
 (needs a local checkpoint and dataset for real runs, see common.py), and
-`smoke` (two steps of each phase on the tiny model; about a minute on a
-2-core CPU, mostly compilation).
+`smoke` (two steps of each phase on the tiny model, mostly compilation).
 `arith`: a 450-step cold start (the answer format on 1-digit sums that do not
 carry, the copy of a revealed answer on longer ones), then 30 GOLF steps on the
 1-digit sums that carry (common.task_config); its measured learning curves
-are in the README (GOLF vs GRPO).
+are in docs/results.md.
+Options after the variant: `seed=S` (common.parse_variant).
 The GRPO baseline on equal terms is experiments/configs/grpo.py.
 """
 

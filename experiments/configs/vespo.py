@@ -2,14 +2,17 @@
 
     python -m experiments.main --config=experiments/configs/vespo.py:vespo,n=16 --workdir=/tmp/vespo_n16
 
-Variants name what trains: a loss of `golfjax.losses.LOSSES` in the
-synchronous staleness loop (`vespo`, `ppo_clip` (GRPO), `gspo`, `sapo`,
-`cispo`), `async` (VESPO with fully asynchronous rollout: sampler log-probs,
-weights synced every step, rollouts more than 4 steps behind dropped), or
-`golf` (GOLF's batches, with refinements and injection, trained by the VESPO
-loss at staleness N). Options follow the variant, comma-separated:
+Variants name the loss that trains (`train.loss`, a key of
+`golfjax.losses.LOSSES`: `vespo`, `ppo_clip` (GRPO), `gspo`, `sapo`, `cispo`)
+under the synchronous rollout schedule at a staleness of
+`schedule.minibatches` optimizer steps per rollout, or `async` (the VESPO loss with fully
+asynchronous rollout: sampler log-probs, weights synced every step, rollouts
+more than 4 steps behind dropped), or `golf` (GOLF's batches, with
+refinements and injection, trained by the VESPO loss at that staleness). Options
+follow the variant, comma-separated, typed and checked by
+`common.parse_variant`:
 
-- `n=N`: staleness, the optimizer steps per rollout batch (default 4;
+- `n=<steps>`: the staleness, optimizer steps per rollout (default 4;
   `train.steps` is rounded up to a multiple of it);
 - `async=1`: the variant's loss with fully asynchronous rollout;
 - `golf=1`: GOLF's batches in golf.py:arith's sparse-reward regime, trained
@@ -21,29 +24,30 @@ loss at staleness N). Options follow the variant, comma-separated:
 - `task=math`: the `math` task of golf.py/grpo.py (GSM8K/MATH-style prompts,
   `\boxed{}` answers, no cold start) instead of `arith`, for real checkpoints:
   add `--config.model.hf_path=DIR --config.task.tokenizer=DIR` and
-  `--config.task.dataset=DIR` (README: Launching);
-- `smoke=1`: the tiny model, two cold-start and two RL steps (one to two
-  minutes on a 2-core CPU, mostly compilation); the variant `smoke` is
-  `vespo,smoke=1`.
+  `--config.task.dataset=DIR` (README, launching on TPU);
+- `smoke=1`: the tiny model, two cold-start and two RL steps (mostly
+  compilation); the variant `smoke` is `vespo,smoke=1`.
 
 Setup. All 100 one-digit sums, 80 to train on and 20 held out. A cold start
-(80 supervised steps on the 80 training sums' reference solutions) takes the
-`task_1m` model to about 9% accuracy at temperature 1 with pass@8 near 60%:
-most groups of 8 hold a success, so every mini-batch carries signal. Then 64
-optimizer steps of RL, each one mini-batch of 4 prompts x 8 samples: every run
-generates the same 2,048 samples and takes the same number of steps whatever
-N; N only sets how stale each step's data is. AdamW at lr 3e-4 (higher rates
-make even on-policy training collapse on this tiny model, lower ones leave it
+(80 supervised steps on the 80 training sums' reference solutions) leaves the
+`task_1m` model with a low accuracy at temperature 1 but a high pass@8
+(docs/results.md): most groups of 8 hold a success, so every mini-batch
+carries signal. Then 64 optimizer steps of RL, each one mini-batch of 4
+prompts x 8 samples: every run generates the same 2,048 samples and takes the
+same number of steps whatever the staleness, which only sets how stale each
+step's data is. AdamW at lr 3e-4 (higher rates make even on-policy training
+collapse on this tiny model, lower ones leave it
 where it started within 64 steps). Losses keep the library's defaults (VESPO's
 k/lambda = 2/3 and 3/2, PPO eps 0.2 with dual clip 3, GSPO 3e-4/4e-4, SAPO
 tau 1/1.05), with GRPO advantages and `token-mean` aggregation as in the VESPO
 paper's scripts. Held-out accuracy: 20 problems x 8 samples every 8 steps.
 
-Runtime on a 2-core CPU: about 3 minutes for one run with its cold start.
-The sweep's measurements are in the README (section VESPO).
+The sweep's measurements and run times are in docs/results.md.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import ml_collections
 
@@ -74,8 +78,7 @@ def arith() -> ml_collections.ConfigDict:
     c.optimizer.lr = 3e-4
     c.optimizer.weight_decay = 0.0
     c.optimizer.grad_clip = 1.0
-    c.vespo.enabled = True
-    c.vespo.staleness = 4
+    c.schedule.minibatches = 4
     c.eval.every = 8
     c.eval.num_problems = 20
     c.eval.samples = 8
@@ -89,39 +92,33 @@ def math() -> ml_collections.ConfigDict:
     c = common.task_config("math")
     c.train.advantage = "grpo"
     c.loss.agg = "token-mean"
-    c.vespo.enabled = True
-    c.vespo.staleness = 4
+    c.schedule.minibatches = 4
     c.train.steps = 64
     return c
 
 
+OPTIONS = ("n", "async", "golf", "seed", "init", "smoke", "task")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant, options = common.parse_variant(arg, VARIANTS)
-    unknown = sorted(set(options) - {"n", "async", "golf", "seed", "init", "smoke", "task"})
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r}; expected n, async, golf, seed, init, task or smoke")
-    task = options.get("task", "arith")
-    if task not in ("arith", "math"):
-        raise ValueError(f"unknown task={task!r}; expected arith or math")
-    c = arith() if task == "arith" else math()
+    variant, options = common.parse_variant(arg, VARIANTS, OPTIONS)
+    c = arith() if options.task == "arith" else math()
     if variant == "smoke":
-        variant, options = "vespo", {**options, "smoke": "1"}
+        variant, options = "vespo", dataclasses.replace(options, smoke=True)
     if variant == "golf":
-        variant, options = "vespo", {**options, "golf": "1"}
+        variant, options = "vespo", dataclasses.replace(options, golf=True)
     c.train.loss = "vespo" if variant == "async" else variant
-    if variant == "async" or options.get("async", "0") == "1":
+    if variant == "async" or options.async_rollout:
         # The paper's fully-async setting: behaviour log-probs from the sampler,
         # a snapshot every learner step, bounded staleness.
-        c.vespo.async_rollout = True
-        c.vespo.staleness = 1
-        c.vespo.sync_every = 1
-        c.vespo.max_staleness = 4
+        c.schedule.async_rollout = True
+        c.schedule.minibatches = 1
+        c.schedule.sync_every = 1
+        c.schedule.max_staleness = 4
         c.train.recompute_old_logp = False
-    golf = options.get("golf", "0") == "1"
-    if golf and task == "math":
+    if options.golf and options.task == "math":
         c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
-    elif golf:
+    elif options.golf:
         # GOLF's sparse-reward regime, as golf.py:arith: its task, cold start
         # and refinement prompts.
         regime = common.task_config("arith")
@@ -131,18 +128,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.task.kwargs = regime.task.kwargs
         c.cold_start = regime.cold_start
         c.eval.samples = regime.eval.samples  # 10 held-out sums: more samples each.
-    if "n" in options:
-        c.vespo.staleness = int(options["n"])
-    if "seed" in options:
-        c.seed = int(options["seed"])
-    if options.get("init"):
-        c.model.hf_path = options["init"]
+    if options.n is not None:
+        c.schedule.minibatches = options.n
+    if options.seed is not None:
+        c.seed = options.seed
+    if options.init:
+        c.model.hf_path = options.init
         c.cold_start.steps = 0
-    if options.get("smoke", "0") == "1":
+    if options.smoke:
         common.smoke(c)
-        c.vespo.staleness = min(c.vespo.staleness, 2)
+        c.schedule.minibatches = min(c.schedule.minibatches, 2)
         c.eval.every = 100  # Evaluated at the start and the end only.
-    n = c.vespo.staleness
+    n = c.schedule.minibatches
     c.train.steps = -(-c.train.steps // n) * n
     return c
 
@@ -151,15 +148,15 @@ def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
     """Work units for `launch/xm_launch.py`.
 
     With no variant (`--config=experiments/configs/vespo.py`), the staleness sweep
-    of benchmarks/staleness_sweep.py: N in {1, 4, 16, 64} x {vespo, ppo_clip,
-    gspo, sapo} x 2 seeds. A named variant fixes the loss and N itself, so its
+    of benchmarks/staleness_sweep.py: staleness in {1, 4, 16, 64} x {vespo, ppo_clip,
+    gspo, sapo} x 2 seeds. A named variant fixes the loss and the staleness itself, so its
     sweep is three seeds (or the one run, when it names `seed=`).
     """
     if not arg:
         return [
-            {"train.loss": loss, "vespo.staleness": n, "seed": seed}
+            {"train.loss": loss, "schedule.minibatches": n, "seed": seed}
             for loss in ("vespo", "ppo_clip", "gspo", "sapo")
             for n in (1, 4, 16, 64)
             for seed in range(2)
         ]
-    return common.seed_sweep(arg, VARIANTS)
+    return common.seed_sweep(arg, VARIANTS, OPTIONS)

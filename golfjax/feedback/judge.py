@@ -4,7 +4,9 @@ The judge renders one prompt per failed row from a template (the problem, the
 reference answer, the response), applies the judge model's chat template and
 hands all prompts to `generate_fn` at once, a callable the loop builds from the
 sampler (`list of prompt token lists -> list of response texts`), so this file
-does not depend on the sampler's internals. The output must read
+does not depend on the sampler's internals. The judge model's parameters are
+explicit: golfjax/loops/golf.py binds the parameters (and key) of each call
+of a `ModelGenerateFn` into the `generate_fn` of a judge made for that call. The output must read
 
     Critique: <text>
     Verdict: correct | incorrect
@@ -34,6 +36,8 @@ from golfjax.rewards.base import Problem
 from golfjax.tokenizer import Tokenizer
 
 GenerateFn = Callable[[list[list[int]]], list[str]]
+# (params, prompt token lists, key) -> response texts: the judge model itself.
+ModelGenerateFn = Callable[[Any, list[list[int]], Any], list[str]]
 
 JUDGE_TEMPLATE = (
     "You are checking a solution to a problem.\n\n"

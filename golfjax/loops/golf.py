@@ -1,15 +1,17 @@
-"""The GOLF step: critique -> aggregate -> refine -> score -> inject -> one batch.
+"""GOLF's batch source: critique -> aggregate -> refine -> score -> inject -> one batch.
 
-Letters: B prompts, G samples per prompt, N = B * G rows, P prompt slots,
-T response slots.
+Letters (golfjax/types.py): B prompts, G samples per prompt, N = B * G rows,
+P prompt tokens, T response tokens.
 
-ALGORITHMS.md (section GOLF) is the specification. After the ordinary rollout
-of G samples per prompt has been scored (golfjax/loops/rl.py):
+docs/algorithms.md (section GOLF) is the specification. `GolfSource.sample`
+first samples and scores the ordinary rollout of G samples per prompt
+(golfjax/loops/rl.py), then:
 
-1. every sample gets a critique from the task's critic;
+1. every sample gets a critique from the task's critic (a model judge samples
+   its critiques with the parameters `sample` is given);
 2. each prompt's failed attempts (shortest first, within the token budget of
    the chat-templated prompt) and their critiques become one refinement prompt,
-   rendered with the rollout's chat template and thinking mode;
+   rendered with the rollout's chat-template variables (`task.template_kwargs`);
 3. the SAME policy samples G refinements per refinement prompt; they are
    scored against the ORIGINAL task (a group with nothing to refine scores 0);
 4. groups that succeeded fewer than ceil(threshold * G) times get up to
@@ -20,18 +22,19 @@ of G samples per prompt has been scored (golfjax/loops/rl.py):
    over the refinement groups, which train on-policy under their refinement
    prompt: that is how the policy learns to refine.
 
-The batch is the original groups plus the refinement groups (2N rows), as
-one `Batch` or, with `parts=True`, as two parts that keep their own prompt
-lengths (the original prompts are several times shorter than the refinement
-prompts, and `train_step` trains parts exactly as their concatenation); the
-train step applies the policy loss to on-policy tokens and the off-policy term
+The batch is the original groups plus the refinement groups (2N rows) as two
+parts that keep their own prompt lengths (the original prompts are several
+times shorter than the refinement prompts, and `train_step` trains parts
+exactly as their concatenation, `types.concat_parts`); the train step applies
+the policy loss to on-policy tokens and the off-policy term
 (`train.off_policy_loss`) to injected ones. Metrics report rewards both before
-and after injection (the released code logged only post-injection rewards).
+and after injection.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -41,82 +44,75 @@ from golfjax.config import GolfSection
 from golfjax import feedback as critics_lib
 from golfjax.feedback import injection as injection_lib
 from golfjax.feedback import refinement as refinement_lib
+from golfjax.feedback.judge import ModelGenerateFn
 from golfjax.loops import rl as rl_lib
-from golfjax.rewards.base import Task
+from golfjax.rewards.base import Problem
 from golfjax.sampling import Rollout
 from golfjax.sampling import Sampler
 from golfjax.tokenizer import Tokenizer
 from golfjax.types import Batch
-from golfjax.types import concat_parts
 from golfjax.types import make_batch
 
-# (params, prompt token lists, key) -> response texts; the judge critic's model.
-GenerateFn = Callable[[Any, list[list[int]], jax.Array], list[str]]
+@dataclasses.dataclass(frozen=True)
+class GolfSource:
+    """GOLF's 2N-row batch (original + refinement groups) as two parts.
 
+    Attributes:
+      cfg: the `golf` section.
+      groups: samples and scores the original rollout, and computes advantages.
+      critic: the critic of non-judge runs (None with the model judge).
+      judge: the judge model, `(params, prompt token lists, key) -> texts`
+        (`decode_generate`), for `golf.critic = "judge"`; None otherwise.
+    """
 
-class GolfStep:
-    """Builds GOLF's train batch from a scored rollout."""
+    cfg: GolfSection
+    groups: rl_lib.GroupSource
+    critic: critics_lib.Critic | None = None
+    judge: ModelGenerateFn | None = None
 
-    def __init__(
-        self,
-        cfg: GolfSection,
-        task: Task,
-        tokenizer: Tokenizer,
-        template_kwargs: Mapping[str, Any],
-        *,
-        judge_generate: GenerateFn | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self.task = task
-        self.tokenizer = tokenizer
-        self.template_kwargs = dict(template_kwargs)
-        self.template = refinement_lib.TEMPLATES[cfg.template]
-        self.threshold = cfg.success_threshold if cfg.success_threshold >= 0 else task.success_threshold
-        self._judge_state: dict[str, Any] = {}
-        kwargs: dict[str, Any] = {}
-        if (cfg.critic or task.default_critic) == "judge":
-            if judge_generate is None:
-                raise ValueError("golf.critic='judge' needs a judge model (judge_generate)")
-            kwargs = {
-                "generate_fn": lambda prompts: judge_generate(
-                    self._judge_state["params"], prompts, self._judge_state["key"]
-                ),
-                "tokenizer": tokenizer,
-                "template_kwargs": self.template_kwargs,
-            }
-        self.critic = critics_lib.make_critic(cfg.critic or None, task, **kwargs)
+    @property
+    def threshold(self) -> float:
+        return self.cfg.success_threshold if self.cfg.success_threshold >= 0 else self.groups.task.success_threshold
 
-    def build_batch(
-        self,
-        params: Any,
-        groups: rl_lib.Groups,
-        sampler: Sampler,
-        advantage_fn: Callable[..., jax.Array],
-        key: jax.Array,
-        *,
-        parts: bool = False,
-    ) -> tuple[Batch | tuple[Batch, Batch], dict[str, float]]:
-        """The 2N-row batch (original + refinement groups) and GOLF's metrics;
-        with `parts`, the batch is the pair (original rows, refinement rows)."""
+    def _critic(self, params: Any, key: jax.Array) -> critics_lib.Critic:
+        if self.judge is None:
+            return self.critic
+        generate = self.judge
+        return critics_lib.make_critic(
+            "judge", self.groups.task, generate_fn=lambda prompts: generate(params, prompts, key),
+            tokenizer=self.groups.tokenizer, template_kwargs=self.groups.template_kwargs,
+        )
+
+    def with_sampler(self, sampler: Sampler) -> GolfSource:
+        """The same source sampling rollouts and refinements with `sampler`."""
+        return dataclasses.replace(self, groups=self.groups.with_sampler(sampler))
+
+    def sample(
+        self, params: Any, problems: Sequence[Problem], key: jax.Array
+    ) -> tuple[tuple[Batch, Batch], dict[str, float]]:
+        """(original rows, refinement rows) sampled by `params`, and GOLF's metrics."""
+        source, tokenizer = self.groups, self.groups.tokenizer
+        groups = source.groups(params, problems, key)
+        key = jax.random.fold_in(key, 1)
         problems, b, g = groups.problems, len(groups.problems), groups.group_size
         rows = [problems[i // g] for i in range(b * g)]
-        self._judge_state = {"params": params, "key": jax.random.fold_in(key, 0)}
-        critiques = self.critic.critique(rows, groups.texts, groups.reward_N.tolist())
+        critiques = self._critic(params, jax.random.fold_in(key, 0)).critique(
+            rows, groups.texts, groups.reward_N.tolist())
         prompts = refinement_lib.build_refinement_prompts(
-            problems, groups.texts, groups.reward_N.tolist(), critiques, self.tokenizer,
+            problems, groups.texts, groups.reward_N.tolist(), critiques, tokenizer,
             group_size=g,
             max_prompt_tokens=self.cfg.max_refinement_prompt_tokens,
             include=self.cfg.include,
-            template=self.template,
-            template_kwargs=self.template_kwargs,
+            template=refinement_lib.TEMPLATES[self.cfg.template],
+            template_kwargs=source.template_kwargs,
             on_overflow="flag",
         )
         refinable_B = np.array([not p.nothing_to_refine for p in prompts])
         refined = rl_lib.sample_groups(
-            sampler, params, problems, [p.tokens for p in prompts],
-            jax.random.fold_in(key, 1), self.task, self.tokenizer,
+            source.sampler, params, problems, [p.tokens for p in prompts],
+            jax.random.fold_in(key, 1), source.task, tokenizer,
         )
-        # ALGORITHMS.md step 4: a group with nothing to refine scores 0.
+        # docs/algorithms.md, GOLF step 4: a group with nothing to refine scores 0.
         refined.reward_N = np.where(np.repeat(refinable_B, g), refined.reward_N, 0.0).astype(np.float32)
 
         reward_BxG, refined_BxG = groups.reward_BxG(), refined.reward_BxG()
@@ -134,9 +130,7 @@ class GolfStep:
             plan, _response_arrays(groups.rollout, groups.reward_N),
             _response_arrays(refined.rollout, refined.reward_N), group_size=g,
         )
-        batch = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g, advantage_fn)
-        if not parts:
-            batch = concat_parts(batch, self.tokenizer.pad_id)
+        parts = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g)
         info = {
             **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
             **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
@@ -149,7 +143,7 @@ class GolfStep:
             "golf/over_budget": float(np.mean([p.over_budget for p in prompts])),
             "samples/generated": float(2 * b * g),
         }
-        return batch, info
+        return parts, info
 
     def _combine(
         self,
@@ -158,7 +152,6 @@ class GolfStep:
         injected: injection_lib.Injected,
         refined_reward_N: np.ndarray,
         g: int,
-        advantage_fn: Callable[..., jax.Array],
     ) -> tuple[Batch, Batch]:
         """The original rows (injection applied) and the refinement rows, each
         with its own prompts; advantages are computed over both at once."""
@@ -170,7 +163,7 @@ class GolfStep:
         exclude = None
         if self.cfg.split_mean:
             exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
-        advantage = np.asarray(advantage_fn(reward, group_id, exclude))
+        advantage = np.asarray(self.groups.advantage(reward, group_id, exclude))
         original_part = make_batch(
             prompt_tokens_NxP=np.asarray(original.prompt_tokens_NxP),
             prompt_mask_NxP=np.asarray(original.prompt_mask_NxP),
@@ -204,18 +197,8 @@ def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.nda
     }
 
 
-def make_golf(
-    cfg: GolfSection,
-    task: Task,
-    tokenizer: Tokenizer,
-    template_kwargs: Mapping[str, Any] | None = None,
-    judge_generate: GenerateFn | None = None,
-) -> GolfStep:
-    return GolfStep(cfg, task, tokenizer, template_kwargs or {}, judge_generate=judge_generate)
-
-
-def decode_generate(sampler: Sampler, tokenizer: Tokenizer) -> GenerateFn:
-    """A `GenerateFn` that samples one response per prompt with `sampler`."""
+def decode_generate(sampler: Sampler, tokenizer: Tokenizer) -> ModelGenerateFn:
+    """The judge model: one response per prompt sampled with `sampler` (group size 1)."""
 
     def generate(params: Any, prompts: Sequence[Sequence[int]], key: jax.Array) -> list[str]:
         rollout = sharding.global_to_host(sampler.generate(params, [list(p) for p in prompts], key))

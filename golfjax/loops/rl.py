@@ -1,13 +1,15 @@
-"""On-policy RL: rollout -> score -> advantage -> update, plus evaluation.
+"""GRPO-style batches: G samples per prompt, scored, advantages within each group.
 
-Letters: B prompts, G samples per prompt, N = B * G rows, P prompt slots,
-T response slots.
+Letters (golfjax/types.py): B prompts, G samples per prompt, N = B * G rows,
+P prompt tokens, T response tokens.
 
-This is the GRPO baseline as it stands (and GOLF with feedback switched off);
-golfjax/loops/golf.py adds critiques, refinements and injection between
-scoring and the update, and golfjax/loops/vespo.py trains one rollout over
-several mini-batches. Text work (templating, decoding, verification) happens
-here on the host, never inside jit.
+`GroupSource.sample(params, problems, key) -> (batch, metrics)` is the batch
+source of the GRPO baseline; golfjax/loops/golf.py's `GolfSource` adds
+critiques, refinements and injection between scoring and the batch, and
+golfjax/loops/schedule.py decides when a source samples and how its batches
+become optimizer steps. `Evaluator` measures held-out accuracy and pass@k.
+Text work (templating, decoding, verification) happens here on the host,
+never inside jit.
 """
 
 from __future__ import annotations
@@ -109,37 +111,84 @@ def group_metrics(reward_BxG: np.ndarray, prefix: str = "reward") -> dict[str, f
     }
 
 
-def evaluate(
-    sampler: Sampler,
-    params: Any,
-    problems: Sequence[Problem],
-    key: jax.Array,
-    task: Task,
-    tokenizer: Tokenizer,
-    template_kwargs: Mapping[str, Any],
-    batch_size: int,
-) -> dict[str, float]:
-    """Held-out mean accuracy over k samples per problem, and pass@k.
-
-    k is the eval sampler's group size. pass@k is the fraction of problems with
-    at least one of its k samples correct.
-    """
-    correct = []
-    for start in range(0, len(problems), batch_size):
-        chunk = list(problems[start : start + batch_size])
-        prompts = [tokenizer.encode_prompt(p.question, template_kwargs) for p in chunk]
-        groups = sample_groups(
-            sampler, params, chunk, prompts, jax.random.fold_in(key, start), task, tokenizer
-        )
-        correct.append(groups.reward_BxG() >= 1.0)
-    correct_BxK = np.concatenate(correct, axis=0)
-    k = correct_BxK.shape[1]
-    return {
-        "eval/accuracy": float(correct_BxK.mean()),
-        f"eval/pass@{k}": float(correct_BxK.any(axis=1).mean()),
-    }
-
-
 def advantage_fn(name: str) -> Callable[..., jax.Array]:
     """The jitted advantage estimator of that name (compiled once per shape)."""
     return jax.jit(advantages_lib.get_advantage(name))
+
+
+def encode_prompts(
+    problems: Sequence[Problem], tokenizer: Tokenizer, template_kwargs: Mapping[str, Any]
+) -> list[list[int]]:
+    """Each problem's question as a chat-templated prompt (`task.template_kwargs`)."""
+    return [tokenizer.encode_prompt(p.question, template_kwargs) for p in problems]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSource:
+    """GRPO's batch: G samples per prompt, advantages per group (`train.advantage`).
+
+    Attributes:
+      sampler: samples G responses per prompt (`sampling.group_size`).
+      task: scores each response against its problem.
+      tokenizer: templates prompts and decodes responses.
+      advantage: the jitted estimator (`advantage_fn`).
+      template_kwargs: chat-template variables of the prompts.
+    """
+
+    sampler: Sampler
+    task: Task
+    tokenizer: Tokenizer
+    advantage: Callable[..., jax.Array]
+    template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def groups(self, params: Any, problems: Sequence[Problem], key: jax.Array) -> Groups:
+        """The scored rollout of `problems` (B) sampled by `params`."""
+        prompts = encode_prompts(problems, self.tokenizer, self.template_kwargs)
+        return sample_groups(self.sampler, params, problems, prompts, key, self.task, self.tokenizer)
+
+    def sample(self, params: Any, problems: Sequence[Problem], key: jax.Array) -> tuple[Batch, dict[str, float]]:
+        """The N = B * G row batch and its metrics (rewards, "samples/generated")."""
+        groups = self.groups(params, problems, key)
+        b, g = len(problems), groups.group_size
+        batch = to_batch(groups.rollout, groups.reward_N, np.repeat(np.arange(b), g), self.advantage)
+        info = group_metrics(groups.reward_BxG())
+        info["samples/generated"] = float(b * g)
+        return batch, info
+
+    def with_sampler(self, sampler: Sampler) -> GroupSource:
+        """The same source sampling with `sampler` (e.g. on the rollout worker's devices)."""
+        return dataclasses.replace(self, sampler=sampler)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Held-out mean accuracy over k samples per problem, and pass@k.
+
+    k is the sampler's group size (`eval.samples`); pass@k is the fraction of
+    problems with at least one of its k samples correct. Problems are sampled
+    `batch_size` at a time.
+    """
+
+    sampler: Sampler
+    problems: Sequence[Problem]
+    task: Task
+    tokenizer: Tokenizer
+    batch_size: int
+    template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, params: Any, key: jax.Array) -> dict[str, float]:
+        correct = []
+        for start in range(0, len(self.problems), self.batch_size):
+            chunk = list(self.problems[start : start + self.batch_size])
+            prompts = encode_prompts(chunk, self.tokenizer, self.template_kwargs)
+            groups = sample_groups(
+                self.sampler, params, chunk, prompts, jax.random.fold_in(key, start), self.task,
+                self.tokenizer,
+            )
+            correct.append(groups.reward_BxG() >= 1.0)
+        correct_BxK = np.concatenate(correct, axis=0)
+        k = correct_BxK.shape[1]
+        return {
+            "eval/accuracy": float(correct_BxK.mean()),
+            f"eval/pass@{k}": float(correct_BxK.any(axis=1).mean()),
+        }

@@ -316,11 +316,30 @@ class Checkpointer:
             if not verdict:
                 report(f"checkpoint {self.step_dir(step)} has no digest (its save was not sealed);"
                        " restoring it unverified")
+            if i:
+                self._set_aside(steps[:i], report)
             return Found(step=step, config=config, data=data, verified=bool(verdict))
         if damaged:
             others = f" (and {len(damaged) - 1} older damaged step(s))" if len(damaged) > 1 else ""
             raise CheckpointError(f"no intact checkpoint in {self.directory}: {damaged[0]}{others}")
         return None
+
+    def _set_aside(self, steps: list[int], report: Callable[[str], None]) -> None:
+        """Moves damaged `steps` out of the checkpoint directory, into
+        `damaged_checkpoints/` beside it, so that the resumed run can save
+        those step numbers again; nothing is deleted."""
+        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        if self.primary:
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                target = os.path.join(aside, str(step))
+                n = 1
+                while os.path.exists(target):
+                    target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+                os.replace(self.step_dir(step), target)
+                report(f"moved damaged step {step} to {target}")
+        _agree(0)  # Every process reloads after process 0 has moved them.
+        self._manager.reload()
 
     def _restore_json(self, step: int, item: str) -> Any:
         try:

@@ -1,6 +1,6 @@
 """The train step: one pure function, jitted in exactly one place (`Trainer`).
 
-Letters: N rows, M micro-batches, P prompt slots, T response slots.
+Letters (golfjax/types.py): N rows, M micro-batches, P prompt tokens, T response tokens.
 
 `train_step(state, batch, key) -> (state, metrics)` runs, for each of M
 micro-batches, the forward pass once over `[prompt; response]`, the chunked
@@ -24,8 +24,8 @@ the parts' counts, so the gradient is the one of the parts concatenated along
 the rows with their prompts padded to one length, without the padding's compute.
 
 Non-finite gradients never reach the parameters: the update is skipped (the
-optimizer state is kept too) and `train/skipped_nonfinite` is 1. With
-`nonfinite="raise"` the host raises after fetching the metrics (`check_finite`).
+optimizer state is kept too) and `train/skipped_nonfinite` is 1; the run's
+`NonfiniteGuard` (golfjax/train/nonfinite.py) decides on the host whether to go on.
 """
 
 from __future__ import annotations
@@ -39,78 +39,17 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from golfjax import losses as losses_lib
 from golfjax import sharding as sharding_lib
+from golfjax.config import TrainSection
+from golfjax.losses import LossConfig
 from golfjax.losses import reduce
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.train import logprobs as logprobs_lib
 from golfjax.train.state import TrainState
 from golfjax.types import Batch
-
-KL_ESTIMATORS = ("k1", "k3")
-NONFINITE_MODES = ("skip", "raise")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """What the train step optimises; hashable, so it is static under jit.
-
-    Attributes:
-      loss: a key of `golfjax.losses.LOSSES`, applied to on-policy tokens.
-      loss_cfg: hyperparameters of every loss term (incl. `agg`).
-      off_policy_loss: a key of `OFF_POLICY_LOSSES`, applied to injected tokens.
-      temperature: the sampling temperature; log-probs are scored under it.
-      kl_coef: weight of the KL to the reference policy (0 disables it).
-      kl_estimator: "k1" (`logp - ref`) or "k3" (`e^(ref-logp) - (ref-logp) - 1`).
-      entropy_coef: weight of the entropy bonus (0 disables it).
-      micro_batches: M; the rows N must divide by it.
-      logp_chunk: response positions per log-prob chunk (memory vs speed).
-      use_sampler_logp: pass the sampler's log-probs to the loss as
-        `sampler_logp` (needed by TIS and MIS; `old_logp` must then be the
-        trainer's recomputation).
-      nonfinite: "skip" a non-finite update, or also "raise" on the host.
-    """
-
-    loss: str = "ppo_clip"
-    loss_cfg: losses_lib.LossConfig = losses_lib.LossConfig()
-    off_policy_loss: str = "shaping"
-    temperature: float = 1.0
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    micro_batches: int = 1
-    logp_chunk: int = 128
-    use_sampler_logp: bool = False
-    nonfinite: str = "skip"
-
-    def __post_init__(self) -> None:
-        losses_lib.get_loss(self.loss)
-        losses_lib.get_off_policy_loss(self.off_policy_loss)
-        # One aggregation for every term: the on-policy loss's default when
-        # `loss.agg` is "loss-default" (docs/algorithms.md#aggregation).
-        object.__setattr__(self, "loss_cfg", self.loss_cfg.for_loss(self.loss))
-        choices = {"kl_estimator": KL_ESTIMATORS, "nonfinite": NONFINITE_MODES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"StepConfig.{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}"
-                )
-        checks = {
-            "temperature": self.temperature > 0,
-            "kl_coef": self.kl_coef >= 0,
-            "entropy_coef": self.entropy_coef >= 0,
-            "micro_batches": self.micro_batches >= 1,
-            "logp_chunk": self.logp_chunk >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                bound = ">= 1" if name in ("micro_batches", "logp_chunk") else (
-                    "> 0" if name == "temperature" else ">= 0")
-                raise ValueError(f"StepConfig.{name}={getattr(self, name)!r}; expected {bound}")
-
 
 def compute_logprobs(
     params: Any,
@@ -149,19 +88,25 @@ def _masks(batch: Batch) -> tuple[jax.Array, jax.Array]:
     return on_NxT, off_NxT
 
 
+def uses_sampler_logp(loss_cfg: LossConfig) -> bool:
+    """Whether the loss reads the sampler's log-probs as `sampler_logp` (TIS and
+    MIS correct between them and `old_logp`, the trainer's recomputation)."""
+    return loss_cfg.tis or loss_cfg.mis != "none"
+
+
 def _policy_terms(
-    logp_NxT: jax.Array, batch: Batch, cfg: StepConfig
+    logp_NxT: jax.Array, batch: Batch, cfg: TrainSection, loss_cfg: LossConfig
 ) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, jax.Array]]:
     """(on-policy loss, off-policy loss, aux) of one (micro-)batch."""
     on_NxT, off_NxT = _masks(batch)
-    sampler = batch.behaviour_logp_NxT if cfg.use_sampler_logp else None
+    sampler = batch.behaviour_logp_NxT if uses_sampler_logp(loss_cfg) else None
     policy, aux = losses_lib.LOSSES[cfg.loss](
-        logp_NxT, batch.old_logp_NxT, batch.advantage_N, on_NxT, cfg.loss_cfg, sampler
+        logp_NxT, batch.old_logp_NxT, batch.advantage_N, on_NxT, loss_cfg, sampler
     )
     # An injected row's behaviour is the refinement rollout: its sampler
     # log-probs are those under the refinement prompt.
     off_policy, off_aux = losses_lib.OFF_POLICY_LOSSES[cfg.off_policy_loss](
-        logp_NxT, batch.behaviour_logp_NxT, batch.advantage_N, off_NxT, cfg.loss_cfg
+        logp_NxT, batch.behaviour_logp_NxT, batch.advantage_N, off_NxT, loss_cfg
     )
     return policy, off_policy, aux | off_aux
 
@@ -175,11 +120,11 @@ def _kl_NxT(logp_NxT: jax.Array, ref_logp_NxT: jax.Array, estimator: str) -> jax
     return jnp.expm1(log_ratio_NxT) - log_ratio_NxT
 
 
-def term_counts(batch: Batch, cfg: StepConfig) -> dict[str, jax.Array]:
+def term_counts(batch: Batch, cfg: TrainSection, loss_cfg: LossConfig) -> dict[str, jax.Array]:
     """The whole batch's count of each objective term (parameter-independent)."""
     old = batch.old_logp_NxT
-    policy, off_policy, _ = _policy_terms(old, batch, cfg)
-    agg_count = reduce.aggregate(jnp.zeros_like(old), batch.response_mask_NxT, cfg.loss_cfg.agg)
+    policy, off_policy, _ = _policy_terms(old, batch, cfg, loss_cfg)
+    agg_count = reduce.aggregate(jnp.zeros_like(old), batch.response_mask_NxT, loss_cfg.agg)
     return {"policy": policy.count + off_policy.count, "response": agg_count.count}
 
 
@@ -192,7 +137,9 @@ def _micro_objective(
     batch: Batch,
     counts: dict[str, jax.Array],
     model_config: ModelConfig,
-    cfg: StepConfig,
+    cfg: TrainSection,
+    loss_cfg: LossConfig,
+    temperature: float,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
     """This micro-batch's share of the full-batch objective.
 
@@ -201,11 +148,11 @@ def _micro_objective(
     `diagnostics` are means within the micro-batch (averaged over them).
     """
     logp_NxT, entropy_NxT = compute_logprobs(
-        params, batch, model_config=model_config, temperature=cfg.temperature,
+        params, batch, model_config=model_config, temperature=temperature,
         chunk=cfg.logp_chunk, with_entropy=True,
     )
-    policy, off_policy, diagnostics = _policy_terms(logp_NxT, batch, cfg)
-    agg = cfg.loss_cfg.agg
+    policy, off_policy, diagnostics = _policy_terms(logp_NxT, batch, cfg, loss_cfg)
+    agg = loss_cfg.agg
     response_NxT = batch.response_mask_NxT
     shares = {"loss/policy": _safe_div(policy.sum + off_policy.sum, counts["policy"])}
     objective = shares["loss/policy"]
@@ -253,7 +200,9 @@ def train_step(
     *,
     model_config: ModelConfig,
     optimizer: optax.GradientTransformation,
-    cfg: StepConfig,
+    cfg: TrainSection,
+    loss_cfg: LossConfig,
+    temperature: float,
     row_sharding: NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from one batch; see the module docstring.
@@ -265,7 +214,10 @@ def train_step(
       key: per-step randomness (`fold_in(state.rng, step)`). None of the
         built-in objectives is stochastic; the argument is the contract every
         caller uses, so a stochastic regulariser needs no new plumbing.
-      model_config, optimizer, cfg: static; bound by `Trainer`.
+      model_config, optimizer, cfg, loss_cfg, temperature: static; bound by
+        `Trainer`. `cfg` is the run's `train` section (the loss, its
+        coefficients, micro-batches, log-prob chunk); log-probs are scored at
+        the sampling `temperature`.
       row_sharding: sharding of a micro-batch's rows, keeping every
         micro-batch spread over all data devices; None on one device.
 
@@ -281,7 +233,7 @@ def train_step(
         if part.num_rows % m:
             name = "batch" if len(parts) == 1 else f"batch part {i}"
             raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
-    counts = _add_counts([term_counts(part, cfg) for part in parts])
+    counts = _add_counts([term_counts(part, cfg, loss_cfg) for part in parts])
 
     # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
     # contiguous blocks over the data devices, every micro-batch then keeps
@@ -296,7 +248,8 @@ def train_step(
         if row_sharding is not None:
             micro_batch = jax.lax.with_sharding_constraint(micro_batch, row_sharding)
         grads, loss, shares, diagnostics = carry
-        (objective, (s, d)), g = grad_fn(state.params, micro_batch, counts, model_config, cfg)
+        (objective, (s, d)), g = grad_fn(
+            state.params, micro_batch, counts, model_config, cfg, loss_cfg, temperature)
         return (
             jax.tree.map(jnp.add, grads, g),
             loss + objective,
@@ -306,7 +259,7 @@ def train_step(
 
     first = jax.tree.map(lambda x: x[:1], parts[0])
     _, (shares_shape, diagnostics_shape) = jax.eval_shape(
-        lambda: _micro_objective(state.params, first, counts, model_config, cfg)
+        lambda: _micro_objective(state.params, first, counts, model_config, cfg, loss_cfg, temperature)
     )
 
     def zeros(tree: Any) -> Any:
@@ -347,16 +300,7 @@ def train_step(
     return next_state, metrics
 
 
-def check_finite(metrics: dict[str, float], cfg: StepConfig, step: int) -> None:
-    """On the host: raises if a step was skipped and `cfg.nonfinite == "raise"`."""
-    if cfg.nonfinite == "raise" and metrics.get("train/skipped_nonfinite", 0.0) > 0:
-        raise FloatingPointError(
-            f"non-finite gradient at step {step} (grad_norm={metrics.get('grad_norm')},"
-            f" loss={metrics.get('loss')}); the update was not applied"
-        )
-
-
-def batch_shardings(mesh: Mesh) -> Batch:
-    """Every batch field split by rows over ("data", "fsdp"), the rest replicated."""
-    row = NamedSharding(mesh, P(("data", "fsdp")))
+def batch_shardings(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> Batch:
+    """Every batch field split by rows (`sharding.row_sharding`), the rest whole."""
+    row = sharding_lib.row_sharding(mesh, rules)
     return Batch(**{f.name: row for f in dataclasses.fields(Batch)})

@@ -2,8 +2,10 @@
 
 It owns the shardings: parameters and optimizer moments follow the model's
 logical-axis rules on the mesh (FSDP over "fsdp", tensor parallel over
-"tensor"), batches are split by rows over ("data", "fsdp"), and scalars (step,
-RNG, metrics) are replicated. Every program is compiled once per batch shape;
+"tensor"), batches are split by rows by the same rules' `batch` entry
+(`sharding.row_sharding`), and scalars (step, RNG, metrics) are replicated.
+It takes the run's config sections as they are: `train` (`TrainSection`),
+`loss` (`LossConfig`) and `optimizer` (`OptimizerConfig`). Every program is compiled once per batch shape;
 `chex.assert_max_traces` in the tests holds it to that.
 """
 
@@ -20,6 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 from golfjax import sharding as sharding_lib
 from golfjax.models import transformer
+from golfjax.config import TrainSection
+from golfjax.losses import LossConfig
 from golfjax.models.config import ModelConfig
 from golfjax.train import step as step_lib
 from golfjax.train.state import OptimizerConfig
@@ -30,19 +34,37 @@ from golfjax.types import Batch
 
 
 class Trainer:
-    """Jitted, sharded train step and log-prob recomputation for one model."""
+    """Jitted, sharded train step and log-prob recomputation for one model.
+
+    Args:
+      model_config: the policy's architecture.
+      cfg: the `train` section (loss, coefficients, micro-batches, ...).
+      loss_cfg: the `loss` section.
+      opt_cfg: the optimizer (`optimizer` section, or the cold start's).
+      mesh: the learner's mesh.
+      temperature: log-probs are scored at the sampling temperature (a greedy
+        rollout, temperature 0, is scored at 1).
+      rules: logical-axis rules of the parameters and batches.
+    """
 
     def __init__(
         self,
         model_config: ModelConfig,
-        step_cfg: step_lib.StepConfig,
+        cfg: TrainSection,
+        loss_cfg: LossConfig,
         opt_cfg: OptimizerConfig,
         mesh: Mesh,
+        *,
+        temperature: float = 1.0,
         rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
     ) -> None:
         self.model_config = model_config
-        self.step_cfg = step_cfg
+        self.cfg = cfg
+        # One aggregation for every term: the on-policy loss's default when
+        # `loss.agg` is "loss-default" (docs/algorithms.md#aggregation).
+        self.loss_cfg = loss_cfg = loss_cfg.for_loss(cfg.loss)
         self.mesh = mesh
+        temperature = temperature or 1.0
         self.optimizer = make_optimizer(opt_cfg)
         replicated = NamedSharding(mesh, P())
         self.param_shardings = transformer.param_shardings(model_config, mesh, rules)
@@ -69,8 +91,8 @@ class Trainer:
             self.state_shardings,
         )
         # Rows over every data-parallel device; the rest of each field whole.
-        row = NamedSharding(mesh, P(("data", "fsdp")))
-        self.batch_shardings = step_lib.batch_shardings(mesh)
+        row = sharding_lib.row_sharding(mesh, rules)
+        self.batch_shardings = step_lib.batch_shardings(mesh, rules)
 
         self._init = jax.jit(
             lambda params, seed: init_train_state(params, self.optimizer, seed),
@@ -82,7 +104,9 @@ class Trainer:
             step_lib.train_step,
             model_config=model_config,
             optimizer=self.optimizer,
-            cfg=step_cfg,
+            cfg=cfg,
+            loss_cfg=loss_cfg,
+            temperature=temperature,
             row_sharding=row,
         )
         self._replicated = replicated
@@ -92,8 +116,8 @@ class Trainer:
             functools.partial(
                 step_lib.compute_logprobs,
                 model_config=model_config,
-                temperature=step_cfg.temperature,
-                chunk=step_cfg.logp_chunk,
+                temperature=temperature,
+                chunk=cfg.logp_chunk,
             ),
             # Read-only parameters in their training layout; per-row outputs.
             in_shardings=(self.param_shardings, self.batch_shardings),
@@ -132,7 +156,7 @@ class Trainer:
             self._steps[layout] = jax.jit(
                 self._step_fn,
                 # state: parameters and moments by the rules, step/rng
-                # replicated; batch: rows over ("data", "fsdp"); key: replicated.
+                # replicated; batch: split by rows; key: replicated.
                 in_shardings=(self.state_shardings, batch_shardings, self._replicated),
                 # The new state keeps the old one's layout, so donating the old
                 # state lets XLA update parameters and moments in place;

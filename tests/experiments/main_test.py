@@ -63,7 +63,7 @@ def test_bad_override_names_the_key(tmp_path):
     assert "lrr" in result.stderr and 'Did you mean "lr"' in result.stderr
     result = _run("experiments/configs/grpo.py:smoke", tmp_path, "--config.train.loss=ppo")
     assert result.returncode != 0
-    assert "config.train: unknown loss 'ppo'" in result.stderr
+    assert "config.train.loss: unknown loss 'ppo'" in result.stderr
 
 
 @pytest.mark.slow

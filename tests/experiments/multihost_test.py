@@ -63,18 +63,14 @@ def test_main_reports_a_bad_multihost_flag(tmp_path):
     assert result.returncode != 0 and "--process_id needs --multihost=auto or on" in result.stderr
 
 
-def test_vespo_async_rollout_is_refused_with_several_processes(monkeypatch):
-    import jax
-
+def test_async_rollout_is_refused_with_several_processes():
     from golfjax import config as config_lib
-    from golfjax.loops import vespo
 
-    cfg = config_lib.VespoSection(enabled=True, async_rollout=True)
-    vespo.check_processes(cfg)  # One process: fine.
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match=r"vespo.async_rollout=True does not support multi-process"):
-        vespo.split_devices(cfg)
-    vespo.check_processes(config_lib.VespoSection(enabled=True))  # Synchronous: fine.
+    cfg = config_lib.RunConfig(schedule=config_lib.ScheduleSection(async_rollout=True))
+    config_lib.validate(cfg, 8)  # One process: fine.
+    with pytest.raises(ValueError, match=r"schedule.async_rollout=True does not support multi-process"):
+        config_lib.validate(cfg, 8, process_count=2)
+    config_lib.validate(config_lib.RunConfig(), 8, process_count=2)  # Synchronous: fine.
 
 
 def _free_port() -> int:
@@ -171,7 +167,7 @@ def _flatten(tree, prefix=""):
 
 @pytest.mark.slow
 def test_two_process_golf_smoke_run_trains_evaluates_checkpoints_and_resumes(tmp_path):
-    # The whole runner on one 4-device mesh over two processes: cold start,
+    # The whole train loop on one 4-device mesh over two processes: cold start,
     # GOLF rollouts (sampling, gathering, rewards, refinements, injection),
     # updates, evaluation, checkpoints and metrics.
     # 6 held-out problems in chunks of 4: the last chunk fills its batch bucket

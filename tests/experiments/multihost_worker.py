@@ -38,7 +38,7 @@ def main(port: int, process_id: int, workdir: str) -> None:
     total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(w)
     assert float(total) == value_8x3.sum()
 
-    # The runner's host <-> mesh helpers: every process puts the same host
+    # The train loop's host <-> mesh helpers: every process puts the same host
     # array and reads back the whole of a split one.
     put = sharding.host_to_global({"w": value_8x3, "n": np.int32(7)},
                                   {"w": rows, "n": NamedSharding(mesh, PartitionSpec())})

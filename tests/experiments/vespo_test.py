@@ -85,29 +85,32 @@ def test_smoke_run_of_each_variant(env, variant_and_overrides, tmp_path):
     _run(env, variant, tmp_path, *overrides)
     config = vespo_config.get_config(variant)
     records = _records(tmp_path)
-    rl = [r for r in records if "vespo/staleness" in r]
+    rl = [r for r in records if "schedule/staleness" in r]
     total = config.cold_start.steps + config.train.steps
     assert records[-1]["step"] == total and len(rl) == config.train.steps
-    for key in ("vespo/behaviour_version", "vespo/log_w_pos_mean", "vespo/log_w_neg_mean",
-                "vespo/phi_pos_mean", "vespo/phi_neg_mean", "vespo/ess", "grad_norm", "entropy",
-                "reward/mean", "eval/accuracy"):
+    # Every smoke run is off-policy (2 mini-batches per rollout, or asynchronous).
+    for key in ("schedule/behaviour_version", "schedule/log_w_pos_mean", "schedule/log_w_neg_mean",
+                "schedule/ess", "grad_norm", "entropy", "reward/mean", "eval/accuracy"):
         assert key in records[-1], key
     assert all(r["train/skipped_nonfinite"] == 0.0 for r in rl)
     if config.train.loss in ("ppo_clip", "gspo", "cispo"):
         assert "loss/clip_frac" in records[-1]
     samples_per_step = config.train.prompts_per_step * config.sampling.group_size
-    if config.vespo.async_rollout:
-        assert all(r["vespo/staleness"] <= config.vespo.max_staleness for r in rl)
+    if config.schedule.async_rollout:
+        assert all(r["schedule/staleness"] <= config.schedule.max_staleness for r in rl)
         generated = rl[-1]["samples/generated"]
-        dropped = sum(r["vespo/dropped_rollouts"] for r in rl)
+        dropped = sum(r["schedule/dropped_rollouts"] for r in rl)
         assert generated == (len(rl) + dropped) * samples_per_step
     else:
-        n = config.vespo.staleness
-        assert [r["vespo/staleness"] for r in rl] == [float(j % n) for j in range(len(rl))]
+        n = config.schedule.minibatches
+        assert [r["schedule/staleness"] for r in rl] == [float(j % n) for j in range(len(rl))]
+        assert all(r["schedule/minibatches"] == n for r in rl)
         factor = 2 if config.golf.enabled else 1  # GOLF also samples refinements.
         assert rl[-1]["samples/generated"] == factor * len(rl) * samples_per_step
     if config.golf.enabled:
         assert "golf/injection_rate" in records[-1]
+    # VESPO's kernel statistics are logged for the VESPO loss only.
+    assert ("vespo/phi_pos_mean" in rl[-1]) == (config.train.loss == "vespo")
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +163,11 @@ def test_math_task_option_builds_a_vespo_run_on_math_prompts():
     from golfjax import config as config_lib
 
     cfg = config_lib.build(config_lib.RunConfig, vespo_config.get_config("gspo,n=16,task=math"))
-    assert (cfg.task.name, cfg.train.loss, cfg.vespo.enabled, cfg.vespo.staleness) == (
-        "math", "gspo", True, 16)
+    assert (cfg.task.name, cfg.train.loss, cfg.schedule.minibatches) == ("math", "gspo", 16)
     assert cfg.cold_start.steps == 0 and cfg.train.steps % 16 == 0
     golf = vespo_config.get_config("golf,task=math")
     assert golf.golf.enabled and golf.task.name == "math" and golf.golf.template == "default"
-    with pytest.raises(ValueError, match="unknown task='gsm8k'; expected arith or math"):
+    with pytest.raises(ValueError, match="option task='gsm8k'; expected one of arith, math"):
         vespo_config.get_config("vespo,task=gsm8k")
 
 
@@ -181,5 +183,18 @@ def test_golf_option_trains_golf_batches_with_any_loss():
     assert ppo.task.to_dict() == golf.task.to_dict() != plain.task.to_dict()
     assert ppo.cold_start.to_dict() == golf.cold_start.to_dict()
     assert config_lib.build(config_lib.RunConfig, ppo).cold_start.refine_first_steps > 0
-    with pytest.raises(ValueError, match="unknown option 'gold'"):
+    with pytest.raises(ValueError, match="unknown option 'gold=1' of variant 'ppo_clip'"):
         vespo_config.get_config("ppo_clip,gold=1")
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("vespo,n=0", r"option n='0'; expected an int >= 1"),
+    ("vespo,n=four", r"option n='four'; expected an int >= 1"),
+    ("vespo,async=yes", r"option async='yes'; expected 0 or 1"),
+    ("vespo,seed=-1", r"option seed='-1'; expected an int >= 0"),
+    ("vespo,n", r"unknown option 'n' of variant 'vespo'; expected NAME=VALUE"),
+    ("adam", r"unknown variant 'adam'"),
+])
+def test_variant_options_are_typed_and_checked(variant, message):
+    with pytest.raises(ValueError, match=message):
+        vespo_config.get_config(variant)

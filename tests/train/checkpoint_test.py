@@ -1,6 +1,7 @@
 """Tests for golfjax/train/checkpoint.py."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -191,9 +192,15 @@ class IntegrityTest(parameterized.TestCase):
         reports = []
         found = ckpt.newest_intact(reports.append)
         self.assertEqual(found.step, 1)
-        self.assertLen(reports, 1)
+        self.assertLen(reports, 2)
         self.assertRegex(reports[0], rf"^damaged checkpoint: {os.path.join(workdir, '2', rel)}\S* {cause}")
         self.assertTrue(reports[0].endswith("; trying step 1"))
+        # The damaged step is set aside, not deleted, so the resumed run can save step 2 again.
+        # (The test cases share the parent directory, so an earlier case's step 2 may be there.)
+        aside = os.path.join(os.path.dirname(workdir), "damaged_checkpoints", "2")
+        self.assertRegex(reports[1], rf"^moved damaged step 2 to {re.escape(aside)}(\.\d+)?$")
+        self.assertTrue(os.path.isdir(reports[1].split(" to ", 1)[1]))
+        self.assertEqual(ckpt.all_steps(), [1])
         restored, data = ckpt.restore(abstract, found.step)
         self.assertEqual(data, {"index": 1})
         for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
@@ -202,9 +209,22 @@ class IntegrityTest(parameterized.TestCase):
         damage(os.path.join(workdir, "1"))
         with self.assertRaisesRegex(
                 ckpt_lib.CheckpointError,
+                rf"^no intact checkpoint in {workdir}: {os.path.join(workdir, '1', rel)}\S* {cause}"):
+            ckpt.newest_intact(reports.append)
+        ckpt.close()
+
+    def test_every_step_damaged_is_one_line_naming_the_newest(self):
+        workdir = self.create_tempdir().full_path
+        self._two_steps(workdir, _mesh())
+        rel, cause = _flip_bytes(os.path.join(workdir, "2"))
+        _flip_bytes(os.path.join(workdir, "1"))
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        with self.assertRaisesRegex(
+                ckpt_lib.CheckpointError,
                 rf"^no intact checkpoint in {workdir}: {os.path.join(workdir, '2', rel)}\S* {cause}"
                 r".* \(and 1 older damaged step\(s\)\)$"):
-            ckpt.newest_intact(reports.append)
+            ckpt.newest_intact(lambda line: None)
+        self.assertEqual(ckpt.all_steps(), [1, 2])  # Nothing moved when nothing is resumed.
         ckpt.close()
 
     def test_a_garbled_digest_is_damage(self):

@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from golfjax import config as run_config
 from golfjax import losses
 from golfjax import metrics as metrics_lib
 from golfjax import sharding
 from golfjax.models import config as config_lib
 from golfjax.models import transformer
+from golfjax.train import nonfinite as nonfinite_lib
 from golfjax.train import state as state_lib
 from golfjax.train import step as step_lib
 from golfjax.train import trainer as trainer_lib
@@ -45,16 +47,16 @@ def _params(seed=0):
     return transformer.init_params(MODEL, jax.random.PRNGKey(seed))
 
 
-def _trainer(mesh_shape=(1, 1, 1), **step_kwargs):
+def _trainer(mesh_shape=(1, 1, 1), loss_cfg=losses.LossConfig(), **train_kwargs):
     devices = np.array(jax.devices()[: int(np.prod(mesh_shape))])
     mesh = sharding.make_mesh(*mesh_shape, devices=devices)
-    step_cfg = step_lib.StepConfig(**step_kwargs)
+    train_cfg = run_config.TrainSection(**train_kwargs)
     # Adam's first step is g / (|g| + eps): with the default eps = 1e-8 a
     # near-zero gradient entry turns float32 summation-order noise into a
     # full-size update. eps = 1e-4 bounds that sensitivity by lr |dg| / eps,
     # so comparing parameters compares the accumulated gradients.
     opt_cfg = state_lib.OptimizerConfig(lr=1e-2, eps=1e-4, weight_decay=0.1)
-    return trainer_lib.Trainer(MODEL, step_cfg, opt_cfg, mesh)
+    return trainer_lib.Trainer(MODEL, train_cfg, loss_cfg, opt_cfg, mesh)
 
 
 def test_chunked_logprobs_equal_full_log_softmax():
@@ -86,7 +88,7 @@ def test_loss_is_the_loss_library_on_the_model_logprobs():
     logp, _ = step_lib.compute_logprobs(params, batch, model_config=MODEL)
     on = batch.response_mask_NxT & ~batch.off_policy_mask_NxT
     off = batch.response_mask_NxT & batch.off_policy_mask_NxT
-    cfg = trainer.step_cfg.loss_cfg
+    cfg = trainer.loss_cfg
     policy, _ = losses.LOSSES["ppo_clip"](logp, batch.old_logp_NxT, batch.advantage_N, on, cfg)
     shaping, _ = losses.OFF_POLICY_LOSSES["shaping"](logp, batch.behaviour_logp_NxT, batch.advantage_N, off, cfg)
     state = trainer.init_state(params, seed=0)
@@ -194,9 +196,10 @@ def test_nonfinite_gradient_is_skipped_and_counted():
     chex.assert_trees_all_equal(jax.device_get(state.params), before.params)
     chex.assert_trees_all_equal(jax.device_get(state.opt_state), before.opt_state)
     assert int(state.step) == 1
-    step_lib.check_finite(metrics, step_lib.StepConfig(nonfinite="skip"), step=1)
-    with pytest.raises(FloatingPointError, match="non-finite gradient at step 1"):
-        step_lib.check_finite(metrics, step_lib.StepConfig(nonfinite="raise"), step=1)
+    # The host-side policy reads exactly this flag (golfjax/train/nonfinite.py).
+    nonfinite_lib.NonfiniteGuard("skip", max_consecutive_skips=1).check(1, metrics)
+    with pytest.raises(FloatingPointError, match="train step 1: non-finite"):
+        nonfinite_lib.NonfiniteGuard("raise", max_consecutive_skips=1).check(1, metrics)
 
 
 def test_step_is_traced_once(monkeypatch):
@@ -222,12 +225,13 @@ def test_old_and_ref_logprobs_are_recomputed():
 
 
 def test_bad_configuration_names_the_field():
-    with pytest.raises(ValueError, match="unknown loss 'ppo'"):
-        step_lib.StepConfig(loss="ppo")
-    with pytest.raises(ValueError, match="StepConfig.kl_estimator='k2'; expected one of k1, k3"):
-        step_lib.StepConfig(kl_estimator="k2")
-    with pytest.raises(ValueError, match="StepConfig.micro_batches=0; expected >= 1"):
-        step_lib.StepConfig(micro_batches=0)
+    # The step takes the run's `train` section, validated where it is built.
+    with pytest.raises(ValueError, match="config.train.loss: unknown loss 'ppo'"):
+        run_config.build(run_config.TrainSection, {"loss": "ppo"}, "config.train")
+    with pytest.raises(ValueError, match="config.train.kl_estimator='k2'; expected one of k1, k3"):
+        run_config.build(run_config.TrainSection, {"kl_estimator": "k2"}, "config.train")
+    with pytest.raises(ValueError, match="config.train.micro_batches=0; expected >= 1"):
+        run_config.build(run_config.TrainSection, {"micro_batches": 0}, "config.train")
     trainer = _trainer(micro_batches=3)
     state = trainer.init_state(_params(), seed=0)
     with pytest.raises(ValueError, match="batch has 8 rows, not divisible by micro_batches=3"):

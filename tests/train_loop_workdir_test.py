@@ -1,4 +1,4 @@
-"""End-to-end tests of a run's work directory through `runner.run`: the lock,
+"""End-to-end tests of a run's work directory through `train_loop.train`: the lock,
 exactly-once metrics, checkpoint fallback, interrupts, resumes of finished
 runs and the non-finite policy (issue #21's table, one test per row)."""
 
@@ -13,7 +13,8 @@ import pytest
 
 from experiments.configs import grpo as grpo_config
 from golfjax import metrics as metrics_lib
-from golfjax import runner
+from golfjax import train_loop
+from golfjax.loops import schedule as schedule_lib
 from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import workdir as workdir_lib
 
@@ -53,7 +54,7 @@ def test_a_second_run_on_a_held_directory_fails_at_once_naming_the_holder(tmp_pa
     workdir = tmp_path / "run"
     with workdir_lib.lock(workdir):
         with pytest.raises(workdir_lib.WorkdirLockedError, match=rf"in use by another run: pid {os.getpid()} on host"):
-            runner.run(_config(), str(workdir))
+            train_loop.train(_config(), str(workdir))
         assert os.listdir(workdir) == ["lock"]  # Nothing else was written.
     assert not (workdir / "lock").exists()
 
@@ -64,21 +65,21 @@ def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_step_once(t
     # leaves steps 0-2 and a torn line.
     (tmp_path / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in range(3)) + '{"step": 3, "lo')
-    runner.run(_config(steps=3), str(tmp_path))
+    train_loop.train(_config(steps=3), str(tmp_path))
     assert _steps(tmp_path) == [0, 1, 2, 3]
     assert all(r.get("loss") != 9.0 for r in metrics_lib.read_metrics(tmp_path))
     assert "dropped 1 unreadable line(s)" in capfd.readouterr().out
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
-    first = runner.run(_config(steps=2), str(tmp_path))
+    first = train_loop.train(_config(steps=2), str(tmp_path))
     assert _saved(tmp_path) == [1, 2]
     records = metrics_lib.read_metrics(tmp_path)
     # 64 bytes of the state flipped: without the digest this could restore into NaNs.
     damaged = _largest_file(tmp_path / "checkpoints" / "2" / "state")
     _flip_bytes(damaged)
     capfd.readouterr()
-    last = runner.run(_config(steps=3), str(tmp_path))
+    last = train_loop.train(_config(steps=3), str(tmp_path))
     out = capfd.readouterr().out
     assert (f"{tmp_path}: damaged checkpoint: {damaged} differs from its digest (sha256 mismatch:"
             " altered bytes); trying step 1\n") in out
@@ -93,11 +94,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 
 def test_no_intact_checkpoint_stops_in_one_line_naming_the_path(tmp_path):
-    runner.run(_config(steps=1), str(tmp_path))
+    train_loop.train(_config(steps=1), str(tmp_path))
     metadata = tmp_path / "checkpoints" / "1" / "state" / "_METADATA"
     metadata.write_text("garbage")
     with pytest.raises(checkpoint_lib.CheckpointError) as raised:
-        runner.run(_config(steps=1), str(tmp_path))
+        train_loop.train(_config(steps=1), str(tmp_path))
     message = str(raised.value)
     assert message.startswith(f"no intact checkpoint in {tmp_path}/checkpoints: {metadata} has 7 bytes")
     assert "\n" not in message
@@ -106,7 +107,7 @@ def test_no_intact_checkpoint_stops_in_one_line_naming_the_path(tmp_path):
 
 def test_a_damaged_checkpoint_from_the_command_line_is_one_short_error(tmp_path):
     # What the issue saw: a 435-line log ending in `ImportError: sys.meta_path is None`.
-    runner.run(_config(steps=1), str(tmp_path))
+    train_loop.train(_config(steps=1), str(tmp_path))
     (tmp_path / "checkpoints" / "1" / "data" / "metadata").write_text("{")
     result = subprocess.run(
         [sys.executable, "-m", "experiments.main", "--config=experiments/configs/grpo.py:smoke",
@@ -125,7 +126,7 @@ def test_a_damaged_checkpoint_from_the_command_line_is_one_short_error(tmp_path)
 
 def _interrupt_during(monkeypatch, step, signals):
     """Sends `signals` to this process during the RL step that ends at `step`."""
-    rl_step = runner.Run.rl_step
+    rl_step = schedule_lib.RolloutSchedule.step
 
     def step_and_signal(self, state, data, key):
         ends = int(state.step) + 1  # Read first: the step donates `state`.
@@ -135,18 +136,18 @@ def _interrupt_during(monkeypatch, step, signals):
                 os.kill(os.getpid(), signum)
         return out
 
-    monkeypatch.setattr(runner.Run, "rl_step", step_and_signal)
+    monkeypatch.setattr(schedule_lib.RolloutSchedule, "step", step_and_signal)
 
 
 def test_ctrl_c_saves_the_step_and_returns_and_the_rerun_resumes(tmp_path, monkeypatch, capfd):
     config = _config(steps=4)
-    config.checkpoint.every = 1000  # Orbax saves the first step; then only the interrupt does.
+    config.checkpoint.every = 1000  # Only the interrupt (and the last step) saves.
     _interrupt_during(monkeypatch, 2, [signal.SIGINT])
-    runner.run(config, str(tmp_path))
+    train_loop.train(config, str(tmp_path))
     assert "Ctrl-C (SIGINT): stopping after this step with a checkpoint" in capfd.readouterr().err
-    assert _saved(tmp_path) == [1, 2] and _steps(tmp_path) == [0, 1, 2]
+    assert _saved(tmp_path) == [2] and _steps(tmp_path) == [0, 1, 2]
     monkeypatch.undo()
-    runner.run(config, str(tmp_path))
+    train_loop.train(config, str(tmp_path))
     assert "resuming from checkpoint step 2" in capfd.readouterr().out
     assert _steps(tmp_path) == [0, 1, 2, 3, 4]
 
@@ -154,15 +155,15 @@ def test_ctrl_c_saves_the_step_and_returns_and_the_rerun_resumes(tmp_path, monke
 def test_a_second_ctrl_c_stops_at_once_and_releases_the_lock(tmp_path, monkeypatch):
     _interrupt_during(monkeypatch, 2, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
-        runner.run(_config(steps=4), str(tmp_path))
+        train_loop.train(_config(steps=4), str(tmp_path))
     assert _saved(tmp_path) == [1]  # Step 2 was not saved.
     assert not (tmp_path / "lock").exists()
 
 
 def test_a_finished_run_says_so_and_can_be_extended(tmp_path, capfd):
-    last = runner.run(_config(steps=2), str(tmp_path))
+    last = train_loop.train(_config(steps=2), str(tmp_path))
     capfd.readouterr()
-    again = runner.run(_config(steps=2), str(tmp_path))
+    again = train_loop.train(_config(steps=2), str(tmp_path))
     out = capfd.readouterr().out
     assert (f"{tmp_path}: the run is complete at step 2 (cold_start.steps + train.steps = 2);"
             " nothing to do\n") in out
@@ -170,7 +171,7 @@ def test_a_finished_run_says_so_and_can_be_extended(tmp_path, capfd):
     assert again["loss"] == last["loss"]
     config = _config(steps=3)
     config.eval.every = 1
-    runner.run(config, str(tmp_path))
+    train_loop.train(config, str(tmp_path))
     out = capfd.readouterr().out
     assert ("settings changed since the checkpoint: eval.every: 100 -> 1; train.steps: 2 -> 3"
             in out)
@@ -178,7 +179,7 @@ def test_a_finished_run_says_so_and_can_be_extended(tmp_path, capfd):
     config.optimizer.lr = 0.5  # Not a lengthening: refused as before.
     config.train.steps = 4
     with pytest.raises(ValueError, match=r"differing keys: optimizer.lr: 0.001 -> 0.5$"):
-        runner.run(config, str(tmp_path))
+        train_loop.train(config, str(tmp_path))
 
 
 @pytest.mark.slow  # The first cold-start run compiles the supervised step.
@@ -193,7 +194,7 @@ def test_the_nonfinite_policy_covers_a_diverging_cold_start(tmp_path, policy):
              if policy == "raise" else
              r"cold start steps 2 to 3: 2 consecutive steps .* more than train.max_consecutive_skips = 1")
     with pytest.raises(FloatingPointError, match=match):
-        runner.run(config, str(tmp_path))
+        train_loop.train(config, str(tmp_path))
     assert _steps(tmp_path) == ([1] if policy == "raise" else [1, 2])
     assert metrics_lib.read_metrics(tmp_path)[-1]["train/skipped_nonfinite"] == (
         0.0 if policy == "raise" else 1.0)

@@ -1,9 +1,9 @@
-"""Tests for golfjax/loops/vespo.py: the staleness loop and the asynchronous worker.
+"""Tests for golfjax/loops/schedule.py: k mini-batches per rollout, and asynchronous rollout.
 
-The loop is driven with a synthetic `build_batch` (random responses with mixed
-rewards per group, keyed by the rollout key), so these tests exercise the
-loop's bookkeeping and the train step on a 2-device mesh without sampling.
-End-to-end runs through the runner are in tests/experiments/vespo_test.py.
+The schedule is driven with a stand-in batch source (random responses with
+mixed rewards per group, keyed by the rollout key), so these tests exercise the
+schedule's bookkeeping and the train step on a 2-device mesh without sampling.
+End-to-end runs through the train loop are in tests/experiments/vespo_test.py.
 """
 
 import dataclasses
@@ -18,19 +18,18 @@ from golfjax import advantages
 from golfjax import config as config_lib
 from golfjax import sharding
 from golfjax.data.iterator import EpochIterator
-from golfjax.loops import vespo as vespo_lib
+from golfjax.loops import rollout_worker as worker_lib
+from golfjax.loops import schedule as schedule_lib
+from golfjax.losses import LossConfig
 from golfjax.models import config as model_config_lib
 from golfjax.models import transformer
 from golfjax.rewards.base import Problem
-from golfjax.sampling import Sampler
-from golfjax.sampling import SamplingConfig
 from golfjax.train import state as state_lib
-from golfjax.train import step as step_lib
 from golfjax.train.trainer import Trainer
 from golfjax.types import make_batch
 
 MODEL = model_config_lib.get_preset("tiny")
-B, G, P, T = 2, 4, 6, 5  # prompts per mini-batch, group, prompt and response slots
+B, G, P, T = 2, 4, 6, 5  # prompts per mini-batch, group, prompt and response tokens
 PROBLEMS = [Problem(id=i, question=f"q{i}", answer="0") for i in range(64)]
 # Generous: a bound for a hung thread, never a timing assertion.
 DEADLINE_S = 120.0
@@ -41,26 +40,25 @@ def _mesh():
 
 
 def _trainer(loss, mesh, lr=1e-2):
-    step_cfg = step_lib.StepConfig(loss=loss, loss_cfg=config_lib.LossConfig())
     # eps = 1e-4: see tests/train/step_test.py (Adam's first step amplifies
     # summation-order noise of near-zero gradient entries otherwise).
     opt_cfg = state_lib.OptimizerConfig(lr=lr, eps=1e-4, weight_decay=0.0)
-    return Trainer(MODEL, step_cfg, opt_cfg, mesh)
+    return Trainer(MODEL, config_lib.TrainSection(loss=loss), LossConfig(), opt_cfg, mesh)
 
 
-def _run_config(loss="vespo", n=1, steps=8, **vespo):
+def _run_config(loss="vespo", n=1, steps=8, **schedule):
     return dataclasses.replace(
         config_lib.RunConfig(),
         train=config_lib.TrainSection(loss=loss, steps=steps, prompts_per_step=B, advantage="grpo"),
-        vespo=config_lib.VespoSection(enabled=True, staleness=n, **vespo),
+        schedule=config_lib.ScheduleSection(minibatches=n, **schedule),
     )
 
 
 def _build_batch(calls=None, delay_s=0.0):
-    """A stand-in for the runner's `build_batch`: random responses, mixed rewards."""
+    """A stand-in for a source's `sample`: random responses, mixed rewards."""
 
-    def build(params, problems, key, sampler):
-        del params, sampler
+    def build(params, problems, key):
+        del params
         if delay_s:
             time.sleep(delay_s)
         rng = np.random.default_rng(np.asarray(key).tolist())
@@ -89,10 +87,20 @@ def _build_batch(calls=None, delay_s=0.0):
     return build
 
 
-def _loop(trainer, cfg, build):
-    return vespo_lib.VespoLoop(
-        cfg, trainer=trainer, build_batch=build, problems=PROBLEMS, sampler=None,
-        rng=jax.random.PRNGKey(0),
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """A batch source around a `build(params, problems, key)` function."""
+
+    build: object
+
+    def sample(self, params, problems, key):
+        return self.build(params, problems, key)
+
+
+def _loop(trainer, cfg, build, **kwargs):
+    return schedule_lib.RolloutSchedule(
+        cfg.schedule, trainer=trainer, source=_Source(build), problems=PROBLEMS,
+        key=jax.random.PRNGKey(0), recompute_old_logp=cfg.train.recompute_old_logp, **kwargs,
     )
 
 
@@ -126,7 +134,7 @@ def vespo_trainer(mesh):
 # ------------------------------------------------------------------ sync mode
 
 
-def test_n1_vespo_step_equals_reinforce_with_grpo_advantages(mesh, vespo_trainer):
+def test_on_policy_vespo_step_equals_reinforce_with_grpo_advantages(mesh, vespo_trainer):
     # Fresh data (N = 1, old_logp rescored by the trainer): W = 1, so
     # phi(1) = 1^k exp(lam (1 - 1)) = 1 and l_t = -phi A logp = -A logp, the
     # REINFORCE token loss; both aggregate with token-mean over the same tokens.
@@ -138,7 +146,7 @@ def test_n1_vespo_step_equals_reinforce_with_grpo_advantages(mesh, vespo_trainer
         state, (metrics,) = _train(loop, _init(trainer), data, 1)
         results[name] = (jax.device_get(state.params), metrics)
     (vespo_params, vespo_metrics), (reinforce_params, reinforce_metrics) = results["vespo"], results["reinforce"]
-    assert vespo_metrics["vespo/log_w_abs_max"] == 0.0
+    assert vespo_metrics["schedule/log_w_abs_max"] == 0.0
     assert vespo_metrics["loss/phi_pos_mean"] == pytest.approx(1.0, abs=1e-6)
     assert vespo_metrics["loss"] == pytest.approx(reinforce_metrics["loss"], rel=1e-5, abs=1e-7)
     assert vespo_metrics["grad_norm"] == pytest.approx(reinforce_metrics["grad_norm"], rel=1e-5)
@@ -161,21 +169,46 @@ def test_minibatch_j_is_trained_j_minus_1_steps_after_its_behaviour_policy(vespo
         # The whole rollout batch is sampled before its first update.
         assert len(calls) == n * (s // n + 1)
         assert loop.at_boundary == ((s + 1) % n == 0)
-    assert [r["vespo/behaviour_version"] for r in records] == [0.0] * n + [float(n)] * n
-    assert [r["vespo/staleness"] for r in records] == [0.0, 1.0, 2.0, 3.0] * 2
-    assert [r["vespo/minibatch"] for r in records] == [1.0, 2.0, 3.0, 4.0] * 2
+    assert [r["schedule/behaviour_version"] for r in records] == [0.0] * n + [float(n)] * n
+    assert [r["schedule/staleness"] for r in records] == [0.0, 1.0, 2.0, 3.0] * 2
+    assert [r["schedule/minibatch"] for r in records] == [1.0, 2.0, 3.0, 4.0] * 2
     for r in records:
-        if r["vespo/minibatch"] == 1:
+        if r["schedule/minibatch"] == 1:
             # old_logp was scored by these very parameters: W = 1 exactly.
-            assert r["vespo/log_w_abs_max"] == 0.0, r
-            assert r["vespo/phi_pos_mean"] == 1.0 and r["vespo/ess"] == 1.0
+            assert r["schedule/log_w_abs_max"] == 0.0, r
+            assert r["vespo/phi_pos_mean"] == 1.0 and r["schedule/ess"] == 1.0
         else:
-            assert r["vespo/log_w_abs_max"] > 0.0, r
-            assert r["vespo/ess"] < 1.0
+            assert r["schedule/log_w_abs_max"] > 0.0, r
+            assert r["schedule/ess"] < 1.0
     assert sum(r["samples/generated"] for r in records) == 2 * n * B * G
     # Mini-batches are consecutive draws of the data iterator.
     expected = EpochIterator(len(PROBLEMS), B, seed=3)
     assert calls == [expected.next() for _ in range(2 * n)]
+
+
+def test_k_minibatches_make_ppo_clip_active_and_log_their_count(mesh):
+    # One rollout of k = 2 mini-batches, old log-probs scored once before the
+    # first update: the second mini-batch's ratios have moved, so PPO clips.
+    ppo = _trainer("ppo_clip", mesh)
+    loop = _loop(ppo, _run_config(loss="ppo_clip", n=2, steps=2), _build_batch())
+    _, records = _train(loop, _init(ppo), EpochIterator(len(PROBLEMS), B, seed=3), 2)
+    assert [r["schedule/minibatches"] for r in records] == [2.0, 2.0]
+    assert [r["schedule/minibatch"] for r in records] == [1.0, 2.0]
+    assert records[0]["loss/clip_frac"] == 0.0 < records[1]["loss/clip_frac"]
+    assert records[0]["schedule/log_w_abs_max"] == 0.0 < records[1]["schedule/log_w_abs_max"]
+    # VESPO's kernel is the VESPO loss's metric only.
+    assert not any(key.startswith("vespo/") for r in records for key in r)
+
+
+def test_on_policy_is_k_equal_1_without_weight_statistics(mesh):
+    ppo = _trainer("ppo_clip", mesh)
+    calls = []
+    loop = _loop(ppo, _run_config(loss="ppo_clip", n=1, steps=2), _build_batch(calls))
+    _, records = _train(loop, _init(ppo), EpochIterator(len(PROBLEMS), B, seed=3), 2)
+    assert len(calls) == 2 and all(loop.at_boundary for _ in records)
+    assert [r["schedule/staleness"] for r in records] == [0.0, 0.0]
+    assert all(r["loss/clip_frac"] == 0.0 for r in records)
+    assert not any(key.startswith(("schedule/log_w", "vespo/")) for r in records for key in r)
 
 
 def test_sync_mode_is_deterministic(vespo_trainer):
@@ -196,7 +229,7 @@ def test_sampler_logprobs_as_old_logp(vespo_trainer):
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
     loop = _loop(vespo_trainer, cfg, _build_batch())
     _, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 2)
-    assert all(r["vespo/log_w_abs_max"] > 1.0 for r in records)
+    assert all(r["schedule/log_w_abs_max"] > 1.0 for r in records)
 
 
 def test_checkpoint_only_between_rollouts(vespo_trainer):
@@ -215,35 +248,24 @@ def test_checkpoint_only_between_rollouts(vespo_trainer):
 
 
 def test_config_errors_name_the_keys():
-    with pytest.raises(ValueError, match=r"train.steps=6 is not a multiple of vespo.staleness=4"):
-        vespo_lib.check_run_config(_run_config(n=4, steps=6))
+    with pytest.raises(ValueError, match=r"train.steps=6 is not a multiple of config.schedule.minibatches = 4"):
+        config_lib.validate(_run_config(n=4, steps=6), 8)
     with pytest.raises(ValueError, match=r"max_staleness=1; expected >= sync_every - 1 = 3"):
-        config_lib.VespoSection(async_rollout=True, sync_every=4, max_staleness=1)
-    with pytest.raises(ValueError, match=r"rollout_devices=2 needs async_rollout=True"):
-        config_lib.VespoSection(rollout_devices=2)
-    with pytest.raises(ValueError, match=r"vespo.rollout_devices=8 leaves no device to train on"):
-        vespo_lib.split_devices(config_lib.VespoSection(enabled=True, async_rollout=True, rollout_devices=8))
-    cfg = _run_config(n=1, async_rollout=True, rollout_devices=1)
-    with pytest.raises(ValueError, match=r"needs train.recompute_old_logp=False"):
-        vespo_lib.check_run_config(cfg)
+        config_lib.ScheduleSection(async_rollout=True, sync_every=4, max_staleness=1)
+    with pytest.raises(ValueError, match=r"rollout_devices=2; expected .* 0 unless async_rollout"):
+        config_lib.ScheduleSection(rollout_devices=2)
+    with pytest.raises(ValueError, match=r"schedule.rollout_devices=8 leaves no device to train on"):
+        worker_lib.split_devices(config_lib.ScheduleSection(async_rollout=True, rollout_devices=8))
+    with pytest.raises(ValueError, match=r"config.schedule.rollout_devices=8 leaves no device to train on"):
+        config_lib.validate(_run_config(async_rollout=True, rollout_devices=8), 8)
+    cfg = _run_config(n=1, async_rollout=True, rollout_devices=4)
+    with pytest.raises(ValueError, match=r"rollout_devices=4 needs config.train.recompute_old_logp=False"):
+        config_lib.validate(cfg, 8)
+    with pytest.raises(ValueError, match=r"config.schedule.async_rollout=True does not support multi-process"):
+        config_lib.validate(_run_config(async_rollout=True), 8, process_count=2)
 
 
-# ------------------------------------------------------------------ the worker
-
-
-def _counting_worker(store, queue_size=2, fail_at=None, delay_s=0.0):
-    def produce(params, version, stopping):
-        del stopping
-        if delay_s:
-            time.sleep(delay_s)
-        index = produce.count
-        produce.count += 1
-        if index == fail_at:
-            raise ValueError(f"rollout {index} failed")
-        return {"index": index, "version": version, "params": params}
-
-    produce.count = 0
-    return vespo_lib.RolloutWorker(produce, store, queue_size=queue_size)
+# ------------------------------------------------------------------ async mode
 
 
 def _wait_for(condition, what):
@@ -251,24 +273,6 @@ def _wait_for(condition, what):
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-def test_worker_items_carry_their_version_and_none_is_lost_or_duplicated():
-    store = vespo_lib.ParameterStore()
-    store.publish("params-0", 0)
-    worker = _counting_worker(store).start()
-    # Queue full (2) plus one produced item waiting for room.
-    _wait_for(lambda: worker.produced >= 3, "the worker to fill its queue")
-    store.publish("params-5", 5)
-    taken = [worker.get(timeout=DEADLINE_S) for _ in range(6)]
-    left = worker.stop(timeout=DEADLINE_S)
-    indices = [item["index"] for item in taken + left]
-    assert sorted(indices) == list(range(worker.produced))
-    assert [item["index"] for item in taken] == list(range(6))
-    # The three produced before the publish carry version 0, later ones 5.
-    assert [item["version"] for item in taken[:3]] == [0, 0, 0]
-    assert all(item["version"] == 5 and item["params"] == "params-5" for item in taken[3:])
-
 
 def test_async_loop_never_trains_a_rollout_older_than_the_threshold(vespo_trainer):
     # max_staleness = 0: only rollouts sampled by the latest parameters pass;
@@ -282,8 +286,8 @@ def test_async_loop_never_trains_a_rollout_older_than_the_threshold(vespo_traine
     with loop:
         state, records = _train(loop, state, data, 6)
         assert loop.save_point(6, force=True, every=100)  # Stops the worker.
-    assert all(r["vespo/staleness"] == 0.0 for r in records)
-    dropped = sum(r["vespo/dropped_rollouts"] for r in records)
+    assert all(r["schedule/staleness"] == 0.0 for r in records)
+    dropped = sum(r["schedule/dropped_rollouts"] for r in records)
     consumed = 6 + dropped
     # Generated samples count the dropped rollouts too.
     assert sum(r["samples/generated"] for r in records) == consumed * B * G
@@ -297,60 +301,20 @@ def test_async_loop_never_trains_a_rollout_older_than_the_threshold(vespo_traine
     assert calls[: int(consumed)] == [fresh.next() for _ in range(int(consumed))]
 
 
-def test_worker_stops_cleanly_within_the_timeout():
-    store = vespo_lib.ParameterStore()
-    store.publish(None, 0)
-    worker = _counting_worker(store, queue_size=1, delay_s=0.01).start()
-    worker.get(timeout=DEADLINE_S)
-    # The worker is blocked on a full queue or producing; either way it stops.
-    worker.stop(timeout=DEADLINE_S)
-    assert not worker.is_alive()
-    with pytest.raises(vespo_lib.RolloutWorkerError, match="not running"):
-        worker.get(timeout=DEADLINE_S)
-
-
-def test_worker_stop_times_out_on_a_hung_producer():
-    release = threading.Event()
-    store = vespo_lib.ParameterStore()
-    store.publish(None, 0)
-
-    def produce(params, version, stopping):
-        release.wait()
-        return None
-
-    worker = vespo_lib.RolloutWorker(produce, store, queue_size=1).start()
-    with pytest.raises(TimeoutError, match="did not stop within 0.2 s"):
-        worker.stop(timeout=0.2)
-    release.set()
-    worker.stop(timeout=DEADLINE_S)
-
-
-def test_worker_exception_reaches_the_learner():
-    store = vespo_lib.ParameterStore()
-    store.publish(None, 0)
-    worker = _counting_worker(store, fail_at=1).start()
-    with pytest.raises(vespo_lib.RolloutWorkerError, match="rollout 1 failed") as raised:
-        for _ in range(3):
-            worker.get(timeout=DEADLINE_S)
-    assert isinstance(raised.value.__cause__, ValueError)
-    worker.stop(timeout=DEADLINE_S)
-    worker.raise_unreported_error()  # Already reported: silent.
-
-
 def test_async_loop_reraises_a_worker_failure(vespo_trainer):
     cfg = _run_config(n=1, steps=4, async_rollout=True)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
     build, calls = _build_batch(), []
 
-    def failing(params, problems, key, sampler):
+    def failing(params, problems, key):
         calls.append(problems)
         if len(calls) == 2:
             raise RuntimeError("the sampler broke")
-        return build(params, problems, key, sampler)
+        return build(params, problems, key)
 
     loop = _loop(vespo_trainer, cfg, failing)
     state = _init(vespo_trainer)
-    with pytest.raises(vespo_lib.RolloutWorkerError, match="the sampler broke") as raised:
+    with pytest.raises(worker_lib.RolloutWorkerError, match="the sampler broke") as raised:
         with loop:
             _train(loop, state, EpochIterator(len(PROBLEMS), B, seed=3), 4)
     assert isinstance(raised.value.__cause__, RuntimeError)
@@ -359,29 +323,25 @@ def test_async_loop_reraises_a_worker_failure(vespo_trainer):
 
 def test_async_worker_on_its_own_devices(vespo_trainer):
     # The learner trains on devices 0-1; the worker samples on 2-3 with a
-    # snapshot placed there (its sampler's mesh), never touching the learner's.
+    # snapshot placed there (its own source's mesh), never touching the learner's.
     cfg = _run_config(n=1, steps=3, async_rollout=True, rollout_devices=2)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recompute_old_logp=False))
-    learner, rollout = vespo_lib.split_devices(cfg.vespo, jax.devices()[:4])
+    learner, rollout = worker_lib.split_devices(cfg.schedule, jax.devices()[:4])
     assert learner == list(vespo_trainer.mesh.devices.flat) and rollout == jax.devices()[2:4]
     seen = []
     build = _build_batch()
 
-    def build_on_rollout_devices(params, problems, key, sampler):
-        seen.append((set(jax.tree.leaves(params)[0].devices()), set(sampler.mesh.devices.flat)))
-        return build(params, problems, key, sampler)
+    def build_on_rollout_devices(params, problems, key):
+        seen.append(set(jax.tree.leaves(params)[0].devices()))
+        return build(params, problems, key)
 
-    # The run's sampler (on the learner's mesh): the loop makes its twin on
-    # the rollout devices. Nothing is compiled: the stand-in never samples.
-    sampler = Sampler(MODEL, SamplingConfig(group_size=G, batch_buckets=(2, 4)), vespo_trainer.mesh)
-    loop = vespo_lib.VespoLoop(
-        cfg, trainer=vespo_trainer, build_batch=build_on_rollout_devices, problems=PROBLEMS,
-        sampler=sampler, rng=jax.random.PRNGKey(0), rollout_devices=rollout,
-    )
+    worker_mesh = sharding.make_mesh(1, -1, 1, devices=rollout)
+    loop = _loop(vespo_trainer, cfg, build, worker_source=_Source(build_on_rollout_devices),
+                 worker_mesh=worker_mesh)
     with loop:
         _, records = _train(loop, _init(vespo_trainer), EpochIterator(len(PROBLEMS), B, seed=3), 3)
-    assert seen and all(params == mesh == set(rollout) for params, mesh in seen)
-    assert all(r["vespo/staleness"] <= cfg.vespo.max_staleness for r in records)
+    assert seen and all(devices == set(rollout) for devices in seen)
+    assert all(r["schedule/staleness"] <= cfg.schedule.max_staleness for r in records)
 
 
 def test_a_worker_failure_after_the_last_step_is_not_lost(vespo_trainer):
@@ -392,17 +352,17 @@ def test_a_worker_failure_after_the_last_step_is_not_lost(vespo_trainer):
     build, calls = _build_batch(), []
     trained, failed = threading.Event(), threading.Event()
 
-    def failing(params, problems, key, sampler):
+    def failing(params, problems, key):
         calls.append(problems)
         if len(calls) == 2:
             trained.wait(DEADLINE_S)  # Fail only once the learner is done.
             failed.set()
             raise RuntimeError("the sampler broke late")
-        return build(params, problems, key, sampler)
+        return build(params, problems, key)
 
     loop = _loop(vespo_trainer, cfg, failing)
     data = EpochIterator(len(PROBLEMS), B, seed=3)
-    with pytest.raises(vespo_lib.RolloutWorkerError, match="broke late"):
+    with pytest.raises(worker_lib.RolloutWorkerError, match="broke late"):
         with loop:
             _train(loop, _init(vespo_trainer), data, 1)
             trained.set()
