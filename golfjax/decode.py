@@ -130,12 +130,16 @@ def decode(
     model_config: ModelConfig,
     cfg: "SamplingConfig",
     split_layers: bool,
+    recent_buffer: bool = False,
 ) -> Rollout:
     """Shares each prefill across its G rows, then samples until all rows finish.
 
     With `split_layers` (on CPU), the layer weights are copied into per-layer
     arrays once, before the loop, instead of XLA copying each layer's slice
-    of the stacked weights on every step (`transformer.split_layers`).
+    of the stacked weights on every step (`transformer.split_layers`). With
+    `recent_buffer` (on CPU), each loop writes its tokens' keys and values
+    into a float32 recent buffer merged after the loop (golfjax/models/cache.py
+    says why).
     """
     g, t = cfg.group_size, cfg.max_new_tokens
     if split_layers:
@@ -171,13 +175,21 @@ def decode(
     def keep_going(end: int, state: DecodeState) -> jax.Array:
         return (state.step < end) & ~jnp.all(state.done_N)
 
-    for end, slots in decode_segments(p, t, cfg.decode_loops):
-        state = dataclasses.replace(state, cache=cache_lib.extend(state.cache, slots))
+    for main, slots, end in loop_caches(p, t, cfg.decode_loops):
+        cache = state.cache
+        if recent_buffer:
+            cache = cache_lib.with_recent(cache_lib.extend(cache, main), slots - main)
+        else:
+            cache = cache_lib.extend(cache, slots)
         body = functools.partial(decode_step, params, mask_NxS=attention_mask_NxS[:, :slots],
                                  first_position_N=first_position_N, key=key,
                                  model_config=model_config, cfg=cfg)
         state = jax.lax.while_loop(functools.partial(keep_going, end),
-                                   lambda state: body(state), state)
+                                   lambda state: body(state),
+                                   dataclasses.replace(state, cache=cache))
+        if recent_buffer:
+            state = dataclasses.replace(
+                state, cache=cache_lib.merge_recent(state.cache, slots))
     return Rollout(
         prompt_tokens_NxP=tile(tokens_BxP),
         prompt_mask_NxP=mask_NxP,
@@ -206,6 +218,21 @@ def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
     token_N, logp_N = draw.sample(logits_Nx1xV[:, 0, :],
                                   jax.random.fold_in(key, state.step), cfg)
     return _record(state, token_N, logp_N, cache, cfg)
+
+
+def loop_caches(prompt_len: int, max_new_tokens: int, loops: int
+                ) -> list[tuple[int, int, int]]:
+    """(main, slots, end) per decode loop: its cache's slots and step bound.
+
+    `slots` and `end` as in `decode_segments`; `main` is the slots written
+    before the loop starts (P + its first step - 1), the ones a recent buffer
+    of `slots - main` follows.
+    """
+    out, first = [], 1
+    for end, slots in decode_segments(prompt_len, max_new_tokens, loops):
+        out.append((prompt_len + first - 1, slots, end))
+        first = end
+    return out
 
 
 def decode_segments(prompt_len: int, max_new_tokens: int, loops: int

@@ -68,35 +68,59 @@ def _last_positive(mass_NxC: jax.Array) -> jax.Array:
                              jnp.arange(c, dtype=jnp.int32)[None, :], 0), axis=1)
 
 
+def _max_and_sum_exp(x_NxBxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per block, `max(x)` and `sum(exp(x - max(x)))` in one pass over x.
+
+    A variadic reduction whose reducer merges two partial (max, sum) pairs by
+    rescaling the smaller one, the online-softmax rule; a block of -inf
+    gives (-inf, 0).
+    """
+    def merge(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]
+              ) -> tuple[jax.Array, jax.Array]:
+        (max_a, sum_a), (max_b, sum_b) = a, b
+        top = jnp.maximum(max_a, max_b)
+        scaled_a = jnp.where(sum_a > 0, sum_a * jnp.exp(max_a - top), 0.0)
+        scaled_b = jnp.where(sum_b > 0, sum_b * jnp.exp(max_b - top), 0.0)
+        return top, scaled_a + scaled_b
+
+    ones = jnp.where(x_NxBxW > -jnp.inf, 1.0, 0.0).astype(x_NxBxW.dtype)
+    return jax.lax.reduce((x_NxBxW, ones),
+                          (jnp.array(-jnp.inf, x_NxBxW.dtype),
+                           jnp.array(0.0, x_NxBxW.dtype)), merge, (2,))
+
+
 def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A categorical draw by inverse CDF, and its normalised log-prob.
 
-    One uniform per row instead of Gumbel-max's one per candidate: on CPU,
-    generating and reducing N x V Gumbel noise costs about as much as a layer
-    of a 20M-parameter model. The CDF is two-level (sums of blocks of
-    `_CDF_BLOCK` candidates, then the CDF inside the chosen block), because
-    XLA's CPU cumsum over the whole vocabulary is several times slower than a
-    plain reduction. Candidates at -inf have zero mass and are never drawn:
-    `count(cdf <= u)` passes over them with their predecessor, and the result
-    is clamped to the last candidate with mass, for when rounding puts u at
-    the very top of the CDF.
+    One uniform per row (Gumbel-max would need a random number per
+    candidate). The CDF is two-level: the mass of each block of `_CDF_BLOCK`
+    candidates, then the CDF inside the chosen block. Two passes over the
+    candidates: the global max, then every block's mass `sum(exp(x - max))`;
+    everything after reads one block per row. Candidates at -inf have zero
+    mass and are never drawn: `count(cdf <= u)` passes over them with their
+    predecessor, and the result is clamped to the last candidate with mass,
+    for when rounding puts u at the very top of the CDF.
     """
     n, c = logits_NxC.shape
     width = min(_CDF_BLOCK, c)
     blocks = -(-c // width)
-    shifted_NxC = logits_NxC - jnp.max(logits_NxC, axis=-1, keepdims=True)
-    p_NxC = jnp.exp(shifted_NxC)
+    x_NxC = logits_NxC
     if blocks * width != c:
-        p_NxC = jnp.pad(p_NxC, ((0, 0), (0, blocks * width - c)))
-    p_NxBxW = p_NxC.reshape(n, blocks, width)
-    block_NxB = jnp.sum(p_NxBxW, axis=-1)
+        x_NxC = jnp.pad(x_NxC, ((0, 0), (0, blocks * width - c)),
+                        constant_values=-jnp.inf)
+    x_NxBxW = x_NxC.reshape(n, blocks, width)
+    block_max_NxB, block_sum_NxB = _max_and_sum_exp(x_NxBxW)
+    top_N = jnp.max(block_max_NxB, axis=-1)
+    block_NxB = jnp.where(block_sum_NxB > 0, block_sum_NxB * jnp.exp(
+        block_max_NxB - top_N[:, None]), 0.0)
     cdf_NxB = jnp.cumsum(block_NxB, axis=-1)
     total_N = cdf_NxB[:, -1]
     u_N = jax.random.uniform(key, (n,), jnp.float32) * total_N
     block_N = jnp.minimum(
         jnp.sum(cdf_NxB <= u_N[:, None], axis=-1, dtype=jnp.int32),
         _last_positive(block_NxB))
-    p_NxW = jnp.take_along_axis(p_NxBxW, block_N[:, None, None], axis=1)[:, 0]
+    x_NxW = jnp.take_along_axis(x_NxBxW, block_N[:, None, None], axis=1)[:, 0]
+    p_NxW = jnp.exp(x_NxW - top_N[:, None])
     before_N = (jnp.take_along_axis(cdf_NxB, block_N[:, None], axis=1) -
                 jnp.take_along_axis(block_NxB, block_N[:, None], axis=1))[:, 0]
     cdf_NxW = jnp.cumsum(p_NxW, axis=-1)
@@ -104,8 +128,8 @@ def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         jnp.sum(cdf_NxW <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),
         _last_positive(p_NxW))
     choice_N = block_N * width + within_N
-    picked_N = jnp.take_along_axis(shifted_NxC, choice_N[:, None], axis=-1)[:, 0]
-    return choice_N, picked_N - jnp.log(total_N)
+    picked_N = jnp.take_along_axis(x_NxW, within_N[:, None], axis=-1)[:, 0]
+    return choice_N, picked_N - top_N - jnp.log(total_N)
 
 
 def sample(logits_NxV: jax.Array, key: jax.Array, cfg: "SamplingConfig"

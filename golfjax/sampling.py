@@ -269,10 +269,11 @@ class Sampler:
         # On a CPU mesh, queued multi-device programs can deadlock one another
         # (XLA's simulated devices share a thread pool); block on each result.
         self._block = mesh is not None and mesh.size > 1 and platform == "cpu"
-        # Per-layer weight copies (`decode.decode`) are for CPU, where XLA copies a
-        # slice of a stacked weight on every use. On TPU/GPU such slices are
-        # expected to fuse into the matmul (not measured here), and a second
-        # copy of the weights would cost accelerator memory.
+        # Per-layer weight copies and the recent buffer (`decode.decode`) are
+        # for CPU, where XLA copies a slice of a stacked weight on every use
+        # and rewrites a whole bf16 buffer to update one slot. On TPU/GPU both
+        # are native, and a second copy of the weights would cost accelerator
+        # memory.
         self._split_layers = platform == "cpu"
 
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -288,7 +289,7 @@ class Sampler:
             decode_lib.prefill, model_config=c))
         decode = self._counted("decode", functools.partial(
             decode_lib.decode, model_config=c, cfg=cfg,
-            split_layers=self._split_layers))
+            split_layers=self._split_layers, recent_buffer=self._split_layers))
         if self.mesh is None:
             return _Programs(prefill=jax.jit(prefill), decode=jax.jit(decode))
         mesh = self.mesh

@@ -103,7 +103,8 @@ def reference_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
                        jnp.arange(s, dtype=jnp.int32))
     scores_BxKxMxS = jnp.where(visible, scores_BxKxMxS, MASK_VALUE)
     probs_BxKxMxS = jax.nn.softmax(scores_BxKxMxS, axis=-1).astype(v_BxSxKxH.dtype)
-    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH)
+    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH,
+                             preferred_element_type=jnp.float32)
     return _from_groups(out_BxKxMxH, t, g).astype(q_BxTxKxGxH.dtype)
 
 

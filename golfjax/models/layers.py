@@ -26,7 +26,11 @@ from flax import nnx
 from golfjax.models import attention as attention_lib
 from golfjax.models.config import ModelConfig
 
-_INIT_STD = 0.02  # transformers' default initializer_range.
+_INIT_STD = 0.02
+# One layer's cache: keys, values, and an optional recent buffer (keys, values,
+# first slot); see `Attention.__call__`.
+LayerCache = tuple[jax.Array, jax.Array,
+                   tuple[jax.Array, jax.Array, jax.Array] | None]  # transformers' default initializer_range.
 
 
 def _param(init: Any, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype,
@@ -58,7 +62,12 @@ def _dense(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     kernel.
     """
     lead = x_BxTxI.shape[:-1]
-    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO)
+    # On CPU a bf16 x bf16 -> bf16 dot is computed by converting both operands
+    # (the whole weight) to float32 first; asking for the float32 product runs
+    # it on the bf16 operands directly. Elsewhere the dot stays in its dtype.
+    wide = jnp.float32 if jax.default_backend() == "cpu" else None
+    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO,
+                preferred_element_type=wide).astype(x_BxTxI.dtype)
     return y.reshape(lead + (w_IxO.shape[-1],))
 
 
@@ -158,19 +167,22 @@ class Attention(nnx.Module):
         sin_BxTxH: jax.Array,
         cos_BxTxH: jax.Array,
         key_mask_BxS: jax.Array,
-        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         """Self-attention; with `kv_cache`, keys/values are written then read back.
 
         Args:
           key_mask_BxS: True at real key slots; the query in slot q sees slot s
             iff `key_mask_BxS[b, s] and s <= q` (golfjax/models/attention.py).
-          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH). The new keys and
-            values are written at slots [write_index, write_index + T) and
-            attention reads all S slots; the updated pair is returned. Writing
-            only the T new slots lets XLA update the buffers in place inside a
-            decode loop.
+          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH, recent). The new
+            keys and values are written at slots [write_index, write_index +
+            T) and attention reads all S slots; the updated cache is returned.
+            Writing only the T new slots lets XLA update the buffers in place
+            inside a decode loop. `recent` is None or (keys B x K x H x W,
+            values B x K x W x H, start): float32 buffers for slots [start,
+            start + W) that a decode step (T = 1) writes instead of the main
+            arrays, which it then only reads (golfjax/models/cache.py).
         """
         c = self.config
         b, t, _ = x_BxTxD.shape
@@ -190,18 +202,20 @@ class Attention(nnx.Module):
                 implementation=c.attention, block=c.attention_block)
             new_cache = None
         else:
-            k_BxKxHxS, v_BxKxSxH = kv_cache
+            k_BxKxHxS, v_BxKxSxH, recent = kv_cache
             zero = jnp.zeros((), jnp.int32)
-            k_BxKxHxS = jax.lax.dynamic_update_slice(
-                k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
-                (zero, zero, zero, write_index))
-            v_BxKxSxH = jax.lax.dynamic_update_slice(
-                v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
-                (zero, zero, write_index, zero))
-            if t == 1:
-                out_BxTxKxGxH = decode_attention(q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH,
-                                                 key_mask_BxS, write_index)
-            else:  # Prefill: the cache's slots in the projections' layout.
+            if recent is None:
+                k_BxKxHxS = jax.lax.dynamic_update_slice(
+                    k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
+                    (zero, zero, zero, write_index))
+                v_BxKxSxH = jax.lax.dynamic_update_slice(
+                    v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
+                    (zero, zero, write_index, zero))
+            s = k_BxKxHxS.shape[-1]
+            if t > 1:  # Prefill: the cache's slots in the projections' layout.
+                if recent is not None:
+                    raise ValueError("a cache with a recent buffer takes one token "
+                                     f"per call, got {t}")
                 out_BxTxKxGxH = attention_lib.attention(
                     q_BxTxKxGxH, k_BxKxHxS.transpose(0, 3, 1, 2).astype(x_BxTxD.dtype),
                     v_BxKxSxH.transpose(0, 2, 1, 3).astype(x_BxTxD.dtype),
@@ -209,7 +223,35 @@ class Attention(nnx.Module):
                     implementation=("blockwise" if c.attention in ("cudnn", "splash")
                                     else c.attention),
                     block=c.attention_block)
-            new_cache = (k_BxKxHxS, v_BxKxSxH)
+            elif recent is None:
+                visible_BxS = key_mask_BxS & (
+                    jnp.arange(s, dtype=jnp.int32)[None, :] <= write_index)
+                out_BxTxKxGxH = decode_attention(q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH,
+                                                 visible_BxS)
+            else:
+                # Main slots before the recent buffer; the new token goes into
+                # the (float32, so natively updatable) recent buffer, read
+                # up to and including it.
+                recent_k_BxKxHxW, recent_v_BxKxWxH, start = recent
+                w = recent_v_BxKxWxH.shape[2]
+                at = write_index - start
+                dt = k_BxKxHxS.dtype  # Recent values are exactly cache-dtype values.
+                new_k_BxKxHx1, new_v_BxKx1xH = jax.lax.optimization_barrier((
+                    k_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
+                    v_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
+                recent_k_BxKxHxW = jax.lax.dynamic_update_slice(
+                    recent_k_BxKxHxW, new_k_BxKxHx1, (zero, zero, zero, at))
+                recent_v_BxKxWxH = jax.lax.dynamic_update_slice(
+                    recent_v_BxKxWxH, new_v_BxKx1xH, (zero, zero, at, zero))
+                main_BxS = key_mask_BxS[:, :s] & (
+                    jnp.arange(s, dtype=jnp.int32)[None, :] < start)
+                recent_BxW = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, w, axis=1) & (
+                    jnp.arange(w, dtype=jnp.int32)[None, :] <= at)
+                out_BxTxKxGxH = decode_attention(
+                    q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH, main_BxS,
+                    (recent_k_BxKxHxW, recent_v_BxKxWxH, recent_BxW))
+                recent = (recent_k_BxKxHxW, recent_v_BxKxWxH, start)
+            new_cache = (k_BxKxHxS, v_BxKxSxH, recent)
         out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
         o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
         out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
@@ -217,28 +259,47 @@ class Attention(nnx.Module):
         return out_BxTxD, new_cache
 
 
-def decode_attention(q_Bx1xKxGxH: jax.Array, k_BxKxHxS: jax.Array,
-                     v_BxKxSxH: jax.Array, key_mask_BxS: jax.Array,
-                     q_slot: jax.Array) -> jax.Array:
-    """One query per row over the cache, in the cache's layouts and dtype.
+def decode_attention(
+    q_Bx1xKxGxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array,
+    visible_BxS: jax.Array,
+    recent: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """One query per row over cached keys and values, in the cache's layouts.
 
     Both products are batched over (row, kv head) and contract the G query
     heads of the group with that kv head's keys, then values, as they lie in
-    the cache: every cached key and value is read once, in the cache dtype,
-    and only the B x K x G x S scores are float32.
+    the cache and in its dtype: every cached key and value is read once, and
+    only the B x K x G x S scores are float32. `recent` adds more slots,
+    (keys B x K x H x W, values B x K x W x H, visible B x W), to the same
+    softmax.
     """
     h = q_Bx1xKxGxH.shape[-1]
-    s = k_BxKxHxS.shape[-1]
-    q_BxKxGxH = q_Bx1xKxGxH[:, 0].astype(k_BxKxHxS.dtype)
-    scores_BxKxGxS = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH, k_BxKxHxS,
-                                preferred_element_type=jnp.float32) * (h ** -0.5)
-    visible_BxS = key_mask_BxS.astype(bool) & (
-        jnp.arange(s, dtype=jnp.int32)[None, :] <= q_slot)
-    scores_BxKxGxS = jnp.where(visible_BxS[:, None, None, :], scores_BxKxGxS,
-                               attention_lib.MASK_VALUE)
-    probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
-    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS, v_BxKxSxH,
-                             preferred_element_type=jnp.float32)
+    scale = h ** -0.5
+    q_BxKxGxH = q_Bx1xKxGxH[:, 0]
+
+    def scores(keys_BxKxHxS: jax.Array, visible: jax.Array) -> jax.Array:
+        raw = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH.astype(keys_BxKxHxS.dtype),
+                         keys_BxKxHxS, preferred_element_type=jnp.float32) * scale
+        return jnp.where(visible[:, None, None, :], raw, attention_lib.MASK_VALUE)
+
+    def weighted(probs_BxKxGxS: jax.Array, values_BxKxSxH: jax.Array) -> jax.Array:
+        return jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS.astype(values_BxKxSxH.dtype),
+                          values_BxKxSxH, preferred_element_type=jnp.float32)
+
+    main_BxKxGxS = scores(k_BxKxHxS, visible_BxS)
+    top_BxKxG = jnp.max(main_BxKxGxS, axis=-1)
+    if recent is not None:
+        recent_k, recent_v, recent_visible = recent
+        recent_BxKxGxW = scores(recent_k, recent_visible)
+        top_BxKxG = jnp.maximum(top_BxKxG, jnp.max(recent_BxKxGxW, axis=-1))
+    probs_BxKxGxS = jnp.exp(main_BxKxGxS - top_BxKxG[..., None])
+    total_BxKxG = jnp.sum(probs_BxKxGxS, axis=-1)
+    out_BxKxGxH = weighted(probs_BxKxGxS, v_BxKxSxH)
+    if recent is not None:
+        recent_probs = jnp.exp(recent_BxKxGxW - top_BxKxG[..., None])
+        total_BxKxG = total_BxKxG + jnp.sum(recent_probs, axis=-1)
+        out_BxKxGxH = out_BxKxGxH + weighted(recent_probs, recent_v)
+    out_BxKxGxH = out_BxKxGxH / total_BxKxG[..., None]
     return out_BxKxGxH.astype(q_Bx1xKxGxH.dtype)[:, None]
 
 
@@ -289,9 +350,9 @@ class Block(nnx.Module):
         sin_BxTxH: jax.Array,
         cos_BxTxH: jax.Array,
         key_mask_BxS: jax.Array,
-        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
                                          cos_BxTxH, key_mask_BxS, kv_cache,
                                          write_index)

@@ -165,19 +165,23 @@ class Transformer(nnx.Module):
         only; the training forward stays scanned.
         """
         write_index = cache.index.astype(jnp.int32)
-        k_L, v_L = list(cache.k_BxKxHxS), list(cache.v_BxKxSxH)
+        layer_caches = []
         for i in range(self.config.num_layers):
             if layer_params is None:
                 layer_state = jax.tree.map(lambda w: w[i], layers_state)
             else:
                 layer_state = layer_params[i]
             block = nnx.merge(layers_def, layer_state)
-            x_BxTxD, (k_L[i], v_L[i]) = block(x_BxTxD, sin_BxTxH, cos_BxTxH,
-                                              key_mask_BxS, (k_L[i], v_L[i]),
-                                              write_index)
+            x_BxTxD, layer_cache = block(x_BxTxD, sin_BxTxH, cos_BxTxH, key_mask_BxS,
+                                         cache.layer(i), write_index)
+            layer_caches.append(layer_cache)
         t = x_BxTxD.shape[1]
-        new_cache = KVCache(k_BxKxHxS=tuple(k_L), v_BxKxSxH=tuple(v_L),
-                            index=write_index + t)
+        keys, values, recents = zip(*layer_caches)
+        new_cache = cache.replace(k_BxKxHxS=tuple(keys), v_BxKxSxH=tuple(values),
+                                  index=write_index + t)
+        if cache.recent_v_BxKxWxH is not None:
+            new_cache = new_cache.replace(recent_k_BxKxHxW=tuple(r[0] for r in recents),
+                                          recent_v_BxKxWxH=tuple(r[1] for r in recents))
         return self.final_norm(x_BxTxD), new_cache
 
     def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
