@@ -14,7 +14,10 @@ a nested dict of arrays, `nnx.to_pure_dict` of the model's `nnx.Param` state:
    ["lm_head": D x V]}            # absent when embeddings are tied
 
 Layer parameters are stacked on a leading `layers` axis and run with `lax.scan`
-(each layer optionally rematerialised), so compile time does not grow with depth.
+(with `config.remat`, through `remat_scan`: each layer recomputed in the backward
+pass), so compile time does not grow with depth. Attention is
+golfjax/models/attention.py's entry point (`config.attention`), whose memory is
+linear in the sequence length.
 With a KV cache (prefill and decode) the layers run unrolled instead, each over
 its own cache buffers (golfjax/models/cache.py says why), and `split_layers`
 gives the same params with per-layer weights for decode loops on CPU.
