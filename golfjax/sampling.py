@@ -28,8 +28,11 @@ One call runs:
    exit as soon as every row has finished (a stop token) or T tokens exist.
    The steps are split over a few consecutive loops and the cache grows
    between them, so each step reads little more than the slots its loop can
-   have written (`decode_segments`).
-   Nothing leaves the device inside the loops.
+   have written (`decode_segments`); on CPU a loop writes its tokens' keys
+   and values into a float32 recent buffer merged after it
+   (golfjax/models/cache.py). Nothing leaves the device inside the loops.
+   The programs live in golfjax/decode.py, the per-step draw in
+   golfjax/draw.py.
 
 Sampling and behaviour log-probs. With `temperature > 0` each token is drawn
 from the *processed* distribution

@@ -12,12 +12,11 @@ Layout (letters as in golfjax/models/layers.py):
 Why this layout. A decode step writes one slot of every layer and then reads
 each layer's whole cache. With a separate buffer per layer, XLA updates it in
 place and attention reads it where it lies; a stacked L x ... array carried
-through a loop over layers had each layer's slice copied out (and, in the old
-B x S x K x H order, transposed for the attention products) on every step,
-which on CPU cost more than the attention itself. Heads come before slots so
-that each (row, kv head) block is contiguous; keys put S last and values H
-last so that both decode products reduce over a major axis and vectorise over
-the minor one (see `layers._attend_cached`).
+through a loop over layers has each layer's slice copied out on every step on
+CPU. Heads come before slots so that each (row, kv head) block is contiguous;
+keys put S last and values H last so that both decode products are plain
+matrix products per (row, kv head) over the cache as it lies
+(`layers.decode_attention`).
 
 `apply(..., cache=cache)` with T new tokens writes their keys and values at slots
 [index, index + T) of every layer, attends over all S slots under the mask rule
