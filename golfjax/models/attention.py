@@ -33,9 +33,10 @@ Implementations:
                it on any backend, for tests), GQA-native, with the key mask as
                segment ids; needs T = S (no cache offset) and T a multiple of
                128.
-  "auto"       GPU: cudnn where it applies; TPU: splash where it applies;
-               elsewhere (and for shapes they refuse): blockwise, or reference
-               when the whole score matrix is no larger than one block pair.
+  "auto"       GPU: cudnn where it applies (and cuDNN accepts it at trace
+               time); TPU: splash where it applies; elsewhere (and for shapes
+               they refuse): blockwise, or reference when the whole score
+               matrix is no larger than one block pair.
 
 A query row with no visible key (a left-padding position) gets finite garbage
 that no real position ever reads; it is the caller's to mask out.
@@ -418,6 +419,13 @@ def attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array
     if implementation == "auto":
         implementation = _pick(q_BxTxKxGxH, k_BxSxKxH, q_offset, block,
                                platform or jax.default_backend())
+        if implementation == "cudnn":
+            # cuDNN's own checks (library present, version, layout) run at
+            # trace time; where they refuse, the blockwise attention serves.
+            try:
+                return cudnn_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+            except (RuntimeError, NotImplementedError, ValueError):
+                implementation = "blockwise"
     if implementation == "reference":
         return reference_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
                                    q_offset)

@@ -140,3 +140,27 @@ def test_model_with_blockwise_attention_equals_reference_model():
     np.testing.assert_allclose(np.asarray(got)[mask], np.asarray(want)[mask], atol=1e-4)
     for a, b in zip(jax.tree.leaves(grads_got), jax.tree.leaves(grads_want)):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_auto_on_gpu_falls_back_to_blockwise_where_cudnn_refuses():
+    # No cuDNN on this machine: "auto" for a GPU platform must still attend.
+    q, keys, values, mask = _inputs(4, 1, 256, 256, 1, 2, 64, jnp.bfloat16,
+                                    left_padded=True)
+    visible = _visible_rows(mask, 256, 0)
+    out = attention.attention(q, keys, values, mask, platform="gpu", block=64)
+    ref = attention.reference_attention(q, keys, values, mask)
+    np.testing.assert_allclose(np.asarray(out, np.float32)[visible],
+                               np.asarray(ref, np.float32)[visible], atol=3e-2)
+
+
+def test_splash_lowers_for_tpu_with_its_backward_pass():
+    S = jax.ShapeDtypeStruct
+    q, kv = S((2, 256, 2, 4, 64), jnp.bfloat16), S((2, 256, 2, 64), jnp.bfloat16)
+
+    def loss(q, k, v, m):
+        return jnp.sum(attention.attention(q, k, v, m, implementation="splash")
+                       .astype(jnp.float32))
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+        q, kv, kv, S((2, 256), jnp.bool_)).lower(lowering_platforms=("tpu",))
+    assert "tpu_custom_call" in lowered.as_text()
