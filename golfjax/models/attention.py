@@ -322,7 +322,9 @@ def cudnn_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
     """cuDNN flash attention for left-padded rows, T = S (module docstring)."""
     _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
     b, t, kh, g, h = q_BxTxKxGxH.shape
-    length_B = jnp.sum(key_mask_BxS.astype(jnp.int32), axis=1)
+    # A row without any real token counts its last slot as one, so that cuDNN
+    # never sees a zero length: its output stays finite garbage.
+    length_B = jnp.maximum(jnp.sum(key_mask_BxS.astype(jnp.int32), axis=1), 1)
     # Rotate each row left by its padding: real tokens first, in order.
     slot_BxT = (jnp.arange(t, dtype=jnp.int32)[None, :] + (t - length_B)[:, None]) % t
 
