@@ -74,8 +74,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks import programs  # noqa: E402
 from golfjax import sampling  # noqa: E402
+from golfjax.models import config as config_lib  # noqa: E402
 from golfjax.models import hf  # noqa: E402
+from golfjax.models import transformer  # noqa: E402
 
 PROMPT_LEN = 32
 MIN_PROMPT_LEN = 16
@@ -225,9 +228,68 @@ def bench_golfjax(path: str, case: Case, prompts: list[list[int]],
     return dict(out, platform=device.platform, device_kind=device.device_kind)
 
 
+def bench_preset(args: argparse.Namespace) -> dict[str, Any]:
+    """golfjax alone on random weights of `args.preset` (no checkpoint, no peers).
+
+    B = the first of --batches prompts of exactly --prompt-len tokens, G =
+    --group samples each, T = --new-tokens. Reports the first-call seconds
+    (compiling prefill and decode, run with every row a dummy so the loop exits
+    at once), the fastest timed call's tokens/s, prefill seconds, decode
+    tokens/s and its fraction of the bandwidth bound, plus the compile-only
+    figures of one decode step (`benchmarks/programs.py`). With
+    --compile-only, only those.
+    """
+    config = config_lib.get_preset(args.preset)
+    batch, p, t = int(args.batches.split(",")[0]), args.prompt_len, args.new_tokens
+    case = Case(args.preset, batch, args.group, t)
+    _, step = programs.decode_step_program(config, case.rows, p, t,
+                                           decode_loops=args.decode_loops)
+    out: dict[str, Any] = dict(dataclasses.asdict(case), prompt_len=p,
+                               decode_step_compiled=step)
+    if args.compile_only:
+        return out
+    cfg = sampling.SamplingConfig(
+        temperature=1.0, max_new_tokens=t, group_size=args.group,
+        prompt_buckets=(p,), batch_buckets=(batch,))
+    if args.decode_loops is not None:
+        cfg = cfg.replace(decode_loops=args.decode_loops)
+    params = jax.block_until_ready(transformer.init_params(config, jax.random.key(0)))
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(1, config.vocab_size, p).tolist() for _ in range(batch)]
+    tokens, mask = sampling.pad_prompts([np.asarray(x) for x in prompts], batch, p,
+                                        cfg.pad_id)
+    sampler = sampling.Sampler(config, cfg)
+    programs_bp = sampler.programs(batch, p)
+    key = jax.random.key(0)
+
+    def first_call() -> Any:
+        cache, logits = programs_bp.prefill(params, tokens, mask)
+        return jax.block_until_ready(programs_bp.decode(
+            params, cache, logits, tokens, mask, np.zeros(batch, bool), key))
+
+    def run() -> sampling.Rollout:
+        return jax.block_until_ready(sampler.generate(params, prompts, key))
+
+    first_s, figures, rollout = timed(run, args.repeats, first_call)
+    assert int(np.asarray(rollout.length_N).min()) == t
+    _, prefill, _ = timed(lambda: jax.block_until_ready(
+        programs_bp.prefill(params, tokens, mask)), 3)
+    best, prefill_s = figures["seconds"], prefill["seconds"]
+    decode_tokens_per_s = case.tokens / max(best - prefill_s, 1e-9)
+    device = jax.devices()[0]
+    out.update(figures, first_call_seconds=first_s, tokens_per_s=case.tokens / best,
+               prefill_seconds=prefill_s, decode_tokens_per_s=decode_tokens_per_s,
+               platform=device.platform, device_kind=device.device_kind)
+    out.update(bandwidth_bound(config, case, device.device_kind, decode_tokens_per_s,
+                               args.mem_bandwidth_gbs and args.mem_bandwidth_gbs * 1e9,
+                               prompt_len=p))
+    return out
+
+
 def bandwidth_bound(config: Any, case: Case, device_kind: str,
                     decode_tokens_per_s: float,
-                    bandwidth: float | None = None) -> dict[str, Any]:
+                    bandwidth: float | None = None,
+                    prompt_len: int = PROMPT_LEN) -> dict[str, Any]:
     """The memory-bandwidth bound on decode tokens/s and the fraction reached.
 
     Each decode step reads at least every weight once and every row's keys
@@ -239,7 +301,7 @@ def bandwidth_bound(config: Any, case: Case, device_kind: str,
     if bandwidth is None:
         return dict(bandwidth_note=f"unknown device kind {device_kind!r};"
                     " pass --mem-bandwidth-gbs")
-    slots = PROMPT_LEN + (case.new_tokens - 1) / 2
+    slots = prompt_len + (case.new_tokens - 1) / 2
     step_bytes = sampling.decode_bytes_per_step(config, case.rows, slots)
     bound = case.rows * bandwidth / step_bytes
     return dict(device_kind=device_kind, bandwidth_bytes_per_s=bandwidth,
@@ -435,6 +497,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         " default); 1 reads the whole KV cache on every step")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny model, B=8, 32 new tokens")
+    parser.add_argument("--preset", choices=sorted(config_lib.PRESETS),
+                        help="golfjax alone on random weights of this preset "
+                        "(bench_preset); the peers need checkpoints")
+    parser.add_argument("--prompt-len", type=int, default=128,
+                        help="with --preset: P, the tokens of every prompt")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="with --preset: only the decode step's compiled "
+                        "figures (bytes accessed vs the roofline), no run")
     parser.add_argument("--worker", choices=sorted(ENGINES),
                         help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -442,6 +512,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.models, args.batches, args.new_tokens = "tiny", "8", 32
     batches = [int(b) for b in args.batches.split(",")]
+    if args.compile_only and not args.preset:
+        parser.error("--compile-only needs --preset")
+    if args.preset:
+        result = bench_preset(args)
+        report = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+                      backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+                      versions=_versions(), result=result)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(json.dumps(result, indent=1), flush=True)
+        print(f"wrote {args.out}")
+        return report
     if args.worker:
         rows = run_worker(args.worker, args.checkpoint, args.models, batches,
                           args.group, args.new_tokens, args.repeats, args.decode_loops)

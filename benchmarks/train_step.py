@@ -91,6 +91,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import programs  # noqa: E402
 from golfjax import sharding  # noqa: E402
 from golfjax import types  # noqa: E402
 from golfjax.models import config as config_lib  # noqa: E402
@@ -115,6 +116,22 @@ CONFIGS = {
     "tiny": Shape("tiny", rows=8, prompt=32, response=96, steps=10),
     "small_20m": Shape("small_20m", rows=4, prompt=32, response=96, steps=5),
     "base_100m": Shape("base_100m", rows=4, prompt=32, response=96, steps=3),
+}
+# Any other preset (e.g. qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b) runs at these
+# shapes unless --rows/--prompt/--response say otherwise.
+DEFAULT_SHAPE = Shape("", rows=2, prompt=128, response=896, steps=3)
+
+# Dense bf16 peak FLOP/s by `device.device_kind`, the MFU denominator.
+PEAK_FLOPS: dict[str, float] = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
 }
 
 
@@ -261,8 +278,7 @@ def make_batch(config: config_lib.ModelConfig, n: int, p: int, t: int) -> types.
 
 def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     """Times one config's step in this process; see the module docstring."""
-    preset = config_lib.get_preset(shape.preset)
-    config = preset.replace(compute_dtype=args.dtype, remat=args.remat or preset.remat)
+    config = config_of(shape, args)
     n, p, t = shape.rows, shape.prompt, shape.response
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     train_cfg = TrainSection(loss="ppo_clip", micro_batches=1, logp_chunk=128)
@@ -274,9 +290,8 @@ def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     key = jax.random.fold_in(state.rng, state.step)
     compiled = trainer.jitted_step(batch).lower(state, batch, key).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_cost_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    compiled_stats = programs.stats(compiled)
+    xla_cost_flops = compiled_stats["flops"]
     step_dot_flops = hlo_dot_flops(compiled.as_text())
     forward_compiled = trainer._logprobs.lower(  # pylint: disable=protected-access
         state.params, batch).compile()
@@ -357,6 +372,11 @@ def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         "fraction_of_peak_cpu_time": (flops["total"] / statistics.median(step_cpu)) / (
             2 * args.peak_size ** 3 / statistics.median(peak_cpu)),
         "hlo_dot_flops_per_s": step_dot_flops / step_s,
+        "mfu": (achieved / PEAK_FLOPS[jax.devices()[0].device_kind]
+                if jax.devices()[0].device_kind in PEAK_FLOPS else None),
+        "peak_flops_per_s_spec": PEAK_FLOPS.get(jax.devices()[0].device_kind),
+        "compiled_temp_bytes": compiled_stats["temp_bytes"],
+        "compiled_bytes_accessed": compiled_stats["bytes_accessed"],
         "forward_median_s": statistics.median(forward_times),
         "optimizer_median_s": statistics.median(optimizer_times),
         "backward_estimate_s": step_s - statistics.median(forward_times)
@@ -366,6 +386,33 @@ def bench(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def config_of(shape: Shape, args: argparse.Namespace) -> config_lib.ModelConfig:
+    """The shape's preset with the flags' dtype, remat and attention."""
+    preset = config_lib.get_preset(shape.preset)
+    changes: dict[str, Any] = {"remat": args.remat or preset.remat}
+    if args.dtype:
+        changes["compute_dtype"] = args.dtype
+    if args.attention:
+        changes["attention"] = args.attention
+    return preset.replace(**changes)
+
+
+def compile_only(name: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
+    """The step's compiled figures (no allocation, no run): temp bytes etc."""
+    config = config_of(shape, argparse.Namespace(**{**vars(args),
+                                                    "dtype": args.preset_dtype}))
+    _, figures = programs.train_step_program(config, shape.rows, shape.prompt,
+                                             shape.response)
+    return {"name": name, "preset": shape.preset, "params": config.num_params,
+            "remat": config.remat, "compute_dtype": config.compute_dtype,
+            "attention": config.attention, "rows": shape.rows,
+            "prompt": shape.prompt, "response": shape.response,
+            "tokens_per_step": shape.rows * (shape.prompt + shape.response),
+            "model_flops_per_step": model_flops(config, shape.rows, shape.prompt,
+                                                shape.response)["total"],
+            **{f"compiled_{k}": v for k, v in figures.items()}}
+
+
 def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """`bench(name)` in a fresh interpreter, so its peak RSS is its own."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -373,6 +420,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, os.path.abspath(__file__), f"--only={name}",
                    f"--child-out={out}", f"--dtype={args.dtype}",
                    f"--warmup={args.warmup}", *(["--remat"] if args.remat else []),
+                   *([f"--attention={args.attention}"] if args.attention else []),
                    f"--breakdown-runs={args.breakdown_runs}",
                    f"--peak-size={args.peak_size}", f"--peak-repeats={args.peak_repeats}"]
         command += [f"--{flag}={getattr(args, flag)}"
@@ -414,15 +462,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="override N of every config")
     parser.add_argument("--prompt", type=int, help="override P of every config")
     parser.add_argument("--response", type=int, help="override T of every config")
+    parser.add_argument("--attention", choices=config_lib.ATTENTION_IMPLEMENTATIONS,
+                        help="ModelConfig.attention (default: the preset's, auto)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="lower and compile each step from abstract inputs and "
+                             "report XLA's compiled temp bytes and bytes accessed; "
+                             "runs nothing, so any shape works on a CPU")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     platform_name = jax.devices()[0].platform
+    # --compile-only keeps each preset's own dtype unless --dtype is given.
+    args.preset_dtype = args.dtype
     if args.dtype is None:
         args.dtype = "float32" if platform_name == "cpu" else "bfloat16"
 
     def shape_of(name: str) -> Shape:
-        base = CONFIGS[name]
+        base = CONFIGS.get(name, dataclasses.replace(DEFAULT_SHAPE, preset=name))
         return dataclasses.replace(
             base, rows=args.rows or base.rows, prompt=args.prompt or base.prompt,
             response=args.response or base.response, steps=args.steps or base.steps)
@@ -435,8 +491,20 @@ def main() -> None:
 
     names = ["tiny"] if args.quick else args.configs.split(",")
     for name in names:
-        if name not in CONFIGS:
-            parser.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+        if name not in CONFIGS and name not in config_lib.PRESETS:
+            parser.error(f"unknown config {name!r}; known: {', '.join(CONFIGS)} "
+                         f"or a preset: {', '.join(sorted(config_lib.PRESETS))}")
+    if args.compile_only:
+        results = []
+        for name in names:
+            result = compile_only(name, shape_of(name), args)
+            results.append(result)
+            print(f"{name}: {result['rows']}x{result['prompt'] + result['response']} "
+                  f"temp {result['compiled_temp_bytes'] / 2**30:.2f} GiB, bytes "
+                  f"accessed {result['compiled_bytes_accessed'] / 1e9:.1f} GB, compile "
+                  f"{result['compiled_compile_s']:.1f} s", flush=True)
+        write_report(args, {"mode": "compile_only", "results": results})
+        return
     fraction = "MFU" if platform_name != "cpu" else "%peak"
     print(f"{'config':>10} {'params':>8} {'NxL':>8} {'step_s':>8} {'min_s':>8} {'tok/s':>9}"
           f" {'modelGF':>9} {'hloGF':>9} {'GFLOP/s':>8} {'peakGF/s':>8} {fraction:>7} {'cpu%':>7}"
@@ -464,10 +532,18 @@ def main() -> None:
         "step_config": {"loss": "ppo_clip", "micro_batches": 1, "logp_chunk": 128},
         "warmup": args.warmup, "results": results,
     }
+    write_report(args, report)
+    print(f"({wall_s:.0f}s, load average {os.getloadavg()[0]:.2f})")
+
+
+def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    device = jax.devices()[0]
+    report = {"backend": jax.default_backend(), "device_kind": device.device_kind,
+              "jax": jax.__version__, "command": " ".join(sys.argv), **report}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"wrote {args.out} ({wall_s:.0f}s, load average {os.getloadavg()[0]:.2f})")
+    print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,16 @@ def main(argv: list[str]) -> None:
         )
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    from golfjax import train_loop  # After flag parsing: importing JAX is slow.
+    import jax  # After flag parsing: importing JAX is slow.
+
+    from golfjax import train_loop
+
+    # JAX's persistent compilation cache: a rerun or a resume reuses the
+    # compiled train step and sampler programs ($JAX_COMPILATION_CACHE_DIR
+    # overrides the directory).
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR",
+        os.path.join(os.path.expanduser("~"), ".cache", "golfjax", "jax-compilation-cache")))
 
     train_loop.train(_CONFIG.value, _WORKDIR.value)
 

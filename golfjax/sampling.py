@@ -28,8 +28,11 @@ One call runs:
    exit as soon as every row has finished (a stop token) or T tokens exist.
    The steps are split over a few consecutive loops and the cache grows
    between them, so each step reads little more than the slots its loop can
-   have written (`decode_segments`).
-   Nothing leaves the device inside the loops.
+   have written (`decode_segments`); on CPU a loop writes its tokens' keys
+   and values into a float32 recent buffer merged after it
+   (golfjax/models/cache.py). Nothing leaves the device inside the loops.
+   The programs live in golfjax/decode.py, the per-step draw in
+   golfjax/draw.py.
 
 Sampling and behaviour log-probs. With `temperature > 0` each token is drawn
 from the *processed* distribution
@@ -55,11 +58,11 @@ whole vocabulary, and the recomputation differs only by floating-point noise
 tokens can differ from the sampler's when two logits are within rounding of the
 cut, and policy-gradient ratios through a truncated distribution are biased.
 
-Sharding: with a mesh, rows (B for prefill, N for decode) are split over
-`("data", "fsdp")`, parameters follow `transformer.param_shardings`, the cache
-`cache.cache_shardings` (rows over `("data", "fsdp")`, kv heads over
-`"tensor"`). Every batch bucket must therefore be a multiple of the mesh's
-data x fsdp size, which `Sampler` checks up front.
+Sharding: with a mesh, rows (B for prefill, N for decode) are split by the
+rule table's `batch` entry (`sharding.row_sharding`), parameters follow
+`transformer.param_shardings`, the cache `cache.cache_shardings` (rows by
+`batch`, kv heads by `kv_heads`). Every batch bucket must therefore be a
+multiple of the number of row shards, which `Sampler` checks up front.
 
 Multi-process (a mesh over the devices of several JAX processes): every
 process calls `generate` with the same prompts and key; each feeds the rows of
@@ -82,20 +85,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from golfjax import decode as decode_lib
 from golfjax import sharding as sharding_lib
+from golfjax.decode import (FINISH_LENGTH, FINISH_STOP, MIN_LOOP_STEPS, Rollout,
+                            decode_bytes_per_step, decode_segments)
+from golfjax.draw import processed_log_probs, sample
 from golfjax.models import cache as cache_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 
 Params = Any
+__all__ = [
+    "FINISH_LENGTH", "FINISH_STOP", "MIN_LOOP_STEPS", "Rollout", "Sampler",
+    "SamplingConfig", "decode_bytes_per_step", "decode_segments", "generate",
+    "make_sampler", "pad_prompts", "processed_log_probs", "sample",
+]
 
-# Values of `Rollout.finish_reason_N`.
-FINISH_STOP = 0  # The row sampled one of `stop_ids` (kept as its last token).
-FINISH_LENGTH = 1  # The row reached `max_new_tokens` without a stop token.
-
-_ROWS = ("data", "fsdp")  # Mesh axes the rows are split over (rule "batch").
-_CDF_BLOCK = 128  # Candidates per block of the two-level CDF in `_draw`.
-MIN_LOOP_STEPS = 32  # Fewest decode steps per loop (`decode_segments`).
 
 
 def _is_int(x: Any) -> bool:
@@ -185,309 +190,6 @@ class SamplingConfig:
         return dataclasses.replace(self, **changes)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Rollout:
-    """G samples for each of the prompts; row n answers prompt `group_id_N[n]`.
-
-    Attributes:
-      prompt_tokens_NxP: the row's prompt, left-padded with `pad_id`.
-      prompt_mask_NxP: True on real prompt tokens.
-      tokens_NxT: response tokens; `pad_id` after a row's stop token.
-      response_mask_NxT: True on generated tokens, the stop token included.
-      behaviour_logp_NxT: log-prob of each token under the distribution it was
-        sampled from (module docstring); 0 where the mask is False.
-      length_N: int32 number of response tokens, `response_mask_NxT.sum(1)`.
-      finish_reason_N: int32, `FINISH_STOP` or `FINISH_LENGTH`.
-      group_id_N: int32 index of the row's prompt in the caller's list.
-    """
-
-    prompt_tokens_NxP: jax.Array
-    prompt_mask_NxP: jax.Array
-    tokens_NxT: jax.Array
-    response_mask_NxT: jax.Array
-    behaviour_logp_NxT: jax.Array
-    length_N: jax.Array
-    finish_reason_N: jax.Array
-    group_id_N: jax.Array
-
-
-def _truncate(scaled_XxV: jax.Array, cfg: SamplingConfig
-              ) -> tuple[jax.Array, jax.Array | None]:
-    """The processed logits over the kept candidates, and their token ids.
-
-    Returns (logits_XxC, ids_XxC) with C = min(top_k, V) (or V when only top-p
-    is on), candidates sorted most probable first and cut ones at -inf; or
-    (scaled_XxV, None) when no truncation is configured, which avoids sorting
-    the vocabulary.
-    """
-    v = scaled_XxV.shape[-1]
-    if cfg.top_k == 0 and cfg.top_p >= 1.0:
-        return scaled_XxV, None
-    c = min(cfg.top_k, v) if cfg.top_k else v
-    top_XxC, ids_XxC = jax.lax.top_k(scaled_XxV, c)
-    if cfg.top_p < 1.0:
-        probs_XxC = jax.nn.softmax(top_XxC, axis=-1)
-        # Keep a candidate iff the mass strictly before it is < top_p: the
-        # smallest prefix reaching top_p, never empty (transformers' TopP rule).
-        before_XxC = jnp.cumsum(probs_XxC, axis=-1) - probs_XxC
-        top_XxC = jnp.where(before_XxC < cfg.top_p, top_XxC, -jnp.inf)
-    return top_XxC, ids_XxC
-
-
-def processed_log_probs(logits_XxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """Log-probs of the distribution `sample` draws from, over the whole vocabulary.
-
-    `log_softmax(logits / temperature)` with the top-k / top-p cuts of `cfg`
-    applied (-inf outside the kept set); for `temperature == 0` the temperature-1
-    `log_softmax(logits)`, matching what greedy sampling reports. This is the
-    recomputation a trainer uses to match `Rollout.behaviour_logp_NxT`.
-    """
-    logits_XxV = logits_XxV.astype(jnp.float32)
-    if cfg.temperature == 0:
-        return jax.nn.log_softmax(logits_XxV, axis=-1)
-    kept_XxC, ids_XxC = _truncate(logits_XxV / cfg.temperature, cfg)
-    logp_XxC = jax.nn.log_softmax(kept_XxC, axis=-1)
-    if ids_XxC is None:
-        return logp_XxC
-    full_XxV = jnp.full(logits_XxV.shape, -jnp.inf, jnp.float32)
-    return jnp.put_along_axis(full_XxV, ids_XxC, logp_XxC, axis=-1,
-                              inplace=False)
-
-
-def _last_positive(mass_NxC: jax.Array) -> jax.Array:
-    """Index of the last positive entry of each row (0 if none)."""
-    c = mass_NxC.shape[1]
-    return jnp.max(jnp.where(mass_NxC > 0,
-                             jnp.arange(c, dtype=jnp.int32)[None, :], 0), axis=1)
-
-
-def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A categorical draw by inverse CDF, and its normalised log-prob.
-
-    One uniform per row instead of Gumbel-max's one per candidate: on CPU,
-    generating and reducing N x V Gumbel noise costs about as much as a layer
-    of a 20M-parameter model. The CDF is two-level (sums of blocks of
-    `_CDF_BLOCK` candidates, then the CDF inside the chosen block), because
-    XLA's CPU cumsum over the whole vocabulary is several times slower than a
-    plain reduction. Candidates at -inf have zero mass and are never drawn:
-    `count(cdf <= u)` passes over them with their predecessor, and the result
-    is clamped to the last candidate with mass, for when rounding puts u at
-    the very top of the CDF.
-    """
-    n, c = logits_NxC.shape
-    width = min(_CDF_BLOCK, c)
-    blocks = -(-c // width)
-    shifted_NxC = logits_NxC - jnp.max(logits_NxC, axis=-1, keepdims=True)
-    p_NxC = jnp.exp(shifted_NxC)
-    if blocks * width != c:
-        p_NxC = jnp.pad(p_NxC, ((0, 0), (0, blocks * width - c)))
-    p_NxBxW = p_NxC.reshape(n, blocks, width)
-    block_NxB = jnp.sum(p_NxBxW, axis=-1)
-    cdf_NxB = jnp.cumsum(block_NxB, axis=-1)
-    total_N = cdf_NxB[:, -1]
-    u_N = jax.random.uniform(key, (n,), jnp.float32) * total_N
-    block_N = jnp.minimum(
-        jnp.sum(cdf_NxB <= u_N[:, None], axis=-1, dtype=jnp.int32),
-        _last_positive(block_NxB))
-    p_NxW = jnp.take_along_axis(p_NxBxW, block_N[:, None, None], axis=1)[:, 0]
-    before_N = (jnp.take_along_axis(cdf_NxB, block_N[:, None], axis=1) -
-                jnp.take_along_axis(block_NxB, block_N[:, None], axis=1))[:, 0]
-    cdf_NxW = jnp.cumsum(p_NxW, axis=-1)
-    within_N = jnp.minimum(
-        jnp.sum(cdf_NxW <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),
-        _last_positive(p_NxW))
-    choice_N = block_N * width + within_N
-    picked_N = jnp.take_along_axis(shifted_NxC, choice_N[:, None], axis=-1)[:, 0]
-    return choice_N, picked_N - jnp.log(total_N)
-
-
-def sample(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
-           ) -> tuple[jax.Array, jax.Array]:
-    """One token per row and its behaviour log-prob (module docstring).
-
-    Returns (token_N int32, logp_N float32).
-    """
-    logits_NxV = logits_NxV.astype(jnp.float32)
-    if cfg.temperature == 0:
-        token_N = jnp.argmax(logits_NxV, axis=-1).astype(jnp.int32)
-        picked_N = jnp.take_along_axis(logits_NxV, token_N[:, None], axis=-1)[:, 0]
-        return token_N, picked_N - jax.nn.logsumexp(logits_NxV, axis=-1)
-    kept_NxC, ids_NxC = _truncate(logits_NxV / cfg.temperature, cfg)
-    choice_N, logp_N = _draw(kept_NxC, key)
-    if ids_NxC is None:
-        return choice_N, logp_N
-    token_N = jnp.take_along_axis(ids_NxC, choice_N[:, None], axis=-1)[:, 0]
-    return token_N.astype(jnp.int32), logp_N
-
-
-def _prefill(
-    params: Params,
-    tokens_BxP: jax.Array,
-    mask_BxP: jax.Array,
-    *,
-    model_config: ModelConfig,
-) -> tuple[cache_lib.KVCache, jax.Array]:
-    """Writes the prompts into a fresh P-slot cache; logits of each last token.
-
-    The decode loops widen the cache as they go (`decode_segments`)."""
-    b, p = tokens_BxP.shape
-    positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1, dtype=jnp.int32) - 1, 0)
-    cache = cache_lib.init_cache(model_config, b, p)
-    logits_BxPxV, cache = transformer.apply(
-        params, tokens_BxP, positions_BxP, mask_BxP, cache, config=model_config)
-    # Left padding puts every row's last prompt token in the last slot.
-    return cache, logits_BxPxV[:, -1, :]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _DecodeState:
-    step: jax.Array  # int32: tokens sampled so far (the next column to write).
-    last_N: jax.Array  # The token sampled at step - 1, fed to the next forward.
-    cache: cache_lib.KVCache
-    done_N: jax.Array  # Stopped, or a dummy row: later tokens are padding.
-    stopped_N: jax.Array
-    tokens_NxT: jax.Array
-    mask_NxT: jax.Array
-    logp_NxT: jax.Array
-
-
-def _record(state: _DecodeState, token_N: jax.Array, logp_N: jax.Array,
-            cache: cache_lib.KVCache, cfg: SamplingConfig) -> _DecodeState:
-    """Writes column `state.step`; rows already done get padding."""
-    live_N = ~state.done_N
-    token_N = jnp.where(live_N, token_N, cfg.pad_id)
-    logp_N = jnp.where(live_N, logp_N, 0.0)
-    if cfg.stop_ids:
-        stop_ids = jnp.asarray(cfg.stop_ids, jnp.int32)
-        hit_N = jnp.any(token_N[:, None] == stop_ids[None, :], axis=1) & live_N
-    else:
-        hit_N = jnp.zeros_like(live_N)
-
-    def put(buf_NxT: jax.Array, col_N: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_update_slice_in_dim(
-            buf_NxT, col_N[:, None].astype(buf_NxT.dtype), state.step, axis=1)
-
-    return _DecodeState(
-        step=state.step + 1,
-        last_N=token_N,
-        cache=cache,
-        done_N=state.done_N | hit_N,
-        stopped_N=state.stopped_N | hit_N,
-        tokens_NxT=put(state.tokens_NxT, token_N),
-        mask_NxT=put(state.mask_NxT, live_N),
-        logp_NxT=put(state.logp_NxT, logp_N),
-    )
-
-
-def _decode(
-    params: Params,
-    cache: cache_lib.KVCache,
-    logits_BxV: jax.Array,
-    tokens_BxP: jax.Array,
-    mask_BxP: jax.Array,
-    valid_B: jax.Array,
-    key: jax.Array,
-    *,
-    model_config: ModelConfig,
-    cfg: SamplingConfig,
-    split_layers: bool,
-) -> Rollout:
-    """Shares each prefill across its G rows, then samples until all rows finish.
-
-    With `split_layers` (on CPU), the layer weights are copied into per-layer
-    arrays once, before the loop, instead of XLA copying each layer's slice
-    of the stacked weights on every step (`transformer.split_layers`).
-    """
-    g, t = cfg.group_size, cfg.max_new_tokens
-    if split_layers:
-        params = transformer.split_layers(params)
-    b, p = tokens_BxP.shape
-    n = b * g
-
-    def tile(x: jax.Array, axis: int = 0) -> jax.Array:
-        return jnp.repeat(x, g, axis=axis, total_repeat_length=n)
-
-    cache = cache.replace(k_BxKxHxS=tuple(map(tile, cache.k_BxKxHxS)),
-                          v_BxKxSxH=tuple(map(tile, cache.v_BxKxSxH)))
-    mask_NxP = tile(mask_BxP)
-    attention_mask_NxS = jnp.concatenate(
-        [mask_NxP, jnp.ones((n, t), bool)], axis=1)
-    # RoPE position of response token i is prompt_len + i (left padding does not
-    # count); the token fed at loop step s is response token s - 1.
-    first_position_N = jnp.sum(mask_NxP, axis=1, dtype=jnp.int32) - 1
-
-    state = _DecodeState(
-        step=jnp.zeros((), jnp.int32),
-        last_N=jnp.zeros((n,), jnp.int32),
-        cache=cache,
-        done_N=~tile(valid_B),
-        stopped_N=jnp.zeros((n,), bool),
-        tokens_NxT=jnp.full((n, t), cfg.pad_id, jnp.int32),
-        mask_NxT=jnp.zeros((n, t), bool),
-        logp_NxT=jnp.zeros((n, t), jnp.float32),
-    )
-    token_N, logp_N = sample(tile(logits_BxV), jax.random.fold_in(key, 0), cfg)
-    state = _record(state, token_N, logp_N, cache, cfg)
-
-    def keep_going(end: int, state: _DecodeState) -> jax.Array:
-        return (state.step < end) & ~jnp.all(state.done_N)
-
-    def step(mask_NxS: jax.Array, state: _DecodeState) -> _DecodeState:
-        positions_Nx1 = (first_position_N + state.step)[:, None]
-        logits_Nx1xV, cache = transformer.apply(
-            params, state.last_N[:, None], positions_Nx1, mask_NxS, state.cache,
-            config=model_config)
-        token_N, logp_N = sample(logits_Nx1xV[:, 0, :],
-                                 jax.random.fold_in(key, state.step), cfg)
-        return _record(state, token_N, logp_N, cache, cfg)
-
-    for end, slots in decode_segments(p, t, cfg.decode_loops):
-        state = dataclasses.replace(state, cache=cache_lib.extend(state.cache, slots))
-        state = jax.lax.while_loop(functools.partial(keep_going, end),
-                                   functools.partial(step, attention_mask_NxS[:, :slots]),
-                                   state)
-    return Rollout(
-        prompt_tokens_NxP=tile(tokens_BxP),
-        prompt_mask_NxP=mask_NxP,
-        tokens_NxT=state.tokens_NxT,
-        response_mask_NxT=state.mask_NxT,
-        behaviour_logp_NxT=state.logp_NxT,
-        length_N=jnp.sum(state.mask_NxT, axis=1, dtype=jnp.int32),
-        finish_reason_N=jnp.where(state.stopped_N, FINISH_STOP,
-                                  FINISH_LENGTH).astype(jnp.int32),
-        group_id_N=jnp.arange(n, dtype=jnp.int32) // g,
-    )
-
-
-def decode_segments(prompt_len: int, max_new_tokens: int, loops: int
-                    ) -> list[tuple[int, int]]:
-    """(end, slots) of each decode loop: steps < end read the first `slots` slots.
-
-    Decode step s (1 <= s < T; step 0 samples from the prefill's logits) feeds
-    response token s - 1, writes it at slot P + s - 1 and attends to slots
-    0 .. P + s - 1. Early steps therefore need only a prefix of the S = P + T
-    slots, and reading the whole cache on every step would stream about
-    S / (P + T / 2) times more keys and values than a decode needs. So the
-    steps are split into up to `loops` consecutive `while_loop`s of at least
-    `MIN_LOOP_STEPS` steps, each over a cache just wide enough for its last
-    step (widths in multiples of 8 slots; the last loop's is S): the cache
-    holds the P prompt slots after prefill and is padded to each loop's width
-    before the loop (`cache.extend`), one copy per loop instead of reading
-    unwritten slots on every step. Each loop is its own compiled body; a
-    finished batch exits every later loop on its first check.
-    """
-    p, t = prompt_len, max_new_tokens
-    width = max(-(-t // loops), MIN_LOOP_STEPS)
-    width = -(-width // 8) * 8
-    segments, slots = [], p
-    while not segments or segments[-1][0] < t:
-        slots = min(slots + width, p + t)
-        segments.append((min(slots - p + 1, t), slots))
-    return segments
-
-
 def _bucket(size: int, buckets: tuple[int, ...], what: str, field: str) -> int:
     for bucket in buckets:
         if bucket >= size:
@@ -554,7 +256,7 @@ class Sampler:
         self._programs: dict[tuple[int, int], _Programs] = {}
         self.trace_counts: collections.Counter[str] = collections.Counter()
         if mesh is not None:
-            shards = math.prod(mesh.shape[a] for a in _ROWS)
+            shards = sharding_lib.row_shards(mesh, rules)
             bad = [b for b in cfg.batch_buckets if b % shards]
             if bad:
                 raise ValueError(
@@ -569,10 +271,11 @@ class Sampler:
         # On a CPU mesh, queued multi-device programs can deadlock one another
         # (XLA's simulated devices share a thread pool); block on each result.
         self._block = mesh is not None and mesh.size > 1 and platform == "cpu"
-        # Per-layer weight copies (`_decode`) are for CPU, where XLA copies a
-        # slice of a stacked weight on every use. On TPU/GPU such slices are
-        # expected to fuse into the matmul (not measured here), and a second
-        # copy of the weights would cost accelerator memory.
+        # Per-layer weight copies and the recent buffer (`decode.decode`) are
+        # for CPU, where XLA copies a slice of a stacked weight on every use
+        # and rewrites a whole bf16 buffer to update one slot. On TPU/GPU both
+        # are native, and a second copy of the weights would cost accelerator
+        # memory.
         self._split_layers = platform == "cpu"
 
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -585,14 +288,16 @@ class Sampler:
         c, cfg = self.model_config, self.cfg
         s = p + cfg.max_new_tokens
         prefill = self._counted("prefill", functools.partial(
-            _prefill, model_config=c))
+            decode_lib.prefill, model_config=c))
         decode = self._counted("decode", functools.partial(
-            _decode, model_config=c, cfg=cfg, split_layers=self._split_layers))
+            decode_lib.decode, model_config=c, cfg=cfg,
+            split_layers=self._split_layers, recent_buffer=self._split_layers))
         if self.mesh is None:
             return _Programs(prefill=jax.jit(prefill), decode=jax.jit(decode))
         mesh = self.mesh
-        rows = NamedSharding(mesh, PartitionSpec(_ROWS))  # [B] or [N]
-        rows2 = NamedSharding(mesh, PartitionSpec(_ROWS, None))  # [B, .] / [N, .]
+        # Rows ([B] or [N], and the leading axis of [B, .] / [N, .]) split by
+        # the rule table's "batch" entry; the rest of each array whole.
+        rows = rows2 = sharding_lib.row_sharding(mesh, self._rules)
         replicated = NamedSharding(mesh, PartitionSpec())
         cache_b = cache_lib.cache_shardings(c, b, p, mesh, self._rules)
         # Checks that the N-row cache divides too (it is only constrained
@@ -621,8 +326,7 @@ class Sampler:
     def _to_mesh(self, tokens_BxP: np.ndarray, mask_BxP: np.ndarray,
                  valid_B: np.ndarray, key: jax.Array) -> tuple[jax.Array, ...]:
         mesh = self.mesh
-        rows = NamedSharding(mesh, PartitionSpec(_ROWS))
-        rows2 = NamedSharding(mesh, PartitionSpec(_ROWS, None))
+        rows = rows2 = sharding_lib.row_sharding(mesh, self._rules)
         replicated = NamedSharding(mesh, PartitionSpec())
         return sharding_lib.host_to_global(
             (tokens_BxP, mask_BxP, valid_B, key), (rows2, rows2, rows, replicated))
@@ -678,27 +382,6 @@ class Sampler:
             rollout = self._wait(jax.tree.map(lambda x: x[:num * cfg.group_size],
                                               rollout))
         return rollout
-
-
-def decode_bytes_per_step(model_config: ModelConfig, rows: int,
-                          slots: float) -> float:
-    """The fewest bytes one decode step must read from memory (a roofline).
-
-    Every parameter once, except the input embedding table, of which only the
-    `rows` looked-up rows are read unless it is tied to the LM head (which
-    reads it whole); plus the keys and values in `slots` cache slots of every
-    layer for each row. Decode throughput is at most
-    `rows * bandwidth / decode_bytes_per_step(...)` tokens/s; over a decode of
-    T tokens after a P-token prompt the mean `slots` is P + (T - 1) / 2.
-    """
-    c = model_config
-    param_bytes = jnp.dtype(c.param_dtype).itemsize
-    params = c.num_params
-    if not c.tie_embeddings:  # Only the looked-up rows of the table.
-        params -= (c.vocab_size - rows) * c.embed_dim
-    kv_per_slot = (2 * c.num_layers * c.num_kv_heads * c.head_dim *
-                   jnp.dtype(c.compute_dtype).itemsize)
-    return params * param_bytes + rows * slots * kv_per_slot
 
 
 @functools.lru_cache(maxsize=16)

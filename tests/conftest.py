@@ -13,19 +13,22 @@ os.environ["XLA_FLAGS"] = " ".join([
 ]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# One persistent compilation cache per test run: the process that imports this
-# first (pytest, or xdist's controller) picks the directory, and the xdist
-# workers and the end-to-end tests' subprocesses inherit it, since they compile
-# the same smoke-config programs many times over. Removed when the run ends.
+# JAX's persistent compilation cache: the process that imports this first
+# (pytest, or xdist's controller) picks the directory, and the xdist workers and
+# the end-to-end tests' subprocesses inherit it, since they compile the same
+# smoke-config programs many times over. Outside Bazel it persists across runs
+# under ~/.cache (entries are keyed by program, options and JAX version); under
+# Bazel (TEST_TMPDIR) it is a per-run directory removed when the run ends.
+_CACHE_DIR = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
+    if os.environ.get("TEST_TMPDIR"):
+        import tempfile
 
-    _CACHE_DIR = tempfile.mkdtemp(prefix="golfjax-test-jax-cache-",
-                                  dir=os.environ.get("TEST_TMPDIR"))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+        _CACHE_DIR = tempfile.mkdtemp(prefix="golfjax-test-jax-cache-",
+                                      dir=os.environ["TEST_TMPDIR"])
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR or os.path.join(
+        os.path.expanduser("~"), ".cache", "golfjax", "jax-compilation-cache-tests")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-else:
-    _CACHE_DIR = None
 
 import jax  # noqa: E402  (must follow the environment set-up above)
 

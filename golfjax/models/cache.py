@@ -12,12 +12,11 @@ Layout (letters as in golfjax/models/layers.py):
 Why this layout. A decode step writes one slot of every layer and then reads
 each layer's whole cache. With a separate buffer per layer, XLA updates it in
 place and attention reads it where it lies; a stacked L x ... array carried
-through a loop over layers had each layer's slice copied out (and, in the old
-B x S x K x H order, transposed for the attention products) on every step,
-which on CPU cost more than the attention itself. Heads come before slots so
-that each (row, kv head) block is contiguous; keys put S last and values H
-last so that both decode products reduce over a major axis and vectorise over
-the minor one (see `layers._attend_cached`).
+through a loop over layers has each layer's slice copied out on every step on
+CPU. Heads come before slots so that each (row, kv head) block is contiguous;
+keys put S last and values H last so that both decode products are plain
+matrix products per (row, kv head) over the cache as it lies
+(`layers.decode_attention`).
 
 `apply(..., cache=cache)` with T new tokens writes their keys and values at slots
 [index, index + T) of every layer, attends over all S slots under the mask rule
@@ -32,13 +31,24 @@ real token). A query in slot q = index + t sees key slot s iff
 whole decode. RoPE positions are independent of slots: `positions_BxT` for a
 left-padded row count from its first real token.
 
-The cache is a registered pytree dataclass (2 L + 1 array leaves, no static
-fields), so it can be the carry of `lax.while_loop` and donated to `jax.jit`.
+Recent buffer (`with_recent` / `merge_recent`): for a decode loop, a cache may
+carry float32 keys and values for the W slots [recent_start, recent_start + W)
+after its S main slots; `max_length` is then S + W. Each decode step writes its
+token there and only reads the main arrays. XLA's CPU backend performs a bf16
+dynamic-update-slice by converting the whole buffer to float32 and back, so a
+one-slot write into a bf16 cache would read and write all of a layer's cache
+on every step; a float32 buffer is updated in place, and at W of S + W slots
+its wider reads cost less than that. The decode loop merges it into the main
+arrays once, after the loop.
+
+The cache is a registered pytree dataclass (array leaves, no static fields), so
+it can be the carry of `lax.while_loop` and donated to `jax.jit`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,10 +70,24 @@ class KVCache:
     k_BxKxHxS: tuple[jax.Array, ...]  # One per layer.
     v_BxKxSxH: tuple[jax.Array, ...]  # One per layer.
     index: jax.Array  # int32 scalar, the next slot to write.
+    # Optional recent buffer (module docstring): float32, one per layer.
+    recent_k_BxKxHxW: tuple[jax.Array, ...] | None = None
+    recent_v_BxKxWxH: tuple[jax.Array, ...] | None = None
+    recent_start: jax.Array | None = None  # int32 scalar: slot of recent column 0.
 
     @property
     def max_length(self) -> int:
-        return self.v_BxKxSxH[0].shape[2]
+        """Slots a mask must cover: the main ones, plus the recent buffer's."""
+        recent = 0 if self.recent_v_BxKxWxH is None else self.recent_v_BxKxWxH[0].shape[2]
+        return self.v_BxKxSxH[0].shape[2] + recent
+
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array, Any]:
+        """Layer i's (keys, values, recent or None), as `layers.Attention` takes it."""
+        recent = None
+        if self.recent_v_BxKxWxH is not None:
+            recent = (self.recent_k_BxKxHxW[i], self.recent_v_BxKxWxH[i],
+                      self.recent_start)
+        return self.k_BxKxHxS[i], self.v_BxKxSxH[i], recent
 
     def replace(self, **changes: jax.Array | tuple[jax.Array, ...]) -> KVCache:
         return dataclasses.replace(self, **changes)
@@ -88,6 +112,8 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int,
 
 def extend(cache: KVCache, max_length: int) -> KVCache:
     """`cache` with `max_length` >= its slots; the new ones, at the end, are zero."""
+    if cache.recent_v_BxKxWxH is not None:
+        raise ValueError("extend a cache after merging its recent buffer")
     grow = max_length - cache.max_length
     if grow < 0:
         raise ValueError(f"cannot extend a cache of {cache.max_length} slots to "
@@ -100,6 +126,44 @@ def extend(cache: KVCache, max_length: int) -> KVCache:
 
     return cache.replace(k_BxKxHxS=tuple(pad(k, 3) for k in cache.k_BxKxHxS),
                          v_BxKxSxH=tuple(pad(v, 2) for v in cache.v_BxKxSxH))
+
+
+def with_recent(cache: KVCache, width: int) -> KVCache:
+    """`cache` with an empty float32 recent buffer of `width` slots at its index.
+
+    The main arrays must hold every slot before the index: the recent slots
+    follow them, and the mask then covers S + width slots.
+    """
+    if cache.recent_v_BxKxWxH is not None:
+        raise ValueError("cache already has a recent buffer")
+    b, k, h, _ = cache.k_BxKxHxS[0].shape
+    return cache.replace(
+        recent_k_BxKxHxW=tuple(jnp.zeros((b, k, h, width), jnp.float32)
+                               for _ in cache.k_BxKxHxS),
+        recent_v_BxKxWxH=tuple(jnp.zeros((b, k, width, h), jnp.float32)
+                               for _ in cache.v_BxKxSxH),
+        recent_start=cache.index.astype(jnp.int32))
+
+
+def merge_recent(cache: KVCache, max_length: int) -> KVCache:
+    """The recent buffer written into main arrays of `max_length` slots.
+
+    `max_length` must hold `recent_start + W` (the recent slots, written or
+    not); the buffer is dropped.
+    """
+    if cache.recent_v_BxKxWxH is None:
+        raise ValueError("cache has no recent buffer to merge")
+    width = cache.recent_v_BxKxWxH[0].shape[2]
+    main = extend(cache.replace(recent_k_BxKxHxW=None, recent_v_BxKxWxH=None,
+                                recent_start=None), max_length)
+    zero = jnp.zeros((), jnp.int32)
+    # Clamp so the write never shifts: slots past max_length are never read.
+    start = jnp.minimum(cache.recent_start, max_length - width)
+    keys = tuple(jax.lax.dynamic_update_slice(k, r.astype(k.dtype), (zero, zero, zero, start))
+                 for k, r in zip(main.k_BxKxHxS, cache.recent_k_BxKxHxW))
+    values = tuple(jax.lax.dynamic_update_slice(v, r.astype(v.dtype), (zero, zero, start, zero))
+                   for v, r in zip(main.v_BxKxSxH, cache.recent_v_BxKxWxH))
+    return main.replace(k_BxKxHxS=keys, v_BxKxSxH=values)
 
 
 def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,

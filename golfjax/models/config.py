@@ -26,6 +26,8 @@ import jax.numpy as jnp
 
 FAMILIES = ("llama3", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
+# golfjax/models/attention.py's IMPLEMENTATIONS (that module imports jax only).
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,12 @@ class ModelConfig:
       compute_dtype: "float32" or "bfloat16".
       max_position: HF `max_position_embeddings` (metadata; RoPE has no table).
       remat: rematerialise each layer in the backward pass (saves activations).
+      attention: the attention implementation, one of
+        `golfjax.models.attention.IMPLEMENTATIONS` ("auto" picks by platform).
+      attention_block: query/key block of the blockwise attention.
+      mlp_chunk: with `remat`, the MLP runs over at most this many tokens
+        (rows x positions) at a time, each chunk recomputed in the backward
+        pass, so its intermediates stop growing with the sequence.
     """
 
     family: str = "llama3"
@@ -98,6 +106,9 @@ class ModelConfig:
     compute_dtype: str = "float32"
     max_position: int = 4096
     remat: bool = False
+    attention: str = "auto"
+    attention_block: int = 512
+    mlp_chunk: int = 8192
 
     def __post_init__(self) -> None:
         # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
@@ -112,11 +123,15 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
         for field in ("vocab_size", "embed_dim", "num_layers", "num_heads",
-                      "num_kv_heads", "head_dim", "mlp_dim", "max_position"):
+                      "num_kv_heads", "head_dim", "mlp_dim", "max_position",
+                      "attention_block", "mlp_chunk"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(
                     f"ModelConfig.{field} must be a positive int, got {value!r}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"ModelConfig.attention must be one of "
+                             f"{ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "

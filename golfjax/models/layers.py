@@ -23,12 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from golfjax.models import attention as attention_lib
 from golfjax.models.config import ModelConfig
 
-# Finite, so a query row with no visible key (a left-padding row) gives a uniform
-# softmax instead of NaN.
-MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-_INIT_STD = 0.02  # transformers' default initializer_range.
+_INIT_STD = 0.02
+# One layer's cache: keys, values, and an optional recent buffer (keys, values,
+# first slot); see `Attention.__call__`.
+LayerCache = tuple[jax.Array, jax.Array,
+                   tuple[jax.Array, jax.Array, jax.Array] | None]  # transformers' default initializer_range.
 
 
 def _param(init: Any, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype,
@@ -55,12 +57,17 @@ def _dense(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
 
     Flattening B x T first matters on CPU: XLA lowers a dot that contracts two
-    axes (the weight gradient of a 3-D einsum contracts both B and T) to a slow
-    generic loop, about 2.5x slower than the same work as one GEMM; on TPU/GPU
-    both forms compile to the same kernel.
+    axes (the weight gradient of a 3-D einsum contracts both B and T) to a
+    generic loop rather than a GEMM; on TPU/GPU both forms compile to the same
+    kernel.
     """
     lead = x_BxTxI.shape[:-1]
-    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO)
+    # On CPU a bf16 x bf16 -> bf16 dot is computed by converting both operands
+    # (the whole weight) to float32 first; asking for the float32 product runs
+    # it on the bf16 operands directly. Elsewhere the dot stays in its dtype.
+    wide = jnp.float32 if jax.default_backend() == "cpu" else None
+    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO,
+                preferred_element_type=wide).astype(x_BxTxI.dtype)
     return y.reshape(lead + (w_IxO.shape[-1],))
 
 
@@ -159,18 +166,23 @@ class Attention(nnx.Module):
         x_BxTxD: jax.Array,
         sin_BxTxH: jax.Array,
         cos_BxTxH: jax.Array,
-        mask_BxTxS: jax.Array,
-        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        key_mask_BxS: jax.Array,
+        kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         """Self-attention; with `kv_cache`, keys/values are written then read back.
 
         Args:
-          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH). The new keys and
-            values are written at slots [write_index, write_index + T) and
-            attention reads all S slots; the updated pair is returned. Writing
-            only the T new slots lets XLA update the buffers in place inside a
-            decode loop.
+          key_mask_BxS: True at real key slots; the query in slot q sees slot s
+            iff `key_mask_BxS[b, s] and s <= q` (golfjax/models/attention.py).
+          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH, recent). The new
+            keys and values are written at slots [write_index, write_index +
+            T) and attention reads all S slots; the updated cache is returned.
+            Writing only the T new slots lets XLA update the buffers in place
+            inside a decode loop. `recent` is None or (keys B x K x H x W,
+            values B x K x W x H, start): float32 buffers for slots [start,
+            start + W) that a decode step (T = 1) writes instead of the main
+            arrays, which it then only reads (golfjax/models/cache.py).
         """
         c = self.config
         b, t, _ = x_BxTxD.shape
@@ -185,22 +197,61 @@ class Attention(nnx.Module):
         g = c.num_heads // c.num_kv_heads
         q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
         if kv_cache is None:
-            out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS,
-                                    c.head_dim)
+            out_BxTxKxGxH = attention_lib.attention(
+                q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, key_mask_BxS, 0,
+                implementation=c.attention, block=c.attention_block)
             new_cache = None
         else:
-            k_BxKxHxS, v_BxKxSxH = kv_cache
+            k_BxKxHxS, v_BxKxSxH, recent = kv_cache
             zero = jnp.zeros((), jnp.int32)
-            k_BxKxHxS = jax.lax.dynamic_update_slice(
-                k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
-                (zero, zero, zero, write_index))
-            v_BxKxSxH = jax.lax.dynamic_update_slice(
-                v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
-                (zero, zero, write_index, zero))
-            out_BxTxKxGxH = _attend_cached(
-                q_BxTxKxGxH, k_BxKxHxS.astype(x_BxTxD.dtype),
-                v_BxKxSxH.astype(x_BxTxD.dtype), mask_BxTxS, c.head_dim)
-            new_cache = (k_BxKxHxS, v_BxKxSxH)
+            if recent is None:
+                k_BxKxHxS = jax.lax.dynamic_update_slice(
+                    k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
+                    (zero, zero, zero, write_index))
+                v_BxKxSxH = jax.lax.dynamic_update_slice(
+                    v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
+                    (zero, zero, write_index, zero))
+            s = k_BxKxHxS.shape[-1]
+            if t > 1:  # Prefill: the cache's slots in the projections' layout.
+                if recent is not None:
+                    raise ValueError("a cache with a recent buffer takes one token "
+                                     f"per call, got {t}")
+                out_BxTxKxGxH = attention_lib.attention(
+                    q_BxTxKxGxH, k_BxKxHxS.transpose(0, 3, 1, 2).astype(x_BxTxD.dtype),
+                    v_BxKxSxH.transpose(0, 2, 1, 3).astype(x_BxTxD.dtype),
+                    key_mask_BxS, write_index,
+                    implementation=("blockwise" if c.attention in ("cudnn", "splash")
+                                    else c.attention),
+                    block=c.attention_block)
+            elif recent is None:
+                visible_BxS = key_mask_BxS & (
+                    jnp.arange(s, dtype=jnp.int32)[None, :] <= write_index)
+                out_BxTxKxGxH = decode_attention(q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH,
+                                                 visible_BxS)
+            else:
+                # Main slots before the recent buffer; the new token goes into
+                # the (float32, so natively updatable) recent buffer, read
+                # up to and including it.
+                recent_k_BxKxHxW, recent_v_BxKxWxH, start = recent
+                w = recent_v_BxKxWxH.shape[2]
+                at = write_index - start
+                dt = k_BxKxHxS.dtype  # Recent values are exactly cache-dtype values.
+                new_k_BxKxHx1, new_v_BxKx1xH = jax.lax.optimization_barrier((
+                    k_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
+                    v_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
+                recent_k_BxKxHxW = jax.lax.dynamic_update_slice(
+                    recent_k_BxKxHxW, new_k_BxKxHx1, (zero, zero, zero, at))
+                recent_v_BxKxWxH = jax.lax.dynamic_update_slice(
+                    recent_v_BxKxWxH, new_v_BxKx1xH, (zero, zero, at, zero))
+                main_BxS = key_mask_BxS[:, :s] & (
+                    jnp.arange(s, dtype=jnp.int32)[None, :] < start)
+                recent_BxW = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, w, axis=1) & (
+                    jnp.arange(w, dtype=jnp.int32)[None, :] <= at)
+                out_BxTxKxGxH = decode_attention(
+                    q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH, main_BxS,
+                    (recent_k_BxKxHxW, recent_v_BxKxWxH, recent_BxW))
+                recent = (recent_k_BxKxHxW, recent_v_BxKxWxH, start)
+            new_cache = (k_BxKxHxS, v_BxKxSxH, recent)
         out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
         o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
         out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
@@ -208,67 +259,48 @@ class Attention(nnx.Module):
         return out_BxTxD, new_cache
 
 
-def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-            mask_BxTxS: jax.Array, head_dim: int) -> jax.Array:
-    """Grouped-query softmax attention over keys in the projections' layout.
+def decode_attention(
+    q_Bx1xKxGxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array,
+    visible_BxS: jax.Array,
+    recent: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """One query per row over cached keys and values, in the cache's layouts.
 
-    The G query heads of a kv head and the T positions are merged into one
-    axis M = G * T before both products. Each product then contracts a single
-    axis, and so do their gradients: with G and T apart, the key and value
-    gradients contract both, which XLA's CPU backend lowers to a slow generic
-    loop (as `_dense` explains). On an idle 2-core CPU, at the arith cold
-    start's shapes (32 rows of 132 positions, G = 2), this made attention's
-    forward and its gradient each about 1.6x faster.
+    Both products are batched over (row, kv head) and contract the G query
+    heads of the group with that kv head's keys, then values, as they lie in
+    the cache and in its dtype: every cached key and value is read once, and
+    only the B x K x G x S scores are float32. `recent` adds more slots,
+    (keys B x K x H x W, values B x K x W x H, visible B x W), to the same
+    softmax.
     """
-    b, t, k, g, h = q_BxTxKxGxH.shape
-    s = k_BxSxKxH.shape[1]
-    q_BxKxMxH = q_BxTxKxGxH.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
-    scores_BxKxMxS = jnp.einsum(
-        "bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
-        preferred_element_type=jnp.float32) * (head_dim ** -0.5)
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                                 scores_BxKxMxS.reshape(b, k, g, t, s), MASK_VALUE)
-    probs_BxKxMxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-        q_BxTxKxGxH.dtype).reshape(b, k, g * t, s)
-    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH)
-    return out_BxKxMxH.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
+    h = q_Bx1xKxGxH.shape[-1]
+    scale = h ** -0.5
+    q_BxKxGxH = q_Bx1xKxGxH[:, 0]
 
+    def scores(keys_BxKxHxS: jax.Array, visible: jax.Array) -> jax.Array:
+        raw = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH.astype(keys_BxKxHxS.dtype),
+                         keys_BxKxHxS, preferred_element_type=jnp.float32) * scale
+        return jnp.where(visible[:, None, None, :], raw, attention_lib.MASK_VALUE)
 
-def _attend_cached(q_BxTxKxGxH: jax.Array, k_BxKxHxS: jax.Array,
-                   v_BxKxSxH: jax.Array, mask_BxTxS: jax.Array,
-                   head_dim: int) -> jax.Array:
-    """`_attend` over the cache's layouts (keys B x K x H x S, values B x K x S x H).
+    def weighted(probs_BxKxGxS: jax.Array, values_BxKxSxH: jax.Array) -> jax.Array:
+        return jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS.astype(values_BxKxSxH.dtype),
+                          values_BxKxSxH, preferred_element_type=jnp.float32)
 
-    One query per row (T = 1, a decode step) makes both products matrix-vector
-    products per (row, kv head), G query heads wide. As batched dots they run
-    at a few GB/s on CPU (each of the B x K tiny GEMMs pays a call); written as
-    a broadcast multiply and a sum over an axis that is not the minor one
-    (H of the keys, S of the values), XLA emits fused loops that stream the
-    cache with vectorised adds along S and H. At the sampler benchmark's 20M
-    shapes (64 or 512 rows, 160 slots) this attention took 3.4x less CPU time
-    than batched dots over a B x K x S x H cache. Prefill (T > 1) keeps the
-    dots.
-    """
-    scale = head_dim ** -0.5
-    if q_BxTxKxGxH.shape[1] > 1:
-        scores_BxKxGxTxS = jnp.einsum(
-            "btkgh,bkhs->bkgts", q_BxTxKxGxH, k_BxKxHxS,
-            preferred_element_type=jnp.float32) * scale
-        scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :],
-                                     scores_BxKxGxTxS, MASK_VALUE)
-        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(
-            q_BxTxKxGxH.dtype)
-        return jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH)
-    f32 = jnp.float32
-    q_BxKxGxHx1 = q_BxTxKxGxH[:, 0, :, :, :, None].astype(f32)
-    scores_BxKxGxS = jnp.sum(q_BxKxGxHx1 * k_BxKxHxS[:, :, None].astype(f32),
-                             axis=3) * scale
-    scores_BxKxGxS = jnp.where(mask_BxTxS[:, :, None, :], scores_BxKxGxS,
-                               MASK_VALUE)
-    probs_BxKxGxSx1 = jax.nn.softmax(scores_BxKxGxS, axis=-1)[..., None]
-    out_BxKxGxH = jnp.sum(probs_BxKxGxSx1 * v_BxKxSxH[:, :, None].astype(f32),
-                          axis=3)
-    return out_BxKxGxH.astype(q_BxTxKxGxH.dtype)[:, None]
+    main_BxKxGxS = scores(k_BxKxHxS, visible_BxS)
+    top_BxKxG = jnp.max(main_BxKxGxS, axis=-1)
+    if recent is not None:
+        recent_k, recent_v, recent_visible = recent
+        recent_BxKxGxW = scores(recent_k, recent_visible)
+        top_BxKxG = jnp.maximum(top_BxKxG, jnp.max(recent_BxKxGxW, axis=-1))
+    probs_BxKxGxS = jnp.exp(main_BxKxGxS - top_BxKxG[..., None])
+    total_BxKxG = jnp.sum(probs_BxKxGxS, axis=-1)
+    out_BxKxGxH = weighted(probs_BxKxGxS, v_BxKxSxH)
+    if recent is not None:
+        recent_probs = jnp.exp(recent_BxKxGxW - top_BxKxG[..., None])
+        total_BxKxG = total_BxKxG + jnp.sum(recent_probs, axis=-1)
+        out_BxKxGxH = out_BxKxGxH + weighted(recent_probs, recent_v)
+    out_BxKxGxH = out_BxKxGxH / total_BxKxG[..., None]
+    return out_BxKxGxH.astype(q_Bx1xKxGxH.dtype)[:, None]
 
 
 class MLP(nnx.Module):
@@ -276,15 +308,31 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, f, dt = config.embed_dim, config.mlp_dim, config.param_jnp_dtype
+        self.chunk = config.mlp_chunk if config.remat else 0
         self.gate = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
         self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
         self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         dt = x_BxTxD.dtype
-        gate_BxTxF = _dense(x_BxTxD, self.gate[...].astype(dt))
-        up_BxTxF = _dense(x_BxTxD, self.up[...].astype(dt))
-        return _dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt))
+        gate_DxF, up_DxF = self.gate[...].astype(dt), self.up[...].astype(dt)
+        down_FxD = self.down[...].astype(dt)
+
+        def mlp(x_RxD: jax.Array) -> jax.Array:
+            return _dense(jax.nn.silu(_dense(x_RxD, gate_DxF)) * _dense(x_RxD, up_DxF),
+                          down_FxD)
+
+        b, t, d = x_BxTxD.shape
+        rows = b * t
+        if not self.chunk or rows <= self.chunk:
+            return mlp(x_BxTxD)
+        # Under remat, long inputs run in chunks of rows, each recomputed in
+        # the backward pass: the R x F intermediates (and their gradients)
+        # exist one chunk at a time, at the cost of one more MLP forward.
+        num = -(-rows // self.chunk)
+        x_RxD = jnp.pad(x_BxTxD.reshape(rows, d), ((0, num * self.chunk - rows), (0, 0)))
+        y_CxRxD = jax.lax.map(jax.checkpoint(mlp), x_RxD.reshape(num, self.chunk, d))
+        return y_CxRxD.reshape(num * self.chunk, d)[:rows].reshape(b, t, d)
 
 
 class Block(nnx.Module):
@@ -301,12 +349,12 @@ class Block(nnx.Module):
         x_BxTxD: jax.Array,
         sin_BxTxH: jax.Array,
         cos_BxTxH: jax.Array,
-        mask_BxTxS: jax.Array,
-        kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        key_mask_BxS: jax.Array,
+        kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
-                                         cos_BxTxH, mask_BxTxS, kv_cache,
+                                         cos_BxTxH, key_mask_BxS, kv_cache,
                                          write_index)
         x_BxTxD = x_BxTxD + attn_BxTxD
         x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))

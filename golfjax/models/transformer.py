@@ -14,7 +14,10 @@ a nested dict of arrays, `nnx.to_pure_dict` of the model's `nnx.Param` state:
    ["lm_head": D x V]}            # absent when embeddings are tied
 
 Layer parameters are stacked on a leading `layers` axis and run with `lax.scan`
-(each layer optionally rematerialised), so compile time does not grow with depth.
+(with `config.remat`, through `remat_scan`: each layer recomputed in the backward
+pass), so compile time does not grow with depth. Attention is
+golfjax/models/attention.py's entry point (`config.attention`), whose memory is
+linear in the sequence length.
 With a KV cache (prefill and decode) the layers run unrolled instead, each over
 its own cache buffers (golfjax/models/cache.py says why), and `split_layers`
 gives the same params with per-layer weights for decode loops on CPU.
@@ -44,7 +47,7 @@ padding produce finite garbage logits the caller masks out. Logits are float32.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -117,34 +120,33 @@ class Transformer(nnx.Module):
         """
         c = self.config
         dt = c.compute_jnp_dtype
-        _, t = tokens_BxT.shape
         embedding_VxD = self.embed.embedding[...]
         x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(dt)
         sin_BxTxH, cos_BxTxH = rope_sin_cos(positions_BxT, c)
 
-        write_index = (jnp.zeros((), jnp.int32) if cache is None else
-                       cache.index.astype(jnp.int32))
-        s = attention_mask_BxS.shape[1]
-        query_slot_T = write_index + jnp.arange(t, dtype=jnp.int32)
-        causal_TxS = (jnp.arange(s, dtype=jnp.int32)[None, :] <=
-                      query_slot_T[:, None])
-        mask_BxTxS = attention_mask_BxS.astype(bool)[:, None, :] & causal_TxS[None]
-
+        b, t = tokens_BxT.shape
+        s = t if cache is None else cache.max_length
+        if attention_mask_BxS.shape != (b, s):
+            raise ValueError(
+                f"attention_mask_BxS has shape {attention_mask_BxS.shape}, expected "
+                f"{(b, s)} (rows, {'tokens' if cache is None else 'cache slots'})")
+        key_mask_BxS = attention_mask_BxS.astype(bool)
         layers_def, layers_state = nnx.split(self.layers)
         if layer_params is not None and cache is None:
             raise ValueError("split layer params are for the cached (decode) path")
         if cache is not None:
-            return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS,
+            return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, key_mask_BxS,
                                        cache, layers_def, layers_state, layer_params)
 
-        def run_layer(carry: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
+        def run_layer(x: jax.Array, layer_state: Any) -> jax.Array:
             block = nnx.merge(layers_def, layer_state)
-            x, _ = block(carry, sin_BxTxH, cos_BxTxH, mask_BxTxS)
-            return x, None
+            return block(x, sin_BxTxH, cos_BxTxH, key_mask_BxS)[0]
 
         if c.remat:
-            run_layer = jax.checkpoint(run_layer)
-        x_BxTxD, _ = jax.lax.scan(run_layer, x_BxTxD, layers_state)
+            x_BxTxD = remat_scan(run_layer, x_BxTxD, layers_state)
+        else:
+            x_BxTxD, _ = jax.lax.scan(lambda x, w: (run_layer(x, w), None),
+                                      x_BxTxD, layers_state)
         return self.final_norm(x_BxTxD), None
 
     def _hidden_cached(
@@ -152,7 +154,7 @@ class Transformer(nnx.Module):
         x_BxTxD: jax.Array,
         sin_BxTxH: jax.Array,
         cos_BxTxH: jax.Array,
-        mask_BxTxS: jax.Array,
+        key_mask_BxS: jax.Array,
         cache: KVCache,
         layers_def: nnx.GraphDef,
         layers_state: nnx.State,
@@ -166,19 +168,23 @@ class Transformer(nnx.Module):
         only; the training forward stays scanned.
         """
         write_index = cache.index.astype(jnp.int32)
-        k_L, v_L = list(cache.k_BxKxHxS), list(cache.v_BxKxSxH)
+        layer_caches = []
         for i in range(self.config.num_layers):
             if layer_params is None:
                 layer_state = jax.tree.map(lambda w: w[i], layers_state)
             else:
                 layer_state = layer_params[i]
             block = nnx.merge(layers_def, layer_state)
-            x_BxTxD, (k_L[i], v_L[i]) = block(x_BxTxD, sin_BxTxH, cos_BxTxH,
-                                              mask_BxTxS, (k_L[i], v_L[i]),
-                                              write_index)
+            x_BxTxD, layer_cache = block(x_BxTxD, sin_BxTxH, cos_BxTxH, key_mask_BxS,
+                                         cache.layer(i), write_index)
+            layer_caches.append(layer_cache)
         t = x_BxTxD.shape[1]
-        new_cache = KVCache(k_BxKxHxS=tuple(k_L), v_BxKxSxH=tuple(v_L),
-                            index=write_index + t)
+        keys, values, recents = zip(*layer_caches)
+        new_cache = cache.replace(k_BxKxHxS=tuple(keys), v_BxKxSxH=tuple(values),
+                                  index=write_index + t)
+        if cache.recent_v_BxKxWxH is not None:
+            new_cache = new_cache.replace(recent_k_BxKxHxW=tuple(r[0] for r in recents),
+                                          recent_v_BxKxWxH=tuple(r[1] for r in recents))
         return self.final_norm(x_BxTxD), new_cache
 
     def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -191,6 +197,57 @@ class Transformer(nnx.Module):
                               preferred_element_type=jnp.float32)
         return jnp.einsum("...d,dv->...v", x_BxTxD, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_BxTxD: jax.Array,
+               layers_state: Any) -> jax.Array:
+    """`layer` applied over the stacked layers, each recomputed in the backward pass.
+
+    What `lax.scan` of a `jax.checkpoint`ed layer computes, with the saved
+    layer inputs (the only residuals: L x B x T x D) stored as raw bits and
+    each layer's slice of inputs and weights passed through an optimization
+    barrier before use. XLA's CPU backend computes bf16 ops in float32 and,
+    under plain remat, hoists the converts of the loop-invariant stacks (every
+    saved input, every layer weight) out of the backward loop: whole float32
+    copies of them, which made the train step's temporary memory several GB
+    larger. Integer bits and the barrier keep every convert on one layer.
+    `layer` must close over no value that needs a gradient.
+    """
+    return jax.lax.scan(lambda x, w: (layer(x, w), None), x_BxTxD, layers_state)[0]
+
+
+def _remat_scan_fwd(layer: Callable[[jax.Array, Any], jax.Array], x_BxTxD: jax.Array,
+                    layers_state: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    def step(x: jax.Array, w: Any) -> tuple[jax.Array, jax.Array]:
+        return layer(x, jax.lax.optimization_barrier(w)), _as_bits(x)
+
+    out, inputs_bits = jax.lax.scan(step, x_BxTxD, layers_state)
+    return out, (inputs_bits, layers_state)
+
+
+def _remat_scan_bwd(layer: Callable[[jax.Array, Any], jax.Array],
+                    residuals: tuple[jax.Array, Any], dout_BxTxD: jax.Array
+                    ) -> tuple[jax.Array, Any]:
+    inputs_bits, layers_state = residuals
+    dtype = dout_BxTxD.dtype
+
+    def step(dy: jax.Array, saved: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
+        bits, w = jax.lax.optimization_barrier(saved)
+        x = jax.lax.bitcast_convert_type(bits, dtype)
+        _, vjp = jax.vjp(layer, x, w)
+        return vjp(dy)
+
+    dx, dlayers = jax.lax.scan(step, dout_BxTxD, (inputs_bits, layers_state),
+                               reverse=True)
+    return dx, dlayers
+
+
+remat_scan.defvjp(_remat_scan_fwd, _remat_scan_bwd)
 
 
 def _make_model(config: ModelConfig, key: jax.Array) -> Transformer:

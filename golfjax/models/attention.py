@@ -1,0 +1,453 @@
+"""Grouped-query self-attention over many keys: one entry point, picked by platform.
+
+Letters (as in golfjax/models/layers.py): B rows, T queries, S key slots,
+K kv heads, G = N / K query heads per kv head, H head dim, M = T * G.
+
+    out_BxTxKxGxH = attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+                              q_offset, implementation="auto")
+
+Mask rule (the model's, golfjax/models/transformer.py): the query in slot
+`q_offset + t` sees key slot s iff `key_mask_BxS[b, s] and s <= q_offset + t`.
+Queries and keys come in the compute dtype; scores, the softmax and every
+accumulation are float32. K/V are never repeated over the G query heads of a
+group: each product contracts a kv head's keys with all its G * T queries.
+
+Implementations:
+  "reference"  the S x S scores of every head at once (`reference_attention`).
+               Memory grows with T * S; fastest for short sequences.
+  "blockwise"  online softmax over key blocks, query block by query block
+               (`blockwise_attention`), plain JAX on every backend. Its
+               backward pass (a `jax.custom_vjp`) saves only the output and the
+               per-query log-sum-exp and recomputes each block's scores, so
+               neither pass ever holds more than one block of scores per
+               (row, kv head). Key blocks wholly above the causal diagonal are
+               skipped in both passes.
+  "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")`, the cuDNN
+               flash kernel (GPU, bf16/fp16, head dim <= 128 and a multiple
+               of 8, no cache offset). cuDNN masks padding by sequence length
+               (right padding), so rows are rotated to put their real tokens
+               first and rotated back after: this requires every row's mask to
+               be left-padded (False* True*), which is how golfjax pads
+               everywhere (the sampler's prompts, the train batches).
+  "splash"     the Pallas splash-attention kernel (TPU; `interpret=True` runs
+               it on any backend, for tests), GQA-native, with the key mask as
+               segment ids; needs T = S (no cache offset) and T a multiple of
+               128.
+  "auto"       GPU: cudnn where it applies (and cuDNN accepts it at trace
+               time); TPU: splash where it applies; elsewhere (and for shapes
+               they refuse): blockwise, or reference when the whole score
+               matrix is no larger than one block pair.
+
+A query row with no visible key (a left-padding position) gets finite garbage
+that no real position ever reads; it is the caller's to mask out.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Finite, so a query row with no visible key (a left-padding row) gives a
+# uniform softmax instead of NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
+DEFAULT_BLOCK = 512
+
+
+def _check(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+           key_mask_BxS: jax.Array) -> None:
+    b, _, k, _, h = q_BxTxKxGxH.shape
+    if k_BxSxKxH.shape != v_BxSxKxH.shape:
+        raise ValueError(f"attention keys {k_BxSxKxH.shape} and values "
+                         f"{v_BxSxKxH.shape} differ in shape")
+    if (k_BxSxKxH.shape[0], k_BxSxKxH.shape[2], k_BxSxKxH.shape[3]) != (b, k, h):
+        raise ValueError(f"attention keys {k_BxSxKxH.shape} do not match queries "
+                         f"{q_BxTxKxGxH.shape} (B, K, H)")
+    if key_mask_BxS.shape != (b, k_BxSxKxH.shape[1]):
+        raise ValueError(f"attention key_mask_BxS has shape {key_mask_BxS.shape}, "
+                         f"expected {(b, k_BxSxKxH.shape[1])}")
+
+
+def _visible(key_mask_BxS: jax.Array, q_slot_M: jax.Array,
+             k_slot_S: jax.Array) -> jax.Array:
+    """[B, 1, M, S] bool: key slot visible from each query (mask rule above)."""
+    causal_MxS = k_slot_S[None, :] <= q_slot_M[:, None]
+    return key_mask_BxS[:, None, None, :] & causal_MxS[None, None]
+
+
+def _to_groups(q_BxTxKxGxH: jax.Array) -> jax.Array:
+    """q as B x K x M x H, M = T * G ordered t-major (a query block is contiguous)."""
+    b, t, k, g, h = q_BxTxKxGxH.shape
+    return q_BxTxKxGxH.transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
+
+
+def _from_groups(x_BxKxMxH: jax.Array, t: int, g: int) -> jax.Array:
+    b, k, _, h = x_BxKxMxH.shape
+    return x_BxKxMxH.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4)
+
+
+def reference_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+                        q_offset: jax.Array | int = 0) -> jax.Array:
+    """Softmax attention with the full B x K x M x S scores (the definition)."""
+    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    t, g, h = q_BxTxKxGxH.shape[1], q_BxTxKxGxH.shape[3], q_BxTxKxGxH.shape[4]
+    s = k_BxSxKxH.shape[1]
+    q_BxKxMxH = _to_groups(q_BxTxKxGxH)
+    scores_BxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
+                                preferred_element_type=jnp.float32) * (h ** -0.5)
+    q_slot_M = q_offset + jnp.arange(t * g, dtype=jnp.int32) // g
+    visible = _visible(key_mask_BxS.astype(bool), q_slot_M,
+                       jnp.arange(s, dtype=jnp.int32))
+    scores_BxKxMxS = jnp.where(visible, scores_BxKxMxS, MASK_VALUE)
+    probs_BxKxMxS = jax.nn.softmax(scores_BxKxMxS, axis=-1).astype(v_BxSxKxH.dtype)
+    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH,
+                             preferred_element_type=jnp.float32)
+    return _from_groups(out_BxKxMxH, t, g).astype(q_BxTxKxGxH.dtype)
+
+
+# ---------------------------------------------------------------- blockwise
+
+def _block_scores(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
+                  key_mask_BxS: jax.Array, q_slot_M: jax.Array,
+                  k_start: jax.Array, scale: float) -> jax.Array:
+    """Masked float32 scores of a query block against the key block at k_start."""
+    bk = k_BxSxKxH.shape[1]
+    scores_BxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
+                                preferred_element_type=jnp.float32) * scale
+    k_slot_S = k_start + jnp.arange(bk, dtype=jnp.int32)
+    return jnp.where(_visible(key_mask_BxS, q_slot_M, k_slot_S), scores_BxKxMxS,
+                     MASK_VALUE)
+
+
+def _key_blocks_needed(last_q_slot: jax.Array, block_k: int, num_k: int) -> jax.Array:
+    """How many key blocks from the first hold a slot <= last_q_slot."""
+    return jnp.clip(last_q_slot // block_k + 1, 0, num_k)
+
+
+def _blockwise_forward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
+                       v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+                       q_offset: jax.Array, g: int, block_q: int, block_k: int
+                       ) -> tuple[jax.Array, jax.Array]:
+    """(out_BxKxMxH in q's dtype, float32 lse_BxKxM); T, S multiples of the blocks."""
+    b, kh, m, h = q_BxKxMxH.shape
+    s = k_BxSxKxH.shape[1]
+    bm, num_q, num_k = block_q * g, m // (block_q * g), s // block_k
+    scale = h ** -0.5
+    q_NqxBxKxBmxH = q_BxKxMxH.reshape(b, kh, num_q, bm, h).transpose(2, 0, 1, 3, 4)
+    in_block_M = jnp.arange(bm, dtype=jnp.int32) // g
+
+    def query_block(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        i, q_BxKxBmxH = args
+        q_slot_M = q_offset + i * block_q + in_block_M
+
+        def key_block(j: jax.Array, carry: tuple[jax.Array, ...]
+                      ) -> tuple[jax.Array, ...]:
+            max_BxKxBm, sum_BxKxBm, acc_BxKxBmxH = carry
+            start = j * block_k
+            k_blk = jax.lax.dynamic_slice_in_dim(k_BxSxKxH, start, block_k, axis=1)
+            v_blk = jax.lax.dynamic_slice_in_dim(v_BxSxKxH, start, block_k, axis=1)
+            mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, block_k,
+                                                    axis=1)
+            scores = _block_scores(q_BxKxBmxH, k_blk, mask_blk, q_slot_M, start,
+                                   scale)
+            new_max = jnp.maximum(max_BxKxBm, jnp.max(scores, axis=-1))
+            probs = jnp.exp(scores - new_max[..., None])
+            rescale = jnp.exp(max_BxKxBm - new_max)
+            acc_BxKxBmxH = acc_BxKxBmxH * rescale[..., None] + jnp.einsum(
+                "bkms,bskh->bkmh", probs.astype(v_blk.dtype), v_blk,
+                preferred_element_type=jnp.float32)
+            return new_max, sum_BxKxBm * rescale + jnp.sum(probs, axis=-1), acc_BxKxBmxH
+
+        init = (jnp.full((b, kh, bm), MASK_VALUE, jnp.float32),
+                jnp.zeros((b, kh, bm), jnp.float32),
+                jnp.zeros((b, kh, bm, h), jnp.float32))
+        last = _key_blocks_needed(q_slot_M[-1], block_k, num_k)
+        max_, sum_, acc = jax.lax.fori_loop(0, last, key_block, init)
+        out = (acc / sum_[..., None]).astype(q_BxKxBmxH.dtype)
+        return out, max_ + jnp.log(sum_)
+
+    out_Nq, lse_Nq = jax.lax.map(
+        query_block, (jnp.arange(num_q, dtype=jnp.int32), q_NqxBxKxBmxH))
+    out_BxKxMxH = out_Nq.transpose(1, 2, 0, 3, 4).reshape(b, kh, m, h)
+    return out_BxKxMxH, lse_Nq.transpose(1, 2, 0, 3).reshape(b, kh, m)
+
+
+def _blockwise_backward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
+                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+                        q_offset: jax.Array, out_BxKxMxH: jax.Array,
+                        lse_BxKxM: jax.Array, dout_BxKxMxH: jax.Array, g: int,
+                        block_q: int, block_k: int
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Gradients of q, k, v, recomputing each block's probabilities from lse.
+
+    Key blocks outside, query blocks inside (from the first that can see the
+    key block); dq accumulates in one float32 buffer the size of q.
+    """
+    b, kh, m, h = q_BxKxMxH.shape
+    s = k_BxSxKxH.shape[1]
+    bm, num_q, num_k = block_q * g, m // (block_q * g), s // block_k
+    scale = h ** -0.5
+    dt = q_BxKxMxH.dtype
+    # D = rowsum(dO * O), the softmax-Jacobian term shared by a row's blocks.
+    delta_BxKxM = jnp.sum(dout_BxKxMxH.astype(jnp.float32) *
+                          out_BxKxMxH.astype(jnp.float32), axis=-1)
+    in_block_M = jnp.arange(bm, dtype=jnp.int32) // g
+
+    def q_slice(x: jax.Array, i: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(x, i * bm, bm, axis=2)
+
+    def key_block(dq_BxKxMxH: jax.Array, j: jax.Array
+                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        start = j * block_k
+        k_blk = jax.lax.dynamic_slice_in_dim(k_BxSxKxH, start, block_k, axis=1)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_BxSxKxH, start, block_k, axis=1)
+        mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, block_k, axis=1)
+
+        def query_block(i: jax.Array, carry: tuple[jax.Array, ...]
+                        ) -> tuple[jax.Array, ...]:
+            dk_blk, dv_blk, dq = carry
+            q_i = q_slice(q_BxKxMxH, i)
+            dout_i = q_slice(dout_BxKxMxH, i)
+            lse_i = jax.lax.dynamic_slice_in_dim(lse_BxKxM, i * bm, bm, axis=2)
+            delta_i = jax.lax.dynamic_slice_in_dim(delta_BxKxM, i * bm, bm, axis=2)
+            q_slot_M = q_offset + i * block_q + in_block_M
+            scores = _block_scores(q_i, k_blk, mask_blk, q_slot_M, start, scale)
+            probs = jnp.exp(scores - lse_i[..., None])
+            dv_blk = dv_blk + jnp.einsum("bkms,bkmh->bskh", probs.astype(dt), dout_i,
+                                         preferred_element_type=jnp.float32)
+            dprobs = jnp.einsum("bkmh,bskh->bkms", dout_i, v_blk,
+                                preferred_element_type=jnp.float32)
+            dscores = (probs * (dprobs - delta_i[..., None])).astype(dt)
+            dk_blk = dk_blk + scale * jnp.einsum(
+                "bkms,bkmh->bskh", dscores, q_i, preferred_element_type=jnp.float32)
+            dq_i = q_slice(dq, i) + scale * jnp.einsum(
+                "bkms,bskh->bkmh", dscores, k_blk, preferred_element_type=jnp.float32)
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bm, axis=2)
+            return dk_blk, dv_blk, dq
+
+        # The first query block holding a slot >= this key block's first slot.
+        first = jnp.clip((start - q_offset) // block_q, 0, num_q)
+        zeros = jnp.zeros((b, block_k, kh, h), jnp.float32)
+        dk_blk, dv_blk, dq_BxKxMxH = jax.lax.fori_loop(
+            first, num_q, query_block, (zeros, zeros, dq_BxKxMxH))
+        return dq_BxKxMxH, (dk_blk, dv_blk)
+
+    dq_BxKxMxH, (dk_Nk, dv_Nk) = jax.lax.scan(
+        key_block, jnp.zeros((b, kh, m, h), jnp.float32),
+        jnp.arange(num_k, dtype=jnp.int32))
+
+    def unblock(x_NkxBxBkxKxH: jax.Array) -> jax.Array:
+        return x_NkxBxBkxKxH.transpose(1, 0, 2, 3, 4).reshape(b, s, kh, h)
+
+    return (dq_BxKxMxH.astype(dt), unblock(dk_Nk).astype(k_BxSxKxH.dtype),
+            unblock(dv_Nk).astype(v_BxSxKxH.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _blockwise(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+               key_mask_BxS: jax.Array, q_offset: jax.Array, g: int, block_q: int,
+               block_k: int) -> jax.Array:
+    return _blockwise_forward(q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+                              q_offset, g, block_q, block_k)[0]
+
+
+def _blockwise_fwd(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
+                   v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+                   q_offset: jax.Array, g: int, block_q: int, block_k: int
+                   ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    out, lse = _blockwise_forward(q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+                                  q_offset, g, block_q, block_k)
+    return out, (q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS, q_offset, out, lse)
+
+
+def _blockwise_bwd(g: int, block_q: int, block_k: int,
+                   residuals: tuple[jax.Array, ...], dout_BxKxMxH: jax.Array
+                   ) -> tuple[jax.Array | None, ...]:
+    q, k, v, key_mask, q_offset, out, lse = residuals
+    dq, dk, dv = _blockwise_backward(q, k, v, key_mask, q_offset, out, lse,
+                                     dout_BxKxMxH, g, block_q, block_k)
+    return dq, dk, dv, None, None
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+                        q_offset: jax.Array | int = 0, *,
+                        block_q: int = DEFAULT_BLOCK,
+                        block_k: int = DEFAULT_BLOCK) -> jax.Array:
+    """Attention by online softmax over key blocks, memory linear in T and S.
+
+    T and S are padded up to multiples of the (clipped) block sizes; padded
+    keys are masked out and padded queries dropped.
+    """
+    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"attention blocks must be >= 1, got block_q={block_q}, "
+                         f"block_k={block_k}")
+    b, t, kh, g, h = q_BxTxKxGxH.shape
+    s = k_BxSxKxH.shape[1]
+    bq, bk = min(block_q, t), min(block_k, s)
+    pad_t, pad_s = -t % bq, -s % bk
+    key_mask_BxS = key_mask_BxS.astype(bool)
+    if pad_t:
+        q_BxTxKxGxH = jnp.pad(q_BxTxKxGxH, ((0, 0), (0, pad_t), (0, 0), (0, 0), (0, 0)))
+    if pad_s:
+        widths = ((0, 0), (0, pad_s), (0, 0), (0, 0))
+        k_BxSxKxH, v_BxSxKxH = jnp.pad(k_BxSxKxH, widths), jnp.pad(v_BxSxKxH, widths)
+        key_mask_BxS = jnp.pad(key_mask_BxS, ((0, 0), (0, pad_s)))
+    out_BxKxMxH = _blockwise(_to_groups(q_BxTxKxGxH), k_BxSxKxH, v_BxSxKxH,
+                             key_mask_BxS, jnp.asarray(q_offset, jnp.int32), g, bq, bk)
+    return _from_groups(out_BxKxMxH, t + pad_t, g)[:, :t]
+
+
+# ---------------------------------------------------------------- kernels
+
+def _cudnn_applies(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                   q_offset: jax.Array | int) -> bool:
+    h = q_BxTxKxGxH.shape[-1]
+    return (isinstance(q_offset, int) and q_offset == 0 and
+            q_BxTxKxGxH.shape[1] == k_BxSxKxH.shape[1] and
+            q_BxTxKxGxH.dtype in (jnp.bfloat16, jnp.float16) and
+            h <= 128 and h % 8 == 0)
+
+
+def cudnn_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                    v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array) -> jax.Array:
+    """cuDNN flash attention for left-padded rows, T = S (module docstring)."""
+    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    b, t, kh, g, h = q_BxTxKxGxH.shape
+    # A row without any real token counts its last slot as one, so that cuDNN
+    # never sees a zero length: its output stays finite garbage.
+    length_B = jnp.maximum(jnp.sum(key_mask_BxS.astype(jnp.int32), axis=1), 1)
+    # Rotate each row left by its padding: real tokens first, in order.
+    slot_BxT = (jnp.arange(t, dtype=jnp.int32)[None, :] + (t - length_B)[:, None]) % t
+
+    def rotate(x: jax.Array, slots: jax.Array) -> jax.Array:
+        return jnp.take_along_axis(x, slots.reshape(slots.shape + (1,) * (x.ndim - 2)),
+                                   axis=1)
+
+    q_BxTxNxH = rotate(q_BxTxKxGxH, slot_BxT).reshape(b, t, kh * g, h)
+    out_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, rotate(k_BxSxKxH, slot_BxT), rotate(v_BxSxKxH, slot_BxT),
+        is_causal=True, query_seq_lengths=length_B, key_value_seq_lengths=length_B,
+        implementation="cudnn")
+    back_BxT = (jnp.arange(t, dtype=jnp.int32)[None, :] - (t - length_B)[:, None]) % t
+    return rotate(out_BxTxNxH, back_BxT).reshape(b, t, kh, g, h)
+
+
+def _splash_block(t: int) -> int | None:
+    for block in (512, 256, 128):
+        if t % block == 0:
+            return block
+    return None
+
+
+def _splash_applies(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                    q_offset: jax.Array | int) -> bool:
+    t = q_BxTxKxGxH.shape[1]
+    return (isinstance(q_offset, int) and q_offset == 0 and
+            t == k_BxSxKxH.shape[1] and _splash_block(t) is not None)
+
+
+def splash_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+                     v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array, *,
+                     interpret: bool = False) -> jax.Array:
+    """Pallas splash attention (causal, key mask as segment ids), T = S.
+
+    A query sees a key iff both are real or both are padding (and causal): a
+    real query sees exactly the mask rule's keys, and a padding query sees at
+    least itself, so no row is empty.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash, splash_attention_mask as splash_mask)
+    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    b, t, kh, g, h = q_BxTxKxGxH.shape
+    block = _splash_block(t)
+    if block is None or k_BxSxKxH.shape[1] != t:
+        raise ValueError(f"splash attention needs T = S, a multiple of 128; got "
+                         f"T={t}, S={k_BxSxKxH.shape[1]}")
+    n = kh * g
+    mask = splash_mask.MultiHeadMask(
+        [splash_mask.CausalMask((t, t)) for _ in range(n)])
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block,
+                              block_kv_dkv_compute=block, block_q_dq=block,
+                              block_kv_dq=block)
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                                    q_seq_shards=1, interpret=interpret)
+    # Query head n = kv head n // G, the kernel's grouping too.
+    q_BxNxTxH = (q_BxTxKxGxH.reshape(b, t, n, h).transpose(0, 2, 1, 3) *
+                 jnp.asarray(h ** -0.5, q_BxTxKxGxH.dtype))
+    segments_BxT = key_mask_BxS.astype(jnp.int32)
+
+    def one_row(q_NxTxH: jax.Array, k_SxKxH: jax.Array, v_SxKxH: jax.Array,
+                seg_T: jax.Array) -> jax.Array:
+        return kernel(q_NxTxH, k_SxKxH.transpose(1, 0, 2), v_SxKxH.transpose(1, 0, 2),
+                      segment_ids=splash.SegmentIds(q=seg_T, kv=seg_T))
+
+    out_BxNxTxH = jax.vmap(one_row)(q_BxNxTxH, k_BxSxKxH, v_BxSxKxH, segments_BxT)
+    return out_BxNxTxH.transpose(0, 2, 1, 3).reshape(b, t, kh, g, h).astype(
+        q_BxTxKxGxH.dtype)
+
+
+# ---------------------------------------------------------------- entry point
+
+def attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+              key_mask_BxS: jax.Array, q_offset: jax.Array | int = 0, *,
+              implementation: str = "auto", block: int = DEFAULT_BLOCK,
+              platform: str | None = None) -> jax.Array:
+    """Self-attention under the mask rule of the module docstring.
+
+    Args:
+      q_BxTxKxGxH: queries after RoPE, grouped by kv head.
+      k_BxSxKxH, v_BxSxKxH: keys (after RoPE) and values of the S slots.
+      key_mask_BxS: True at real key slots.
+      q_offset: the slot of query 0 (a Python int 0 allows the kernels).
+      implementation: one of `IMPLEMENTATIONS`.
+      block: query and key block of "blockwise" (and of the "auto" choice
+        between reference and blockwise).
+      platform: the backend to pick for ("cpu", "gpu", "tpu"); default
+        `jax.default_backend()`.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r}; expected "
+                         f"one of {IMPLEMENTATIONS}")
+    if implementation == "auto":
+        implementation = _pick(q_BxTxKxGxH, k_BxSxKxH, q_offset, block,
+                               platform or jax.default_backend())
+        if implementation == "cudnn":
+            # cuDNN's own checks (library present, version, layout) run at
+            # trace time; where they refuse, the blockwise attention serves.
+            try:
+                return cudnn_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+            except (RuntimeError, NotImplementedError, ValueError):
+                implementation = "blockwise"
+    if implementation == "reference":
+        return reference_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+                                   q_offset)
+    if implementation == "blockwise":
+        return blockwise_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+                                   q_offset, block_q=block, block_k=block)
+    if not (isinstance(q_offset, int) and q_offset == 0):
+        raise ValueError(f"attention implementation {implementation!r} needs "
+                         f"q_offset 0 (no cache); got {q_offset!r}")
+    if implementation == "cudnn":
+        return cudnn_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    return splash_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+
+
+def _pick(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+          q_offset: jax.Array | int, block: int, platform: str) -> str:
+    if platform == "gpu" and _cudnn_applies(q_BxTxKxGxH, k_BxSxKxH, q_offset):
+        return "cudnn"
+    if platform == "tpu" and _splash_applies(q_BxTxKxGxH, k_BxSxKxH, q_offset):
+        return "splash"
+    if q_BxTxKxGxH.shape[1] * k_BxSxKxH.shape[1] <= block * block:
+        return "reference"
+    return "blockwise"
