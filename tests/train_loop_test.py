@@ -51,7 +51,7 @@ def test_conflicting_config_names_the_differing_keys(tmp_path, capsys):
     config.eval.samples = 3
     last = train_loop.train(config, str(tmp_path))
     out = capsys.readouterr().out
-    assert "changed setting: train.steps: 1 -> 2" in out and "eval.samples: 2 -> 3" in out
+    assert "settings changed since the checkpoint: eval.samples: 2 -> 3; train.steps: 1 -> 2" in out
     assert [r["step"] for r in _records(tmp_path)] == [0, 1, 2] and "eval/pass@3" in last
     # Anything else is refused, naming every differing key.
     config.optimizer.lr = 0.5
