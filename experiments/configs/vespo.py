@@ -24,7 +24,7 @@ follow the variant, comma-separated, typed and checked by
 - `task=math`: the `math` task of golf.py/grpo.py (GSM8K/MATH-style prompts,
   `\boxed{}` answers, no cold start) instead of `arith`, for real checkpoints:
   add `--config.model.hf_path=DIR --config.task.tokenizer=DIR` and
-  `--config.task.dataset=DIR` (README, launching on TPU);
+  `--config.task.dataset=DIR` (README.md, "Launching");
 - `smoke=1`: the tiny model, two cold-start and two RL steps (mostly
   compilation); the variant `smoke` is `vespo,smoke=1`.
 

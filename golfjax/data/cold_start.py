@@ -7,8 +7,8 @@ synthetic failed attempts and their critiques, with the reference solution as th
 target, so that the model can use feedback before RL starts (for `arith` with
 the `reveal` critic: copy the revealed answer), which is what lets GOLF's
 refinements succeed in all-fail groups from the first step. It learns that only
-from problems it cannot answer without the feedback (the runner's
-`cold_start.refine_task_kwargs`; README, GOLF vs GRPO).
+from problems it cannot answer without the feedback (the config's
+`cold_start.refine_task_kwargs`; docs/results.md, the cold-start probe).
 
 A synthetic failed attempt is another problem's reference solution that the task
 scores as wrong for this problem; it is generic across tasks and has the right

@@ -22,7 +22,7 @@ construction, never mid-run.
 (dataset size, shard count, batch size, seed, length limit); it is the same on
 every process, so the primary host's copy in the checkpoint resumes all of them.
 `next()` returns item positions like `golfjax.data.iterator.EpochIterator`, so
-the runner can use either. With `gather=True` (the runner's multi-process
+the train loop can use either. With `gather=True` (the multi-process
 setting) each process still draws only from its own shard, and `next()`
 all-gathers the positions, so that every process holds the same global batch
 (process 0's prompts first): the host-side work of a step (scoring, critiques,

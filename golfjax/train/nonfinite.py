@@ -9,8 +9,8 @@ the optimizer state, and reports `train/skipped_nonfinite = 1`
   skipped. A run whose every step skips has diverged (or restored a damaged
   state); logging `nan` to the end would only hide it.
 
-The count of consecutive skips is part of the run's state (the runner saves it
-with the data position), so a resume neither forgets nor restarts it.
+The count of consecutive skips is part of the run's state (golfjax/train_loop.py
+saves it with the data position), so a resume neither forgets nor restarts it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for golfjax/feedback/injection.py (GOLF step 5, ALGORITHMS.md)."""
+"""Tests for golfjax/feedback/injection.py (docs/algorithms.md#golf-injection)."""
 
 import jax
 import numpy as np
@@ -99,7 +99,8 @@ def rollout(b, t, fill):
 
 
 def test_apply_keeps_prompt_marks_off_policy_and_gives_golf_advantages():
-    # 7 failures + 1 injected: drgrpo gives +0.875 / -0.125 (ALGORITHMS.md step 6).
+    # 7 failures + 1 injected: drgrpo gives +0.875 / -0.125
+    # (docs/algorithms.md#golf-advantages).
     original, refinement = rollout(1, 5, fill=1), rollout(1, 5, fill=2)
     refinement["response_mask_NxT"][4, :4] = True  # Row 4 of the refinement is longer.
     plan = [inj.Injection(prompt_index=0, replaced_sample=6, refinement_sample=4)]
