@@ -126,9 +126,8 @@ def make_model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.M
     else:
         model_config = model_config_lib.get_preset(cfg.model.preset)
         params = transformer.init_params(model_config, jax.random.PRNGKey(cfg.seed), mesh)
-    if cfg.model.remat:  # Remat changes the program, not the parameters.
-        model_config = model_config.replace(remat=True)
-    return model_config, params
+    # Remat, attention and chunking change the program, not the parameters.
+    return model_config.replace(**cfg.model.overrides()), params
 
 
 def sampling_config(cfg: config_lib.SamplingSection, tokenizer: Tokenizer, mesh: Any) -> SamplingConfig:

@@ -55,12 +55,30 @@ class ModelSection:
     preset: str = "tiny"
     hf_path: str = ""  # A local directory; overrides `preset` when set.
     remat: bool = False
+    # The program's attention and memory settings (`ModelConfig`'s fields of
+    # the same names); "" and 0 keep the model config's own.
+    attention: str = ""  # One of models.config.ATTENTION_IMPLEMENTATIONS.
+    attention_block: int = 0  # Query/key block of the blockwise attention.
+    mlp_chunk: int = 0  # With remat: tokens per MLP chunk.
 
     def __post_init__(self) -> None:
-        from golfjax.models.config import PRESETS
+        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, PRESETS
 
         if not self.hf_path:
             _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
+        _check(self, {
+            "attention": (self.attention in ("", *ATTENTION_IMPLEMENTATIONS),
+                          "one of " + ", ".join(ATTENTION_IMPLEMENTATIONS) + ", or '' (the model's)"),
+            "attention_block": (self.attention_block >= 0, ">= 1, or 0 (the model's)"),
+            "mlp_chunk": (self.mlp_chunk >= 0, ">= 1, or 0 (the model's)"),
+        })
+
+    def overrides(self) -> dict[str, Any]:
+        """The `ModelConfig` fields this section sets (remat, attention, ...)."""
+        fields = {"remat": True} if self.remat else {}
+        fields |= {name: getattr(self, name) for name in ("attention", "attention_block", "mlp_chunk")
+                   if getattr(self, name)}
+        return fields
 
 
 # Tasks whose constructor takes `dataset=DIR` (`TaskSection.dataset`).

@@ -48,6 +48,8 @@ def test_round_trip_of_the_defaults():
         ({"schedule": {"minibatches": 0}}, r"config.schedule.minibatches=0; expected >= 1"),
         ({"mesh": {"data": 0}}, r"config.mesh.data=0; expected >= 1 or -1"),
         ({"model": {"preset": "huge"}}, r"config.model.preset='huge'; expected one of"),
+        ({"model": {"attention": "flash"}}, r"config.model.attention='flash'; expected one of auto, "),
+        ({"model": {"attention_block": -1}}, r"config.model.attention_block=-1; expected >= 1, or 0"),
         ({"task": {"name": "chess"}}, r"config.task.name='chess'; expected one of arith"),
         ({"task": {"template_kwargs": {"enable thinking": 1}}}, r"config.task.template_kwargs: key 'enable thinking' is not an identifier"),
         ({"golf": {"critic": "oracle"}}, r"config.golf.critic='oracle'; expected '' or one of"),
@@ -63,6 +65,18 @@ def test_round_trip_of_the_defaults():
 def test_bad_keys_and_values_name_the_key(mapping, message):
     with pytest.raises(ValueError, match=message):
         config_lib.build(config_lib.RunConfig, mapping)
+
+
+def test_model_section_overrides_only_what_it_sets():
+    from golfjax import components
+    from golfjax.models import config as model_config_lib
+
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"attention": "blockwise", "attention_block": 64}})
+    assert cfg.model.overrides() == {"attention": "blockwise", "attention_block": 64}
+    model_config, _ = components.make_model(cfg, mesh=None)
+    default = model_config_lib.get_preset("tiny")
+    assert (model_config.attention, model_config.attention_block) == ("blockwise", 64)
+    assert (model_config.mlp_chunk, model_config.remat) == (default.mlp_chunk, default.remat)
 
 
 def test_refine_first_steps_precede_the_refine_fraction_draw():
