@@ -274,13 +274,20 @@ def decode_attention(
     softmax.
     """
     h = q_Bx1xKxGxH.shape[-1]
-    scale = h ** -0.5
-    q_BxKxGxH = q_Bx1xKxGxH[:, 0]
+    # The 1/sqrt(Dh) scale goes on the query (float32, then the cache dtype)
+    # instead of on the scores: a scalar times the scores is a constant
+    # broadcast that XLA's CPU backend materialises at the scores' full size.
+    q_BxKxGxH = q_Bx1xKxGxH[:, 0].astype(jnp.float32) * (h ** -0.5)
 
     def scores(keys_BxKxHxS: jax.Array, visible: jax.Array) -> jax.Array:
         raw = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH.astype(keys_BxKxHxS.dtype),
-                         keys_BxKxHxS, preferred_element_type=jnp.float32) * scale
-        return jnp.where(visible[:, None, None, :], raw, attention_lib.MASK_VALUE)
+                         keys_BxKxHxS, preferred_element_type=jnp.float32)
+        # The mask as an additive bias of B x S (0 or MASK_VALUE) rather than a
+        # select over the scores: XLA's CPU backend then fuses the scores, the
+        # softmax and both products into one kernel, so the float32 scores
+        # are never written out; on visible slots the result is the same.
+        bias = jnp.where(visible, 0.0, attention_lib.MASK_VALUE).astype(jnp.float32)
+        return raw + bias[:, None, None, :]
 
     def weighted(probs_BxKxGxS: jax.Array, values_BxKxSxH: jax.Array) -> jax.Array:
         return jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS.astype(values_BxKxSxH.dtype),

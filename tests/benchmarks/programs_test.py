@@ -46,10 +46,11 @@ def test_issue_18_train_step_memory_at_16k_tokens():
 
 @pytest.mark.slow
 def test_issue_18_decode_step_bytes_at_512_rows():
-    # XLA's CPU backend adds float32 intermediates of bf16 matmuls and counts
-    # each gather's whole operand (docs/results_scale.md); on this backend the
-    # step stays within 2.5x of the roofline (the issue asks 2x).
+    # XLA's CPU backend writes the float32 outputs of bf16 matmuls (MLP,
+    # logits) and counts each gather's whole operand (docs/results.md); on
+    # this backend the step stays within 2.3x of the roofline (the issue asks
+    # 2x).
     _, figures = programs.decode_step_program(
         programs.model_config("qwen2.5-0.5b"), rows=512, prompt=128, new_tokens=256)
     assert figures["slots"] == 384
-    assert figures["bytes_per_roofline"] <= 2.5, figures
+    assert figures["bytes_per_roofline"] <= 2.3, figures
