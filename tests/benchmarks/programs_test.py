@@ -32,7 +32,7 @@ def test_decode_step_reads_little_more_than_weights_and_cache():
     _, figures = programs.decode_step_program(config, rows=64, prompt=32,
                                               new_tokens=128)
     assert figures["slots"] == 160
-    assert figures["bytes_per_roofline"] <= 2.0, figures
+    assert figures["bytes_per_roofline"] <= 1.6, figures
 
 
 @pytest.mark.slow
@@ -54,3 +54,9 @@ def test_issue_18_decode_step_bytes_at_512_rows():
         programs.model_config("qwen2.5-0.5b"), rows=512, prompt=128, new_tokens=256)
     assert figures["slots"] == 384
     assert figures["bytes_per_roofline"] <= 2.3, figures
+    # With 512 response tokens (a last loop of 640 slots) the cache outweighs
+    # those intermediates and the step is within the issue's 2x.
+    _, figures = programs.decode_step_program(
+        programs.model_config("qwen2.5-0.5b"), rows=512, prompt=128, new_tokens=512)
+    assert figures["slots"] == 640
+    assert figures["bytes_per_roofline"] <= 2.0, figures
