@@ -150,8 +150,8 @@ def decode(
     def tile(x: jax.Array, axis: int = 0) -> jax.Array:
         return jnp.repeat(x, g, axis=axis, total_repeat_length=n)
 
-    cache = cache.replace(k_BxKxHxS=tuple(map(tile, cache.k_BxKxHxS)),
-                          v_BxKxSxH=tuple(map(tile, cache.v_BxKxSxH)))
+    cache = cache.replace(k_NxKxDhxS=tuple(map(tile, cache.k_NxKxDhxS)),
+                          v_NxKxSxDh=tuple(map(tile, cache.v_NxKxSxDh)))
     mask_NxP = tile(mask_BxP)
     attention_mask_NxS = jnp.concatenate(
         [mask_NxP, jnp.ones((n, t), bool)], axis=1)

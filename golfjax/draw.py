@@ -1,8 +1,9 @@
 """The per-step token distribution of the sampler: truncation, draw, log-probs.
 
-Letters: N rows, V vocabulary, C candidate tokens kept by top-k, X any leading
-axes. golfjax/sampling.py describes the distribution sampled from and how a
-trainer recomputes its log-probs.
+Letters (the project's, golfjax/types.py): N rows, V vocabulary; here also C
+candidate tokens kept by top-k, Cb blocks of the CDF over them, W candidates
+per block, X any leading axes. golfjax/sampling.py describes the distribution
+sampled from and how a trainer recomputes its log-probs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _last_positive(mass_NxC: jax.Array) -> jax.Array:
                              jnp.arange(c, dtype=jnp.int32)[None, :], 0), axis=1)
 
 
-def _max_and_sum_exp(x_NxBxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _max_and_sum_exp(x_NxCbxW: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per block, `max(x)` and `sum(exp(x - max(x)))` in one pass over x.
 
     A variadic reduction whose reducer merges two partial (max, sum) pairs by
@@ -83,10 +84,10 @@ def _max_and_sum_exp(x_NxBxW: jax.Array) -> tuple[jax.Array, jax.Array]:
         scaled_b = jnp.where(sum_b > 0, sum_b * jnp.exp(max_b - top), 0.0)
         return top, scaled_a + scaled_b
 
-    ones = jnp.where(x_NxBxW > -jnp.inf, 1.0, 0.0).astype(x_NxBxW.dtype)
-    return jax.lax.reduce((x_NxBxW, ones),
-                          (jnp.array(-jnp.inf, x_NxBxW.dtype),
-                           jnp.array(0.0, x_NxBxW.dtype)), merge, (2,))
+    ones = jnp.where(x_NxCbxW > -jnp.inf, 1.0, 0.0).astype(x_NxCbxW.dtype)
+    return jax.lax.reduce((x_NxCbxW, ones),
+                          (jnp.array(-jnp.inf, x_NxCbxW.dtype),
+                           jnp.array(0.0, x_NxCbxW.dtype)), merge, (2,))
 
 
 def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -108,21 +109,21 @@ def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     if blocks * width != c:
         x_NxC = jnp.pad(x_NxC, ((0, 0), (0, blocks * width - c)),
                         constant_values=-jnp.inf)
-    x_NxBxW = x_NxC.reshape(n, blocks, width)
-    block_max_NxB, block_sum_NxB = _max_and_sum_exp(x_NxBxW)
-    top_N = jnp.max(block_max_NxB, axis=-1)
-    block_NxB = jnp.where(block_sum_NxB > 0, block_sum_NxB * jnp.exp(
-        block_max_NxB - top_N[:, None]), 0.0)
-    cdf_NxB = jnp.cumsum(block_NxB, axis=-1)
-    total_N = cdf_NxB[:, -1]
+    x_NxCbxW = x_NxC.reshape(n, blocks, width)
+    block_max_NxCb, block_sum_NxCb = _max_and_sum_exp(x_NxCbxW)
+    top_N = jnp.max(block_max_NxCb, axis=-1)
+    block_NxCb = jnp.where(block_sum_NxCb > 0, block_sum_NxCb * jnp.exp(
+        block_max_NxCb - top_N[:, None]), 0.0)
+    cdf_NxCb = jnp.cumsum(block_NxCb, axis=-1)
+    total_N = cdf_NxCb[:, -1]
     u_N = jax.random.uniform(key, (n,), jnp.float32) * total_N
     block_N = jnp.minimum(
-        jnp.sum(cdf_NxB <= u_N[:, None], axis=-1, dtype=jnp.int32),
-        _last_positive(block_NxB))
-    x_NxW = jnp.take_along_axis(x_NxBxW, block_N[:, None, None], axis=1)[:, 0]
+        jnp.sum(cdf_NxCb <= u_N[:, None], axis=-1, dtype=jnp.int32),
+        _last_positive(block_NxCb))
+    x_NxW = jnp.take_along_axis(x_NxCbxW, block_N[:, None, None], axis=1)[:, 0]
     p_NxW = jnp.exp(x_NxW - top_N[:, None])
-    before_N = (jnp.take_along_axis(cdf_NxB, block_N[:, None], axis=1) -
-                jnp.take_along_axis(block_NxB, block_N[:, None], axis=1))[:, 0]
+    before_N = (jnp.take_along_axis(cdf_NxCb, block_N[:, None], axis=1) -
+                jnp.take_along_axis(block_NxCb, block_N[:, None], axis=1))[:, 0]
     cdf_NxW = jnp.cumsum(p_NxW, axis=-1)
     within_N = jnp.minimum(
         jnp.sum(cdf_NxW <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),

@@ -201,13 +201,13 @@ def _bucket(size: int, buckets: tuple[int, ...], what: str, field: str) -> int:
 
 
 def _as_prompt_list(prompts: Any, prompt_mask: Any) -> list[np.ndarray]:
-    """Token-id lists, or a left-padded [B, L] array with its mask, as rows."""
+    """Token-id lists, or a left-padded [B, P] array with its mask, as rows."""
     if prompt_mask is None and not isinstance(prompts, (np.ndarray, jax.Array)):
         return [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
     tokens = np.asarray(prompts)
     if tokens.ndim != 2:
         raise ValueError(
-            f"prompt array must be 2-D [B, L], got shape {tokens.shape}")
+            f"prompt array must be 2-D [B, P], got shape {tokens.shape}")
     mask = (np.ones(tokens.shape, bool) if prompt_mask is None
             else np.asarray(prompt_mask).astype(bool))
     if mask.shape != tokens.shape:

@@ -2,8 +2,8 @@
 
   config = models.PRESETS["tiny"]            # or: config, params = models.hf.load(dir)
   params = models.init_params(config, key, mesh=None)
-  logits_BxTxV, cache = models.apply(params, tokens_BxT, positions_BxT,
-                                     attention_mask_BxS, cache=None, config=config)
+  logits_NxTxV, cache = models.apply(params, tokens_NxT, positions_NxT,
+                                     attention_mask_NxS, cache=None, config=config)
 
 See transformer.py for the params tree and mask semantics, cache.py for the KV
 cache layout, hf.py for checkpoints, and golfjax/sharding.py for the rules.

@@ -1,13 +1,15 @@
 """Grouped-query self-attention over many keys: one entry point, picked by platform.
 
-Letters (as in golfjax/models/layers.py): B rows, T queries, S key slots,
-K kv heads, G = N / K query heads per kv head, H head dim, M = T * G.
+Letters (the project's, golfjax/types.py; as in golfjax/models/layers.py):
+N rows, T queries, S key slots, K kv heads, G = H / K query heads per kv head,
+Dh head dim, M = T * G; blockwise: Bm / Bk the query / key block widths, Nq /
+Nk the numbers of query / key blocks.
 
-    out_BxTxKxGxH = attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+    out_NxTxKxGxDh = attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS,
                               q_offset, implementation="auto")
 
 Mask rule (the model's, golfjax/models/transformer.py): the query in slot
-`q_offset + t` sees key slot s iff `key_mask_BxS[b, s] and s <= q_offset + t`.
+`q_offset + t` sees key slot s iff `key_mask_NxS[b, s] and s <= q_offset + t`.
 Queries and keys come in the compute dtype; scores, the softmax and every
 accumulation are float32. K/V are never repeated over the G query heads of a
 group: each product contracts a kv head's keys with all its G * T queries.
@@ -57,69 +59,69 @@ IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
 DEFAULT_BLOCK = 512
 
 
-def _check(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-           key_mask_BxS: jax.Array) -> None:
-    b, _, k, _, h = q_BxTxKxGxH.shape
-    if k_BxSxKxH.shape != v_BxSxKxH.shape:
-        raise ValueError(f"attention keys {k_BxSxKxH.shape} and values "
-                         f"{v_BxSxKxH.shape} differ in shape")
-    if (k_BxSxKxH.shape[0], k_BxSxKxH.shape[2], k_BxSxKxH.shape[3]) != (b, k, h):
-        raise ValueError(f"attention keys {k_BxSxKxH.shape} do not match queries "
-                         f"{q_BxTxKxGxH.shape} (B, K, H)")
-    if key_mask_BxS.shape != (b, k_BxSxKxH.shape[1]):
-        raise ValueError(f"attention key_mask_BxS has shape {key_mask_BxS.shape}, "
-                         f"expected {(b, k_BxSxKxH.shape[1])}")
+def _check(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array, v_NxSxKxDh: jax.Array,
+           key_mask_NxS: jax.Array) -> None:
+    b, _, k, _, h = q_NxTxKxGxDh.shape
+    if k_NxSxKxDh.shape != v_NxSxKxDh.shape:
+        raise ValueError(f"attention keys {k_NxSxKxDh.shape} and values "
+                         f"{v_NxSxKxDh.shape} differ in shape")
+    if (k_NxSxKxDh.shape[0], k_NxSxKxDh.shape[2], k_NxSxKxDh.shape[3]) != (b, k, h):
+        raise ValueError(f"attention keys {k_NxSxKxDh.shape} do not match queries "
+                         f"{q_NxTxKxGxDh.shape} (N, K, Dh)")
+    if key_mask_NxS.shape != (b, k_NxSxKxDh.shape[1]):
+        raise ValueError(f"attention key_mask_NxS has shape {key_mask_NxS.shape}, "
+                         f"expected {(b, k_NxSxKxDh.shape[1])}")
 
 
-def _visible(key_mask_BxS: jax.Array, q_slot_M: jax.Array,
+def _visible(key_mask_NxS: jax.Array, q_slot_M: jax.Array,
              k_slot_S: jax.Array) -> jax.Array:
-    """[B, 1, M, S] bool: key slot visible from each query (mask rule above)."""
+    """[N, 1, M, S] bool: key slot visible from each query (mask rule above)."""
     causal_MxS = k_slot_S[None, :] <= q_slot_M[:, None]
-    return key_mask_BxS[:, None, None, :] & causal_MxS[None, None]
+    return key_mask_NxS[:, None, None, :] & causal_MxS[None, None]
 
 
-def _to_groups(q_BxTxKxGxH: jax.Array) -> jax.Array:
-    """q as B x K x M x H, M = T * G ordered t-major (a query block is contiguous)."""
-    b, t, k, g, h = q_BxTxKxGxH.shape
-    return q_BxTxKxGxH.transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
+def _to_groups(q_NxTxKxGxDh: jax.Array) -> jax.Array:
+    """q as N x K x M x Dh, M = T * G ordered t-major (a query block is contiguous)."""
+    b, t, k, g, h = q_NxTxKxGxDh.shape
+    return q_NxTxKxGxDh.transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
 
 
-def _from_groups(x_BxKxMxH: jax.Array, t: int, g: int) -> jax.Array:
-    b, k, _, h = x_BxKxMxH.shape
-    return x_BxKxMxH.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4)
+def _from_groups(x_NxKxMxDh: jax.Array, t: int, g: int) -> jax.Array:
+    b, k, _, h = x_NxKxMxDh.shape
+    return x_NxKxMxDh.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4)
 
 
-def reference_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
-                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+def reference_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                        v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array,
                         q_offset: jax.Array | int = 0) -> jax.Array:
-    """Softmax attention with the full B x K x M x S scores (the definition)."""
-    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
-    t, g, h = q_BxTxKxGxH.shape[1], q_BxTxKxGxH.shape[3], q_BxTxKxGxH.shape[4]
-    s = k_BxSxKxH.shape[1]
-    q_BxKxMxH = _to_groups(q_BxTxKxGxH)
-    scores_BxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
+    """Softmax attention with the full N x K x M x S scores (the definition)."""
+    _check(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
+    t, g, h = q_NxTxKxGxDh.shape[1], q_NxTxKxGxDh.shape[3], q_NxTxKxGxDh.shape[4]
+    s = k_NxSxKxDh.shape[1]
+    q_NxKxMxDh = _to_groups(q_NxTxKxGxDh)
+    scores_NxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_NxKxMxDh, k_NxSxKxDh,
                                 preferred_element_type=jnp.float32) * (h ** -0.5)
     q_slot_M = q_offset + jnp.arange(t * g, dtype=jnp.int32) // g
-    visible = _visible(key_mask_BxS.astype(bool), q_slot_M,
+    visible = _visible(key_mask_NxS.astype(bool), q_slot_M,
                        jnp.arange(s, dtype=jnp.int32))
-    scores_BxKxMxS = jnp.where(visible, scores_BxKxMxS, MASK_VALUE)
-    probs_BxKxMxS = jax.nn.softmax(scores_BxKxMxS, axis=-1).astype(v_BxSxKxH.dtype)
-    out_BxKxMxH = jnp.einsum("bkms,bskh->bkmh", probs_BxKxMxS, v_BxSxKxH,
+    scores_NxKxMxS = jnp.where(visible, scores_NxKxMxS, MASK_VALUE)
+    probs_NxKxMxS = jax.nn.softmax(scores_NxKxMxS, axis=-1).astype(v_NxSxKxDh.dtype)
+    out_NxKxMxDh = jnp.einsum("bkms,bskh->bkmh", probs_NxKxMxS, v_NxSxKxDh,
                              preferred_element_type=jnp.float32)
-    return _from_groups(out_BxKxMxH, t, g).astype(q_BxTxKxGxH.dtype)
+    return _from_groups(out_NxKxMxDh, t, g).astype(q_NxTxKxGxDh.dtype)
 
 
 # ---------------------------------------------------------------- blockwise
 
-def _block_scores(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
-                  key_mask_BxS: jax.Array, q_slot_M: jax.Array,
+def _block_scores(q_NxKxMxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                  key_mask_NxS: jax.Array, q_slot_M: jax.Array,
                   k_start: jax.Array, scale: float) -> jax.Array:
     """Masked float32 scores of a query block against the key block at k_start."""
-    bk = k_BxSxKxH.shape[1]
-    scores_BxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_BxKxMxH, k_BxSxKxH,
+    bk = k_NxSxKxDh.shape[1]
+    scores_NxKxMxS = jnp.einsum("bkmh,bskh->bkms", q_NxKxMxDh, k_NxSxKxDh,
                                 preferred_element_type=jnp.float32) * scale
     k_slot_S = k_start + jnp.arange(bk, dtype=jnp.int32)
-    return jnp.where(_visible(key_mask_BxS, q_slot_M, k_slot_S), scores_BxKxMxS,
+    return jnp.where(_visible(key_mask_NxS, q_slot_M, k_slot_S), scores_NxKxMxS,
                      MASK_VALUE)
 
 
@@ -128,58 +130,58 @@ def _key_blocks_needed(last_q_slot: jax.Array, block_k: int, num_k: int) -> jax.
     return jnp.clip(last_q_slot // block_k + 1, 0, num_k)
 
 
-def _blockwise_forward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
-                       v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+def _blockwise_forward(q_NxKxMxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                       v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array,
                        q_offset: jax.Array, g: int, block_q: int, block_k: int
                        ) -> tuple[jax.Array, jax.Array]:
-    """(out_BxKxMxH in q's dtype, float32 lse_BxKxM); T, S multiples of the blocks."""
-    b, kh, m, h = q_BxKxMxH.shape
-    s = k_BxSxKxH.shape[1]
+    """(out_NxKxMxDh in q's dtype, float32 lse_NxKxM); T, S multiples of the blocks."""
+    b, kh, m, h = q_NxKxMxDh.shape
+    s = k_NxSxKxDh.shape[1]
     bm, num_q, num_k = block_q * g, m // (block_q * g), s // block_k
     scale = h ** -0.5
-    q_NqxBxKxBmxH = q_BxKxMxH.reshape(b, kh, num_q, bm, h).transpose(2, 0, 1, 3, 4)
+    q_NqxNxKxBmxDh = q_NxKxMxDh.reshape(b, kh, num_q, bm, h).transpose(2, 0, 1, 3, 4)
     in_block_M = jnp.arange(bm, dtype=jnp.int32) // g
 
     def query_block(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        i, q_BxKxBmxH = args
+        i, q_NxKxBmxDh = args
         q_slot_M = q_offset + i * block_q + in_block_M
 
         def key_block(j: jax.Array, carry: tuple[jax.Array, ...]
                       ) -> tuple[jax.Array, ...]:
-            max_BxKxBm, sum_BxKxBm, acc_BxKxBmxH = carry
+            max_NxKxBm, sum_NxKxBm, acc_NxKxBmxDh = carry
             start = j * block_k
-            k_blk = jax.lax.dynamic_slice_in_dim(k_BxSxKxH, start, block_k, axis=1)
-            v_blk = jax.lax.dynamic_slice_in_dim(v_BxSxKxH, start, block_k, axis=1)
-            mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, block_k,
+            k_blk = jax.lax.dynamic_slice_in_dim(k_NxSxKxDh, start, block_k, axis=1)
+            v_blk = jax.lax.dynamic_slice_in_dim(v_NxSxKxDh, start, block_k, axis=1)
+            mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_NxS, start, block_k,
                                                     axis=1)
-            scores = _block_scores(q_BxKxBmxH, k_blk, mask_blk, q_slot_M, start,
+            scores = _block_scores(q_NxKxBmxDh, k_blk, mask_blk, q_slot_M, start,
                                    scale)
-            new_max = jnp.maximum(max_BxKxBm, jnp.max(scores, axis=-1))
+            new_max = jnp.maximum(max_NxKxBm, jnp.max(scores, axis=-1))
             probs = jnp.exp(scores - new_max[..., None])
-            rescale = jnp.exp(max_BxKxBm - new_max)
-            acc_BxKxBmxH = acc_BxKxBmxH * rescale[..., None] + jnp.einsum(
+            rescale = jnp.exp(max_NxKxBm - new_max)
+            acc_NxKxBmxDh = acc_NxKxBmxDh * rescale[..., None] + jnp.einsum(
                 "bkms,bskh->bkmh", probs.astype(v_blk.dtype), v_blk,
                 preferred_element_type=jnp.float32)
-            return new_max, sum_BxKxBm * rescale + jnp.sum(probs, axis=-1), acc_BxKxBmxH
+            return new_max, sum_NxKxBm * rescale + jnp.sum(probs, axis=-1), acc_NxKxBmxDh
 
         init = (jnp.full((b, kh, bm), MASK_VALUE, jnp.float32),
                 jnp.zeros((b, kh, bm), jnp.float32),
                 jnp.zeros((b, kh, bm, h), jnp.float32))
         last = _key_blocks_needed(q_slot_M[-1], block_k, num_k)
         max_, sum_, acc = jax.lax.fori_loop(0, last, key_block, init)
-        out = (acc / sum_[..., None]).astype(q_BxKxBmxH.dtype)
+        out = (acc / sum_[..., None]).astype(q_NxKxBmxDh.dtype)
         return out, max_ + jnp.log(sum_)
 
     out_Nq, lse_Nq = jax.lax.map(
-        query_block, (jnp.arange(num_q, dtype=jnp.int32), q_NqxBxKxBmxH))
-    out_BxKxMxH = out_Nq.transpose(1, 2, 0, 3, 4).reshape(b, kh, m, h)
-    return out_BxKxMxH, lse_Nq.transpose(1, 2, 0, 3).reshape(b, kh, m)
+        query_block, (jnp.arange(num_q, dtype=jnp.int32), q_NqxNxKxBmxDh))
+    out_NxKxMxDh = out_Nq.transpose(1, 2, 0, 3, 4).reshape(b, kh, m, h)
+    return out_NxKxMxDh, lse_Nq.transpose(1, 2, 0, 3).reshape(b, kh, m)
 
 
-def _blockwise_backward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
-                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
-                        q_offset: jax.Array, out_BxKxMxH: jax.Array,
-                        lse_BxKxM: jax.Array, dout_BxKxMxH: jax.Array, g: int,
+def _blockwise_backward(q_NxKxMxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                        v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array,
+                        q_offset: jax.Array, out_NxKxMxDh: jax.Array,
+                        lse_NxKxM: jax.Array, dout_NxKxMxDh: jax.Array, g: int,
                         block_q: int, block_k: int
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of q, k, v, recomputing each block's probabilities from lse.
@@ -187,33 +189,33 @@ def _blockwise_backward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
     Key blocks outside, query blocks inside (from the first that can see the
     key block); dq accumulates in one float32 buffer the size of q.
     """
-    b, kh, m, h = q_BxKxMxH.shape
-    s = k_BxSxKxH.shape[1]
+    b, kh, m, h = q_NxKxMxDh.shape
+    s = k_NxSxKxDh.shape[1]
     bm, num_q, num_k = block_q * g, m // (block_q * g), s // block_k
     scale = h ** -0.5
-    dt = q_BxKxMxH.dtype
+    dt = q_NxKxMxDh.dtype
     # D = rowsum(dO * O), the softmax-Jacobian term shared by a row's blocks.
-    delta_BxKxM = jnp.sum(dout_BxKxMxH.astype(jnp.float32) *
-                          out_BxKxMxH.astype(jnp.float32), axis=-1)
+    delta_NxKxM = jnp.sum(dout_NxKxMxDh.astype(jnp.float32) *
+                          out_NxKxMxDh.astype(jnp.float32), axis=-1)
     in_block_M = jnp.arange(bm, dtype=jnp.int32) // g
 
     def q_slice(x: jax.Array, i: jax.Array) -> jax.Array:
         return jax.lax.dynamic_slice_in_dim(x, i * bm, bm, axis=2)
 
-    def key_block(dq_BxKxMxH: jax.Array, j: jax.Array
+    def key_block(dq_NxKxMxDh: jax.Array, j: jax.Array
                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         start = j * block_k
-        k_blk = jax.lax.dynamic_slice_in_dim(k_BxSxKxH, start, block_k, axis=1)
-        v_blk = jax.lax.dynamic_slice_in_dim(v_BxSxKxH, start, block_k, axis=1)
-        mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, block_k, axis=1)
+        k_blk = jax.lax.dynamic_slice_in_dim(k_NxSxKxDh, start, block_k, axis=1)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_NxSxKxDh, start, block_k, axis=1)
+        mask_blk = jax.lax.dynamic_slice_in_dim(key_mask_NxS, start, block_k, axis=1)
 
         def query_block(i: jax.Array, carry: tuple[jax.Array, ...]
                         ) -> tuple[jax.Array, ...]:
             dk_blk, dv_blk, dq = carry
-            q_i = q_slice(q_BxKxMxH, i)
-            dout_i = q_slice(dout_BxKxMxH, i)
-            lse_i = jax.lax.dynamic_slice_in_dim(lse_BxKxM, i * bm, bm, axis=2)
-            delta_i = jax.lax.dynamic_slice_in_dim(delta_BxKxM, i * bm, bm, axis=2)
+            q_i = q_slice(q_NxKxMxDh, i)
+            dout_i = q_slice(dout_NxKxMxDh, i)
+            lse_i = jax.lax.dynamic_slice_in_dim(lse_NxKxM, i * bm, bm, axis=2)
+            delta_i = jax.lax.dynamic_slice_in_dim(delta_NxKxM, i * bm, bm, axis=2)
             q_slot_M = q_offset + i * block_q + in_block_M
             scores = _block_scores(q_i, k_blk, mask_blk, q_slot_M, start, scale)
             probs = jnp.exp(scores - lse_i[..., None])
@@ -232,52 +234,52 @@ def _blockwise_backward(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
         # The first query block holding a slot >= this key block's first slot.
         first = jnp.clip((start - q_offset) // block_q, 0, num_q)
         zeros = jnp.zeros((b, block_k, kh, h), jnp.float32)
-        dk_blk, dv_blk, dq_BxKxMxH = jax.lax.fori_loop(
-            first, num_q, query_block, (zeros, zeros, dq_BxKxMxH))
-        return dq_BxKxMxH, (dk_blk, dv_blk)
+        dk_blk, dv_blk, dq_NxKxMxDh = jax.lax.fori_loop(
+            first, num_q, query_block, (zeros, zeros, dq_NxKxMxDh))
+        return dq_NxKxMxDh, (dk_blk, dv_blk)
 
-    dq_BxKxMxH, (dk_Nk, dv_Nk) = jax.lax.scan(
+    dq_NxKxMxDh, (dk_Nk, dv_Nk) = jax.lax.scan(
         key_block, jnp.zeros((b, kh, m, h), jnp.float32),
         jnp.arange(num_k, dtype=jnp.int32))
 
-    def unblock(x_NkxBxBkxKxH: jax.Array) -> jax.Array:
-        return x_NkxBxBkxKxH.transpose(1, 0, 2, 3, 4).reshape(b, s, kh, h)
+    def unblock(x_NkxNxBkxKxDh: jax.Array) -> jax.Array:
+        return x_NkxNxBkxKxDh.transpose(1, 0, 2, 3, 4).reshape(b, s, kh, h)
 
-    return (dq_BxKxMxH.astype(dt), unblock(dk_Nk).astype(k_BxSxKxH.dtype),
-            unblock(dv_Nk).astype(v_BxSxKxH.dtype))
+    return (dq_NxKxMxDh.astype(dt), unblock(dk_Nk).astype(k_NxSxKxDh.dtype),
+            unblock(dv_Nk).astype(v_NxSxKxDh.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _blockwise(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-               key_mask_BxS: jax.Array, q_offset: jax.Array, g: int, block_q: int,
+def _blockwise(q_NxKxMxDh: jax.Array, k_NxSxKxDh: jax.Array, v_NxSxKxDh: jax.Array,
+               key_mask_NxS: jax.Array, q_offset: jax.Array, g: int, block_q: int,
                block_k: int) -> jax.Array:
-    return _blockwise_forward(q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+    return _blockwise_forward(q_NxKxMxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS,
                               q_offset, g, block_q, block_k)[0]
 
 
-def _blockwise_fwd(q_BxKxMxH: jax.Array, k_BxSxKxH: jax.Array,
-                   v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+def _blockwise_fwd(q_NxKxMxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                   v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array,
                    q_offset: jax.Array, g: int, block_q: int, block_k: int
                    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    out, lse = _blockwise_forward(q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+    out, lse = _blockwise_forward(q_NxKxMxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS,
                                   q_offset, g, block_q, block_k)
-    return out, (q_BxKxMxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS, q_offset, out, lse)
+    return out, (q_NxKxMxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS, q_offset, out, lse)
 
 
 def _blockwise_bwd(g: int, block_q: int, block_k: int,
-                   residuals: tuple[jax.Array, ...], dout_BxKxMxH: jax.Array
+                   residuals: tuple[jax.Array, ...], dout_NxKxMxDh: jax.Array
                    ) -> tuple[jax.Array | None, ...]:
     q, k, v, key_mask, q_offset, out, lse = residuals
     dq, dk, dv = _blockwise_backward(q, k, v, key_mask, q_offset, out, lse,
-                                     dout_BxKxMxH, g, block_q, block_k)
+                                     dout_NxKxMxDh, g, block_q, block_k)
     return dq, dk, dv, None, None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def blockwise_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
-                        v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
+def blockwise_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                        v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array,
                         q_offset: jax.Array | int = 0, *,
                         block_q: int = DEFAULT_BLOCK,
                         block_k: int = DEFAULT_BLOCK) -> jax.Array:
@@ -286,59 +288,59 @@ def blockwise_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
     T and S are padded up to multiples of the (clipped) block sizes; padded
     keys are masked out and padded queries dropped.
     """
-    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+    _check(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"attention blocks must be >= 1, got block_q={block_q}, "
                          f"block_k={block_k}")
-    b, t, kh, g, h = q_BxTxKxGxH.shape
-    s = k_BxSxKxH.shape[1]
+    b, t, kh, g, h = q_NxTxKxGxDh.shape
+    s = k_NxSxKxDh.shape[1]
     bq, bk = min(block_q, t), min(block_k, s)
     pad_t, pad_s = -t % bq, -s % bk
-    key_mask_BxS = key_mask_BxS.astype(bool)
+    key_mask_NxS = key_mask_NxS.astype(bool)
     if pad_t:
-        q_BxTxKxGxH = jnp.pad(q_BxTxKxGxH, ((0, 0), (0, pad_t), (0, 0), (0, 0), (0, 0)))
+        q_NxTxKxGxDh = jnp.pad(q_NxTxKxGxDh, ((0, 0), (0, pad_t), (0, 0), (0, 0), (0, 0)))
     if pad_s:
         widths = ((0, 0), (0, pad_s), (0, 0), (0, 0))
-        k_BxSxKxH, v_BxSxKxH = jnp.pad(k_BxSxKxH, widths), jnp.pad(v_BxSxKxH, widths)
-        key_mask_BxS = jnp.pad(key_mask_BxS, ((0, 0), (0, pad_s)))
-    out_BxKxMxH = _blockwise(_to_groups(q_BxTxKxGxH), k_BxSxKxH, v_BxSxKxH,
-                             key_mask_BxS, jnp.asarray(q_offset, jnp.int32), g, bq, bk)
-    return _from_groups(out_BxKxMxH, t + pad_t, g)[:, :t]
+        k_NxSxKxDh, v_NxSxKxDh = jnp.pad(k_NxSxKxDh, widths), jnp.pad(v_NxSxKxDh, widths)
+        key_mask_NxS = jnp.pad(key_mask_NxS, ((0, 0), (0, pad_s)))
+    out_NxKxMxDh = _blockwise(_to_groups(q_NxTxKxGxDh), k_NxSxKxDh, v_NxSxKxDh,
+                             key_mask_NxS, jnp.asarray(q_offset, jnp.int32), g, bq, bk)
+    return _from_groups(out_NxKxMxDh, t + pad_t, g)[:, :t]
 
 
 # ---------------------------------------------------------------- kernels
 
-def _cudnn_applies(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+def _cudnn_applies(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
                    q_offset: jax.Array | int) -> bool:
-    h = q_BxTxKxGxH.shape[-1]
+    h = q_NxTxKxGxDh.shape[-1]
     return (isinstance(q_offset, int) and q_offset == 0 and
-            q_BxTxKxGxH.shape[1] == k_BxSxKxH.shape[1] and
-            q_BxTxKxGxH.dtype in (jnp.bfloat16, jnp.float16) and
+            q_NxTxKxGxDh.shape[1] == k_NxSxKxDh.shape[1] and
+            q_NxTxKxGxDh.dtype in (jnp.bfloat16, jnp.float16) and
             h <= 128 and h % 8 == 0)
 
 
-def cudnn_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
-                    v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array) -> jax.Array:
+def cudnn_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                    v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array) -> jax.Array:
     """cuDNN flash attention for left-padded rows, T = S (module docstring)."""
-    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
-    b, t, kh, g, h = q_BxTxKxGxH.shape
+    _check(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
+    b, t, kh, g, h = q_NxTxKxGxDh.shape
     # A row without any real token counts its last slot as one, so that cuDNN
     # never sees a zero length: its output stays finite garbage.
-    length_B = jnp.maximum(jnp.sum(key_mask_BxS.astype(jnp.int32), axis=1), 1)
+    length_N = jnp.maximum(jnp.sum(key_mask_NxS.astype(jnp.int32), axis=1), 1)
     # Rotate each row left by its padding: real tokens first, in order.
-    slot_BxT = (jnp.arange(t, dtype=jnp.int32)[None, :] + (t - length_B)[:, None]) % t
+    slot_NxT = (jnp.arange(t, dtype=jnp.int32)[None, :] + (t - length_N)[:, None]) % t
 
     def rotate(x: jax.Array, slots: jax.Array) -> jax.Array:
         return jnp.take_along_axis(x, slots.reshape(slots.shape + (1,) * (x.ndim - 2)),
                                    axis=1)
 
-    q_BxTxNxH = rotate(q_BxTxKxGxH, slot_BxT).reshape(b, t, kh * g, h)
-    out_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, rotate(k_BxSxKxH, slot_BxT), rotate(v_BxSxKxH, slot_BxT),
-        is_causal=True, query_seq_lengths=length_B, key_value_seq_lengths=length_B,
+    q_NxTxHxDh = rotate(q_NxTxKxGxDh, slot_NxT).reshape(b, t, kh * g, h)
+    out_NxTxHxDh = jax.nn.dot_product_attention(
+        q_NxTxHxDh, rotate(k_NxSxKxDh, slot_NxT), rotate(v_NxSxKxDh, slot_NxT),
+        is_causal=True, query_seq_lengths=length_N, key_value_seq_lengths=length_N,
         implementation="cudnn")
-    back_BxT = (jnp.arange(t, dtype=jnp.int32)[None, :] - (t - length_B)[:, None]) % t
-    return rotate(out_BxTxNxH, back_BxT).reshape(b, t, kh, g, h)
+    back_NxT = (jnp.arange(t, dtype=jnp.int32)[None, :] - (t - length_N)[:, None]) % t
+    return rotate(out_NxTxHxDh, back_NxT).reshape(b, t, kh, g, h)
 
 
 def _splash_block(t: int) -> int | None:
@@ -348,15 +350,15 @@ def _splash_block(t: int) -> int | None:
     return None
 
 
-def _splash_applies(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+def _splash_applies(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
                     q_offset: jax.Array | int) -> bool:
-    t = q_BxTxKxGxH.shape[1]
+    t = q_NxTxKxGxDh.shape[1]
     return (isinstance(q_offset, int) and q_offset == 0 and
-            t == k_BxSxKxH.shape[1] and _splash_block(t) is not None)
+            t == k_NxSxKxDh.shape[1] and _splash_block(t) is not None)
 
 
-def splash_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
-                     v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array, *,
+def splash_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
+                     v_NxSxKxDh: jax.Array, key_mask_NxS: jax.Array, *,
                      interpret: bool = False) -> jax.Array:
     """Pallas splash attention (causal, key mask as segment ids), T = S.
 
@@ -366,12 +368,12 @@ def splash_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as splash, splash_attention_mask as splash_mask)
-    _check(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
-    b, t, kh, g, h = q_BxTxKxGxH.shape
+    _check(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
+    b, t, kh, g, h = q_NxTxKxGxDh.shape
     block = _splash_block(t)
-    if block is None or k_BxSxKxH.shape[1] != t:
+    if block is None or k_NxSxKxDh.shape[1] != t:
         raise ValueError(f"splash attention needs T = S, a multiple of 128; got "
-                         f"T={t}, S={k_BxSxKxH.shape[1]}")
+                         f"T={t}, S={k_NxSxKxDh.shape[1]}")
     n = kh * g
     mask = splash_mask.MultiHeadMask(
         [splash_mask.CausalMask((t, t)) for _ in range(n)])
@@ -382,32 +384,32 @@ def splash_attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
     kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
                                     q_seq_shards=1, interpret=interpret)
     # Query head n = kv head n // G, the kernel's grouping too.
-    q_BxNxTxH = (q_BxTxKxGxH.reshape(b, t, n, h).transpose(0, 2, 1, 3) *
-                 jnp.asarray(h ** -0.5, q_BxTxKxGxH.dtype))
-    segments_BxT = key_mask_BxS.astype(jnp.int32)
+    q_NxHxTxDh = (q_NxTxKxGxDh.reshape(b, t, n, h).transpose(0, 2, 1, 3) *
+                 jnp.asarray(h ** -0.5, q_NxTxKxGxDh.dtype))
+    segments_NxT = key_mask_NxS.astype(jnp.int32)
 
-    def one_row(q_NxTxH: jax.Array, k_SxKxH: jax.Array, v_SxKxH: jax.Array,
+    def one_row(q_HxTxDh: jax.Array, k_SxKxDh: jax.Array, v_SxKxDh: jax.Array,
                 seg_T: jax.Array) -> jax.Array:
-        return kernel(q_NxTxH, k_SxKxH.transpose(1, 0, 2), v_SxKxH.transpose(1, 0, 2),
+        return kernel(q_HxTxDh, k_SxKxDh.transpose(1, 0, 2), v_SxKxDh.transpose(1, 0, 2),
                       segment_ids=splash.SegmentIds(q=seg_T, kv=seg_T))
 
-    out_BxNxTxH = jax.vmap(one_row)(q_BxNxTxH, k_BxSxKxH, v_BxSxKxH, segments_BxT)
-    return out_BxNxTxH.transpose(0, 2, 1, 3).reshape(b, t, kh, g, h).astype(
-        q_BxTxKxGxH.dtype)
+    out_NxHxTxDh = jax.vmap(one_row)(q_NxHxTxDh, k_NxSxKxDh, v_NxSxKxDh, segments_NxT)
+    return out_NxHxTxDh.transpose(0, 2, 1, 3).reshape(b, t, kh, g, h).astype(
+        q_NxTxKxGxDh.dtype)
 
 
 # ---------------------------------------------------------------- entry point
 
-def attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-              key_mask_BxS: jax.Array, q_offset: jax.Array | int = 0, *,
+def attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array, v_NxSxKxDh: jax.Array,
+              key_mask_NxS: jax.Array, q_offset: jax.Array | int = 0, *,
               implementation: str = "auto", block: int = DEFAULT_BLOCK,
               platform: str | None = None) -> jax.Array:
     """Self-attention under the mask rule of the module docstring.
 
     Args:
-      q_BxTxKxGxH: queries after RoPE, grouped by kv head.
-      k_BxSxKxH, v_BxSxKxH: keys (after RoPE) and values of the S slots.
-      key_mask_BxS: True at real key slots.
+      q_NxTxKxGxDh: queries after RoPE, grouped by kv head.
+      k_NxSxKxDh, v_NxSxKxDh: keys (after RoPE) and values of the S slots.
+      key_mask_NxS: True at real key slots.
       q_offset: the slot of query 0 (a Python int 0 allows the kernels).
       implementation: one of `IMPLEMENTATIONS`.
       block: query and key block of "blockwise" (and of the "auto" choice
@@ -419,35 +421,35 @@ def attention(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array
         raise ValueError(f"attention implementation {implementation!r}; expected "
                          f"one of {IMPLEMENTATIONS}")
     if implementation == "auto":
-        implementation = _pick(q_BxTxKxGxH, k_BxSxKxH, q_offset, block,
+        implementation = _pick(q_NxTxKxGxDh, k_NxSxKxDh, q_offset, block,
                                platform or jax.default_backend())
         if implementation == "cudnn":
             # cuDNN's own checks (library present, version, layout) run at
             # trace time; where they refuse, the blockwise attention serves.
             try:
-                return cudnn_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+                return cudnn_attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
             except (RuntimeError, NotImplementedError, ValueError):
                 implementation = "blockwise"
     if implementation == "reference":
-        return reference_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+        return reference_attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS,
                                    q_offset)
     if implementation == "blockwise":
-        return blockwise_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS,
+        return blockwise_attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS,
                                    q_offset, block_q=block, block_k=block)
     if not (isinstance(q_offset, int) and q_offset == 0):
         raise ValueError(f"attention implementation {implementation!r} needs "
                          f"q_offset 0 (no cache); got {q_offset!r}")
     if implementation == "cudnn":
-        return cudnn_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
-    return splash_attention(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, key_mask_BxS)
+        return cudnn_attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
+    return splash_attention(q_NxTxKxGxDh, k_NxSxKxDh, v_NxSxKxDh, key_mask_NxS)
 
 
-def _pick(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array,
+def _pick(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
           q_offset: jax.Array | int, block: int, platform: str) -> str:
-    if platform == "gpu" and _cudnn_applies(q_BxTxKxGxH, k_BxSxKxH, q_offset):
+    if platform == "gpu" and _cudnn_applies(q_NxTxKxGxDh, k_NxSxKxDh, q_offset):
         return "cudnn"
-    if platform == "tpu" and _splash_applies(q_BxTxKxGxH, k_BxSxKxH, q_offset):
+    if platform == "tpu" and _splash_applies(q_NxTxKxGxDh, k_NxSxKxDh, q_offset):
         return "splash"
-    if q_BxTxKxGxH.shape[1] * k_BxSxKxH.shape[1] <= block * block:
+    if q_NxTxKxGxDh.shape[1] * k_NxSxKxDh.shape[1] <= block * block:
         return "reference"
     return "blockwise"

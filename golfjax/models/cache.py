@@ -1,20 +1,20 @@
 """Preallocated KV cache for incremental decoding.
 
-Layout (letters as in golfjax/models/layers.py):
+Layout (letters as in golfjax/types.py and golfjax/models/layers.py):
 
-  k_BxKxHxS   tuple of L arrays, one per layer: keys (after RoPE), slots last.
-  v_BxKxSxH   tuple of L arrays, one per layer: values, head_dim last.
-              Both in the compute dtype, S = max_length slots per row.
-  index       int32 scalar: the next slot to write. Shared by all rows, because
-              batches are left-padded so every row's last prompt token sits in
-              the same slot.
+  k_NxKxDhxS   tuple of L arrays, one per layer: keys (after RoPE), slots last.
+  v_NxKxSxDh   tuple of L arrays, one per layer: values, head_dim last.
+               Both in the compute dtype, S = max_length slots per row.
+  index        int32 scalar: the next slot to write. Shared by all rows, because
+               batches are left-padded so every row's last prompt token sits in
+               the same slot.
 
 Why this layout. A decode step writes one slot of every layer and then reads
 each layer's whole cache. With a separate buffer per layer, XLA updates it in
 place and attention reads it where it lies; a stacked L x ... array carried
 through a loop over layers has each layer's slice copied out on every step on
 CPU. Heads come before slots so that each (row, kv head) block is contiguous;
-keys put S last and values H last so that both decode products are plain
+keys put S last and values Dh last so that both decode products are plain
 matrix products per (row, kv head) over the cache as it lies
 (`layers.decode_attention`).
 
@@ -24,11 +24,11 @@ below, and returns the cache with `index + T`. Writing past S is not checked ins
 jit (`lax.dynamic_update_slice` clamps the start); the sampler sizes S as
 prompt bucket + max new tokens.
 
-Attention mask with a cache: `attention_mask_BxS` covers all S slots (True = a
+Attention mask with a cache: `attention_mask_NxS` covers all S slots (True = a
 real token). A query in slot q = index + t sees key slot s iff
-`attention_mask_BxS[b, s] and s <= q`. Slots not yet written are excluded by
-`s <= q`, so a sampler can pass `concat([prompt_mask_BxP, ones_Bx(S-P)])` for the
-whole decode. RoPE positions are independent of slots: `positions_BxT` for a
+`attention_mask_NxS[b, s] and s <= q`. Slots not yet written are excluded by
+`s <= q`, so a sampler can pass `concat([prompt_mask_NxP, ones_Bx(S-P)])` for the
+whole decode. RoPE positions are independent of slots: `positions_NxT` for a
 left-padded row count from its first real token.
 
 Recent buffer (`with_recent` / `merge_recent`): for a decode loop, a cache may
@@ -59,35 +59,35 @@ from golfjax.models.config import ModelConfig
 
 # Logical axes of each layer's keys and values; the slot axis is not sharded.
 CACHE_LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
-    "k_BxKxHxS": ("batch", "kv_heads", "head_dim", None),
-    "v_BxKxSxH": ("batch", "kv_heads", None, "head_dim"),
+    "k_NxKxDhxS": ("batch", "kv_heads", "head_dim", None),
+    "v_NxKxSxDh": ("batch", "kv_heads", None, "head_dim"),
 }
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    k_BxKxHxS: tuple[jax.Array, ...]  # One per layer.
-    v_BxKxSxH: tuple[jax.Array, ...]  # One per layer.
+    k_NxKxDhxS: tuple[jax.Array, ...]  # One per layer.
+    v_NxKxSxDh: tuple[jax.Array, ...]  # One per layer.
     index: jax.Array  # int32 scalar, the next slot to write.
     # Optional recent buffer (module docstring): float32, one per layer.
-    recent_k_BxKxHxW: tuple[jax.Array, ...] | None = None
-    recent_v_BxKxWxH: tuple[jax.Array, ...] | None = None
+    recent_k_NxKxDhxW: tuple[jax.Array, ...] | None = None
+    recent_v_NxKxWxDh: tuple[jax.Array, ...] | None = None
     recent_start: jax.Array | None = None  # int32 scalar: slot of recent column 0.
 
     @property
     def max_length(self) -> int:
         """Slots a mask must cover: the main ones, plus the recent buffer's."""
-        recent = 0 if self.recent_v_BxKxWxH is None else self.recent_v_BxKxWxH[0].shape[2]
-        return self.v_BxKxSxH[0].shape[2] + recent
+        recent = 0 if self.recent_v_NxKxWxDh is None else self.recent_v_NxKxWxDh[0].shape[2]
+        return self.v_NxKxSxDh[0].shape[2] + recent
 
     def layer(self, i: int) -> tuple[jax.Array, jax.Array, Any]:
         """Layer i's (keys, values, recent or None), as `layers.Attention` takes it."""
         recent = None
-        if self.recent_v_BxKxWxH is not None:
-            recent = (self.recent_k_BxKxHxW[i], self.recent_v_BxKxWxH[i],
+        if self.recent_v_NxKxWxDh is not None:
+            recent = (self.recent_k_NxKxDhxW[i], self.recent_v_NxKxWxDh[i],
                       self.recent_start)
-        return self.k_BxKxHxS[i], self.v_BxKxSxH[i], recent
+        return self.k_NxKxDhxS[i], self.v_NxKxSxDh[i], recent
 
     def replace(self, **changes: jax.Array | tuple[jax.Array, ...]) -> KVCache:
         return dataclasses.replace(self, **changes)
@@ -96,7 +96,7 @@ class KVCache:
 def _layer_shapes(config: ModelConfig, batch_size: int, max_length: int
                   ) -> dict[str, tuple[int, int, int, int]]:
     b, k, s, h = batch_size, config.num_kv_heads, max_length, config.head_dim
-    return {"k_BxKxHxS": (b, k, h, s), "v_BxKxSxH": (b, k, s, h)}
+    return {"k_NxKxDhxS": (b, k, h, s), "v_NxKxSxDh": (b, k, s, h)}
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int,
@@ -112,7 +112,7 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int,
 
 def extend(cache: KVCache, max_length: int) -> KVCache:
     """`cache` with `max_length` >= its slots; the new ones, at the end, are zero."""
-    if cache.recent_v_BxKxWxH is not None:
+    if cache.recent_v_NxKxWxDh is not None:
         raise ValueError("extend a cache after merging its recent buffer")
     grow = max_length - cache.max_length
     if grow < 0:
@@ -124,8 +124,8 @@ def extend(cache: KVCache, max_length: int) -> KVCache:
         widths[axis] = (0, grow)
         return jnp.pad(x, widths)
 
-    return cache.replace(k_BxKxHxS=tuple(pad(k, 3) for k in cache.k_BxKxHxS),
-                         v_BxKxSxH=tuple(pad(v, 2) for v in cache.v_BxKxSxH))
+    return cache.replace(k_NxKxDhxS=tuple(pad(k, 3) for k in cache.k_NxKxDhxS),
+                         v_NxKxSxDh=tuple(pad(v, 2) for v in cache.v_NxKxSxDh))
 
 
 def with_recent(cache: KVCache, width: int) -> KVCache:
@@ -134,14 +134,14 @@ def with_recent(cache: KVCache, width: int) -> KVCache:
     The main arrays must hold every slot before the index: the recent slots
     follow them, and the mask then covers S + width slots.
     """
-    if cache.recent_v_BxKxWxH is not None:
+    if cache.recent_v_NxKxWxDh is not None:
         raise ValueError("cache already has a recent buffer")
-    b, k, h, _ = cache.k_BxKxHxS[0].shape
+    b, k, h, _ = cache.k_NxKxDhxS[0].shape
     return cache.replace(
-        recent_k_BxKxHxW=tuple(jnp.zeros((b, k, h, width), jnp.float32)
-                               for _ in cache.k_BxKxHxS),
-        recent_v_BxKxWxH=tuple(jnp.zeros((b, k, width, h), jnp.float32)
-                               for _ in cache.v_BxKxSxH),
+        recent_k_NxKxDhxW=tuple(jnp.zeros((b, k, h, width), jnp.float32)
+                               for _ in cache.k_NxKxDhxS),
+        recent_v_NxKxWxDh=tuple(jnp.zeros((b, k, width, h), jnp.float32)
+                               for _ in cache.v_NxKxSxDh),
         recent_start=cache.index.astype(jnp.int32))
 
 
@@ -151,19 +151,19 @@ def merge_recent(cache: KVCache, max_length: int) -> KVCache:
     `max_length` must hold `recent_start + W` (the recent slots, written or
     not); the buffer is dropped.
     """
-    if cache.recent_v_BxKxWxH is None:
+    if cache.recent_v_NxKxWxDh is None:
         raise ValueError("cache has no recent buffer to merge")
-    width = cache.recent_v_BxKxWxH[0].shape[2]
-    main = extend(cache.replace(recent_k_BxKxHxW=None, recent_v_BxKxWxH=None,
+    width = cache.recent_v_NxKxWxDh[0].shape[2]
+    main = extend(cache.replace(recent_k_NxKxDhxW=None, recent_v_NxKxWxDh=None,
                                 recent_start=None), max_length)
     zero = jnp.zeros((), jnp.int32)
     # Clamp so the write never shifts: slots past max_length are never read.
     start = jnp.minimum(cache.recent_start, max_length - width)
     keys = tuple(jax.lax.dynamic_update_slice(k, r.astype(k.dtype), (zero, zero, zero, start))
-                 for k, r in zip(main.k_BxKxHxS, cache.recent_k_BxKxHxW))
+                 for k, r in zip(main.k_NxKxDhxS, cache.recent_k_NxKxDhxW))
     values = tuple(jax.lax.dynamic_update_slice(v, r.astype(v.dtype), (zero, zero, start, zero))
-                   for v, r in zip(main.v_BxKxSxH, cache.recent_v_BxKxWxH))
-    return main.replace(k_BxKxHxS=keys, v_BxKxSxH=values)
+                   for v, r in zip(main.v_NxKxSxDh, cache.recent_v_NxKxWxDh))
+    return main.replace(k_NxKxDhxS=keys, v_NxKxSxDh=values)
 
 
 def cache_shardings(config: ModelConfig, batch_size: int, max_length: int,

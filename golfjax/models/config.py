@@ -66,9 +66,9 @@ class ModelConfig:
       vocab_size: V, rows of the embedding table.
       embed_dim: D, the residual stream width (HF `hidden_size`).
       num_layers: L.
-      num_heads: N query heads.
-      num_kv_heads: K key/value heads; N must be a multiple of K (GQA).
-      head_dim: H per head (HF `head_dim`, default D / N).
+      num_heads: H query heads.
+      num_kv_heads: K key/value heads; H must be a multiple of K (GQA).
+      head_dim: Dh per head (HF `head_dim`, default D / H).
       mlp_dim: F, SwiGLU hidden width (HF `intermediate_size`).
       rope_theta: RoPE base.
       rope_scaling: llama3 RoPE scaling, or None for plain RoPE.

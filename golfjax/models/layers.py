@@ -1,10 +1,13 @@
 """Transformer building blocks as Flax NNX modules: RMSNorm, RoPE, GQA, SwiGLU.
 
-Shape letters (used in every tensor name in golfjax/models):
-  B batch rows            T query tokens in this call     S key slots
-  D embed_dim             N query heads                   K key/value heads
-  G = N // K              H head_dim                      F mlp_dim
+Shape letters: the project's (golfjax/types.py), used in every tensor name in
+golfjax/models. A forward pass runs over rows:
+  N rows                  T query tokens in this call     S key slots
+  D embed_dim             H query heads                   K key/value heads
+  G = H // K              Dh head_dim                     F mlp_dim
   V vocab_size            L layers
+Without a cache the T tokens are the whole sequence (T = S); a prefill has
+the P prompt tokens, a decode step one.
 
 Every parameter is an `nnx.Param` whose `out_sharding` metadata holds its logical
 axis names (see golfjax/sharding.py). `eager_sharding=False` keeps the names as
@@ -26,11 +29,11 @@ from flax import nnx
 from golfjax.models import attention as attention_lib
 from golfjax.models.config import ModelConfig
 
-_INIT_STD = 0.02
+_INIT_STD = 0.02  # transformers' default initializer_range.
 # One layer's cache: keys, values, and an optional recent buffer (keys, values,
 # first slot); see `Attention.__call__`.
 LayerCache = tuple[jax.Array, jax.Array,
-                   tuple[jax.Array, jax.Array, jax.Array] | None]  # transformers' default initializer_range.
+                   tuple[jax.Array, jax.Array, jax.Array] | None]
 
 
 def _param(init: Any, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype,
@@ -53,21 +56,21 @@ def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array
     return jnp.ones(shape, dtype)
 
 
-def _dense(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+def _dense(x_NxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
 
-    Flattening B x T first matters on CPU: XLA lowers a dot that contracts two
-    axes (the weight gradient of a 3-D einsum contracts both B and T) to a
+    Flattening N x T first matters on CPU: XLA lowers a dot that contracts two
+    axes (the weight gradient of a 3-D einsum contracts both N and T) to a
     generic loop rather than a GEMM; on TPU/GPU both forms compile to the same
     kernel.
     """
-    lead = x_BxTxI.shape[:-1]
+    lead = x_NxTxI.shape[:-1]
     # On CPU a bf16 x bf16 -> bf16 dot is computed by converting both operands
     # (the whole weight) to float32 first; asking for the float32 product runs
     # it on the bf16 operands directly. Elsewhere the dot stays in its dtype.
     wide = jnp.float32 if jax.default_backend() == "cpu" else None
-    y = jnp.dot(x_BxTxI.reshape(-1, x_BxTxI.shape[-1]), w_IxO,
-                preferred_element_type=wide).astype(x_BxTxI.dtype)
+    y = jnp.dot(x_NxTxI.reshape(-1, x_NxTxI.shape[-1]), w_IxO,
+                preferred_element_type=wide).astype(x_NxTxI.dtype)
     return y.reshape(lead + (w_IxO.shape[-1],))
 
 
@@ -87,7 +90,7 @@ class RMSNorm(nnx.Module):
 
 
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [H/2], float32, incl. llama3 scaling, as transformers.
+    """Inverse frequencies [Dh/2], float32, incl. llama3 scaling, as transformers.
 
     A NumPy constant: it depends only on the config, so it folds into the program.
     """
@@ -109,24 +112,24 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_sin_cos(positions_BxT: jax.Array,
+def rope_sin_cos(positions_NxT: jax.Array,
                  config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """sin, cos of shape [B, T, H] in float32 (HF layout: the H/2 freqs twice)."""
+    """sin, cos of shape [N, T, Dh] in float32 (HF layout: the Dh/2 freqs twice)."""
     inv_freq = jnp.asarray(rope_inv_freq(config))
-    freqs_BxTxH2 = (positions_BxT.astype(jnp.float32)[:, :, None] *
+    freqs_NxTxDh2 = (positions_NxT.astype(jnp.float32)[:, :, None] *
                     inv_freq[None, None, :])
-    emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
-    return jnp.sin(emb_BxTxH), jnp.cos(emb_BxTxH)
+    emb_NxTxDh = jnp.concatenate([freqs_NxTxDh2, freqs_NxTxDh2], axis=-1)
+    return jnp.sin(emb_NxTxDh), jnp.cos(emb_NxTxDh)
 
 
-def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxH: jax.Array,
-               cos_BxTxH: jax.Array) -> jax.Array:
+def apply_rope(x_NxTxHxDh: jax.Array, sin_NxTxDh: jax.Array,
+               cos_NxTxDh: jax.Array) -> jax.Array:
     """HF rotate-half RoPE: x * cos + rotate_half(x) * sin, in float32."""
-    x = x_BxTxNxH.astype(jnp.float32)
+    x = x_NxTxHxDh.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    sin, cos = sin_BxTxH[:, :, None, :], cos_BxTxH[:, :, None, :]
-    return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+    sin, cos = sin_NxTxDh[:, :, None, :], cos_NxTxDh[:, :, None, :]
+    return (x * cos + rotated * sin).astype(x_NxTxHxDh.dtype)
 
 
 class Attention(nnx.Module):
@@ -153,115 +156,115 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, "head_dim", c)
             self.k_norm = RMSNorm(h, "head_dim", c)
 
-    def _project(self, x_BxTxD: jax.Array, name: str) -> jax.Array:
-        w_DxNxH = getattr(self, name)[...].astype(x_BxTxD.dtype)
-        y = _dense(x_BxTxD, w_DxNxH.reshape(w_DxNxH.shape[0], -1))
-        y = y.reshape(y.shape[:-1] + w_DxNxH.shape[1:])
+    def _project(self, x_NxTxD: jax.Array, name: str) -> jax.Array:
+        w_DxHxDh = getattr(self, name)[...].astype(x_NxTxD.dtype)
+        y = _dense(x_NxTxD, w_DxHxDh.reshape(w_DxHxDh.shape[0], -1))
+        y = y.reshape(y.shape[:-1] + w_DxHxDh.shape[1:])
         if self.config.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
         return y
 
     def __call__(
         self,
-        x_BxTxD: jax.Array,
-        sin_BxTxH: jax.Array,
-        cos_BxTxH: jax.Array,
-        key_mask_BxS: jax.Array,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
         """Self-attention; with `kv_cache`, keys/values are written then read back.
 
         Args:
-          key_mask_BxS: True at real key slots; the query in slot q sees slot s
-            iff `key_mask_BxS[b, s] and s <= q` (golfjax/models/attention.py).
-          kv_cache: this layer's cache (k_BxKxHxS, v_BxKxSxH, recent). The new
+          key_mask_NxS: True at real key slots; the query in slot q sees slot s
+            iff `key_mask_NxS[b, s] and s <= q` (golfjax/models/attention.py).
+          kv_cache: this layer's cache (k_NxKxDhxS, v_NxKxSxDh, recent). The new
             keys and values are written at slots [write_index, write_index +
             T) and attention reads all S slots; the updated cache is returned.
             Writing only the T new slots lets XLA update the buffers in place
-            inside a decode loop. `recent` is None or (keys B x K x H x W,
-            values B x K x W x H, start): float32 buffers for slots [start,
+            inside a decode loop. `recent` is None or (keys N x K x Dh x W,
+            values N x K x W x Dh, start): float32 buffers for slots [start,
             start + W) that a decode step (T = 1) writes instead of the main
             arrays, which it then only reads (golfjax/models/cache.py).
         """
         c = self.config
-        b, t, _ = x_BxTxD.shape
-        q_BxTxNxH = self._project(x_BxTxD, "q")
-        k_BxTxKxH = self._project(x_BxTxD, "k")
-        v_BxTxKxH = self._project(x_BxTxD, "v")
+        b, t, _ = x_NxTxD.shape
+        q_NxTxHxDh = self._project(x_NxTxD, "q")
+        k_NxTxKxDh = self._project(x_NxTxD, "k")
+        v_NxTxKxDh = self._project(x_NxTxD, "v")
         if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
-            q_BxTxNxH = self.q_norm(q_BxTxNxH)
-            k_BxTxKxH = self.k_norm(k_BxTxKxH)
-        q_BxTxNxH = apply_rope(q_BxTxNxH, sin_BxTxH, cos_BxTxH)
-        k_BxTxKxH = apply_rope(k_BxTxKxH, sin_BxTxH, cos_BxTxH)
+            q_NxTxHxDh = self.q_norm(q_NxTxHxDh)
+            k_NxTxKxDh = self.k_norm(k_NxTxKxDh)
+        q_NxTxHxDh = apply_rope(q_NxTxHxDh, sin_NxTxDh, cos_NxTxDh)
+        k_NxTxKxDh = apply_rope(k_NxTxKxDh, sin_NxTxDh, cos_NxTxDh)
         g = c.num_heads // c.num_kv_heads
-        q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, c.num_kv_heads, g, c.head_dim)
+        q_NxTxKxGxDh = q_NxTxHxDh.reshape(b, t, c.num_kv_heads, g, c.head_dim)
         if kv_cache is None:
-            out_BxTxKxGxH = attention_lib.attention(
-                q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, key_mask_BxS, 0,
+            out_NxTxKxGxDh = attention_lib.attention(
+                q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh, key_mask_NxS, 0,
                 implementation=c.attention, block=c.attention_block)
             new_cache = None
         else:
-            k_BxKxHxS, v_BxKxSxH, recent = kv_cache
+            k_NxKxDhxS, v_NxKxSxDh, recent = kv_cache
             zero = jnp.zeros((), jnp.int32)
             if recent is None:
-                k_BxKxHxS = jax.lax.dynamic_update_slice(
-                    k_BxKxHxS, k_BxTxKxH.astype(k_BxKxHxS.dtype).transpose(0, 2, 3, 1),
+                k_NxKxDhxS = jax.lax.dynamic_update_slice(
+                    k_NxKxDhxS, k_NxTxKxDh.astype(k_NxKxDhxS.dtype).transpose(0, 2, 3, 1),
                     (zero, zero, zero, write_index))
-                v_BxKxSxH = jax.lax.dynamic_update_slice(
-                    v_BxKxSxH, v_BxTxKxH.astype(v_BxKxSxH.dtype).transpose(0, 2, 1, 3),
+                v_NxKxSxDh = jax.lax.dynamic_update_slice(
+                    v_NxKxSxDh, v_NxTxKxDh.astype(v_NxKxSxDh.dtype).transpose(0, 2, 1, 3),
                     (zero, zero, write_index, zero))
-            s = k_BxKxHxS.shape[-1]
+            s = k_NxKxDhxS.shape[-1]
             if t > 1:  # Prefill: the cache's slots in the projections' layout.
                 if recent is not None:
                     raise ValueError("a cache with a recent buffer takes one token "
                                      f"per call, got {t}")
-                out_BxTxKxGxH = attention_lib.attention(
-                    q_BxTxKxGxH, k_BxKxHxS.transpose(0, 3, 1, 2).astype(x_BxTxD.dtype),
-                    v_BxKxSxH.transpose(0, 2, 1, 3).astype(x_BxTxD.dtype),
-                    key_mask_BxS, write_index,
+                out_NxTxKxGxDh = attention_lib.attention(
+                    q_NxTxKxGxDh, k_NxKxDhxS.transpose(0, 3, 1, 2).astype(x_NxTxD.dtype),
+                    v_NxKxSxDh.transpose(0, 2, 1, 3).astype(x_NxTxD.dtype),
+                    key_mask_NxS, write_index,
                     implementation=("blockwise" if c.attention in ("cudnn", "splash")
                                     else c.attention),
                     block=c.attention_block)
             elif recent is None:
-                visible_BxS = key_mask_BxS & (
+                visible_NxS = key_mask_NxS & (
                     jnp.arange(s, dtype=jnp.int32)[None, :] <= write_index)
-                out_BxTxKxGxH = decode_attention(q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH,
-                                                 visible_BxS)
+                out_NxTxKxGxDh = decode_attention(q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh,
+                                                 visible_NxS)
             else:
                 # Main slots before the recent buffer; the new token goes into
                 # the (float32, so natively updatable) recent buffer, read
                 # up to and including it.
-                recent_k_BxKxHxW, recent_v_BxKxWxH, start = recent
-                w = recent_v_BxKxWxH.shape[2]
+                recent_k_NxKxDhxW, recent_v_NxKxWxDh, start = recent
+                w = recent_v_NxKxWxDh.shape[2]
                 at = write_index - start
-                dt = k_BxKxHxS.dtype  # Recent values are exactly cache-dtype values.
-                new_k_BxKxHx1, new_v_BxKx1xH = jax.lax.optimization_barrier((
-                    k_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
-                    v_BxTxKxH.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
-                recent_k_BxKxHxW = jax.lax.dynamic_update_slice(
-                    recent_k_BxKxHxW, new_k_BxKxHx1, (zero, zero, zero, at))
-                recent_v_BxKxWxH = jax.lax.dynamic_update_slice(
-                    recent_v_BxKxWxH, new_v_BxKx1xH, (zero, zero, at, zero))
-                main_BxS = key_mask_BxS[:, :s] & (
+                dt = k_NxKxDhxS.dtype  # Recent values are exactly cache-dtype values.
+                new_k_NxKxDhx1, new_v_NxKx1xDh = jax.lax.optimization_barrier((
+                    k_NxTxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
+                    v_NxTxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
+                recent_k_NxKxDhxW = jax.lax.dynamic_update_slice(
+                    recent_k_NxKxDhxW, new_k_NxKxDhx1, (zero, zero, zero, at))
+                recent_v_NxKxWxDh = jax.lax.dynamic_update_slice(
+                    recent_v_NxKxWxDh, new_v_NxKx1xDh, (zero, zero, at, zero))
+                main_NxS = key_mask_NxS[:, :s] & (
                     jnp.arange(s, dtype=jnp.int32)[None, :] < start)
-                recent_BxW = jax.lax.dynamic_slice_in_dim(key_mask_BxS, start, w, axis=1) & (
+                recent_NxW = jax.lax.dynamic_slice_in_dim(key_mask_NxS, start, w, axis=1) & (
                     jnp.arange(w, dtype=jnp.int32)[None, :] <= at)
-                out_BxTxKxGxH = decode_attention(
-                    q_BxTxKxGxH, k_BxKxHxS, v_BxKxSxH, main_BxS,
-                    (recent_k_BxKxHxW, recent_v_BxKxWxH, recent_BxW))
-                recent = (recent_k_BxKxHxW, recent_v_BxKxWxH, start)
-            new_cache = (k_BxKxHxS, v_BxKxSxH, recent)
-        out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, c.num_heads, c.head_dim)
-        o_NxHxD = self.o[...].astype(x_BxTxD.dtype)
-        out_BxTxD = _dense(out_BxTxNxH.reshape(b, t, -1),
-                           o_NxHxD.reshape(-1, o_NxHxD.shape[-1]))
-        return out_BxTxD, new_cache
+                out_NxTxKxGxDh = decode_attention(
+                    q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, main_NxS,
+                    (recent_k_NxKxDhxW, recent_v_NxKxWxDh, recent_NxW))
+                recent = (recent_k_NxKxDhxW, recent_v_NxKxWxDh, start)
+            new_cache = (k_NxKxDhxS, v_NxKxSxDh, recent)
+        out_NxTxHxDh = out_NxTxKxGxDh.reshape(b, t, c.num_heads, c.head_dim)
+        o_HxDhxD = self.o[...].astype(x_NxTxD.dtype)
+        out_NxTxD = _dense(out_NxTxHxDh.reshape(b, t, -1),
+                           o_HxDhxD.reshape(-1, o_HxDhxD.shape[-1]))
+        return out_NxTxD, new_cache
 
 
 def decode_attention(
-    q_Bx1xKxGxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array,
-    visible_BxS: jax.Array,
+    q_Nx1xKxGxDh: jax.Array, k_NxKxDhxS: jax.Array, v_NxKxSxDh: jax.Array,
+    visible_NxS: jax.Array,
     recent: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """One query per row over cached keys and values, in the cache's layouts.
@@ -269,38 +272,45 @@ def decode_attention(
     Both products are batched over (row, kv head) and contract the G query
     heads of the group with that kv head's keys, then values, as they lie in
     the cache and in its dtype: every cached key and value is read once, and
-    only the B x K x G x S scores are float32. `recent` adds more slots,
-    (keys B x K x H x W, values B x K x W x H, visible B x W), to the same
+    only the N x K x G x S scores are float32. `recent` adds more slots,
+    (keys N x K x Dh x W, values N x K x W x Dh, visible N x W), to the same
     softmax.
     """
-    h = q_Bx1xKxGxH.shape[-1]
-    scale = h ** -0.5
-    q_BxKxGxH = q_Bx1xKxGxH[:, 0]
+    h = q_Nx1xKxGxDh.shape[-1]
+    # The 1/sqrt(Dh) scale goes on the query (float32, then the cache dtype)
+    # instead of on the scores: a scalar times the scores is a constant
+    # broadcast that XLA's CPU backend materialises at the scores' full size.
+    q_NxKxGxDh = q_Nx1xKxGxDh[:, 0].astype(jnp.float32) * (h ** -0.5)
 
-    def scores(keys_BxKxHxS: jax.Array, visible: jax.Array) -> jax.Array:
-        raw = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH.astype(keys_BxKxHxS.dtype),
-                         keys_BxKxHxS, preferred_element_type=jnp.float32) * scale
-        return jnp.where(visible[:, None, None, :], raw, attention_lib.MASK_VALUE)
+    def scores(keys_NxKxDhxS: jax.Array, visible: jax.Array) -> jax.Array:
+        raw = jnp.einsum("bkgh,bkhs->bkgs", q_NxKxGxDh.astype(keys_NxKxDhxS.dtype),
+                         keys_NxKxDhxS, preferred_element_type=jnp.float32)
+        # The mask as an additive bias of N x S (0 or MASK_VALUE) rather than a
+        # select over the scores: XLA's CPU backend then fuses the scores, the
+        # softmax and both products into one kernel, so the float32 scores
+        # are never written out; on visible slots the result is the same.
+        bias = jnp.where(visible, 0.0, attention_lib.MASK_VALUE).astype(jnp.float32)
+        return raw + bias[:, None, None, :]
 
-    def weighted(probs_BxKxGxS: jax.Array, values_BxKxSxH: jax.Array) -> jax.Array:
-        return jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS.astype(values_BxKxSxH.dtype),
-                          values_BxKxSxH, preferred_element_type=jnp.float32)
+    def weighted(probs_NxKxGxS: jax.Array, values_NxKxSxDh: jax.Array) -> jax.Array:
+        return jnp.einsum("bkgs,bksh->bkgh", probs_NxKxGxS.astype(values_NxKxSxDh.dtype),
+                          values_NxKxSxDh, preferred_element_type=jnp.float32)
 
-    main_BxKxGxS = scores(k_BxKxHxS, visible_BxS)
-    top_BxKxG = jnp.max(main_BxKxGxS, axis=-1)
+    main_NxKxGxS = scores(k_NxKxDhxS, visible_NxS)
+    top_NxKxG = jnp.max(main_NxKxGxS, axis=-1)
     if recent is not None:
         recent_k, recent_v, recent_visible = recent
-        recent_BxKxGxW = scores(recent_k, recent_visible)
-        top_BxKxG = jnp.maximum(top_BxKxG, jnp.max(recent_BxKxGxW, axis=-1))
-    probs_BxKxGxS = jnp.exp(main_BxKxGxS - top_BxKxG[..., None])
-    total_BxKxG = jnp.sum(probs_BxKxGxS, axis=-1)
-    out_BxKxGxH = weighted(probs_BxKxGxS, v_BxKxSxH)
+        recent_NxKxGxW = scores(recent_k, recent_visible)
+        top_NxKxG = jnp.maximum(top_NxKxG, jnp.max(recent_NxKxGxW, axis=-1))
+    probs_NxKxGxS = jnp.exp(main_NxKxGxS - top_NxKxG[..., None])
+    total_NxKxG = jnp.sum(probs_NxKxGxS, axis=-1)
+    out_NxKxGxDh = weighted(probs_NxKxGxS, v_NxKxSxDh)
     if recent is not None:
-        recent_probs = jnp.exp(recent_BxKxGxW - top_BxKxG[..., None])
-        total_BxKxG = total_BxKxG + jnp.sum(recent_probs, axis=-1)
-        out_BxKxGxH = out_BxKxGxH + weighted(recent_probs, recent_v)
-    out_BxKxGxH = out_BxKxGxH / total_BxKxG[..., None]
-    return out_BxKxGxH.astype(q_Bx1xKxGxH.dtype)[:, None]
+        recent_probs = jnp.exp(recent_NxKxGxW - top_NxKxG[..., None])
+        total_NxKxG = total_NxKxG + jnp.sum(recent_probs, axis=-1)
+        out_NxKxGxDh = out_NxKxGxDh + weighted(recent_probs, recent_v)
+    out_NxKxGxDh = out_NxKxGxDh / total_NxKxG[..., None]
+    return out_NxKxGxDh.astype(q_Nx1xKxGxDh.dtype)[:, None]
 
 
 class MLP(nnx.Module):
@@ -313,8 +323,8 @@ class MLP(nnx.Module):
         self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
         self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        dt = x_BxTxD.dtype
+    def __call__(self, x_NxTxD: jax.Array) -> jax.Array:
+        dt = x_NxTxD.dtype
         gate_DxF, up_DxF = self.gate[...].astype(dt), self.up[...].astype(dt)
         down_FxD = self.down[...].astype(dt)
 
@@ -322,15 +332,15 @@ class MLP(nnx.Module):
             return _dense(jax.nn.silu(_dense(x_RxD, gate_DxF)) * _dense(x_RxD, up_DxF),
                           down_FxD)
 
-        b, t, d = x_BxTxD.shape
+        b, t, d = x_NxTxD.shape
         rows = b * t
         if not self.chunk or rows <= self.chunk:
-            return mlp(x_BxTxD)
+            return mlp(x_NxTxD)
         # Under remat, long inputs run in chunks of rows, each recomputed in
         # the backward pass: the R x F intermediates (and their gradients)
         # exist one chunk at a time, at the cost of one more MLP forward.
         num = -(-rows // self.chunk)
-        x_RxD = jnp.pad(x_BxTxD.reshape(rows, d), ((0, num * self.chunk - rows), (0, 0)))
+        x_RxD = jnp.pad(x_NxTxD.reshape(rows, d), ((0, num * self.chunk - rows), (0, 0)))
         y_CxRxD = jax.lax.map(jax.checkpoint(mlp), x_RxD.reshape(num, self.chunk, d))
         return y_CxRxD.reshape(num * self.chunk, d)[:rows].reshape(b, t, d)
 
@@ -346,16 +356,16 @@ class Block(nnx.Module):
 
     def __call__(
         self,
-        x_BxTxD: jax.Array,
-        sin_BxTxH: jax.Array,
-        cos_BxTxH: jax.Array,
-        key_mask_BxS: jax.Array,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
-        attn_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), sin_BxTxH,
-                                         cos_BxTxH, key_mask_BxS, kv_cache,
+        attn_NxTxD, kv_cache = self.attn(self.attn_norm(x_NxTxD), sin_NxTxDh,
+                                         cos_NxTxDh, key_mask_NxS, kv_cache,
                                          write_index)
-        x_BxTxD = x_BxTxD + attn_BxTxD
-        x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
-        return x_BxTxD, kv_cache
+        x_NxTxD = x_NxTxD + attn_NxTxD
+        x_NxTxD = x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD))
+        return x_NxTxD, kv_cache

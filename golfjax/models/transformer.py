@@ -5,9 +5,9 @@ a nested dict of arrays, `nnx.to_pure_dict` of the model's `nnx.Param` state:
 
   {"embed": {"embedding": V x D},
    "layers": {"attn_norm": {"scale": L x D},
-              "attn": {"q": L x D x N x H, "k"/"v": L x D x K x H, "o": L x N x H x D,
-                       ["q_bias": L x N x H, "k_bias"/"v_bias": L x K x H,]
-                       ["q_norm"/"k_norm": {"scale": L x H}]},
+              "attn": {"q": L x D x H x Dh, "k"/"v": L x D x K x Dh, "o": L x H x Dh x D,
+                       ["q_bias": L x H x Dh, "k_bias"/"v_bias": L x K x Dh,]
+                       ["q_norm"/"k_norm": {"scale": L x Dh}]},
               "mlp_norm": {"scale": L x D},
               "mlp": {"gate"/"up": L x D x F, "down": L x F x D}},
    "final_norm": {"scale": D},
@@ -27,19 +27,20 @@ assign.
 
 The forward pass (`hidden` and `unembed` split it in two, see below):
 
-  logits_BxTxV, cache = apply(params, tokens_BxT, positions_BxT, attention_mask_BxS,
+  logits_NxTxV, cache = apply(params, tokens_NxT, positions_NxT, attention_mask_NxS,
                               cache=None, *, config)
 
 is pure and jit-friendly; `config` is a hashable frozen dataclass, so jit it as
 `jax.jit(apply, static_argnames="config")` or `functools.partial(apply,
-config=config)`. Mask semantics (B rows, T new tokens, S key slots):
+config=config)`. Mask semantics (N rows, T new tokens, S key slots; letters of
+golfjax/models/layers.py):
 
-- without a cache, S = T and `attention_mask_BxS` marks real tokens of the batch;
+- without a cache, S = T and `attention_mask_NxS` marks real tokens of the batch;
 - with a cache, S = cache.max_length and the T tokens occupy slots
   [cache.index, cache.index + T) (see golfjax/models/cache.py);
-- a query in slot q sees key slot s iff `attention_mask_BxS[b, s] and s <= q`.
+- a query in slot q sees key slot s iff `attention_mask_NxS[b, s] and s <= q`.
 
-`positions_BxT` are RoPE positions only; for a left-padded row they count from its
+`positions_NxT` are RoPE positions only; for a left-padded row they count from its
 first real token (e.g. `clip(cumsum(mask) - 1, 0)`). Rows/positions that are
 padding produce finite garbage logits the caller masks out. Logits are float32.
 """
@@ -94,25 +95,25 @@ class Transformer(nnx.Module):
 
     def __call__(
         self,
-        tokens_BxT: jax.Array,
-        positions_BxT: jax.Array,
-        attention_mask_BxS: jax.Array,
+        tokens_NxT: jax.Array,
+        positions_NxT: jax.Array,
+        attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: tuple[Params, ...] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT,
-                                         attention_mask_BxS, cache, layer_params)
-        return self.unembed(x_BxTxD), new_cache
+        x_NxTxD, new_cache = self.hidden(tokens_NxT, positions_NxT,
+                                         attention_mask_NxS, cache, layer_params)
+        return self.unembed(x_NxTxD), new_cache
 
     def hidden(
         self,
-        tokens_BxT: jax.Array,
-        positions_BxT: jax.Array,
-        attention_mask_BxS: jax.Array,
+        tokens_NxT: jax.Array,
+        positions_NxT: jax.Array,
+        attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: tuple[Params, ...] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states `x_BxTxD` (compute dtype) and the new cache.
+        """Final-norm hidden states `x_NxTxD` (compute dtype) and the new cache.
 
         `layer_params`: the layers' weights as separate per-layer trees (from
         `split_layers`), used instead of this module's stacked ones; only with a
@@ -121,40 +122,40 @@ class Transformer(nnx.Module):
         c = self.config
         dt = c.compute_jnp_dtype
         embedding_VxD = self.embed.embedding[...]
-        x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(dt)
-        sin_BxTxH, cos_BxTxH = rope_sin_cos(positions_BxT, c)
+        x_NxTxD = jnp.take(embedding_VxD, tokens_NxT, axis=0).astype(dt)
+        sin_NxTxDh, cos_NxTxDh = rope_sin_cos(positions_NxT, c)
 
-        b, t = tokens_BxT.shape
+        b, t = tokens_NxT.shape
         s = t if cache is None else cache.max_length
-        if attention_mask_BxS.shape != (b, s):
+        if attention_mask_NxS.shape != (b, s):
             raise ValueError(
-                f"attention_mask_BxS has shape {attention_mask_BxS.shape}, expected "
+                f"attention_mask_NxS has shape {attention_mask_NxS.shape}, expected "
                 f"{(b, s)} (rows, {'tokens' if cache is None else 'cache slots'})")
-        key_mask_BxS = attention_mask_BxS.astype(bool)
+        key_mask_NxS = attention_mask_NxS.astype(bool)
         layers_def, layers_state = nnx.split(self.layers)
         if layer_params is not None and cache is None:
             raise ValueError("split layer params are for the cached (decode) path")
         if cache is not None:
-            return self._hidden_cached(x_BxTxD, sin_BxTxH, cos_BxTxH, key_mask_BxS,
+            return self._hidden_cached(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
                                        cache, layers_def, layers_state, layer_params)
 
         def run_layer(x: jax.Array, layer_state: Any) -> jax.Array:
             block = nnx.merge(layers_def, layer_state)
-            return block(x, sin_BxTxH, cos_BxTxH, key_mask_BxS)[0]
+            return block(x, sin_NxTxDh, cos_NxTxDh, key_mask_NxS)[0]
 
         if c.remat:
-            x_BxTxD = remat_scan(run_layer, x_BxTxD, layers_state)
+            x_NxTxD = remat_scan(run_layer, x_NxTxD, layers_state)
         else:
-            x_BxTxD, _ = jax.lax.scan(lambda x, w: (run_layer(x, w), None),
-                                      x_BxTxD, layers_state)
-        return self.final_norm(x_BxTxD), None
+            x_NxTxD, _ = jax.lax.scan(lambda x, w: (run_layer(x, w), None),
+                                      x_NxTxD, layers_state)
+        return self.final_norm(x_NxTxD), None
 
     def _hidden_cached(
         self,
-        x_BxTxD: jax.Array,
-        sin_BxTxH: jax.Array,
-        cos_BxTxH: jax.Array,
-        key_mask_BxS: jax.Array,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
         cache: KVCache,
         layers_def: nnx.GraphDef,
         layers_state: nnx.State,
@@ -175,27 +176,27 @@ class Transformer(nnx.Module):
             else:
                 layer_state = layer_params[i]
             block = nnx.merge(layers_def, layer_state)
-            x_BxTxD, layer_cache = block(x_BxTxD, sin_BxTxH, cos_BxTxH, key_mask_BxS,
+            x_NxTxD, layer_cache = block(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
                                          cache.layer(i), write_index)
             layer_caches.append(layer_cache)
-        t = x_BxTxD.shape[1]
+        t = x_NxTxD.shape[1]
         keys, values, recents = zip(*layer_caches)
-        new_cache = cache.replace(k_BxKxHxS=tuple(keys), v_BxKxSxH=tuple(values),
+        new_cache = cache.replace(k_NxKxDhxS=tuple(keys), v_NxKxSxDh=tuple(values),
                                   index=write_index + t)
-        if cache.recent_v_BxKxWxH is not None:
-            new_cache = new_cache.replace(recent_k_BxKxHxW=tuple(r[0] for r in recents),
-                                          recent_v_BxKxWxH=tuple(r[1] for r in recents))
-        return self.final_norm(x_BxTxD), new_cache
+        if cache.recent_v_NxKxWxDh is not None:
+            new_cache = new_cache.replace(recent_k_NxKxDhxW=tuple(r[0] for r in recents),
+                                          recent_v_NxKxWxDh=tuple(r[1] for r in recents))
+        return self.final_norm(x_NxTxD), new_cache
 
-    def unembed(self, x_BxTxD: jax.Array) -> jax.Array:
+    def unembed(self, x_NxTxD: jax.Array) -> jax.Array:
         """float32 logits of hidden states (any leading shape), via the LM head."""
         dt = self.config.compute_jnp_dtype
-        x_BxTxD = x_BxTxD.astype(dt)
+        x_NxTxD = x_NxTxD.astype(dt)
         if self.config.tie_embeddings:
-            return jnp.einsum("...d,vd->...v", x_BxTxD,
+            return jnp.einsum("...d,vd->...v", x_NxTxD,
                               self.embed.embedding[...].astype(dt),
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", x_BxTxD, self.lm_head[...].astype(dt),
+        return jnp.einsum("...d,dv->...v", x_NxTxD, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
 
 
@@ -204,12 +205,12 @@ def _as_bits(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_BxTxD: jax.Array,
+def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_NxTxD: jax.Array,
                layers_state: Any) -> jax.Array:
     """`layer` applied over the stacked layers, each recomputed in the backward pass.
 
     What `lax.scan` of a `jax.checkpoint`ed layer computes, with the saved
-    layer inputs (the only residuals: L x B x T x D) stored as raw bits and
+    layer inputs (the only residuals: L x N x T x D) stored as raw bits and
     each layer's slice of inputs and weights passed through an optimization
     barrier before use. XLA's CPU backend computes bf16 ops in float32 and,
     under plain remat, hoists the converts of the loop-invariant stacks (every
@@ -218,23 +219,23 @@ def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_BxTxD: jax.Array,
     larger. Integer bits and the barrier keep every convert on one layer.
     `layer` must close over no value that needs a gradient.
     """
-    return jax.lax.scan(lambda x, w: (layer(x, w), None), x_BxTxD, layers_state)[0]
+    return jax.lax.scan(lambda x, w: (layer(x, w), None), x_NxTxD, layers_state)[0]
 
 
-def _remat_scan_fwd(layer: Callable[[jax.Array, Any], jax.Array], x_BxTxD: jax.Array,
+def _remat_scan_fwd(layer: Callable[[jax.Array, Any], jax.Array], x_NxTxD: jax.Array,
                     layers_state: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
     def step(x: jax.Array, w: Any) -> tuple[jax.Array, jax.Array]:
         return layer(x, jax.lax.optimization_barrier(w)), _as_bits(x)
 
-    out, inputs_bits = jax.lax.scan(step, x_BxTxD, layers_state)
+    out, inputs_bits = jax.lax.scan(step, x_NxTxD, layers_state)
     return out, (inputs_bits, layers_state)
 
 
 def _remat_scan_bwd(layer: Callable[[jax.Array, Any], jax.Array],
-                    residuals: tuple[jax.Array, Any], dout_BxTxD: jax.Array
+                    residuals: tuple[jax.Array, Any], dout_NxTxD: jax.Array
                     ) -> tuple[jax.Array, Any]:
     inputs_bits, layers_state = residuals
-    dtype = dout_BxTxD.dtype
+    dtype = dout_NxTxD.dtype
 
     def step(dy: jax.Array, saved: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
         bits, w = jax.lax.optimization_barrier(saved)
@@ -242,7 +243,7 @@ def _remat_scan_bwd(layer: Callable[[jax.Array, Any], jax.Array],
         _, vjp = jax.vjp(layer, x, w)
         return vjp(dy)
 
-    dx, dlayers = jax.lax.scan(step, dout_BxTxD, (inputs_bits, layers_state),
+    dx, dlayers = jax.lax.scan(step, dout_NxTxD, (inputs_bits, layers_state),
                                reverse=True)
     return dx, dlayers
 
@@ -300,52 +301,52 @@ def init_params(config: ModelConfig, key: jax.Array, mesh: Mesh | None = None,
 
 def apply(
     params: Params,
-    tokens_BxT: jax.Array,
-    positions_BxT: jax.Array,
-    attention_mask_BxS: jax.Array,
+    tokens_NxT: jax.Array,
+    positions_NxT: jax.Array,
+    attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """Forward pass: float32 `logits_BxTxV` and the updated cache (None without one).
+    """Forward pass: float32 `logits_NxTxV` and the updated cache (None without one).
 
     Args:
       params: the params tree (see the module docstring).
-      tokens_BxT: int token ids.
-      positions_BxT: int RoPE positions of the tokens.
-      attention_mask_BxS: bool/int, True for real tokens; S = T without a cache,
+      tokens_NxT: int token ids.
+      positions_NxT: int RoPE positions of the tokens.
+      attention_mask_NxS: bool/int, True for real tokens; S = T without a cache,
         S = cache.max_length with one.
       cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
       config: the model config (static under jit).
     """
     model, layer_params = _merge(params, config)
-    return model(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+    return model(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
                  layer_params)
 
 
 def hidden(
     params: Params,
-    tokens_BxT: jax.Array,
-    positions_BxT: jax.Array,
-    attention_mask_BxS: jax.Array,
+    tokens_NxT: jax.Array,
+    positions_NxT: jax.Array,
+    attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """`apply` without the LM head: final-normed `h_BxTxD` (compute dtype), cache.
+    """`apply` without the LM head: final-normed `h_NxTxD` (compute dtype), cache.
 
     With `unembed`, lets a caller compute logits a chunk of positions at a time
-    (e.g. log-probs without materialising B x T x V); `apply == unembed . hidden`.
+    (e.g. log-probs without materialising N x T x V); `apply == unembed . hidden`.
     """
     model, layer_params = _merge(params, config)
-    return model.hidden(tokens_BxT, positions_BxT, attention_mask_BxS, cache,
+    return model.hidden(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
                         layer_params)
 
 
-def unembed(params: Params, h_BxTxD: jax.Array, *,
+def unembed(params: Params, h_NxTxD: jax.Array, *,
             config: ModelConfig) -> jax.Array:
     """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
-    return _merge(params, config)[0].unembed(h_BxTxD)
+    return _merge(params, config)[0].unembed(h_NxTxD)
 
 
 def split_layers(params: Params) -> Params:

@@ -32,7 +32,7 @@ def test_decode_step_reads_little_more_than_weights_and_cache():
     _, figures = programs.decode_step_program(config, rows=64, prompt=32,
                                               new_tokens=128)
     assert figures["slots"] == 160
-    assert figures["bytes_per_roofline"] <= 2.0, figures
+    assert figures["bytes_per_roofline"] <= 1.6, figures
 
 
 @pytest.mark.slow
@@ -46,10 +46,17 @@ def test_issue_18_train_step_memory_at_16k_tokens():
 
 @pytest.mark.slow
 def test_issue_18_decode_step_bytes_at_512_rows():
-    # XLA's CPU backend adds float32 intermediates of bf16 matmuls and counts
-    # each gather's whole operand (docs/results.md, section scale); on this backend the
-    # step stays within 2.5x of the roofline (the issue asks 2x).
+    # XLA's CPU backend writes the float32 outputs of bf16 matmuls (MLP,
+    # logits) and counts each gather's whole operand (docs/results.md#scale); on
+    # this backend the step stays within 2.3x of the roofline (the issue asks
+    # 2x).
     _, figures = programs.decode_step_program(
         programs.model_config("qwen2.5-0.5b"), rows=512, prompt=128, new_tokens=256)
     assert figures["slots"] == 384
-    assert figures["bytes_per_roofline"] <= 2.5, figures
+    assert figures["bytes_per_roofline"] <= 2.3, figures
+    # With 512 response tokens (a last loop of 640 slots) the cache outweighs
+    # those intermediates and the step is within the issue's 2x.
+    _, figures = programs.decode_step_program(
+        programs.model_config("qwen2.5-0.5b"), rows=512, prompt=128, new_tokens=512)
+    assert figures["slots"] == 640
+    assert figures["bytes_per_roofline"] <= 2.0, figures

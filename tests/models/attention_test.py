@@ -115,7 +115,7 @@ def test_auto_picks_by_platform_and_shape():
     with pytest.raises(ValueError, match="implementation 'flash'"):
         attention.attention(q, keys, keys, jnp.ones((1, 256), bool),
                             implementation="flash")
-    with pytest.raises(ValueError, match="key_mask_BxS has shape"):
+    with pytest.raises(ValueError, match="key_mask_NxS has shape"):
         attention.attention(q, keys, keys, jnp.ones((1, 255), bool))
 
 

@@ -34,9 +34,9 @@ def test_recent_buffer_decode_equals_direct_writes(name):
                             recent, config=config)
         np.testing.assert_allclose(got, want, atol=1e-5)
     merged = cache_lib.merge_recent(recent, p + steps)
-    assert merged.recent_v_BxKxWxH is None and int(merged.index) == p + steps
-    for a, b_ in zip(merged.k_BxKxHxS + merged.v_BxKxSxH,
-                     direct.k_BxKxHxS + direct.v_BxKxSxH):
+    assert merged.recent_v_NxKxWxDh is None and int(merged.index) == p + steps
+    for a, b_ in zip(merged.k_NxKxDhxS + merged.v_NxKxSxDh,
+                     direct.k_NxKxDhxS + direct.v_NxKxSxDh):
         np.testing.assert_allclose(a, b_, atol=1e-6)
 
 

@@ -91,10 +91,10 @@ def test_incremental_decode_matches_full_forward(name):
     cache_mask = jnp.concatenate([mask, jnp.ones((3, max_len - 10), bool)], axis=1)
     step = functools.partial(APPLY, config=config)
     cache = cache_lib.init_cache(config, 3, max_len)
-    assert len(cache.k_BxKxHxS) == len(cache.v_BxKxSxH) == config.num_layers
-    chex.assert_shape(cache.k_BxKxHxS,
+    assert len(cache.k_NxKxDhxS) == len(cache.v_NxKxSxDh) == config.num_layers
+    chex.assert_shape(cache.k_NxKxDhxS,
                       (3, config.num_kv_heads, config.head_dim, max_len))
-    chex.assert_shape(cache.v_BxKxSxH,
+    chex.assert_shape(cache.v_NxKxSxDh,
                       (3, config.num_kv_heads, max_len, config.head_dim))
     logits, cache = step(params, tokens[:, :prompt], positions[:, :prompt],
                          cache_mask, cache)
@@ -119,10 +119,10 @@ def test_extended_cache_decodes_like_a_full_size_one():
     pieces = [logits]
     for t, width in [(5, 6), (6, 8), (7, 8)]:
         wider = cache_lib.extend(cache, width)
-        chex.assert_shape(wider.v_BxKxSxH, (2, config.num_kv_heads, width, config.head_dim))
-        np.testing.assert_array_equal(wider.k_BxKxHxS[0][..., :cache.max_length],
-                                      cache.k_BxKxHxS[0])
-        assert not np.asarray(wider.v_BxKxSxH[1][:, :, cache.max_length:]).any()
+        chex.assert_shape(wider.v_NxKxSxDh, (2, config.num_kv_heads, width, config.head_dim))
+        np.testing.assert_array_equal(wider.k_NxKxDhxS[0][..., :cache.max_length],
+                                      cache.k_NxKxDhxS[0])
+        assert not np.asarray(wider.v_NxKxSxDh[1][:, :, cache.max_length:]).any()
         logits, cache = APPLY(params, tokens[:, t:t + 1], positions[:, t:t + 1],
                               mask[:, :width], wider, config=config)
         pieces.append(logits)
@@ -193,7 +193,7 @@ def test_decode_loop_reads_weights_and_cache_in_place():
     weight_shapes = {x.shape[1:] for x in jax.tree.leaves(abstract["layers"])
                      if x.ndim > 2}
     cache = cache_lib.init_cache(config, 3, 14)
-    cache_shapes = {x.shape for x in cache.k_BxKxHxS + cache.v_BxKxSxH}
+    cache_shapes = {x.shape for x in cache.k_NxKxDhxS + cache.v_NxKxSxDh}
     mask = jnp.ones((3, 14), bool)
 
     def decode(params, cache):
