@@ -5,7 +5,7 @@ Problems read "Reverse kqxbt"; the reference answer and solution are "tbxqk".
 Why a task of its own (docs/algorithms.md, GOLF; issue 19): RL is measured on
 held-out problems from the same distribution as the training ones, never trained
 on, at least 200 of them, where what is learnt on the training problems (how to
-walk a longer string backwards) transfers to the held-out ones. `arith`'s regime
+walk a string backwards) transfers to the held-out ones. `arith`'s regime
 held out 10 entries of the one-digit addition table, where nothing transfers.
 
 Verifier. The final answer is the text after the LAST "answer is"
@@ -27,12 +27,15 @@ lowercase letters.
 The regime (experiments/configs/reverse.py; the base policy is made by
 tools/make_base_policy.py): a supervised cold start on short strings
 (`BASE_PLAIN`: the format and the easy cases) and the copy of a revealed answer
-in refinement format on strings longer than any RL one (`BASE_REFINE`: answers
-it is never taught to compute, so copying is the only way to the target); then
-RL on strings of the lengths between (`RL`), which the base policy mostly gets
-wrong. GOLF's `reveal` critique shows the reversed string; a refinement that
-copies it is injected into the failing group, a supervised example of the
-longer walk on a new string.
+in refinement format on strings of 1-9 letters (`BASE_REFINE`, drawn from the
+training side of the split only: a copy learnt on one length range does not
+carry to another, and short copies are learnt first); then RL on strings of 5
+letters (`RL`), the longest the base policy was taught and the one it gets
+right least often. GOLF's `reveal` critique shows the reversed string; a
+refinement that copies it is injected into a failing group. Strings longer
+than any taught (e.g. 6-7 letters) make a poor RL task for this base policy:
+it gets none right, and a longer walk is not learnt from a few hundred
+injected refinements.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ MAX_LEN = 16
 HELD_OUT_PER_MILLE = 100
 
 # Keyword arguments of the regime's phases (module docstring).
-RL: dict[str, Any] = {"min_len": 6, "max_len": 7, "num_train": 5000, "num_test": 200}
+RL: dict[str, Any] = {"min_len": 5, "max_len": 5, "num_train": 5000, "num_test": 200}
 BASE_PLAIN: dict[str, Any] = {"min_len": 1, "max_len": 5, "num_train": 5000, "num_test": 0}
-BASE_REFINE: dict[str, Any] = {"min_len": 8, "max_len": 9, "num_train": 5000, "num_test": 0}
+BASE_REFINE: dict[str, Any] = {"min_len": 1, "max_len": 9, "num_train": 5000, "num_test": 0}
 
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 

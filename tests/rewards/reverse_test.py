@@ -20,15 +20,15 @@ def test_rl_split_held_out_disjoint_and_large():
     assert not any(reverse.is_held_out(t) for t in _texts(train))
     for p in list(train) + list(test):
         text = p.meta["text"]
-        assert 6 <= len(text) <= 7 and set(text) <= set(reverse.ALPHABET)
+        assert len(text) == 5 and set(text) <= set(reverse.ALPHABET)
         assert p.question == f"Reverse {text}" and p.answer == p.solution == text[::-1]
         assert task.score(p, p.solution) == 1.0
     assert [p.id for p in test] == list(range(200))
-    assert {len(t) for t in _texts(test)} == {6, 7}
+    assert reverse.RL["min_len"] == reverse.RL["max_len"] == 5
 
 
 @pytest.mark.parametrize("kwargs", [reverse.BASE_PLAIN, reverse.BASE_REFINE,
-                                    {"min_len": 6, "max_len": 7, "num_train": 20_000, "num_test": 0}])
+                                    {"min_len": 5, "max_len": 5, "num_train": 20_000, "num_test": 0}])
 def test_no_phase_trains_on_the_held_out_set(kwargs):
     # The held-out set depends on the string alone, so the problems drawn under
     # other kwargs (the cold start's, a larger RL train split) never include an
