@@ -86,3 +86,20 @@ def test_smoke_variant_runs_from_the_base_policy(tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2]
     assert "eval/accuracy" in records[0] and "eval/accuracy" in last
     assert "golf/refinement_success" in last
+
+
+@pytest.mark.slow
+def test_first_rl_steps_keep_the_refinement_skill(tmp_path):
+    """The stable start of issue 19: the base policy's refinements copy the
+    revealed answer in about 80% of samples (tools/make_base_policy.py); at
+    the config's lr and warmup the first GOLF steps keep that within 0.25."""
+    c = reverse_config.get_config("golf")
+    c.train.steps = 3
+    c.eval.num_problems = 8
+    c.eval.samples = 1
+    c.eval.every = 3
+    runner.run(c, str(tmp_path))
+    success = [r["golf/refinement_success"] for r in metrics_lib.read_metrics(str(tmp_path))
+               if "golf/refinement_success" in r]
+    assert len(success) == 3
+    assert sum(success) / len(success) >= 0.8 - 0.25, success
