@@ -9,12 +9,13 @@ Variants (a comma-separated `seed=N` sets the run's seed, e.g. `golf,seed=2`):
   (golfjax/rewards/reverse.py: `RL`), from the committed base policy
   (`BASE_POLICY`: no cold start in the run), evaluated on 200 held-out strings
   of the same length that no phase trains on (2 samples each at temperature
-  1). `grpo` is `golf` with the feedback loop
-  off, on equal terms (same base policy, problems, sampling, optimizer, loss).
-- `base`: the supervised cold start that made the base policy (run by
-  tools/make_base_policy.py, which exports it): reversal of strings of 1-5
-  letters, and the copy of a revealed answer in refinement format on strings
-  of 1-9 letters.
+  1). `grpo` is `golf` with the feedback loop off, on equal terms (same base
+  policy, problems, sampling, optimizer, loss). `make demo` runs both
+  (golfjax/demo.py); docs/results.md has their measured curves.
+- `base`, `base2`: the two supervised cold-start stages that made the base
+  policy (run by tools/make_base_policy.py, which exports it): reversal of
+  strings of 1-5 letters, and the copy of a revealed answer in refinement
+  format on strings of 1-9 letters.
 - `smoke`: two GOLF steps from the base policy on small batches, to exercise
   the pipeline.
 """
@@ -101,10 +102,10 @@ def rl_config(golf: bool) -> ml_collections.ConfigDict:
     c.golf.enabled = golf
     c.train.steps = 60
     # A fresh Adam moves every parameter by about lr per step whatever its
-    # gradient, and RL's gradients are noisy: at 1e-3 (the cold start's lr) the
-    # base policy lost its plain reversal within a dozen RL steps and its copy
-    # of a revealed answer soon after (issue 19, cause 2); 1e-4 with a short
-    # warmup keeps both (tools/make_base_policy.py measures them).
+    # gradient, and RL's gradients are noisy: at the cold start's 1e-3 the base
+    # policy loses its plain reversal, and at 2e-3 its copy of a revealed
+    # answer (issue 19, cause 2; docs/results.md); 1e-4 with a short warmup
+    # keeps both.
     c.optimizer.lr = 1e-4
     c.optimizer.warmup_steps = 5
     c.eval.every = 10
