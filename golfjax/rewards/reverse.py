@@ -15,8 +15,8 @@ surrounding whitespace and one trailing period are dropped. The response scores
 
 Held-out split. Whether a string is held out depends on the string alone: the
 CRC-32 of its text, modulo 1000, below `HELD_OUT_PER_MILLE`. So every instance
-of the task, whatever its length range (the cold start's short strings, the
-RL's long ones), agrees on which problems are held out, and no phase can train
+of the task, whatever its length range (the cold start's 1-9 letters, the RL's
+5), agrees on which problems are held out, and no phase can train
 on one by drawing it under other kwargs. "test" holds `num_test` held-out
 strings, "train" `num_train` others, each drawn without repeats from its own
 seeded stream (so growing one split never changes the other).
@@ -30,8 +30,9 @@ tools/make_base_policy.py): a supervised cold start on short strings
 in refinement format on strings of 1-9 letters (`BASE_REFINE`, drawn from the
 training side of the split only: a copy learnt on one length range does not
 carry to another, and short copies are learnt first); then RL on strings of 5
-letters (`RL`), the longest the base policy was taught and the one it gets
-right least often. GOLF's `reveal` critique shows the reversed string; a
+letters (`RL`), the longest the base policy was taught plainly and the one it
+gets right least often (the cold start trained on other 5-letter strings, never
+on a held-out one). GOLF's `reveal` critique shows the reversed string; a
 refinement that copies it is injected into a failing group. Strings longer
 than any taught (e.g. 6-7 letters) make a poor RL task for this base policy:
 it gets none right, and a longer walk is not learnt from a few hundred
