@@ -70,7 +70,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["golfjax", "golfjax.*"]),
-    package_data={"golfjax.data": ["testdata/*.jsonl"]},
+    package_data={"golfjax.data": ["testdata/*.jsonl", "base_policies/*/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

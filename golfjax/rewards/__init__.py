@@ -10,6 +10,7 @@ from typing import Any
 
 from golfjax.rewards.arith import ArithTask
 from golfjax.rewards.base import Problem, Task
+from golfjax.rewards.reverse import ReverseTask
 from golfjax.rewards.constraints import ConstraintsTask
 from golfjax.rewards.math import MathTask
 
@@ -17,6 +18,7 @@ TASKS: dict[str, type[Task]] = {
     "arith": ArithTask,
     "constraints": ConstraintsTask,
     "math": MathTask,
+    "reverse": ReverseTask,
 }
 
 
@@ -27,5 +29,5 @@ def make_task(name: str, **kwargs: Any) -> Task:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["Problem", "Task", "TASKS", "make_task", "ArithTask", "ConstraintsTask",
-           "MathTask"]
+__all__ = ["Problem", "Task", "TASKS", "make_task", "ArithTask", "ConstraintsTask", "MathTask",
+           "ReverseTask"]
