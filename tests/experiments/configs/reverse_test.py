@@ -90,9 +90,10 @@ def test_smoke_variant_runs_from_the_base_policy(tmp_path):
 
 @pytest.mark.slow
 def test_first_rl_steps_keep_the_refinement_skill(tmp_path):
-    """The stable start of issue 19: the base policy's refinements copy the
-    revealed answer in about 80% of samples (tools/make_base_policy.py); at
-    the config's lr and warmup the first GOLF steps keep that within 0.25."""
+    """The stable start of issue 19: the base policy's refinements of wrong
+    5-letter answers copy the revealed answer in 68% of samples
+    (tools/make_base_policy.py --measure_only); at the config's lr and warmup
+    the first GOLF steps keep that within 0.15."""
     c = reverse_config.get_config("golf")
     c.train.steps = 3
     c.eval.num_problems = 8
@@ -102,4 +103,4 @@ def test_first_rl_steps_keep_the_refinement_skill(tmp_path):
     success = [r["golf/refinement_success"] for r in metrics_lib.read_metrics(str(tmp_path))
                if "golf/refinement_success" in r]
     assert len(success) == 3
-    assert sum(success) / len(success) >= 0.8 - 0.25, success
+    assert sum(success) / len(success) >= 0.68 - 0.15, success
