@@ -73,9 +73,9 @@ def test_run_configs_point_dataset_tasks_at_a_dataset():
     section = task_section(name="math", dataset="ds", kwargs={"prompt_suffix": ""})
     assert section.task_kwargs() == {"prompt_suffix": "", "dataset": "ds"}
     assert task_section(name="math").task_kwargs() == {}
-    with pytest.raises(ValueError, match="config.task: dataset='ds' but task 'arith' makes its own"):
+    with pytest.raises(ValueError, match="config.task.dataset='ds' but task 'arith' makes its own"):
         task_section(name="arith", dataset="ds")
-    with pytest.raises(ValueError, match="dataset is set twice"):
+    with pytest.raises(ValueError, match="config.task.dataset: set twice, as task.dataset and task.kwargs.dataset"):
         task_section(name="math", dataset="ds", kwargs={"dataset": "other"})
 
 
@@ -130,8 +130,11 @@ def test_readme_commands_prepare_train_and_resume_exactly(tmp_path):
 
     # 13 kept prompts in batches of 4: 3 batches an epoch, so step 2 is mid-epoch
     # and step 4 is in the second epoch. The entropy bonus makes every update
-    # move the parameters (the random model earns no reward).
+    # move the parameters (the random model earns no reward). One optimizer
+    # step per rollout (the math variant's default is 4, as GOLF's scripts),
+    # so that every step is a rollout boundary with its own checkpoint.
     small = ["--config.train.steps=4", "--config.train.prompts_per_step=4",
+             "--config.schedule.minibatches=1",
              "--config.sampling.group_size=2", "--config.sampling.max_new_tokens=8",
              "--config.train.entropy_coef=0.01", "--config.eval.every=100",
              "--config.eval.num_problems=4", "--config.eval.samples=2",
