@@ -30,8 +30,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow" tests
 
+# DEMO_ARGS="--seed 1" (or "--variant smoke") goes to golfjax.demo.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(PY) -m golfjax.demo
+	$(PY) -m golfjax.demo $(DEMO_ARGS)
 
 bazel-test: $(STAMP)
 	bash tools/bazel_test.sh
