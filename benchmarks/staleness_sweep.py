@@ -334,7 +334,7 @@ def plot(runs: list[dict[str, Any]], path: str, title: str) -> None:
     axes[0, 0].legend(fontsize=8)
     for col in range(3):
         axes[-1, col].set_xlabel("optimizer step (same samples per step)")
-    fig.suptitle(f"{title}, same cold start and samples; mean over seeds")
+    fig.suptitle(f"{title}; every run from one starting policy, same samples; mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
