@@ -375,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         args.async_losses = args.async_losses or "vespo"
         args.cold_start_steps, args.eval_every = 40, 2
         args.eval_problems = args.eval_problems or 16
-    ns = [int(n) for n in args.ns.split(",") if n]
+    try:
+        ns = [int(n) for n in args.ns.split(",") if n]
+    except ValueError:
+        parser.error(f"--ns must be comma-separated integers, got {args.ns!r}")
     losses = [loss for loss in args.losses.split(",") if loss]
     async_losses = [loss for loss in (args.async_losses if args.async_losses is not None
                                       else args.losses).split(",") if loss]
@@ -384,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not ns or min(ns) < 1:
         parser.error(f"--ns must be positive staleness values, got {args.ns!r}")
+    from golfjax.losses import LOSSES
+
+    unknown = sorted(set(losses + async_losses) - set(LOSSES))
+    if unknown:
+        parser.error(f"--losses/--async-losses: unknown loss {unknown}; known: {sorted(LOSSES)}")
     bad = [n for n in ns if args.steps % n]
     if bad:
         parser.error(f"--steps={args.steps} is not a multiple of staleness {bad}")

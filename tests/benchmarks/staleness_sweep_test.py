@@ -72,8 +72,9 @@ def test_summary_reports_each_seeds_gain():
     assert row["accuracy_mean_during"] == pytest.approx(np.mean([0.65, 0.5]))
 
 
-@pytest.mark.parametrize("flags", [["--steps", "64", "--ns", "1,3"], ["--ns", ""], ["--ns", "0"],
-                                   ["--seeds", "0"], ["--regime", "nope"]])
+@pytest.mark.parametrize("flags", [["--steps", "64", "--ns", "1,3"], ["--ns", ""], ["--ns", "0"], ["--ns", "1,x"],
+                                   ["--seeds", "0"], ["--regime", "nope"], ["--losses", "vespo,nope"],
+                                   ["--async-losses", "ppo"]])
 def test_bad_flags_are_refused_before_any_run(tmp_path, flags):
     with pytest.raises(SystemExit):
         sweep.main(flags + ["--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
