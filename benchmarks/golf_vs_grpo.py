@@ -1,34 +1,35 @@
-"""GOLF vs GRPO: what each needs to reach a fixed held-out accuracy on `arith`.
+"""GOLF vs GRPO on `reverse`: what each needs to reach a held-out accuracy, with a bootstrap interval.
 
-    .venv/bin/python benchmarks/golf_vs_grpo.py --out benchmarks/results/golf_vs_grpo.json
+    python benchmarks/golf_vs_grpo.py --seeds 3 --target 0.6 --out benchmarks/results/golf_vs_grpo.json
 
-The issue's measurement (docs/algorithms.md#golf; the paper reports 2.2x sample
-efficiency over scalar-reward RL):
+The issue's measurement (docs/algorithms.md#golf; the GOLF paper reports 2.2x
+sample efficiency over scalar-reward RL):
 
-1. One supervised cold start (experiments/configs/golf.py:arith's cold-start
-   section: the answer format on carry-free 1-digit sums, and the copy of a
-   revealed answer in refinement-format batches), run once and
-   exported as a Hugging Face checkpoint (`golfjax.export`), so every RL run
-   starts from the SAME weights.
-2. From it, `--seeds` RL runs of each method on the 1-digit sums that carry: GOLF
-   (experiments/configs/golf.py:arith) and the GRPO baseline
-   (experiments/configs/grpo.py:arith, the same loop with feedback off). Each is
-   an ordinary run of `golfjax.train_loop.train` in its own work directory under
-   `--root`, so an interrupted benchmark resumes where it stopped.
-3. Held-out accuracy (mean over `eval.samples` samples of `eval.num_problems`
-   test problems) is logged every `--eval_every` RL steps. For each run the
-   script finds the first evaluation at or above `--target` and reads two
-   counters there: training prompts consumed, and samples generated (GOLF's
-   refinement samples included). A method's figure is the mean over the seeds
-   that reached the target; the ratio GRPO / GOLF > 1 means GOLF needed fewer.
-   Runs that never reach the target are counted and reported, not dropped
-   silently; when some seeds of a method miss, the ratio is over the seeds that
-   reached it and the JSON says so.
+1. `--seeds` RL runs of each method from the committed base policy
+   (experiments/configs/reverse.py: `golf` and `grpo`, the same loop with the
+   feedback off; seed `s` is the variant's option `seed=s`), each an ordinary
+   run of `golfjax.train_loop.train` in its own work directory under `--root`,
+   so an interrupted benchmark resumes where it stopped and finished runs are
+   read back. Held-out accuracy (the config's 200 held-out strings, 2 samples
+   each) is measured every `--eval_every` RL steps.
+2. For each run, the first evaluation at or above `--target`, and two counters
+   there: training prompts consumed and samples generated (GOLF's refinement
+   samples included). A run that never reaches the target is censored at its
+   budget (its counters at its last evaluation): it needed more than that.
+3. Per method, the mean over seeds; the ratio GRPO / GOLF of the means (above
+   1: GOLF needed less), and a 95% percentile bootstrap interval of it
+   (`--draws` draws; each draw resamples the seeds of each method with
+   replacement, independently). With every seed reaching the target the
+   ratio and its interval are plain estimates. When seeds of only one method
+   missed, their censored budgets make the ratio a bound (GRPO missed: a lower
+   bound; GOLF missed: an upper bound) and the JSON says which; when both
+   methods have misses the ratio is reported as undetermined.
 
-Writes `--out` (JSON: settings, every run's curve, crossings, means, ratios,
-wall times) and a PNG next to it (accuracy vs samples generated and vs prompts,
-every seed). `--quick` shrinks everything to exercise the pipeline in a few
-minutes; its numbers mean nothing.
+Writes `--out` (JSON: settings, every run's curve and crossing, per-method
+means, ratios, intervals, wall times, machine) and a PNG next to it (held-out
+accuracy against samples generated and against prompts, every seed).
+`--quick` shrinks everything to exercise the pipeline; its numbers mean
+nothing.
 """
 
 from __future__ import annotations
@@ -45,45 +46,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.configs import common  # noqa: E402
-from golfjax import export as export_lib  # noqa: E402
-from golfjax import metrics as metrics_lib  # noqa: E402
-from golfjax import train_loop  # noqa: E402
-
 METHODS = ("golf", "grpo")
+COUNTERS = ("samples", "prompts")
 
 
-def _config(method: str, seed: int, args: argparse.Namespace, policy: str) -> Any:
-    c = common.feedback_config(f"arith,seed={seed}", golf=method == "golf")
-    c.model.hf_path = policy
-    c.cold_start.steps = 0
-    c.train.steps = args.grpo_steps if method == "grpo" else args.rl_steps
+def config(method: str, seed: int, args: argparse.Namespace) -> Any:
+    """experiments/configs/reverse.py:<method>,seed=<seed> with the benchmark's schedule."""
+    from experiments.configs import reverse
+
+    c = reverse.get_config(f"{method},seed={seed}")
+    c.train.steps = args.rl_steps
     c.eval.every = args.eval_every
-    c.eval.num_problems = args.eval_problems
-    c.checkpoint.every = args.eval_every
+    c.checkpoint.every = args.rl_steps
+    if args.eval_problems is not None:
+        c.eval.num_problems = args.eval_problems
     if args.quick:
         c.train.prompts_per_step = 4
         c.sampling.group_size = 4
-        c.eval.samples = 2
     return c
-
-
-def cold_start(args: argparse.Namespace) -> tuple[str, dict[str, float], float]:
-    """Runs (or finds) the shared cold start; returns its HF export and eval."""
-    workdir = os.path.join(args.root, "cold_start")
-    policy = os.path.join(args.root, "cold_start_policy")
-    c = common.feedback_config("arith", golf=False)
-    c.train.steps = 0  # Cold start only; its last step is evaluated on the RL task.
-    c.eval.num_problems = args.eval_problems
-    if args.cold_steps is not None:
-        c.cold_start.steps = args.cold_steps
-    c.checkpoint.every = max(1, c.cold_start.steps)
-    started = time.monotonic()
-    last = train_loop.train(c, workdir)
-    if not os.path.exists(os.path.join(policy, "config.json")):
-        export_lib.export(workdir, policy)
-    evals = [r for r in metrics_lib.read_metrics(workdir) if "eval/accuracy" in r]
-    return policy, evals[-1] if evals else last, time.monotonic() - started
 
 
 def crossing(records: list[dict[str, Any]], target: float) -> dict[str, float] | None:
@@ -109,39 +89,75 @@ def curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
     }
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], seeds: int) -> dict[str, Any]:
-    """Means over the seeds that reached the target, and GRPO / GOLF ratios."""
+def needed(run: dict[str, Any], counter: str) -> tuple[float, bool]:
+    """What a run needed of `counter` to reach the target, and whether it is censored
+    (never reached: its budget, the counter at its last evaluation)."""
+    if run["crossing"] is not None:
+        return run["crossing"][counter], False
+    return run["curve"][counter][-1], True
+
+
+def bootstrap_ratio(grpo: np.ndarray, golf: np.ndarray, draws: int, seed: int) -> dict[str, Any]:
+    """Ratio of means GRPO / GOLF and its 95% percentile interval; each draw
+    resamples each method's seeds with replacement, independently."""
+    rng = np.random.default_rng(seed)
+    grpo_means = grpo[rng.integers(0, len(grpo), size=(draws, len(grpo)))].mean(axis=1)
+    golf_means = golf[rng.integers(0, len(golf), size=(draws, len(golf)))].mean(axis=1)
+    valid = golf_means > 0  # A draw whose GOLF mean is 0 (target met before RL) has no ratio.
+    ratios = grpo_means[valid] / golf_means[valid]
+    low, high = (np.percentile(ratios, [2.5, 97.5]).tolist() if ratios.size else (None, None))
+    return {
+        "ratio": float(grpo.mean() / golf.mean()) if golf.mean() > 0 else None,
+        "ci95": [low, high],
+        "draws": draws,
+        "draws_without_ratio": int(draws - valid.sum()),
+    }
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], draws: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Per-method means (censored seeds at their budget), GRPO / GOLF ratios and intervals."""
+    for method in METHODS:
+        if not runs.get(method):
+            raise ValueError(f"summarise: no runs of method {method!r}")
     out: dict[str, Any] = {}
     for method in METHODS:
-        reached = [r["crossing"] for r in runs[method] if r["crossing"] is not None]
         out[method] = {
-            "seeds_reached": len(reached),
-            "seeds": seeds,
-            "prompts_mean": float(np.mean([c["prompts"] for c in reached])) if reached else None,
-            "samples_mean": float(np.mean([c["samples"] for c in reached])) if reached else None,
+            "seeds": len(runs[method]),
+            "seeds_reached": sum(r["crossing"] is not None for r in runs[method]),
             "final_accuracy_mean": float(np.mean([r["curve"]["accuracy"][-1] for r in runs[method]])),
         }
-    ratios: dict[str, Any] = {}
-    for counter in ("prompts", "samples"):
-        golf, grpo = out["golf"][f"{counter}_mean"], out["grpo"][f"{counter}_mean"]
-        ratios[counter] = grpo / golf if golf and grpo else None
-    out["ratio_grpo_over_golf"] = ratios
-    # No GRPO seed reached the target within its budget: GRPO needs more than
-    # its smallest run's budget, so the ratio is at least budget / GOLF's mean.
-    if not out["grpo"]["seeds_reached"] and out["golf"]["seeds_reached"]:
-        out["ratio_grpo_over_golf_at_least"] = {
-            counter: min(r["curve"][counter][-1] for r in runs["grpo"]) / out["golf"][f"{counter}_mean"]
-            for counter in ("prompts", "samples")
+        for counter in COUNTERS:
+            values = [needed(r, counter)[0] for r in runs[method]]
+            out[method][f"{counter}_per_seed"] = values
+            out[method][f"{counter}_mean"] = float(np.mean(values))
+    missed = {m: out[m]["seeds_reached"] < out[m]["seeds"] for m in METHODS}
+    if not any(missed.values()):
+        kind, note = "estimate", "every seed reached the target; a ratio above 1 means GOLF needed less"
+    elif missed["grpo"] and not missed["golf"]:
+        kind, note = "lower_bound", ("GRPO seeds missed the target and count at their budget:"
+                                     " the ratio and its interval bound GRPO / GOLF from below")
+    elif missed["golf"] and not missed["grpo"]:
+        kind, note = "upper_bound", ("GOLF seeds missed the target and count at their budget:"
+                                     " the ratio and its interval bound GRPO / GOLF from above")
+    else:
+        kind, note = "undetermined", ("seeds of both methods missed the target: the ratio of"
+                                      " censored means is neither an estimate nor a bound")
+    out["ratio_grpo_over_golf"] = {
+        counter: {
+            "kind": kind,
+            **bootstrap_ratio(np.array(out["grpo"][f"{counter}_per_seed"]),
+                              np.array(out["golf"][f"{counter}_per_seed"]), draws, seed),
         }
-    out["note"] = (
-        "means over the seeds that reached the target; a ratio > 1 means GOLF needed less"
-        if all(out[m]["seeds_reached"] == seeds for m in METHODS)
-        else "NOT every seed reached the target: means and ratios are over the seeds that did"
-    )
+        for counter in COUNTERS
+    }
+    if kind == "undetermined":
+        for counter in COUNTERS:
+            out["ratio_grpo_over_golf"][counter].update(ratio=None, ci95=[None, None])
+    out["note"] = note
     return out
 
 
-def plot(runs: dict[str, list[dict[str, Any]]], target: float, path: str) -> None:
+def plot(runs: dict[str, list[dict[str, Any]]], target: float, path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +165,8 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float, path: str) -> Non
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colors = {"golf": "tab:blue", "grpo": "tab:orange"}
-    for ax, counter, label in ((axes[0], "samples", "samples generated"), (axes[1], "prompts", "training prompts consumed")):
+    for ax, counter, label in ((axes[0], "samples", "samples generated"),
+                               (axes[1], "prompts", "training prompts consumed")):
         for method in METHODS:
             for i, run in enumerate(runs[method]):
                 ax.plot(run["curve"][counter], run["curve"]["accuracy"], color=colors[method],
@@ -159,7 +176,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float, path: str) -> Non
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy")
     axes[0].legend()
-    fig.suptitle("GOLF vs GRPO on arith, from one cold-start checkpoint (one line per seed)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -170,37 +187,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/golf_vs_grpo.json")
     parser.add_argument("--root", default="workdirs/golf_vs_grpo", help="work directories of every run")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rl_steps", type=int, default=None, help="default: the arith config's")
-    parser.add_argument("--grpo_steps", type=int, default=None,
-                        help="RL steps of the GRPO runs (default: --rl_steps); a longer budget"
-                             " bounds how much more GRPO needs when it misses the target")
+    parser.add_argument("--rl_steps", type=int, default=60, help="RL steps of every run")
     parser.add_argument("--eval_every", type=int, default=5)
-    parser.add_argument("--eval_problems", type=int, default=None, help="default: the arith config's")
-    parser.add_argument("--cold_steps", type=int, default=None, help="default: the arith config's")
-    parser.add_argument("--target", type=float, default=0.3, help="held-out accuracy to reach")
-    parser.add_argument("--quick", action="store_true", help="a few minutes, to exercise the pipeline")
+    parser.add_argument("--eval_problems", type=int, default=None,
+                        help="held-out strings evaluated (default: the config's 200)")
+    parser.add_argument("--target", type=float, default=0.6, help="held-out accuracy to reach")
+    parser.add_argument("--draws", type=int, default=10_000, help="bootstrap draws")
+    parser.add_argument("--quick", action="store_true", help="to exercise the pipeline; numbers mean nothing")
     args = parser.parse_args(argv)
-    base = common.task_config("arith")
     if args.quick:
-        args.cold_steps = 4 if args.cold_steps is None else args.cold_steps
-        args.rl_steps = 2 if args.rl_steps is None else args.rl_steps
-        args.eval_every = 1
-        args.eval_problems = 8 if args.eval_problems is None else args.eval_problems
-        args.seeds = min(args.seeds, 2)
-    args.rl_steps = args.rl_steps or base.train.steps
-    args.grpo_steps = args.grpo_steps or args.rl_steps
-    args.eval_problems = args.eval_problems or base.eval.num_problems
+        args.rl_steps, args.eval_every, args.seeds = 2, 1, min(args.seeds, 2)
+        args.eval_problems = args.eval_problems or 8
+    for name in ("seeds", "rl_steps", "eval_every", "draws"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 < args.target <= 1.0:
+        parser.error(f"--target must be in (0, 1], got {args.target}")
+
+    from golfjax import metrics as metrics_lib
+    from golfjax import train_loop
 
     started = time.monotonic()
-    policy, cold_eval, cold_seconds = cold_start(args)
-    print(f"cold start: held-out accuracy {cold_eval.get('eval/accuracy', float('nan')):.3f}"
-          f" ({cold_seconds:.0f} s); policy {policy}", flush=True)
+    load_before = list(os.getloadavg())
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     for seed in range(args.seeds):
         for method in METHODS:
             workdir = os.path.join(args.root, f"{method}_seed{seed}")
             t0 = time.monotonic()
-            train_loop.train(_config(method, seed, args, policy), workdir)
+            train_loop.train(config(method, seed, args), workdir)
             records = metrics_lib.read_metrics(workdir)
             run = {
                 "seed": seed,
@@ -210,23 +224,26 @@ def main(argv: list[str] | None = None) -> int:
                 "crossing": crossing(records, args.target),
             }
             runs[method].append(run)
-            print(f"{method} seed {seed}: final accuracy {run['curve']['accuracy'][-1]:.3f},"
-                  f" target reached at {run['crossing']}", flush=True)
+            print(f"{method} seed {seed}: accuracy {run['curve']['accuracy'][0]:.3f} ->"
+                  f" {run['curve']['accuracy'][-1]:.3f}, target reached at {run['crossing']}"
+                  f" ({run['seconds']:.0f} s)", flush=True)
 
+    summary = summarise(runs, args.draws)
     result = {
-        "settings": {k: v for k, v in vars(args).items()},
-        "cold_start": {"eval": cold_eval, "seconds": cold_seconds},
+        "command": " ".join(["benchmarks/golf_vs_grpo.py"] + (argv if argv is not None else sys.argv[1:])),
+        "settings": vars(args),
         "runs": runs,
-        "summary": summarise(runs, args.seeds),
+        "summary": summary,
         "seconds": time.monotonic() - started,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "loadavg": list(os.getloadavg())},
+                    "load_average_before": load_before, "load_average_after": list(os.getloadavg())},
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    plot(runs, args.target, os.path.splitext(args.out)[0] + ".png")
-    print(json.dumps(result["summary"], indent=2))
+    plot(runs, args.target, os.path.splitext(args.out)[0] + ".png",
+         f"GOLF vs GRPO on reverse from the committed base policy ({args.seeds} seeds each)")
+    print(json.dumps(summary, indent=2))
     return 0
 
 

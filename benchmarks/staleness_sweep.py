@@ -1,48 +1,53 @@
 """Staleness sweep: VESPO and its baselines at several optimizer steps per rollout, and fully async.
 
-    .venv/bin/python benchmarks/staleness_sweep.py            # the default sweep
-    .venv/bin/python benchmarks/staleness_sweep.py --quick    # a few minutes
+    python benchmarks/staleness_sweep.py            # the default sweep (`reverse`)
+    python benchmarks/staleness_sweep.py --quick    # a pipeline check
 
 Every run goes through `golfjax.train_loop.train` (the code path of
-`python -m experiments.main`) with experiments/configs/vespo.py on the built-in
-`arith` task, in this process, on one device:
+`python -m experiments.main`) in this process, on one device. The staleness is
+`schedule.minibatches`: optimizer steps per rollout, each step one mini-batch
+of the config's prompts x group, so every run generates the same samples and
+takes the same number of optimizer steps whatever the staleness, which only
+sets how stale each step's data is.
 
-1. One supervised cold start (`--cold-start-steps` steps of the config's cold
-   start on the training sums), exported as a Hugging Face checkpoint to
-   `<workdir>/cold_start_<steps>_hf`: every run below starts from exactly this policy
-   (`init=` option of the config, no cold start of its own).
-2. For each loss in `--losses`, staleness (optimizer steps per rollout) in `--ns` and seed in `--seeds`:
-   `vespo.py:<loss>,n=<staleness>,seed=<s>,init=<dir>` for `--steps` optimizer steps of
-   RL on one-digit sums. A step is one mini-batch of 4 prompts x 8 samples, so
-   every run generates the same `steps x 32` samples and takes the same number
-   of optimizer steps; the staleness only sets how stale each step's data is
-   (one rollout of that many mini-batches every that many steps). The seed changes the rollouts and
-   the data order, not the starting policy.
-3. For each loss in `--async-losses` (default: `--losses`): the same with fully
-   asynchronous rollout (a worker thread samples with a snapshot synced every
-   step, sampler log-probs, rollouts more than 4 steps behind dropped), seed 0.
+`--regime reverse` (the default; issue 19's regime): every run starts from the
+committed base policy of experiments/configs/reverse.py and trains its `grpo`
+variant (scalar reward, no feedback: 8 prompts x 8 samples per optimizer
+step, AdamW at lr 1e-4 with a 5-step warmup, strings of 5 letters) with the
+swept loss in place of the config's: the library's loss defaults (each loss
+aggregates as its reference does, golfjax/losses/config.py) and GRPO
+advantages, as in the VESPO experiment (experiments/configs/vespo.py). Held-out
+accuracy: the config's 200 held-out strings, 2 samples each, every
+`--eval-every` steps. The seed changes the rollouts and the data order, not
+the starting policy.
 
-Held-out accuracy (20 problems x 8 samples) is measured every `--eval-every`
-steps. The sweep writes `<out>.json` (per run: config, accuracy curve, and per
-step the gradient norm, training reward, entropy, W statistics and clip
-fraction, wall time; a per-(loss, staleness) summary over seeds) and `<out>.png`
-(held-out accuracy, training reward and gradient norm over training, a row per
-loss, a line per staleness, async dashed). A persistent compilation cache under the
-work directory lets runs after the first reuse compiled programs; a run whose
-work directory is complete is read back, not rerun.
+`--regime arith` and `--regime golf` are the older sweeps on one-digit sums
+(experiments/configs/vespo.py: `arith`, and `golf=1`, GOLF's batches in
+golf.py:arith's sparse-reward regime), each from one supervised cold start run
+first and exported as a Hugging Face checkpoint (`init=` option of the config).
 
-`--regime golf` runs the same sweep on GOLF's batches (originals, verified
-refinements injected into failed groups, and the refinement groups) in
-golf.py:arith's sparse-reward regime (experiments/configs/vespo.py option
-`golf=1`): its 450-step cold start, then RL on the 1-digit sums that carry,
-where plain RL has no signal but GOLF learns within 64 steps (docs/results.md,
-GOLF vs GRPO), so staleness can be seen to help or hurt learning that happens.
+For each loss in `--losses`, staleness in `--ns` and seed in `range(--seeds)`,
+one run; then for each loss in `--async-losses` (default: `--losses`) one run
+with fully asynchronous rollout (a worker thread samples with a snapshot
+synced every step, sampler log-probs, rollouts more than 4 steps behind
+dropped), seed 0.
 
-Scale: the default is 64 steps, staleness in {1, 4, 16, 64}, four losses, 2
-seeds and four async runs (36 runs; docs/results.md has their run times);
-`--quick` runs 8 steps of staleness in {1, 8} for vespo and ppo_clip, one
-seed, and one async run, from a 40-step cold start: a check of the pipeline,
-too short to measure anything.
+The sweep writes `<out>.json` (per run: config, accuracy curve, and per step
+the gradient norm, training reward, entropy, W statistics and clip fraction,
+wall time; a per-(loss, staleness) summary over seeds; and per loss and
+staleness the retention: the mean held-out gain (final minus start) at that
+staleness over the mean gain at staleness 1, with a 95% percentile bootstrap
+interval over seeds) and `<out>.png` (held-out accuracy, training reward and
+gradient norm over training, a row per loss, a line per staleness, async
+dashed). A persistent compilation cache under the work directory lets runs
+after the first reuse compiled programs; a run whose work directory is
+complete is read back, not rerun.
+
+Scale: the default is 64 steps, staleness in {1, 4, 16, 64}, four losses, 3
+seeds and four async runs (52 runs; docs/results.md has their run times);
+`--quick` runs 4 steps of staleness in {1, 2} for vespo and ppo_clip, one
+seed, one async run, on 16 held-out strings: a check of the pipeline, too
+short to measure anything.
 """
 
 from __future__ import annotations
@@ -62,11 +67,22 @@ if REPO not in sys.path:  # Run as a script from anywhere: experiments/ is top l
     sys.path.insert(0, REPO)
 
 
-REGIMES = {"arith": "", "golf": ",golf=1"}  # --regime: the option it adds to every run.
+# --regime: `reverse` builds its configs here; the others add an option to
+# every experiments/configs/vespo.py variant.
+REGIMES = {"reverse": None, "arith": "", "golf": ",golf=1"}
+TITLES = {"reverse": "reverse, from the committed base policy", "arith": "arith",
+          "golf": "GOLF on arith"}
 
 
-def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
-    """Runs the shared cold start; returns (HF checkpoint dir, its held-out accuracy)."""
+def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float | None]:
+    """Runs the shared cold start; returns (HF checkpoint dir, its held-out accuracy).
+
+    `reverse` has none: the committed base policy, measured at each run's step 0.
+    """
+    if args.regime == "reverse":
+        from experiments.configs import reverse
+
+        return reverse.BASE_POLICY, None
     from experiments.configs import vespo as vespo_config
     from golfjax import export
     from golfjax import metrics as metrics_lib
@@ -81,7 +97,7 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     c.train.steps = 1  # The train loop needs one RL step; the export is the step before it.
     c.checkpoint.every = steps
     c.eval.every = 1000
-    c.eval.num_problems = args.eval_problems
+    c.eval.num_problems = args.eval_problems or c.eval.num_problems
     if not os.path.exists(os.path.join(hf_dir, "config.json")):
         started = time.monotonic()
         train_loop.train(c, run_dir)
@@ -92,6 +108,28 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float]:
     return hf_dir, accuracy
 
 
+def reverse_config(loss: str, n: int, seed: int, asynchronous: bool) -> Any:
+    """experiments/configs/reverse.py:grpo,seed=<seed> trained by `loss` at staleness `n`
+    (or fully async), with the library's loss defaults and GRPO advantages."""
+    from experiments.configs import common
+    from experiments.configs import reverse
+
+    c = reverse.get_config(f"grpo,seed={seed}")
+    c.loss = common.base().loss  # Library defaults, not reverse.py's PPO settings.
+    c.train.loss = loss
+    c.train.advantage = "grpo"
+    c.schedule.minibatches = n
+    if asynchronous:
+        # As experiments/configs/vespo.py's async option: sampler log-probs, a
+        # snapshot every learner step, rollouts more than 4 steps behind dropped.
+        c.schedule.async_rollout = True
+        c.schedule.minibatches = 1
+        c.schedule.sync_every = 1
+        c.schedule.max_staleness = 4
+        c.train.recompute_old_logp = False
+    return c
+
+
 def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int, seed: int,
             asynchronous: bool) -> dict[str, Any]:
     """One run of the sweep; returns its curves and per-step statistics."""
@@ -100,11 +138,15 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     from golfjax import metrics as metrics_lib
     from golfjax import train_loop
 
-    c = vespo_config.get_config(
-        f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
+    if args.regime == "reverse":
+        c = reverse_config(loss, n, seed, asynchronous)
+    else:
+        c = vespo_config.get_config(
+            f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
     c.train.steps = args.steps
     c.eval.every = args.eval_every
-    c.eval.num_problems = args.eval_problems
+    if args.eval_problems:
+        c.eval.num_problems = args.eval_problems
     c.checkpoint.every = args.steps
     config = config_lib.to_dict(config_lib.build(config_lib.RunConfig, c))
     # The directory names the run and the config, so a changed config never
@@ -191,6 +233,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "accuracy_start": mean([m["eval_accuracy"][0] for m in members]),
             "accuracy_final": mean([m["eval_accuracy"][-1] for m in members]),
             "accuracy_final_per_seed": [m["eval_accuracy"][-1] for m in members],
+            "gain_per_seed": [m["eval_accuracy"][-1] - m["eval_accuracy"][0] for m in members],
             "accuracy_best": mean([max(m["eval_accuracy"]) for m in members]),
             # Every evaluation after the start: steadier than the last one alone.
             "accuracy_mean_during": mean([mean(m["eval_accuracy"][1:]) for m in members]),
@@ -207,7 +250,48 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
+def retention(runs: list[dict[str, Any]], draws: int = 10_000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per loss and staleness N > 1: mean held-out gain at N over the mean gain at staleness 1.
+
+    The gain of a run is its final held-out accuracy minus its first (the
+    policy before RL). The 95% interval is a percentile bootstrap over seeds:
+    each of `draws` draws resamples the seeds at N and at 1 with replacement,
+    independently. A draw whose staleness-1 mean gain is not positive has no
+    ratio and is counted in `draws_without_ratio`.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gains: dict[tuple[str, int], list[float]] = {}
+    for run in runs:
+        if not run["async"]:
+            gain = run["eval_accuracy"][-1] - run["eval_accuracy"][0]
+            gains.setdefault((run["loss"], run["staleness"]), []).append(gain)
+    rows = []
+    for (loss, n), at_n in gains.items():
+        at_1 = gains.get((loss, 1))
+        if n == 1 or not at_1:
+            continue
+        a, b = np.array(at_n), np.array(at_1)
+        means_n = a[rng.integers(0, len(a), size=(draws, len(a)))].mean(axis=1)
+        means_1 = b[rng.integers(0, len(b), size=(draws, len(b)))].mean(axis=1)
+        valid = means_1 > 0
+        ratios = means_n[valid] / means_1[valid]
+        rows.append({
+            "loss": loss,
+            "staleness": n,
+            "seeds": [len(a), len(b)],
+            "gain_mean": float(a.mean()),
+            "gain_mean_staleness_1": float(b.mean()),
+            "retention": float(a.mean() / b.mean()) if b.mean() > 0 else None,
+            "ci95": np.percentile(ratios, [2.5, 97.5]).tolist() if ratios.size else [None, None],
+            "draws": draws,
+            "draws_without_ratio": int(draws - valid.sum()),
+        })
+    return rows
+
+
+def plot(runs: list[dict[str, Any]], path: str, title: str) -> None:
     """Accuracy, training reward and gradient norm: a row per loss, a line per staleness."""
     import matplotlib
 
@@ -250,7 +334,7 @@ def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
     axes[0, 0].legend(fontsize=8)
     for col in range(3):
         axes[-1, col].set_xlabel("optimizer step (same samples per step)")
-    fig.suptitle(f"{title}, same cold start and samples; mean over seeds")
+    fig.suptitle(f"{title}; every run from one starting policy, same samples; mean over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -258,38 +342,56 @@ def plot(runs: list[dict[str, Any]], path: str, title: str = "arith") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regime", choices=sorted(REGIMES), default="arith",
-                        help="arith: RL on all 1-digit sums (experiments/configs/vespo.py);"
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="reverse",
+                        help="reverse: experiments/configs/reverse.py:grpo from the committed"
+                        " base policy, with the swept loss;"
+                        " arith: RL on all 1-digit sums (experiments/configs/vespo.py);"
                         " golf: GOLF's batches in golf.py:arith's sparse-reward regime"
                         " (the vespo.py option golf=1)")
     parser.add_argument("--out", default=None,
                         help="writes OUT.json and OUT.png (default:"
-                        " benchmarks/results/staleness_sweep[_golf])")
+                        " benchmarks/results/staleness_sweep[_arith|_golf])")
     parser.add_argument("--workdir", default=None,
-                        help="default: workdirs/staleness_sweep[_golf]")
+                        help="default: workdirs/staleness_sweep[_arith|_golf]")
     parser.add_argument("--steps", type=int, default=64, help="optimizer steps per run")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ns", default="1,4,16,64", help="staleness values")
     parser.add_argument("--losses", default="vespo,ppo_clip,gspo,sapo")
     parser.add_argument("--async-losses", default=None,
                         help="losses of the fully-async runs (default: --losses)")
     parser.add_argument("--cold-start-steps", type=int, default=None,
-                        help="default: the regime's (80 for arith, 450 for golf)")
+                        help="default: the regime's (80 for arith, 450 for golf; reverse has none)")
     parser.add_argument("--eval-every", type=int, default=8)
-    parser.add_argument("--eval-problems", type=int, default=20)
+    parser.add_argument("--eval-problems", type=int, default=None,
+                        help="held-out problems (default: the config's: 200 strings for reverse,"
+                        " 20 for arith and golf)")
     parser.add_argument("--quick", action="store_true", help="a few minutes (see the docstring)")
     args = parser.parse_args(argv)
-    suffix = "" if args.regime == "arith" else f"_{args.regime}"
+    suffix = "" if args.regime == "reverse" else f"_{args.regime}"
     args.out = args.out or f"benchmarks/results/staleness_sweep{suffix}"
     args.workdir = args.workdir or os.path.join("workdirs", f"staleness_sweep{suffix}")
     if args.quick:
-        args.steps, args.seeds, args.ns, args.losses = 8, 1, "1,8", "vespo,ppo_clip"
+        args.steps, args.seeds, args.ns, args.losses = 4, 1, "1,2", "vespo,ppo_clip"
         args.async_losses = args.async_losses or "vespo"
-        args.cold_start_steps, args.eval_every = 40, 4
-    ns = [int(n) for n in args.ns.split(",") if n]
+        args.cold_start_steps, args.eval_every = 40, 2
+        args.eval_problems = args.eval_problems or 16
+    try:
+        ns = [int(n) for n in args.ns.split(",") if n]
+    except ValueError:
+        parser.error(f"--ns must be comma-separated integers, got {args.ns!r}")
     losses = [loss for loss in args.losses.split(",") if loss]
     async_losses = [loss for loss in (args.async_losses if args.async_losses is not None
                                       else args.losses).split(",") if loss]
+    for name in ("steps", "seeds", "eval_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not ns or min(ns) < 1:
+        parser.error(f"--ns must be positive staleness values, got {args.ns!r}")
+    from golfjax.losses import LOSSES
+
+    unknown = sorted(set(losses + async_losses) - set(LOSSES))
+    if unknown:
+        parser.error(f"--losses/--async-losses: unknown loss {unknown}; known: {sorted(LOSSES)}")
     bad = [n for n in ns if args.steps % n]
     if bad:
         parser.error(f"--steps={args.steps} is not a multiple of staleness {bad}")
@@ -320,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "cold_start_accuracy": cold_accuracy,
         "summary": summary,
+        "retention": retention(runs),
         "runs": runs,
         "wall_s": time.monotonic() - started,
         # What the runs took when they ran (this invocation may have read them back).
@@ -335,14 +438,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    plot(runs, args.out + ".png", "arith" if args.regime == "arith" else "GOLF on arith")
-    print(f"\ncold-start accuracy {cold_accuracy:.3f}; {len(runs)} runs in {result['wall_s']:.0f}s")
+    plot(runs, args.out + ".png", TITLES[args.regime])
+    if cold_accuracy is not None:
+        print(f"\ncold-start accuracy {cold_accuracy:.3f}")
+    print(f"{len(runs)} runs in {result['wall_s']:.0f}s")
     print(f"{'loss':10} {'regime':7} {'acc start':>9} {'acc final':>9} {'acc mean':>8} {'rew 1st/4':>9}"
           f" {'rew last/4':>10} {'max |g|':>8} {'max|logW|':>9} {'min ESS':>8}")
     for row in summary:
         print(f"{row['loss']:10} {row['regime']:7} {row['accuracy_start']:9.3f} {row['accuracy_final']:9.3f}"
               f" {row['accuracy_mean_during']:8.3f} {row['reward_first_quarter']:9.3f} {row['reward_last_quarter']:10.3f}"
               f" {row['grad_norm_max']:8.3g} {row['log_w_abs_max']:9.3g} {row['ess_min']:8.3f}")
+    for row in result["retention"]:
+        low, high = row["ci95"]
+        interval = f"[{low:.2f}, {high:.2f}]" if low is not None else "[n/a]"
+        retained = f"{row['retention']:.2f}" if row["retention"] is not None else "n/a"
+        print(f"retention {row['loss']} staleness {row['staleness']}: gain {row['gain_mean']:.3f}"
+              f" / {row['gain_mean_staleness_1']:.3f} at staleness 1 = {retained}, 95% CI {interval}")
     print(f"wrote {args.out}.json and {args.out}.png")
     return 0
 
