@@ -46,6 +46,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import bootstrap  # noqa: E402
+
 METHODS = ("golf", "grpo")
 COUNTERS = ("samples", "prompts")
 
@@ -99,19 +101,9 @@ def needed(run: dict[str, Any], counter: str) -> tuple[float, bool]:
 
 def bootstrap_ratio(grpo: np.ndarray, golf: np.ndarray, draws: int, seed: int) -> dict[str, Any]:
     """Ratio of means GRPO / GOLF and its 95% percentile interval; each draw
-    resamples each method's seeds with replacement, independently."""
-    rng = np.random.default_rng(seed)
-    grpo_means = grpo[rng.integers(0, len(grpo), size=(draws, len(grpo)))].mean(axis=1)
-    golf_means = golf[rng.integers(0, len(golf), size=(draws, len(golf)))].mean(axis=1)
-    valid = golf_means > 0  # A draw whose GOLF mean is 0 (target met before RL) has no ratio.
-    ratios = grpo_means[valid] / golf_means[valid]
-    low, high = (np.percentile(ratios, [2.5, 97.5]).tolist() if ratios.size else (None, None))
-    return {
-        "ratio": float(grpo.mean() / golf.mean()) if golf.mean() > 0 else None,
-        "ci95": [low, high],
-        "draws": draws,
-        "draws_without_ratio": int(draws - valid.sum()),
-    }
+    resamples each method's seeds with replacement, independently (a draw
+    whose GOLF mean is 0, the target met before RL, has no ratio)."""
+    return bootstrap.ratio_of_means(grpo, golf, draws, np.random.default_rng(seed))
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], draws: int = 10_000, seed: int = 0) -> dict[str, Any]:

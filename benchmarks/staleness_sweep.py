@@ -66,6 +66,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # Run as a script from anywhere: experiments/ is top level.
     sys.path.insert(0, REPO)
 
+from benchmarks import bootstrap  # noqa: E402
+
 
 # --regime: `reverse` builds its configs here; the others add an option to
 # every experiments/configs/vespo.py variant.
@@ -273,20 +275,15 @@ def retention(runs: list[dict[str, Any]], draws: int = 10_000, seed: int = 0) ->
         if n == 1 or not at_1:
             continue
         a, b = np.array(at_n), np.array(at_1)
-        means_n = a[rng.integers(0, len(a), size=(draws, len(a)))].mean(axis=1)
-        means_1 = b[rng.integers(0, len(b), size=(draws, len(b)))].mean(axis=1)
-        valid = means_1 > 0
-        ratios = means_n[valid] / means_1[valid]
+        ratio = bootstrap.ratio_of_means(a, b, draws, rng)
         rows.append({
             "loss": loss,
             "staleness": n,
             "seeds": [len(a), len(b)],
             "gain_mean": float(a.mean()),
             "gain_mean_staleness_1": float(b.mean()),
-            "retention": float(a.mean() / b.mean()) if b.mean() > 0 else None,
-            "ci95": np.percentile(ratios, [2.5, 97.5]).tolist() if ratios.size else [None, None],
-            "draws": draws,
-            "draws_without_ratio": int(draws - valid.sum()),
+            "retention": ratio.pop("ratio"),
+            **ratio,
         })
     return rows
 
