@@ -31,10 +31,11 @@ from golfjax.config_dict import build  # noqa: F401  (config_lib.build: the entr
 from golfjax.config_dict import to_dict  # noqa: F401
 from golfjax.losses import LossConfig
 from golfjax.sampling import SamplingConfig
+from golfjax.train import nonfinite
 from golfjax.train.state import OptimizerConfig
 
 KL_ESTIMATORS = ("k1", "k3")
-NONFINITE_MODES = ("skip", "raise")
+NONFINITE_MODES = nonfinite.POLICIES  # What the run loop's NonfiniteGuard accepts.
 
 
 def _check(section: Any, checks: Mapping[str, tuple[bool, str]]) -> None:
