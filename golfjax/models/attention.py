@@ -34,7 +34,11 @@ Implementations:
   "splash"     the Pallas splash-attention kernel (TPU; `interpret=True` runs
                it on any backend, for tests), GQA-native, with the key mask as
                segment ids; needs T = S (no cache offset) and T a multiple of
-               128.
+               128. A Pallas kernel has no partitioning rule of its own:
+               traced under `partitioned(mesh)` (the Trainer's programs are),
+               it runs inside a `shard_map` over the mesh, each device on its
+               own rows (and its kv heads, where the rules shard them);
+               without it, XLA would gather every row onto every device.
   "auto"       GPU: cudnn where it applies (and cuDNN accepts it at trace
                time); TPU: splash where it applies; elsewhere (and for shapes
                they refuse): blockwise, or reference when the whole score
@@ -46,11 +50,17 @@ that no real position ever reads; it is the caller's to mask out.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from golfjax import sharding as sharding_lib
 
 # Finite, so a query row with no visible key (a left-padding row) gives a
 # uniform softmax instead of NaN.
@@ -375,8 +385,11 @@ def splash_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
         raise ValueError(f"splash attention needs T = S, a multiple of 128; got "
                          f"T={t}, S={k_NxSxKxDh.shape[1]}")
     n = kh * g
+    specs = _splash_specs(b, kh)
+    head_shards = 1 if specs is None else specs[3]
+    # One mask per query head the kernel sees: a device's share of them.
     mask = splash_mask.MultiHeadMask(
-        [splash_mask.CausalMask((t, t)) for _ in range(n)])
+        [splash_mask.CausalMask((t, t)) for _ in range(n // head_shards)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                               block_q_dkv=block, block_kv_dkv=block,
                               block_kv_dkv_compute=block, block_q_dq=block,
@@ -388,14 +401,75 @@ def splash_attention(q_NxTxKxGxDh: jax.Array, k_NxSxKxDh: jax.Array,
                  jnp.asarray(h ** -0.5, q_NxTxKxGxDh.dtype))
     segments_NxT = key_mask_NxS.astype(jnp.int32)
 
-    def one_row(q_HxTxDh: jax.Array, k_SxKxDh: jax.Array, v_SxKxDh: jax.Array,
+    def one_row(q_HxTxDh: jax.Array, k_KxSxDh: jax.Array, v_KxSxDh: jax.Array,
                 seg_T: jax.Array) -> jax.Array:
-        return kernel(q_HxTxDh, k_SxKxDh.transpose(1, 0, 2), v_SxKxDh.transpose(1, 0, 2),
+        return kernel(q_HxTxDh, k_KxSxDh, v_KxSxDh,
                       segment_ids=splash.SegmentIds(q=seg_T, kv=seg_T))
 
-    out_NxHxTxDh = jax.vmap(one_row)(q_NxHxTxDh, k_NxSxKxDh, v_NxSxKxDh, segments_NxT)
+    def rows(q_NxHxTxDh: jax.Array, k_NxKxSxDh: jax.Array, v_NxKxSxDh: jax.Array,
+             segments_NxT: jax.Array) -> jax.Array:
+        return jax.vmap(one_row)(q_NxHxTxDh, k_NxKxSxDh, v_NxKxSxDh, segments_NxT)
+
+    k_NxKxSxDh, v_NxKxSxDh = k_NxSxKxDh.transpose(0, 2, 1, 3), v_NxSxKxDh.transpose(0, 2, 1, 3)
+    if specs is not None:
+        # Each device runs the kernel on its rows and kv heads (query heads
+        # split alike: head n belongs to kv head n // G).
+        mesh, rows_spec, heads_spec, _ = specs
+        rows = jax.shard_map(rows, mesh=mesh, in_specs=(heads_spec,) * 3 + (rows_spec,),
+                             out_specs=heads_spec, check_vma=False)
+    out_NxHxTxDh = rows(q_NxHxTxDh, k_NxKxSxDh, v_NxKxSxDh, segments_NxT)
     return out_NxHxTxDh.transpose(0, 2, 1, 3).reshape(b, t, kh, g, h).astype(
         q_NxTxKxGxDh.dtype)
+
+
+# The mesh (and logical rules) that kernels without a partitioning rule of
+# their own split their work over; see `partitioned`.
+_PARTITION: contextvars.ContextVar[tuple[Mesh, sharding_lib.Rules] | None] = (
+    contextvars.ContextVar("golfjax_attention_partition", default=None))
+
+
+@contextlib.contextmanager
+def partitioned(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES
+                ) -> Iterator[None]:
+    """Attention traced inside this context splits Pallas kernels over `mesh`.
+
+    Rows go over the `batch` rule's mesh axes and kv heads over the
+    `kv_heads` rule's, as the model's activations are laid out. Enter it
+    inside the function being jitted (a trace-time setting): `Trainer` does
+    for its step and log-prob programs.
+    """
+    token = _PARTITION.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _PARTITION.reset(token)
+
+
+def _splash_specs(n: int, kh: int
+                  ) -> tuple[Mesh, PartitionSpec, PartitionSpec, int] | None:
+    """(mesh, rows spec, rows x kv-heads spec, kv-head shards) to shard_map
+    splash over, or None.
+
+    None outside `partitioned` or on a one-device mesh. Rows and kv heads
+    are split where the rules shard them and their counts divide.
+    """
+    partition = _PARTITION.get()
+    if partition is None or partition[0].size == 1:
+        return None
+    mesh, rules = partition
+    table = dict(rules)
+    rows = sharding_lib.logical_to_spec(("batch",), rules)[0]
+    if n % sharding_lib.row_shards(mesh, rules):
+        # Only shape-only traces see such row counts (the train step's
+        # `eval_shape` of one row); batches themselves are checked to divide.
+        rows = None
+    heads, size = table.get("kv_heads"), 1
+    if heads is not None:
+        flat = (heads,) if isinstance(heads, str) else tuple(heads)
+        size = int(np.prod([mesh.shape[a] for a in flat]))
+        if size == 1 or kh % size:
+            heads, size = None, 1
+    return mesh, PartitionSpec(rows), PartitionSpec(rows, heads), size
 
 
 # ---------------------------------------------------------------- entry point

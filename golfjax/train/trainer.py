@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from golfjax import sharding as sharding_lib
+from golfjax.models import attention as attention_lib
 from golfjax.models import transformer
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
@@ -64,6 +65,7 @@ class Trainer:
         # `loss.agg` is "loss-default" (docs/algorithms.md#aggregation).
         self.loss_cfg = loss_cfg = loss_cfg.for_loss(cfg.loss)
         self.mesh = mesh
+        self._rules = rules
         temperature = temperature or 1.0
         self.optimizer = make_optimizer(opt_cfg)
         replicated = NamedSharding(mesh, P())
@@ -100,7 +102,7 @@ class Trainer:
             in_shardings=(self.param_shardings,),
             out_shardings=self.state_shardings,
         )
-        self._step_fn = functools.partial(
+        self._step_fn = self._partitioned(functools.partial(
             step_lib.train_step,
             model_config=model_config,
             optimizer=self.optimizer,
@@ -108,17 +110,17 @@ class Trainer:
             loss_cfg=loss_cfg,
             temperature=temperature,
             row_sharding=row,
-        )
+        ))
         self._replicated = replicated
         # One jitted step per batch layout: a Batch, or a tuple of k parts.
         self._steps: dict[int | None, Any] = {}
         self._logprobs = jax.jit(
-            functools.partial(
+            self._partitioned(functools.partial(
                 step_lib.compute_logprobs,
                 model_config=model_config,
                 temperature=temperature,
                 chunk=cfg.logp_chunk,
-            ),
+            )),
             # Read-only parameters in their training layout; per-row outputs.
             in_shardings=(self.param_shardings, self.batch_shardings),
             out_shardings=(row, None),
@@ -126,6 +128,15 @@ class Trainer:
         # Simulated CPU devices can deadlock when several sharded programs are
         # queued; block on each result there (TPU/GPU keep their async queue).
         self._block = jax.devices()[0].platform == "cpu"
+
+    def _partitioned(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` traced with attention kernels split over this mesh
+        (`attention.partitioned`: a Pallas kernel has no partitioning rule,
+        so without it every device would attend over every row)."""
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with attention_lib.partitioned(self.mesh, self._rules):
+                return fn(*args, **kwargs)
+        return traced
 
     def init_state(self, params: Any, seed: int) -> TrainState:
         """Step 0 from `params` (host or device arrays), laid out by the rules."""
