@@ -142,8 +142,10 @@ class SamplingConfig:
         stop); it is always masked out.
       decode_loops: the most decode loops (`decode_segments`), each of at
         least `MIN_LOOP_STEPS` steps: more loops read less of the KV cache per
-        step, and each compiles its own copy of the model's forward pass. 1
-        reads all P + T slots on every step and compiles fastest.
+        step, and each compiles its own copy of the model's forward pass (of
+        every layer with `ModelConfig.decode_layers` unrolled, of one layer
+        body with scan). 1 reads all P + T slots on every step and compiles
+        fastest.
     """
 
     temperature: float = 1.0
