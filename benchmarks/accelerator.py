@@ -10,7 +10,10 @@ the run goes on), with a per-check time limit:
   train_1b       train step, llama3.2-1b, bf16, no remat, 16 rows x 1,024 tokens
   train_1b_remat the same with remat
   sample_512     sampler, qwen2.5-0.5b, 64 prompts x 8 samples (512 rows),
-                 P 128, 512 new tokens
+                 P 128, 512 new tokens (`decode_layers` auto: scanned layers
+                 on an accelerator)
+  sample_512_unrolled  the same with unrolled layers (`--decode-layers
+                 unrolled`), for the compile seconds and tokens/s of both
 
 (sequences are P = 128 prompt slots plus the rest as response). Each train
 check reports MFU (model FLOPs / step time / the device's dense bf16 peak,
@@ -21,9 +24,10 @@ call's seconds (compiling prefill and decode) and the decode step's compiled
 bytes accessed against `sampling.decode_bytes_per_step`. The JSON also holds
 the device, the JAX version, the date and the git commit.
 
---smoke runs the same five checks at tiny shapes (the `tiny` preset, a few
+--smoke runs the same six checks at tiny shapes (the `tiny` preset, a few
 tokens), so the whole path is exercised on a CPU in a few minutes.
-The default limits keep the whole run under 8 minutes on one H200.
+The per-check limits, cut to what is left of `--budget-s` for the whole run,
+keep it under 8 minutes on one H200.
 """
 
 from __future__ import annotations
@@ -66,7 +70,16 @@ CHECKS: dict[str, tuple[str, list[str], list[str]]] = {
                     "--prompt-len=128", "--new-tokens=512", "--repeats=2"],
                    ["--preset=tiny", "--batches=4", "--group=2", "--prompt-len=16",
                     "--new-tokens=16", "--repeats=1", "--mem-bandwidth-gbs=10"]),
+    "sample_512_unrolled": ("sampler.py",
+                            ["--preset=qwen2.5-0.5b", "--batches=64", "--group=8",
+                             "--prompt-len=128", "--new-tokens=512", "--repeats=1",
+                             "--decode-layers=unrolled"],
+                            ["--preset=tiny", "--batches=4", "--group=2",
+                             "--prompt-len=16", "--new-tokens=16", "--repeats=1",
+                             "--mem-bandwidth-gbs=10", "--decode-layers=unrolled"]),
 }
+# A check is not started with less than this many seconds of the budget left.
+MIN_CHECK_S = 15.0
 TRAIN_FLAGS = ["--steps=3", "--warmup=1", "--breakdown-runs=1", "--peak-size=8192",
                "--peak-repeats=2"]
 SMOKE_TRAIN_FLAGS = ["--steps=1", "--warmup=1", "--breakdown-runs=1",
@@ -115,7 +128,8 @@ def run_check(name: str, smoke: bool, timeout_s: float, tmp: str) -> dict[str, A
                 "compiled_bytes_accessed", "peak_rss_mib")
         return dict(record, **{k: result.get(k) for k in keep})
     result = report["result"]
-    keep = ("batch", "group", "new_tokens", "prompt_len", "first_call_seconds",
+    keep = ("batch", "group", "new_tokens", "prompt_len", "decode_layers",
+            "first_call_seconds",
             "seconds", "tokens_per_s", "prefill_seconds", "decode_tokens_per_s",
             "bound_tokens_per_s", "fraction_of_bandwidth_bound",
             "bandwidth_bytes_per_s", "decode_step_compiled")
@@ -129,7 +143,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes: exercises every check on a CPU")
     parser.add_argument("--timeout-s", type=float, default=85.0,
-                        help="limit per check (the sampler check gets 1.5x)")
+                        help="limit per check (the sampler checks get 1.5x)")
+    parser.add_argument("--budget-s", type=float, default=470.0,
+                        help="limit of the whole run: each check's limit is cut "
+                        "to what is left, and a check with under "
+                        f"{MIN_CHECK_S:.0f} s left is skipped")
     args = parser.parse_args()
     names = args.checks.split(",")
     unknown = [n for n in names if n not in CHECKS]
@@ -147,10 +165,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             limit = args.timeout_s * (1.5 if name.startswith("sample") else 1.0)
-            result = run_check(name, args.smoke, limit, tmp)
+            left = args.budget_s - (time.perf_counter() - start)
+            if left < MIN_CHECK_S:
+                result = {"error": f"skipped: {left:.0f} s left of --budget-s "
+                                   f"{args.budget_s:.0f}"}
+            else:
+                result = run_check(name, args.smoke, min(limit, left), tmp)
             report["checks"][name] = result
             summary = {k: v for k, v in result.items()
                        if k in ("wall_s", "mfu", "fraction_of_bandwidth_bound",
+                                "decode_layers",
                                 "compile_s", "first_call_seconds",
                                 "compiled_temp_bytes", "error")}
             print(name, json.dumps(summary)[:600], flush=True)

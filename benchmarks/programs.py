@@ -16,7 +16,9 @@ the step's real shardings and donation; `decode_step_program` compiles one
 decode step (`golfjax.decode.decode_step`: a T = 1 forward of every row, the
 draw and the record) with the cache of the sampler's last decode loop, the
 largest one, and the state donated, as the loop body runs. `decode_roofline`
-is `sampling.decode_bytes_per_step` for that cache.
+is `sampling.decode_bytes_per_step` for that cache. `sampler_programs`
+compiles the sampler's whole prefill and decode programs for one (batch,
+prompt) bucket, the compilation a first `generate` call pays.
 """
 
 from __future__ import annotations
@@ -102,20 +104,27 @@ def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
 
     Stats also hold `compile_s`, the cache's `slots`, and `roofline_bytes`
     (`sampling.decode_bytes_per_step` at those slots) with
-    `bytes_per_roofline`. The step takes the sampler's per-platform choices
-    (per-layer weights and a recent buffer on CPU).
+    `bytes_per_roofline`. The step takes the sampler's per-platform choices:
+    `config.decode_layers` resolved for the platform (scanned layers over a
+    stacked cache, or unrolled ones), and with unrolled layers on CPU
+    per-layer weights and a recent buffer.
     """
     cfg = sampling.SamplingConfig(max_new_tokens=new_tokens)
     if decode_loops is not None:
         cfg = cfg.replace(decode_loops=decode_loops)
-    cpu = (platform or jax.default_backend()) == "cpu"
+    platform = platform or jax.default_backend()
+    config = config.replace(
+        decode_layers=config_lib.resolve_decode_layers(config, platform))
+    stacked = config.decode_layers == "scan"
+    cpu = platform == "cpu" and not stacked  # Per-layer weights, recent buffer.
     params = transformer.abstract_params(config)
     if cpu:
         params = jax.eval_shape(transformer.split_layers, params)
     main, slots, _ = decode.loop_caches(prompt, new_tokens, cfg.decode_loops)[-1]
 
     def make_state() -> decode.DecodeState:
-        cache = cache_lib.init_cache(config, rows, main if cpu else slots)
+        cache = cache_lib.init_cache(config, rows, main if cpu else slots,
+                                     stacked=stacked)
         if cpu:
             cache = cache_lib.with_recent(cache, slots - main)
         return decode.DecodeState(
@@ -136,7 +145,44 @@ def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
     compiled = jax.jit(step, donate_argnums=1).lower(
         params, jax.eval_shape(make_state), jax.ShapeDtypeStruct((rows, slots), bool),
         jax.ShapeDtypeStruct((rows,), jnp.int32), jax.random.key(0)).compile()
-    out = dict(stats(compiled), compile_s=time.perf_counter() - start, slots=slots)
+    out = dict(stats(compiled), compile_s=time.perf_counter() - start, slots=slots,
+               decode_layers=config.decode_layers)
     out["roofline_bytes"] = float(sampling.decode_bytes_per_step(config, rows, slots))
     out["bytes_per_roofline"] = out["bytes_accessed"] / out["roofline_bytes"]
     return compiled, out
+
+
+def sampler_programs(config: config_lib.ModelConfig, batch: int, group: int,
+                     prompt: int, new_tokens: int, *, decode_loops: int | None = None
+                     ) -> dict[str, Any]:
+    """Lower + compile seconds of the sampler's prefill and decode programs.
+
+    The programs of `sampling.Sampler` for `batch` prompts of `prompt` tokens,
+    `group` samples each and `new_tokens` new tokens, compiled from abstract
+    inputs on the default device (nothing is allocated or run): what the
+    first `generate` call of that bucket compiles, with
+    `config.decode_layers` resolved by the Sampler for this platform.
+    """
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=new_tokens, group_size=group, prompt_buckets=(prompt,),
+        batch_buckets=(batch,))
+    if decode_loops is not None:
+        cfg = cfg.replace(decode_loops=decode_loops)
+    sampler = sampling.Sampler(config, cfg)
+    programs = sampler.programs(batch, prompt)
+    params = transformer.abstract_params(config)
+    tokens = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
+    mask = jax.ShapeDtypeStruct((batch, prompt), jnp.bool_)
+    valid = jax.ShapeDtypeStruct((batch,), jnp.bool_)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    out: dict[str, Any] = {
+        "decode_layers": config_lib.resolve_decode_layers(config, jax.default_backend()),
+        "decode_loops": len(decode.decode_segments(prompt, new_tokens, cfg.decode_loops))}
+    start = time.perf_counter()
+    programs.prefill.lower(params, tokens, mask).compile()
+    out["prefill_compile_s"] = time.perf_counter() - start
+    cache, logits = jax.eval_shape(programs.prefill, params, tokens, mask)
+    start = time.perf_counter()
+    programs.decode.lower(params, cache, logits, tokens, mask, valid, key).compile()
+    out["decode_compile_s"] = time.perf_counter() - start
+    return out

@@ -237,16 +237,24 @@ def bench_preset(args: argparse.Namespace) -> dict[str, Any]:
     at once), the fastest timed call's tokens/s, prefill seconds, decode
     tokens/s and its fraction of the bandwidth bound, plus the compile-only
     figures of one decode step (`benchmarks/programs.py`). With
-    --compile-only, only those.
+    --compile-only, only those, and the lower + compile seconds of the
+    sampler's prefill and decode programs (`programs.sampler_programs`).
+    --decode-layers sets `ModelConfig.decode_layers` (default: the preset's,
+    "auto").
     """
     config = config_lib.get_preset(args.preset)
+    if args.decode_layers:
+        config = config.replace(decode_layers=args.decode_layers)
     batch, p, t = int(args.batches.split(",")[0]), args.prompt_len, args.new_tokens
     case = Case(args.preset, batch, args.group, t)
     _, step = programs.decode_step_program(config, case.rows, p, t,
                                            decode_loops=args.decode_loops)
     out: dict[str, Any] = dict(dataclasses.asdict(case), prompt_len=p,
+                               decode_layers=step["decode_layers"],
                                decode_step_compiled=step)
     if args.compile_only:
+        out["programs_compiled"] = programs.sampler_programs(
+            config, batch, args.group, p, t, decode_loops=args.decode_loops)
         return out
     cfg = sampling.SamplingConfig(
         temperature=1.0, max_new_tokens=t, group_size=args.group,
@@ -503,8 +511,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompt-len", type=int, default=128,
                         help="with --preset: P, the tokens of every prompt")
     parser.add_argument("--compile-only", action="store_true",
-                        help="with --preset: only the decode step's compiled "
-                        "figures (bytes accessed vs the roofline), no run")
+                        help="with --preset: only compiled figures, no run: the "
+                        "decode step's (bytes accessed vs the roofline) and the "
+                        "compile seconds of the prefill and decode programs")
+    parser.add_argument("--decode-layers", choices=config_lib.DECODE_LAYERS,
+                        help="with --preset: ModelConfig.decode_layers (default: "
+                        "auto, unrolled on CPU and scanned on GPU/TPU)")
     parser.add_argument("--worker", choices=sorted(ENGINES),
                         help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -514,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     if args.compile_only and not args.preset:
         parser.error("--compile-only needs --preset")
+    if args.decode_layers and not args.preset:
+        parser.error("--decode-layers needs --preset")
     if args.preset:
         result = bench_preset(args)
         report = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv),

@@ -61,9 +61,12 @@ class ModelSection:
     attention: str = ""  # One of models.config.ATTENTION_IMPLEMENTATIONS.
     attention_block: int = 0  # Query/key block of the blockwise attention.
     mlp_chunk: int = 0  # With remat: tokens per MLP chunk.
+    # How the sampler's cached forward runs the layers: one of
+    # models.config.DECODE_LAYERS ("auto": unrolled on CPU, scanned elsewhere).
+    decode_layers: str = ""
 
     def __post_init__(self) -> None:
-        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, PRESETS
+        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS
 
         if not self.hf_path:
             _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
@@ -72,12 +75,15 @@ class ModelSection:
                           "one of " + ", ".join(ATTENTION_IMPLEMENTATIONS) + ", or '' (the model's)"),
             "attention_block": (self.attention_block >= 0, ">= 1, or 0 (the model's)"),
             "mlp_chunk": (self.mlp_chunk >= 0, ">= 1, or 0 (the model's)"),
+            "decode_layers": (self.decode_layers in ("", *DECODE_LAYERS),
+                              "one of " + ", ".join(DECODE_LAYERS) + ", or '' (the model's)"),
         })
 
     def overrides(self) -> dict[str, Any]:
         """The `ModelConfig` fields this section sets (remat, attention, ...)."""
         fields = {"remat": True} if self.remat else {}
-        fields |= {name: getattr(self, name) for name in ("attention", "attention_block", "mlp_chunk")
+        fields |= {name: getattr(self, name)
+                   for name in ("attention", "attention_block", "mlp_chunk", "decode_layers")
                    if getattr(self, name)}
         return fields
 

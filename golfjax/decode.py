@@ -67,7 +67,10 @@ def prefill(
 ) -> tuple[cache_lib.KVCache, jax.Array]:
     """Writes the prompts into a fresh P-slot cache; logits of each last token.
 
-    The decode loops widen the cache as they go (`decode_segments`)."""
+    The decode loops widen the cache as they go (`decode_segments`). The
+    cache is stacked over layers iff `model_config.decode_layers` is "scan"
+    ("auto" resolved on the default backend; the Sampler passes it resolved).
+    """
     b, p = tokens_BxP.shape
     positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1, dtype=jnp.int32) - 1, 0)
     cache = cache_lib.init_cache(model_config, b, p)
@@ -134,14 +137,19 @@ def decode(
 ) -> Rollout:
     """Shares each prefill across its G rows, then samples until all rows finish.
 
-    With `split_layers` (on CPU), the layer weights are copied into per-layer
+    `cache` is the prefill's, per-layer or stacked; a stacked one runs the
+    layers scanned (golfjax/models/transformer.py). With `split_layers` (on
+    CPU, per-layer cache only), the layer weights are copied into per-layer
     arrays once, before the loop, instead of XLA copying each layer's slice
     of the stacked weights on every step (`transformer.split_layers`). With
-    `recent_buffer` (on CPU), each loop writes its tokens' keys and values
+    `recent_buffer` (likewise), each loop writes its tokens' keys and values
     into a float32 recent buffer merged after the loop (golfjax/models/cache.py
     says why).
     """
     g, t = cfg.group_size, cfg.max_new_tokens
+    if cache.stacked and (split_layers or recent_buffer):
+        raise ValueError("split_layers and recent_buffer are for the per-layer "
+                         "(unrolled) cache, not a stacked one")
     if split_layers:
         params = transformer.split_layers(params)
     b, p = tokens_BxP.shape
@@ -150,8 +158,7 @@ def decode(
     def tile(x: jax.Array, axis: int = 0) -> jax.Array:
         return jnp.repeat(x, g, axis=axis, total_repeat_length=n)
 
-    cache = cache.replace(k_NxKxDhxS=tuple(map(tile, cache.k_NxKxDhxS)),
-                          v_NxKxSxDh=tuple(map(tile, cache.v_NxKxSxDh)))
+    cache = cache_lib.repeat_rows(cache, g)
     mask_NxP = tile(mask_BxP)
     attention_mask_NxS = jnp.concatenate(
         [mask_NxP, jnp.ones((n, t), bool)], axis=1)

@@ -28,9 +28,12 @@ One call runs:
    exit as soon as every row has finished (a stop token) or T tokens exist.
    The steps are split over a few consecutive loops and the cache grows
    between them, so each step reads little more than the slots its loop can
-   have written (`decode_segments`); on CPU a loop writes its tokens' keys
-   and values into a float32 recent buffer merged after it
-   (golfjax/models/cache.py). Nothing leaves the device inside the loops.
+   have written (`decode_segments`). On TPU/GPU each step runs the layers as
+   one scanned body over a cache stacked over layers, so each loop compiles
+   one layer; on CPU the layers run unrolled over per-layer buffers and a
+   loop writes its tokens' keys and values into a float32 recent buffer
+   merged after it (`ModelConfig.decode_layers`, golfjax/models/cache.py).
+   Nothing leaves the device inside the loops.
    The programs live in golfjax/decode.py, the per-step draw in
    golfjax/draw.py.
 
@@ -92,7 +95,7 @@ from golfjax.decode import (FINISH_LENGTH, FINISH_STOP, MIN_LOOP_STEPS, Rollout,
 from golfjax.draw import processed_log_probs, sample
 from golfjax.models import cache as cache_lib
 from golfjax.models import transformer
-from golfjax.models.config import ModelConfig
+from golfjax.models.config import ModelConfig, resolve_decode_layers
 
 Params = Any
 __all__ = [
@@ -139,8 +142,10 @@ class SamplingConfig:
         stop); it is always masked out.
       decode_loops: the most decode loops (`decode_segments`), each of at
         least `MIN_LOOP_STEPS` steps: more loops read less of the KV cache per
-        step, and each compiles its own copy of the model's forward pass. 1
-        reads all P + T slots on every step and compiles fastest.
+        step, and each compiles its own copy of the model's forward pass (of
+        every layer with `ModelConfig.decode_layers` unrolled, of one layer
+        body with scan). 1 reads all P + T slots on every step and compiles
+        fastest.
     """
 
     temperature: float = 1.0
@@ -271,12 +276,20 @@ class Sampler:
         # On a CPU mesh, queued multi-device programs can deadlock one another
         # (XLA's simulated devices share a thread pool); block on each result.
         self._block = mesh is not None and mesh.size > 1 and platform == "cpu"
+        # How the cached forward runs the layers (`ModelConfig.decode_layers`,
+        # "auto" resolved for this platform): scanned, one compiled layer body
+        # over a cache stacked over layers, on TPU/GPU; unrolled on CPU, whose
+        # backend copies a stacked cache's slices on every step. The programs
+        # get the config with the resolved value, so their caches take that form.
+        self._decode_config = model_config.replace(
+            decode_layers=resolve_decode_layers(model_config, platform))
         # Per-layer weight copies and the recent buffer (`decode.decode`) are
-        # for CPU, where XLA copies a slice of a stacked weight on every use
-        # and rewrites a whole bf16 buffer to update one slot. On TPU/GPU both
-        # are native, and a second copy of the weights would cost accelerator
-        # memory.
-        self._split_layers = platform == "cpu"
+        # for CPU with unrolled layers, where XLA copies a slice of a stacked
+        # weight on every use and rewrites a whole bf16 buffer to update one
+        # slot. On TPU/GPU both are native, and a second copy of the weights
+        # would cost accelerator memory.
+        self._split_layers = (platform == "cpu" and
+                              self._decode_config.decode_layers == "unrolled")
 
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any) -> Any:
@@ -285,7 +298,7 @@ class Sampler:
         return traced
 
     def _compile(self, b: int, p: int) -> _Programs:
-        c, cfg = self.model_config, self.cfg
+        c, cfg = self._decode_config, self.cfg
         s = p + cfg.max_new_tokens
         prefill = self._counted("prefill", functools.partial(
             decode_lib.prefill, model_config=c))

@@ -50,6 +50,7 @@ def test_round_trip_of_the_defaults():
         ({"model": {"preset": "huge"}}, r"config.model.preset='huge'; expected one of"),
         ({"model": {"attention": "flash"}}, r"config.model.attention='flash'; expected one of auto, "),
         ({"model": {"attention_block": -1}}, r"config.model.attention_block=-1; expected >= 1, or 0"),
+        ({"model": {"decode_layers": "rolled"}}, r"config.model.decode_layers='rolled'; expected one of auto, scan, unrolled"),
         ({"task": {"name": "chess"}}, r"config.task.name='chess'; expected one of arith"),
         ({"task": {"template_kwargs": {"enable thinking": 1}}}, r"config.task.template_kwargs: key 'enable thinking' is not an identifier"),
         ({"golf": {"critic": "oracle"}}, r"config.golf.critic='oracle'; expected '' or one of"),
@@ -77,6 +78,10 @@ def test_model_section_overrides_only_what_it_sets():
     default = model_config_lib.get_preset("tiny")
     assert (model_config.attention, model_config.attention_block) == ("blockwise", 64)
     assert (model_config.mlp_chunk, model_config.remat) == (default.mlp_chunk, default.remat)
+    assert model_config.decode_layers == default.decode_layers == "auto"
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"decode_layers": "scan"}})
+    assert cfg.model.overrides() == {"decode_layers": "scan"}
+    assert components.make_model(cfg, mesh=None)[0].decode_layers == "scan"
 
 
 def test_refine_first_steps_precede_the_refine_fraction_draw():

@@ -200,8 +200,46 @@ def test_sharded_8_devices_equals_single_device(qwen2_model):
                                single.behaviour_logp_NxT, atol=1e-5)
 
 
-def test_sampled_logp_equals_teacher_forced_forward(qwen2_model):
+def test_scanned_layers_sample_what_unrolled_ones_do(qwen2_model):
+    # decode_layers="scan" forced on CPU: a stacked cache, no per-layer
+    # weights, no recent buffer; the same tokens (greedy, over several decode
+    # loops) and the same behaviour log-probs as the default (unrolled) path.
     _, config, params = qwen2_model
+    scan = config.replace(decode_layers="scan")
+    cfg = _cfg(max_new_tokens=40)  # Two decode loops: steps 1-32, 33-39.
+    assert len(sampling.decode_segments(8, 40, cfg.decode_loops)) == 2
+    sampler = sampling.Sampler(scan, cfg)
+    assert not sampler._split_layers
+    cache, _ = sampler.programs(4, 8).prefill(params, *sampling.pad_prompts(
+        [np.asarray(p) for p in PROMPTS], 4, 8, cfg.pad_id))
+    assert cache.stacked
+    scanned = _np(sampler.generate(params, PROMPTS, jax.random.key(0)))
+    unrolled = _np(sampling.generate(params, PROMPTS, jax.random.key(0), cfg,
+                                     model_config=config))
+    np.testing.assert_array_equal(scanned.tokens_NxT, unrolled.tokens_NxT)
+    np.testing.assert_allclose(scanned.behaviour_logp_NxT, unrolled.behaviour_logp_NxT,
+                               atol=1e-5, rtol=0)
+
+
+def test_scanned_layers_on_8_devices_equal_single_device(qwen2_model):
+    _, config, params = qwen2_model
+    config = config.replace(decode_layers="scan")
+    mesh = sharding_lib.make_mesh(data=2, fsdp=2, tensor=2)
+    cfg = _cfg(**SAMPLED)
+    single = _np(sampling.generate(params, PROMPTS, jax.random.key(2), cfg,
+                                   model_config=config))
+    sharded = sampling.generate(jax.device_put(params, transformer.param_shardings(
+        config, mesh)), PROMPTS, jax.random.key(2), cfg, model_config=config, mesh=mesh)
+    jax.block_until_ready(sharded)
+    np.testing.assert_array_equal(np.asarray(sharded.tokens_NxT), single.tokens_NxT)
+    np.testing.assert_allclose(np.asarray(sharded.behaviour_logp_NxT),
+                               single.behaviour_logp_NxT, atol=1e-5)
+
+
+@pytest.mark.parametrize("decode_layers", ["auto", "scan"])
+def test_sampled_logp_equals_teacher_forced_forward(qwen2_model, decode_layers):
+    _, config, params = qwen2_model
+    config = config.replace(decode_layers=decode_layers)
     r = _np(sampling.generate(params, PROMPTS, jax.random.key(1),
                               _cfg(**SAMPLED), model_config=config))
     assert r.tokens_NxT.shape == (len(PROMPTS) * 2, NEW_TOKENS)

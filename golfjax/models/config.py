@@ -28,6 +28,8 @@ FAMILIES = ("llama3", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
 # golfjax/models/attention.py's IMPLEMENTATIONS (that module imports jax only).
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
+# How the cached (prefill and decode) forward runs the layers (`decode_layers`).
+DECODE_LAYERS = ("auto", "scan", "unrolled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,13 @@ class ModelConfig:
       mlp_chunk: with `remat`, the MLP runs over at most this many tokens
         (rows x positions) at a time, each chunk recomputed in the backward
         pass, so its intermediates stop growing with the sequence.
+      decode_layers: how the forward pass with a KV cache runs the layers:
+        "scan" (one compiled layer body over a cache stacked over layers),
+        "unrolled" (one copy of the layer per layer, each over its own cache
+        buffers: what XLA's CPU backend runs fastest, see
+        golfjax/models/cache.py) or "auto" (`resolve_decode_layers`: unrolled
+        on CPU, scanned on GPU/TPU, where compiling every layer of every
+        decode loop took about a minute).
     """
 
     family: str = "llama3"
@@ -109,6 +118,7 @@ class ModelConfig:
     attention: str = "auto"
     attention_block: int = 512
     mlp_chunk: int = 8192
+    decode_layers: str = "auto"
 
     def __post_init__(self) -> None:
         # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
@@ -132,6 +142,9 @@ class ModelConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"ModelConfig.attention must be one of "
                              f"{ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
+        if self.decode_layers not in DECODE_LAYERS:
+            raise ValueError(f"ModelConfig.decode_layers must be one of "
+                             f"{DECODE_LAYERS}, got {self.decode_layers!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
@@ -172,6 +185,18 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def resolve_decode_layers(config: ModelConfig, platform: str) -> str:
+    """The cached forward's layers, "scan" or "unrolled"; "auto" by platform.
+
+    `platform` is the JAX platform the cached forward runs on ("cpu", "gpu",
+    "tpu"): XLA's CPU backend runs a stacked cache slowly (golfjax/models/cache.py),
+    the others update it in place and compile one layer body instead of L.
+    """
+    if config.decode_layers != "auto":
+        return config.decode_layers
+    return "unrolled" if platform == "cpu" else "scan"
 
 
 # Presets. `tiny` is for unit tests; the others are small models for the built-in

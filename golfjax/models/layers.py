@@ -188,17 +188,9 @@ class Attention(nnx.Module):
             arrays, which it then only reads (golfjax/models/cache.py).
         """
         c = self.config
-        b, t, _ = x_NxTxD.shape
-        q_NxTxHxDh = self._project(x_NxTxD, "q")
-        k_NxTxKxDh = self._project(x_NxTxD, "k")
-        v_NxTxKxDh = self._project(x_NxTxD, "v")
-        if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
-            q_NxTxHxDh = self.q_norm(q_NxTxHxDh)
-            k_NxTxKxDh = self.k_norm(k_NxTxKxDh)
-        q_NxTxHxDh = apply_rope(q_NxTxHxDh, sin_NxTxDh, cos_NxTxDh)
-        k_NxTxKxDh = apply_rope(k_NxTxKxDh, sin_NxTxDh, cos_NxTxDh)
-        g = c.num_heads // c.num_kv_heads
-        q_NxTxKxGxDh = q_NxTxHxDh.reshape(b, t, c.num_kv_heads, g, c.head_dim)
+        t = x_NxTxD.shape[1]
+        q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh = self._qkv(x_NxTxD, sin_NxTxDh,
+                                                         cos_NxTxDh)
         if kv_cache is None:
             out_NxTxKxGxDh = attention_lib.attention(
                 q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh, key_mask_NxS, 0,
@@ -208,24 +200,17 @@ class Attention(nnx.Module):
             k_NxKxDhxS, v_NxKxSxDh, recent = kv_cache
             zero = jnp.zeros((), jnp.int32)
             if recent is None:
-                k_NxKxDhxS = jax.lax.dynamic_update_slice(
-                    k_NxKxDhxS, k_NxTxKxDh.astype(k_NxKxDhxS.dtype).transpose(0, 2, 3, 1),
-                    (zero, zero, zero, write_index))
-                v_NxKxSxDh = jax.lax.dynamic_update_slice(
-                    v_NxKxSxDh, v_NxTxKxDh.astype(v_NxKxSxDh.dtype).transpose(0, 2, 1, 3),
-                    (zero, zero, write_index, zero))
+                k_NxKxDhxS, v_NxKxSxDh = _write_slots(
+                    k_NxKxDhxS, v_NxKxSxDh, *_cache_layout(k_NxTxKxDh, v_NxTxKxDh,
+                                                           k_NxKxDhxS.dtype),
+                    write_index)
             s = k_NxKxDhxS.shape[-1]
-            if t > 1:  # Prefill: the cache's slots in the projections' layout.
+            if t > 1:
                 if recent is not None:
                     raise ValueError("a cache with a recent buffer takes one token "
                                      f"per call, got {t}")
-                out_NxTxKxGxDh = attention_lib.attention(
-                    q_NxTxKxGxDh, k_NxKxDhxS.transpose(0, 3, 1, 2).astype(x_NxTxD.dtype),
-                    v_NxKxSxDh.transpose(0, 2, 1, 3).astype(x_NxTxD.dtype),
-                    key_mask_NxS, write_index,
-                    implementation=("blockwise" if c.attention in ("cudnn", "splash")
-                                    else c.attention),
-                    block=c.attention_block)
+                out_NxTxKxGxDh = self._prefill_attention(
+                    q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, key_mask_NxS, write_index)
             elif recent is None:
                 visible_NxS = key_mask_NxS & (
                     jnp.arange(s, dtype=jnp.int32)[None, :] <= write_index)
@@ -255,11 +240,113 @@ class Attention(nnx.Module):
                     (recent_k_NxKxDhxW, recent_v_NxKxWxDh, recent_NxW))
                 recent = (recent_k_NxKxDhxW, recent_v_NxKxWxDh, start)
             new_cache = (k_NxKxDhxS, v_NxKxSxDh, recent)
-        out_NxTxHxDh = out_NxTxKxGxDh.reshape(b, t, c.num_heads, c.head_dim)
-        o_HxDhxD = self.o[...].astype(x_NxTxD.dtype)
-        out_NxTxD = _dense(out_NxTxHxDh.reshape(b, t, -1),
-                           o_HxDhxD.reshape(-1, o_HxDhxD.shape[-1]))
-        return out_NxTxD, new_cache
+        return self._output(out_NxTxKxGxDh), new_cache
+
+    def over_cache(
+        self,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
+        k_NxKxDhxS: jax.Array,
+        v_NxKxSxDh: jax.Array,
+        write_index: jax.Array,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Self-attention over a read-only cache; the new keys and values returned.
+
+        What `__call__` with this layer's cache computes, for the scanned
+        layers (golfjax/models/transformer.py), which read a stacked cache
+        layer by layer and write every layer's new slots after the scan. The
+        T tokens are in slots [write_index, write_index + T); returns the
+        output and their keys `N x K x Dh x T` and values `N x K x T x Dh` in
+        the cache dtype, for the caller to write there.
+
+        A decode step (T = 1) attends over the cached slots before
+        `write_index` plus the new token as `decode_attention`'s `recent`
+        term (W = 1), so the layer's cache is only read. A prefill writes the
+        new slots into its own copy of the layer's cache and attends as
+        `__call__` does.
+        """
+        t = x_NxTxD.shape[1]
+        q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh = self._qkv(x_NxTxD, sin_NxTxDh,
+                                                         cos_NxTxDh)
+        new_k_NxKxDhxT, new_v_NxKxTxDh = _cache_layout(k_NxTxKxDh, v_NxTxKxDh,
+                                                       k_NxKxDhxS.dtype)
+        if t > 1:
+            out_NxTxKxGxDh = self._prefill_attention(
+                q_NxTxKxGxDh, *_write_slots(k_NxKxDhxS, v_NxKxSxDh, new_k_NxKxDhxT,
+                                            new_v_NxKxTxDh, write_index),
+                key_mask_NxS, write_index)
+        else:
+            s = k_NxKxDhxS.shape[-1]
+            # Cached slots strictly before the new token's; the new token
+            # itself is the one-slot recent term, visible if its mask is set.
+            cached_NxS = key_mask_NxS & (
+                jnp.arange(s, dtype=jnp.int32)[None, :] < write_index)
+            new_Nx1 = jax.lax.dynamic_slice_in_dim(key_mask_NxS, write_index, 1, axis=1)
+            out_NxTxKxGxDh = decode_attention(
+                q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, cached_NxS,
+                (new_k_NxKxDhxT, new_v_NxKxTxDh, new_Nx1))
+        return self._output(out_NxTxKxGxDh), (new_k_NxKxDhxT, new_v_NxKxTxDh)
+
+    def _qkv(self, x_NxTxD: jax.Array, sin_NxTxDh: jax.Array, cos_NxTxDh: jax.Array
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries `N x T x K x G x Dh`, keys and values `N x T x K x Dh`, after
+        the q/k norms (Qwen 3) and RoPE."""
+        c = self.config
+        b, t, _ = x_NxTxD.shape
+        q_NxTxHxDh = self._project(x_NxTxD, "q")
+        k_NxTxKxDh = self._project(x_NxTxD, "k")
+        v_NxTxKxDh = self._project(x_NxTxD, "v")
+        if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
+            q_NxTxHxDh = self.q_norm(q_NxTxHxDh)
+            k_NxTxKxDh = self.k_norm(k_NxTxKxDh)
+        q_NxTxHxDh = apply_rope(q_NxTxHxDh, sin_NxTxDh, cos_NxTxDh)
+        k_NxTxKxDh = apply_rope(k_NxTxKxDh, sin_NxTxDh, cos_NxTxDh)
+        g = c.num_heads // c.num_kv_heads
+        q_NxTxKxGxDh = q_NxTxHxDh.reshape(b, t, c.num_kv_heads, g, c.head_dim)
+        return q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh
+
+    def _prefill_attention(self, q_NxTxKxGxDh: jax.Array, k_NxKxDhxS: jax.Array,
+                           v_NxKxSxDh: jax.Array, key_mask_NxS: jax.Array,
+                           write_index: jax.Array) -> jax.Array:
+        """T > 1 queries in slots [write_index, write_index + T) over a written
+        cache, with the cache's slots in the projections' layout."""
+        c = self.config
+        dt = q_NxTxKxGxDh.dtype
+        return attention_lib.attention(
+            q_NxTxKxGxDh, k_NxKxDhxS.transpose(0, 3, 1, 2).astype(dt),
+            v_NxKxSxDh.transpose(0, 2, 1, 3).astype(dt), key_mask_NxS, write_index,
+            implementation=("blockwise" if c.attention in ("cudnn", "splash")
+                            else c.attention),
+            block=c.attention_block)
+
+    def _output(self, out_NxTxKxGxDh: jax.Array) -> jax.Array:
+        """The output projection of the heads' outputs: `N x T x D`."""
+        b, t = out_NxTxKxGxDh.shape[:2]
+        o_HxDhxD = self.o[...].astype(out_NxTxKxGxDh.dtype)
+        return _dense(out_NxTxKxGxDh.reshape(b, t, -1),
+                      o_HxDhxD.reshape(-1, o_HxDhxD.shape[-1]))
+
+
+def _cache_layout(k_NxTxKxDh: jax.Array, v_NxTxKxDh: jax.Array, dtype: jnp.dtype
+                  ) -> tuple[jax.Array, jax.Array]:
+    """New keys and values in the cache's layouts and dtype: `N x K x Dh x T`,
+    `N x K x T x Dh`."""
+    return (k_NxTxKxDh.astype(dtype).transpose(0, 2, 3, 1),
+            v_NxTxKxDh.astype(dtype).transpose(0, 2, 1, 3))
+
+
+def _write_slots(k_NxKxDhxS: jax.Array, v_NxKxSxDh: jax.Array,
+                 new_k_NxKxDhxT: jax.Array, new_v_NxKxTxDh: jax.Array,
+                 write_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One layer's cache with T new slots written at `write_index`; inside a
+    decode loop XLA updates the buffers in place."""
+    zero = jnp.zeros((), jnp.int32)
+    return (jax.lax.dynamic_update_slice(k_NxKxDhxS, new_k_NxKxDhxT,
+                                         (zero, zero, zero, write_index)),
+            jax.lax.dynamic_update_slice(v_NxKxSxDh, new_v_NxKxTxDh,
+                                         (zero, zero, write_index, zero)))
 
 
 def decode_attention(
@@ -369,3 +456,22 @@ class Block(nnx.Module):
         x_NxTxD = x_NxTxD + attn_NxTxD
         x_NxTxD = x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD))
         return x_NxTxD, kv_cache
+
+    def over_cache(
+        self,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
+        k_NxKxDhxS: jax.Array,
+        v_NxKxSxDh: jax.Array,
+        write_index: jax.Array,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """The layer over a read-only cache (`Attention.over_cache`): the output
+        and the new tokens' keys and values."""
+        attn_NxTxD, new_kv = self.attn.over_cache(
+            self.attn_norm(x_NxTxD), sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+            k_NxKxDhxS, v_NxKxSxDh, write_index)
+        x_NxTxD = x_NxTxD + attn_NxTxD
+        x_NxTxD = x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD))
+        return x_NxTxD, new_kv

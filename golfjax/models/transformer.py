@@ -18,9 +18,12 @@ Layer parameters are stacked on a leading `layers` axis and run with `lax.scan`
 pass), so compile time does not grow with depth. Attention is
 golfjax/models/attention.py's entry point (`config.attention`), whose memory is
 linear in the sequence length.
-With a KV cache (prefill and decode) the layers run unrolled instead, each over
-its own cache buffers (golfjax/models/cache.py says why), and `split_layers`
-gives the same params with per-layer weights for decode loops on CPU.
+With a KV cache (prefill and decode) the cache's form decides
+(`ModelConfig.decode_layers`; golfjax/models/cache.py says why there are two):
+a stacked cache runs the layers as one `lax.scan` body, as the training
+forward does; a per-layer cache runs them unrolled, each over its own cache
+buffers (what XLA's CPU backend runs fastest), and `split_layers` gives the
+same params with per-layer weights for decode loops on CPU.
 `logical_axes(config)` gives the same tree with each leaf's logical axis names, and
 `param_shardings(config, mesh)` the NamedShardings the rules in golfjax/sharding.py
 assign.
@@ -133,8 +136,12 @@ class Transformer(nnx.Module):
                 f"{(b, s)} (rows, {'tokens' if cache is None else 'cache slots'})")
         key_mask_NxS = attention_mask_NxS.astype(bool)
         layers_def, layers_state = nnx.split(self.layers)
-        if layer_params is not None and cache is None:
-            raise ValueError("split layer params are for the cached (decode) path")
+        if layer_params is not None and (cache is None or cache.stacked):
+            raise ValueError("split layer params are for the cached (decode) path "
+                             "with a per-layer cache")
+        if cache is not None and cache.stacked:
+            return self._hidden_scanned(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+                                        cache, layers_def, layers_state)
         if cache is not None:
             return self._hidden_cached(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
                                        cache, layers_def, layers_state, layer_params)
@@ -163,10 +170,10 @@ class Transformer(nnx.Module):
     ) -> tuple[jax.Array, KVCache]:
         """The layers unrolled (a Python loop), each over its own cache buffers.
 
-        Unrolled rather than scanned because a scan needs the cache stacked over
-        layers, and a stacked cache is copied slice by slice on every decode step
-        (see golfjax/models/cache.py). Program size grows with depth on this path
-        only; the training forward stays scanned.
+        For CPU: a scan needs the cache stacked over layers, and XLA's CPU
+        backend copies a stacked cache slice by slice on every decode step
+        (see golfjax/models/cache.py). Program size, and compile time, grow
+        with depth on this path only; `_hidden_scanned` is the other.
         """
         write_index = cache.index.astype(jnp.int32)
         layer_caches = []
@@ -186,6 +193,45 @@ class Transformer(nnx.Module):
         if cache.recent_v_NxKxWxDh is not None:
             new_cache = new_cache.replace(recent_k_NxKxDhxW=tuple(r[0] for r in recents),
                                           recent_v_NxKxWxDh=tuple(r[1] for r in recents))
+        return self.final_norm(x_NxTxD), new_cache
+
+    def _hidden_scanned(
+        self,
+        x_NxTxD: jax.Array,
+        sin_NxTxDh: jax.Array,
+        cos_NxTxDh: jax.Array,
+        key_mask_NxS: jax.Array,
+        cache: KVCache,
+        layers_def: nnx.GraphDef,
+        layers_state: nnx.State,
+    ) -> tuple[jax.Array, KVCache]:
+        """The layers as one `lax.scan` over their weights and a stacked cache.
+
+        Each layer reads its slice of the cache without writing it and
+        returns the new tokens' keys and values (`Block.over_cache`); after
+        the scan one dynamic-update-slice per stacked array writes every
+        layer's T new slots at `cache.index`, in place inside a decode loop on
+        GPU/TPU. The program holds one layer body, whatever the depth.
+        """
+        write_index = cache.index.astype(jnp.int32)
+
+        def run_layer(x_NxTxD: jax.Array, layer: tuple[Any, jax.Array, jax.Array]
+                      ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            layer_state, k_NxKxDhxS, v_NxKxSxDh = layer
+            block = nnx.merge(layers_def, layer_state)
+            return block.over_cache(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+                                    k_NxKxDhxS, v_NxKxSxDh, write_index)
+
+        x_NxTxD, (new_k_LxNxKxDhxT, new_v_LxNxKxTxDh) = jax.lax.scan(
+            run_layer, x_NxTxD, (layers_state, cache.k_LxNxKxDhxS, cache.v_LxNxKxSxDh))
+        zero = jnp.zeros((), jnp.int32)
+        t = x_NxTxD.shape[1]
+        new_cache = cache.replace(
+            k_LxNxKxDhxS=jax.lax.dynamic_update_slice(
+                cache.k_LxNxKxDhxS, new_k_LxNxKxDhxT, (zero,) * 4 + (write_index,)),
+            v_LxNxKxSxDh=jax.lax.dynamic_update_slice(
+                cache.v_LxNxKxSxDh, new_v_LxNxKxTxDh, (zero,) * 3 + (write_index, zero)),
+            index=write_index + t)
         return self.final_norm(x_NxTxD), new_cache
 
     def unembed(self, x_NxTxD: jax.Array) -> jax.Array:

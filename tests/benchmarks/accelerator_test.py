@@ -21,7 +21,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert report["smoke"] and report["jax"] and report["device_kind"]
     checks = report["checks"]
     assert set(checks) == {"train_16k", "train_4k", "train_1b", "train_1b_remat",
-                           "sample_512"}
+                           "sample_512", "sample_512_unrolled"}
     for name, check in checks.items():
         assert "error" not in check, (name, check.get("error"))
     for name in ("train_16k", "train_4k", "train_1b", "train_1b_remat"):
@@ -29,7 +29,11 @@ def test_smoke_run_writes_every_figure(tmp_path):
         assert check["compiled_temp_bytes"] > 0 and check["compiled_bytes_accessed"] > 0
         assert check["compile_s"] > 0 and check["fraction_of_peak"] > 0
         assert "mfu" in check  # None on a CPU: no spec peak.
-    sample = checks["sample_512"]
-    assert 0 < sample["fraction_of_bandwidth_bound"]
-    assert sample["first_call_seconds"] > 0
-    assert sample["decode_step_compiled"]["bytes_per_roofline"] > 0
+    for name, layers in (("sample_512", None), ("sample_512_unrolled", "unrolled")):
+        sample = checks[name]
+        assert 0 < sample["fraction_of_bandwidth_bound"]
+        assert sample["first_call_seconds"] > 0
+        assert sample["decode_step_compiled"]["bytes_per_roofline"] > 0
+        # auto: unrolled on CPU, scanned on an accelerator.
+        assert sample["decode_layers"] == (layers or (
+            "unrolled" if report["backend"] == "cpu" else "scan"))

@@ -1,10 +1,12 @@
-"""golfjax/models/cache.py: the recent buffer decodes exactly like in-place writes."""
+"""golfjax/models/cache.py: the recent buffer decodes exactly like in-place writes;
+the stacked form holds what the per-layer one does."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from golfjax import sharding as sharding_lib
 from golfjax.models import PRESETS, transformer
 from golfjax.models import cache as cache_lib
 
@@ -53,3 +55,43 @@ def test_recent_buffer_misuse_is_refused():
     with pytest.raises(ValueError, match="one token per call"):
         transformer.apply(params, jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32),
                           jnp.ones((1, 6), bool), cache, config=config)
+
+
+def test_stacked_cache_extends_and_repeats_rows_like_the_per_layer_one():
+    config = PRESETS["tiny"]
+    rng = np.random.default_rng(0)
+    layers = [cache_lib.init_cache(config, 2, 5, stacked=False)]
+    layers[0] = layers[0].replace(
+        k_NxKxDhxS=tuple(jnp.asarray(rng.normal(size=k.shape), jnp.float32)
+                         for k in layers[0].k_NxKxDhxS),
+        v_NxKxSxDh=tuple(jnp.asarray(rng.normal(size=v.shape), jnp.float32)
+                         for v in layers[0].v_NxKxSxDh))
+    per_layer = layers[0]
+    stacked = cache_lib.init_cache(config, 2, 5, stacked=True).replace(
+        k_LxNxKxDhxS=jnp.stack(per_layer.k_NxKxDhxS),
+        v_LxNxKxSxDh=jnp.stack(per_layer.v_NxKxSxDh))
+    assert stacked.stacked and not per_layer.stacked
+    assert stacked.k_NxKxDhxS is None and stacked.max_length == per_layer.max_length == 5
+    for change in (lambda c: cache_lib.extend(c, 9),
+                   lambda c: cache_lib.repeat_rows(c, 3)):
+        a, b = change(per_layer), change(stacked)
+        assert a.max_length == b.max_length
+        np.testing.assert_array_equal(jnp.stack(a.k_NxKxDhxS), b.k_LxNxKxDhxS)
+        np.testing.assert_array_equal(jnp.stack(a.v_NxKxSxDh), b.v_LxNxKxSxDh)
+    repeated = cache_lib.repeat_rows(stacked, 3)
+    np.testing.assert_array_equal(repeated.v_LxNxKxSxDh[:, 3], stacked.v_LxNxKxSxDh[:, 1])
+    with pytest.raises(ValueError, match="per-layer"):
+        cache_lib.with_recent(stacked, 2)
+    with pytest.raises(ValueError, match="stacked"):
+        stacked.layer(0)
+
+
+def test_stacked_cache_shardings_leave_layers_and_slots_whole():
+    config = PRESETS["tiny"]
+    mesh = sharding_lib.make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = cache_lib.cache_shardings(config, 4, 6, mesh, stacked=True)
+    assert shardings.k_NxKxDhxS is None
+    assert tuple(shardings.k_LxNxKxDhxS.spec) == (None, ("data", "fsdp"), "tensor", None, None)
+    assert tuple(shardings.v_LxNxKxSxDh.spec) == (None, ("data", "fsdp"), "tensor", None, None)
+    cache = jax.device_put(cache_lib.init_cache(config, 4, 6, stacked=True), shardings)
+    assert cache.k_LxNxKxDhxS.sharding == shardings.k_LxNxKxDhxS

@@ -9,7 +9,7 @@ from golfjax.models import config as config_lib
 @pytest.mark.parametrize("field,value", [
     ("num_heads", 3), ("head_dim", 15), ("vocab_size", 0), ("family", "gpt2"),
     ("param_dtype", "float16"), ("compute_dtype", "int8"), ("rope_theta", -1.0),
-    ("num_layers", 2.5),
+    ("num_layers", 2.5), ("decode_layers", "rolled"),
 ])
 def test_invalid_field_named(field, value):
     with pytest.raises(ValueError, match=field):
@@ -34,3 +34,14 @@ def test_presets():
     assert 80e6 < config_lib.get_preset("base_100m").num_params < 120e6
     with pytest.raises(ValueError, match="tiny"):
         config_lib.get_preset("huge")
+
+
+def test_decode_layers_auto_is_unrolled_on_cpu_only():
+    auto = config_lib.ModelConfig()
+    assert config_lib.resolve_decode_layers(auto, "cpu") == "unrolled"
+    assert config_lib.resolve_decode_layers(auto, "gpu") == "scan"
+    assert config_lib.resolve_decode_layers(auto, "tpu") == "scan"
+    for value in ("scan", "unrolled"):
+        config = config_lib.ModelConfig(decode_layers=value)
+        assert config_lib.resolve_decode_layers(config, "cpu") == value
+        assert config_lib.resolve_decode_layers(config, "gpu") == value

@@ -108,6 +108,67 @@ def test_incremental_decode_matches_full_forward(name):
     np.testing.assert_allclose(incremental[mask], full[mask], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_scanned_decode_matches_full_forward_and_unrolled(name):
+    # decode_layers="scan": a stacked cache, the layers as one scan body that
+    # reads it and writes the new slots after the scan. Prefill 6 slots of a
+    # 12-slot cache, then one token at a time, in a while loop as the sampler does.
+    config, params = tiny_params(name)
+    tokens, positions, mask = left_padded(3, 10, [0, 2, 5])
+    full, _ = APPLY(params, tokens, positions, mask, config=config)
+    cache_mask = jnp.concatenate([mask, jnp.ones((3, 2), bool)], axis=1)
+
+    @functools.partial(jax.jit, static_argnames="stacked")
+    def run(params, *, stacked):
+        cache = cache_lib.init_cache(config, 3, 12, stacked=stacked)
+        prefill, cache = transformer.apply(params, tokens[:, :6], positions[:, :6],
+                                           cache_mask, cache, config=config)
+
+        def body(carry):
+            t, cache, out = carry
+            tok = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)
+            pos = jax.lax.dynamic_slice_in_dim(positions, t, 1, axis=1)
+            logits, cache = transformer.apply(params, tok, pos, cache_mask, cache,
+                                              config=config)
+            return t + 1, cache, jax.lax.dynamic_update_slice_in_dim(out, logits, t, 1)
+
+        out = jnp.zeros(full.shape, jnp.float32).at[:, :6].set(prefill)
+        _, cache, out = jax.lax.while_loop(lambda c: c[0] < 10, body, (6, cache, out))
+        return out, cache
+
+    scanned, stacked = run(params, stacked=True)
+    unrolled, per_layer = run(params, stacked=False)
+    chex.assert_shape(stacked.k_LxNxKxDhxS, (config.num_layers, 3, config.num_kv_heads,
+                                             config.head_dim, 12))
+    assert stacked.k_NxKxDhxS is None and int(stacked.index) == 10
+    np.testing.assert_allclose(scanned[mask], full[mask], atol=1e-5)
+    np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+    np.testing.assert_allclose(stacked.k_LxNxKxDhxS, jnp.stack(per_layer.k_NxKxDhxS),
+                               atol=1e-5)
+    np.testing.assert_allclose(stacked.v_LxNxKxSxDh, jnp.stack(per_layer.v_NxKxSxDh),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="per-layer cache"):
+        APPLY(transformer.split_layers(params), tokens, positions, cache_mask,
+              cache_lib.init_cache(config, 3, 12, stacked=True), config=config)
+
+
+def test_scanned_prefill_over_a_written_cache_equals_unrolled():
+    # A second multi-token call attends over the slots the first one wrote.
+    config, params = tiny_params("tiny_qwen2")
+    tokens, positions, mask = left_padded(2, 9, [0, 3])
+    outs = []
+    for stacked in (False, True):
+        cache = cache_lib.init_cache(config, 2, 9, stacked=stacked)
+        first, cache = APPLY(params, tokens[:, :5], positions[:, :5], mask, cache,
+                             config=config)
+        second, cache = APPLY(params, tokens[:, 5:], positions[:, 5:], mask, cache,
+                              config=config)
+        outs.append(jnp.concatenate([first, second], axis=1))
+    full, _ = APPLY(params, tokens, positions, mask, config=config)
+    np.testing.assert_allclose(outs[1][mask], full[mask], atol=1e-5)
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+
+
 def test_extended_cache_decodes_like_a_full_size_one():
     # The sampler prefills P slots and widens the cache between decode loops.
     config, params = tiny_params("tiny")
