@@ -10,10 +10,13 @@ the run goes on), with a per-check time limit:
   train_1b       train step, llama3.2-1b, bf16, no remat, 16 rows x 1,024 tokens
   train_1b_remat the same with remat
   sample_512     sampler, qwen2.5-0.5b, 64 prompts x 8 samples (512 rows),
-                 P 128, 512 new tokens (`decode_layers` auto: scanned layers
-                 on an accelerator)
-  sample_512_unrolled  the same with unrolled layers (`--decode-layers
-                 unrolled`), for the compile seconds and tokens/s of both
+                 P 128, 512 new tokens (`decode_layers` auto: unrolled layers
+                 on a GPU)
+  sample_512_scan      the same with scanned layers (`--decode-layers scan`)
+  sample_512_scan_dsf  scanned, with XLA's GPU dynamic-slice fusion on
+                 (`--xla_gpu_enable_dynamic_slice_fusion`), which lets a
+                 matmul read a layer's slice in place; the three give the
+                 compile seconds and tokens/s behind "auto"'s choice
 
 (sequences are P = 128 prompt slots plus the rest as response). Each train
 check reports MFU (model FLOPs / step time / the device's dense bf16 peak,
@@ -21,10 +24,12 @@ check reports MFU (model FLOPs / step time / the device's dense bf16 peak,
 and bytes accessed; the sampler check reports tokens/s, decode tokens/s, the
 fraction of the memory-bandwidth bound (`sampler.BANDWIDTH`), the first
 call's seconds (compiling prefill and decode) and the decode step's compiled
-bytes accessed against `sampling.decode_bytes_per_step`. The JSON also holds
-the device, the JAX version, the date and the git commit.
+bytes accessed against `sampling.decode_bytes_per_step`, and writes that
+step's optimised HLO next to the JSON (`<out>.<check>.decode_step.hlo.txt`),
+so where a step's bytes go can be read after the machine is gone. The JSON
+also holds the device, the JAX version, the date and the git commit.
 
---smoke runs the same six checks at tiny shapes (the `tiny` preset, a few
+--smoke runs the same seven checks at tiny shapes (the `tiny` preset, a few
 tokens), so the whole path is exercised on a CPU in a few minutes.
 The per-check limits, cut to what is left of `--budget-s` for the whole run,
 keep it under 8 minutes on one H200.
@@ -70,14 +75,17 @@ CHECKS: dict[str, tuple[str, list[str], list[str]]] = {
                     "--prompt-len=128", "--new-tokens=512", "--repeats=2"],
                    ["--preset=tiny", "--batches=4", "--group=2", "--prompt-len=16",
                     "--new-tokens=16", "--repeats=1", "--mem-bandwidth-gbs=10"]),
-    "sample_512_unrolled": ("sampler.py",
-                            ["--preset=qwen2.5-0.5b", "--batches=64", "--group=8",
-                             "--prompt-len=128", "--new-tokens=512", "--repeats=1",
-                             "--decode-layers=unrolled"],
-                            ["--preset=tiny", "--batches=4", "--group=2",
-                             "--prompt-len=16", "--new-tokens=16", "--repeats=1",
-                             "--mem-bandwidth-gbs=10", "--decode-layers=unrolled"]),
+    "sample_512_scan": ("sampler.py",
+                        ["--preset=qwen2.5-0.5b", "--batches=64", "--group=8",
+                         "--prompt-len=128", "--new-tokens=512", "--repeats=1",
+                         "--decode-layers=scan"],
+                        ["--preset=tiny", "--batches=4", "--group=2",
+                         "--prompt-len=16", "--new-tokens=16", "--repeats=1",
+                         "--mem-bandwidth-gbs=10", "--decode-layers=scan"]),
 }
+CHECKS["sample_512_scan_dsf"] = CHECKS["sample_512_scan"]
+# Extra XLA flags of a check's process (appended to any already set).
+CHECK_XLA_FLAGS = {"sample_512_scan_dsf": "--xla_gpu_enable_dynamic_slice_fusion=true"}
 # A check is not started with less than this many seconds of the budget left.
 MIN_CHECK_S = 15.0
 TRAIN_FLAGS = ["--steps=3", "--warmup=1", "--breakdown-runs=1", "--peak-size=8192",
@@ -94,17 +102,27 @@ def _git_commit() -> str | None:
         return None
 
 
-def run_check(name: str, smoke: bool, timeout_s: float, tmp: str) -> dict[str, Any]:
-    """One check in a subprocess; its JSON, or the error and the output's tail."""
+def run_check(name: str, smoke: bool, timeout_s: float, tmp: str,
+              hlo_prefix: str | None = None) -> dict[str, Any]:
+    """One check in a subprocess; its JSON, or the error and the output's tail.
+
+    A sampler check also writes its decode step's optimised HLO to
+    `{hlo_prefix}.{name}.decode_step.hlo.txt` when `hlo_prefix` is given.
+    """
     script, full, small = CHECKS[name]
     out = os.path.join(tmp, f"{name}.json")
     flags = small if smoke else full
     if script == "train_step.py":
         flags = flags + (SMOKE_TRAIN_FLAGS if smoke else TRAIN_FLAGS)
+    elif hlo_prefix:
+        flags = flags + [f"--hlo-out={hlo_prefix}.{name}.decode_step.hlo.txt"]
     command = [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags,
                f"--out={out}"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    if name in CHECK_XLA_FLAGS:
+        env["XLA_FLAGS"] = " ".join(
+            f for f in (os.environ.get("XLA_FLAGS"), CHECK_XLA_FLAGS[name]) if f)
     start = time.perf_counter()
     try:
         proc = subprocess.run(command, cwd=ROOT, env=env, text=True,
@@ -113,7 +131,8 @@ def run_check(name: str, smoke: bool, timeout_s: float, tmp: str) -> dict[str, A
         tail = (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired as e:
         failed, tail = True, f"timed out after {timeout_s:.0f} s: {str(e.stdout)[-2000:]}"
-    record: dict[str, Any] = {"command": " ".join(command[1:]),
+    flags = [f"XLA_FLAGS={CHECK_XLA_FLAGS[name]}"] if name in CHECK_XLA_FLAGS else []
+    record: dict[str, Any] = {"command": " ".join(flags + command[1:]),
                               "wall_s": time.perf_counter() - start}
     if failed or not os.path.exists(out):
         return dict(record, error=tail)
@@ -170,7 +189,8 @@ def main() -> None:
                 result = {"error": f"skipped: {left:.0f} s left of --budget-s "
                                    f"{args.budget_s:.0f}"}
             else:
-                result = run_check(name, args.smoke, min(limit, left), tmp)
+                result = run_check(name, args.smoke, min(limit, left), tmp,
+                                   hlo_prefix=os.path.splitext(args.out)[0])
             report["checks"][name] = result
             summary = {k: v for k, v in result.items()
                        if k in ("wall_s", "mfu", "fraction_of_bandwidth_bound",

@@ -247,8 +247,14 @@ def bench_preset(args: argparse.Namespace) -> dict[str, Any]:
         config = config.replace(decode_layers=args.decode_layers)
     batch, p, t = int(args.batches.split(",")[0]), args.prompt_len, args.new_tokens
     case = Case(args.preset, batch, args.group, t)
-    _, step = programs.decode_step_program(config, case.rows, p, t,
-                                           decode_loops=args.decode_loops)
+    compiled, step = programs.decode_step_program(config, case.rows, p, t,
+                                                  decode_loops=args.decode_loops)
+    if args.hlo_out:
+        # The optimised program as the backend compiled it: where its bytes
+        # go (copies, converts, fusions) can be read off it after the run.
+        os.makedirs(os.path.dirname(os.path.abspath(args.hlo_out)), exist_ok=True)
+        with open(args.hlo_out, "w") as f:
+            f.write(compiled.as_text())
     out: dict[str, Any] = dict(dataclasses.asdict(case), prompt_len=p,
                                decode_layers=step["decode_layers"],
                                decode_step_compiled=step)
@@ -516,7 +522,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "compile seconds of the prefill and decode programs")
     parser.add_argument("--decode-layers", choices=config_lib.DECODE_LAYERS,
                         help="with --preset: ModelConfig.decode_layers (default: "
-                        "auto, unrolled on CPU and scanned on GPU/TPU)")
+                        "auto: scanned on TPU, unrolled on CPU and GPU)")
+    parser.add_argument("--hlo-out",
+                        help="with --preset: write the compiled decode step's "
+                        "optimised HLO text to this file")
     parser.add_argument("--worker", choices=sorted(ENGINES),
                         help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -528,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--compile-only needs --preset")
     if args.decode_layers and not args.preset:
         parser.error("--decode-layers needs --preset")
+    if args.hlo_out and not args.preset:
+        parser.error("--hlo-out needs --preset")
     if args.preset:
         result = bench_preset(args)
         report = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv),

@@ -28,11 +28,12 @@ One call runs:
    exit as soon as every row has finished (a stop token) or T tokens exist.
    The steps are split over a few consecutive loops and the cache grows
    between them, so each step reads little more than the slots its loop can
-   have written (`decode_segments`). On TPU/GPU each step runs the layers as
+   have written (`decode_segments`). On TPU each step runs the layers as
    one scanned body over a cache stacked over layers, so each loop compiles
-   one layer; on CPU the layers run unrolled over per-layer buffers and a
-   loop writes its tokens' keys and values into a float32 recent buffer
-   merged after it (`ModelConfig.decode_layers`, golfjax/models/cache.py).
+   one layer; on CPU and GPU the layers run unrolled over per-layer buffers
+   (`ModelConfig.decode_layers` says why), and on CPU a loop writes its
+   tokens' keys and values into a float32 recent buffer merged after it
+   (golfjax/models/cache.py).
    Nothing leaves the device inside the loops.
    The programs live in golfjax/decode.py, the per-step draw in
    golfjax/draw.py.
@@ -277,10 +278,10 @@ class Sampler:
         # (XLA's simulated devices share a thread pool); block on each result.
         self._block = mesh is not None and mesh.size > 1 and platform == "cpu"
         # How the cached forward runs the layers (`ModelConfig.decode_layers`,
-        # "auto" resolved for this platform): scanned, one compiled layer body
-        # over a cache stacked over layers, on TPU/GPU; unrolled on CPU, whose
-        # backend copies a stacked cache's slices on every step. The programs
-        # get the config with the resolved value, so their caches take that form.
+        # "auto" resolved for this platform, `resolve_decode_layers`): scanned,
+        # one compiled layer body over a cache stacked over layers, or
+        # unrolled. The programs get the config with the resolved value, so
+        # their caches take that form.
         self._decode_config = model_config.replace(
             decode_layers=resolve_decode_layers(model_config, platform))
         # Per-layer weight copies and the recent buffer (`decode.decode`) are

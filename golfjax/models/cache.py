@@ -20,9 +20,9 @@ place and attention reads it where it lies; a stacked L x ... array carried
 through a loop over layers has each layer's slice copied out on every step on
 CPU (and a bf16 one converted to float32 around the loop), so on CPU the
 layers run unrolled over per-layer buffers. That costs compile time: every
-layer of every decode loop is its own copy in the program. On GPU/TPU bf16
-is native and a dynamic-update-slice into a loop carry is in place, so the
-layers run as one `lax.scan` body over the stacked form: the scan reads each
+layer of every decode loop is its own copy in the program. On TPU (and on
+GPU by choice, `models.config.resolve_decode_layers` says when) the layers
+run as one `lax.scan` body over the stacked form: the scan reads each
 layer's slice and returns the new tokens' keys and values, which are written
 into the stacked arrays once, after the scan (golfjax/models/transformer.py).
 Heads come before slots so that each (row, kv head) block is contiguous;

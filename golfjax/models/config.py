@@ -92,9 +92,8 @@ class ModelConfig:
         "scan" (one compiled layer body over a cache stacked over layers),
         "unrolled" (one copy of the layer per layer, each over its own cache
         buffers: what XLA's CPU backend runs fastest, see
-        golfjax/models/cache.py) or "auto" (`resolve_decode_layers`: unrolled
-        on CPU, scanned on GPU/TPU, where compiling every layer of every
-        decode loop took about a minute).
+        golfjax/models/cache.py) or "auto" (`resolve_decode_layers`: scanned
+        on TPU, unrolled on CPU and GPU).
     """
 
     family: str = "llama3"
@@ -191,12 +190,19 @@ def resolve_decode_layers(config: ModelConfig, platform: str) -> str:
     """The cached forward's layers, "scan" or "unrolled"; "auto" by platform.
 
     `platform` is the JAX platform the cached forward runs on ("cpu", "gpu",
-    "tpu"): XLA's CPU backend runs a stacked cache slowly (golfjax/models/cache.py),
-    the others update it in place and compile one layer body instead of L.
+    "tpu"). Scanning compiles one layer body instead of L, but each step then
+    reads every layer's cache and weights through a dynamic slice of the
+    stacked arrays. XLA's TPU backend fuses such a slice into its consumer;
+    its CPU backend copies it (and converts a bf16 stack to float32,
+    golfjax/models/cache.py), and its GPU backend hands a matmul a sliced
+    operand in place only with `--xla_gpu_enable_dynamic_slice_fusion`, off
+    by default, so a scanned decode step there may copy every layer's cache
+    slice. Hence "auto" scans on TPU only; `benchmarks/accelerator.py`
+    measures both on a GPU.
     """
     if config.decode_layers != "auto":
         return config.decode_layers
-    return "unrolled" if platform == "cpu" else "scan"
+    return "scan" if platform == "tpu" else "unrolled"
 
 
 # Presets. `tiny` is for unit tests; the others are small models for the built-in

@@ -211,7 +211,7 @@ class Transformer(nnx.Module):
         returns the new tokens' keys and values (`Block.over_cache`); after
         the scan one dynamic-update-slice per stacked array writes every
         layer's T new slots at `cache.index`, in place inside a decode loop on
-        GPU/TPU. The program holds one layer body, whatever the depth.
+        TPU and GPU. The program holds one layer body, whatever the depth.
         """
         write_index = cache.index.astype(jnp.int32)
 

@@ -39,7 +39,7 @@ def test_presets():
 def test_decode_layers_auto_is_unrolled_on_cpu_only():
     auto = config_lib.ModelConfig()
     assert config_lib.resolve_decode_layers(auto, "cpu") == "unrolled"
-    assert config_lib.resolve_decode_layers(auto, "gpu") == "scan"
+    assert config_lib.resolve_decode_layers(auto, "gpu") == "unrolled"
     assert config_lib.resolve_decode_layers(auto, "tpu") == "scan"
     for value in ("scan", "unrolled"):
         config = config_lib.ModelConfig(decode_layers=value)
