@@ -44,15 +44,14 @@ whole decode. RoPE positions are independent of slots: `positions_NxT` for a
 left-padded row count from its first real token.
 
 Recent buffer (`with_recent` / `merge_recent`, per-layer form only): for a
-decode loop, a cache may
-carry float32 keys and values for the W slots [recent_start, recent_start + W)
-after its S main slots; `max_length` is then S + W. Each decode step writes its
-token there and only reads the main arrays. XLA's CPU backend performs a bf16
-dynamic-update-slice by converting the whole buffer to float32 and back, so a
-one-slot write into a bf16 cache would read and write all of a layer's cache
-on every step; a float32 buffer is updated in place, and at W of S + W slots
-its wider reads cost less than that. The decode loop merges it into the main
-arrays once, after the loop.
+decode loop, a cache may carry float32 keys and values for the W slots
+[recent_start, recent_start + W) after its S main slots; `max_length` is then
+S + W. Each decode step writes its token there and only reads the main arrays.
+XLA's CPU backend performs a bf16 dynamic-update-slice by converting the whole
+buffer to float32 and back, so a one-slot write into a bf16 cache would read
+and write all of a layer's cache on every step; a float32 buffer is updated in
+place, and at W of S + W slots its wider reads cost less than that. The decode
+loop merges it into the main arrays once, after the loop.
 
 The cache is a registered pytree dataclass (array leaves, no static fields), so
 it can be the carry of `lax.while_loop` and donated to `jax.jit`.
