@@ -3,7 +3,9 @@
     python -m golfjax.export --workdir=/tmp/golf --out=/tmp/golf-policy [--step=N]
 
 Reads the config saved with the checkpoint (so nothing about the run needs to be
-repeated), restores the train state of that step (default: the latest), and writes
+repeated), restores the train state of that step (default: the newest one that
+verifies against its digest; each damaged newer one is reported in a line and
+left where it is, since a run may own the directory), and writes
 `config.json` plus safetensors with `golfjax.models.hf.save`. When the run used
 the built-in character tokenizer, its files are copied next to the weights, so the
 directory is a complete checkpoint: `model.hf_path` and `task.tokenizer` of a
@@ -36,30 +38,54 @@ def _model_config(cfg: config_lib.RunConfig) -> model_config_lib.ModelConfig:
     return model_config_lib.get_preset(cfg.model.preset)
 
 
+def _newest_verified(ckpt: checkpoint_lib.Checkpointer, steps: list[int]) -> int:
+    """The newest of `steps` that verifies (or has no digest to verify).
+
+    Unlike a resuming run (`Checkpointer.newest_intact`), an export moves
+    nothing: it only reads, and a run may be writing the same directory.
+    """
+    causes = []
+    for step in sorted(steps, reverse=True):
+        try:
+            ckpt.verify(step)
+            return step
+        except checkpoint_lib.CheckpointError as e:
+            causes.append(str(e))
+            print(f"damaged checkpoint: {e}; trying an older step", file=sys.stderr)
+    raise checkpoint_lib.CheckpointError(
+        f"no intact checkpoint in {ckpt.directory}: {causes[0]}"
+        + (f" (and {len(causes) - 1} older damaged step(s))" if len(causes) > 1 else ""))
+
+
 def export(workdir: str, out_dir: str, step: int | None = None) -> int:
     """Writes the policy of `workdir`'s checkpoint `step` to `out_dir`.
 
     Args:
       workdir: a run's work directory (holds `checkpoints/`).
       out_dir: the HF checkpoint directory to write (created if missing).
-      step: which checkpoint; default the latest.
+      step: which checkpoint; default the newest intact one.
 
     Returns:
       The exported step.
 
     Raises:
       FileNotFoundError: `workdir` holds no checkpoint (or not `step`).
+      CheckpointError: `step` is damaged, or (default) every step is; one line
+        naming the path and the cause.
     """
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     try:
         steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-        step = max(steps) if step is None else step
-        if step not in steps:
+        if step is None:
+            step = _newest_verified(ckpt, steps)
+        elif step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {workdir}; saved steps: {sorted(steps)}"
             )
+        else:
+            ckpt.verify(step)
         cfg = config_lib.build(config_lib.RunConfig, ckpt.restore_config(step))
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         model_config = _model_config(cfg)
@@ -81,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="the run's work directory")
     parser.add_argument("--out", required=True, help="the HF checkpoint directory to write")
-    parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    parser.add_argument("--step", type=int, default=None,
+                        help="default: the newest checkpoint that verifies")
     args = parser.parse_args(argv)
-    step = export(args.workdir, args.out, args.step)
+    try:
+        step = export(args.workdir, args.out, args.step)
+    except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
+        print(f"golfjax.export: {e}", file=sys.stderr)
+        return 1
     print(f"exported step {step} of {args.workdir} to {args.out}")
     return 0
 

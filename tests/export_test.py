@@ -26,8 +26,15 @@ def _cold_start_only(workdir):
     return c
 
 
+def _truncate_largest_file(directory):
+    paths = [os.path.join(d, f) for d, _, files in os.walk(directory) for f in files]
+    path = max(paths, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
 @pytest.mark.slow
-def test_export_then_rl_from_the_export(tmp_path):
+def test_export_then_rl_from_the_export(tmp_path, capsys):
     workdir, out = tmp_path / "cold", tmp_path / "policy"
     c = _cold_start_only(str(workdir))
     records = metrics_lib.read_metrics(workdir)
@@ -50,6 +57,19 @@ def test_export_then_rl_from_the_export(tmp_path):
     # The built-in tokenizer travels with the weights.
     tok = load_tokenizer(str(out))
     assert tok.encode("What is 1+2?") == load_tokenizer(str(workdir / "tokenizer")).encode("What is 1+2?")
+
+    # A damaged newest step: the default export takes the newest intact one
+    # and moves nothing (a run may own the directory); asking for the damaged
+    # step names it.
+    damaged = workdir / "checkpoints" / "2"
+    _truncate_largest_file(damaged)
+    assert export_lib.main(["--workdir", str(workdir), "--out", str(tmp_path / "p1")]) == 0
+    assert "exported step 1" in capsys.readouterr().out
+    assert damaged.is_dir() and not (workdir / "damaged_checkpoints").exists()
+    assert export_lib.main(["--workdir", str(workdir), "--out", str(tmp_path / "p2"),
+                            "--step", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0] and "truncated" in err[0], err
 
     # An RL run starts from the exported policy and its tokenizer.
     rl = common.feedback_config("smoke", golf=True)
