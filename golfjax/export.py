@@ -38,25 +38,6 @@ def _model_config(cfg: config_lib.RunConfig) -> model_config_lib.ModelConfig:
     return model_config_lib.get_preset(cfg.model.preset)
 
 
-def _newest_verified(ckpt: checkpoint_lib.Checkpointer, steps: list[int]) -> int:
-    """The newest of `steps` that verifies (or has no digest to verify).
-
-    Unlike a resuming run (`Checkpointer.newest_intact`), an export moves
-    nothing: it only reads, and a run may be writing the same directory.
-    """
-    causes = []
-    for step in sorted(steps, reverse=True):
-        try:
-            ckpt.verify(step)
-            return step
-        except checkpoint_lib.CheckpointError as e:
-            causes.append(str(e))
-            print(f"damaged checkpoint: {e}; trying an older step", file=sys.stderr)
-    raise checkpoint_lib.CheckpointError(
-        f"no intact checkpoint in {ckpt.directory}: {causes[0]}"
-        + (f" (and {len(causes) - 1} older damaged step(s))" if len(causes) > 1 else ""))
-
-
 def export(workdir: str, out_dir: str, step: int | None = None) -> int:
     """Writes the policy of `workdir`'s checkpoint `step` to `out_dir`.
 
@@ -79,7 +60,9 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> int:
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
         if step is None:
-            step = _newest_verified(ckpt, steps)
+            # Unlike a resuming run, an export takes no lock: it moves nothing,
+            # since a run may be writing the same directory.
+            step = ckpt.newest_intact(set_aside=False).step
         elif step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {workdir}; saved steps: {sorted(steps)}"

@@ -279,12 +279,16 @@ class Checkpointer:
             raise CheckpointError(f"{directory} is missing")
         return verify_digest(directory)
 
-    def newest_intact(self, report: Callable[[str], None] = _say) -> Found | None:
+    def newest_intact(self, report: Callable[[str], None] = _say, *,
+                      set_aside: bool = True) -> Found | None:
         """The newest step that verifies and whose config and data items read,
         None when there is no step at all.
 
         Each damaged step is reported in one line (`report`); multi-process,
-        process 0 verifies and every process takes its verdict.
+        process 0 verifies and every process takes its verdict. With
+        `set_aside` the damaged steps newer than the one found are moved out
+        of the way (`_set_aside`), as a resuming run needs; a reader that
+        holds no lock (an export) passes False and moves nothing.
 
         Raises:
           CheckpointError: steps exist but none is intact (the newest one's
@@ -316,7 +320,7 @@ class Checkpointer:
             if not verdict:
                 report(f"checkpoint {self.step_dir(step)} has no digest (its save was not sealed);"
                        " restoring it unverified")
-            if i:
+            if i and set_aside:
                 self._set_aside(steps[:i], report)
             return Found(step=step, config=config, data=data, verified=bool(verdict))
         if damaged:

@@ -189,6 +189,11 @@ class IntegrityTest(parameterized.TestCase):
         state, abstract = self._two_steps(workdir, _mesh())
         rel, cause = damage(os.path.join(workdir, "2"))
         ckpt = ckpt_lib.Checkpointer(workdir)
+        # A reader without the lock (an export) finds the same step, moving nothing.
+        reports = []
+        self.assertEqual(ckpt.newest_intact(reports.append, set_aside=False).step, 1)
+        self.assertLen(reports, 1)
+        self.assertEqual(ckpt.all_steps(), [1, 2])
         reports = []
         found = ckpt.newest_intact(reports.append)
         self.assertEqual(found.step, 1)
