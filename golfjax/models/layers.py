@@ -19,6 +19,7 @@ variable creation. Parameters are stored in `param_dtype` and cast to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -450,12 +451,8 @@ class Block(nnx.Module):
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
-        attn_NxTxD, kv_cache = self.attn(self.attn_norm(x_NxTxD), sin_NxTxDh,
-                                         cos_NxTxDh, key_mask_NxS, kv_cache,
-                                         write_index)
-        x_NxTxD = x_NxTxD + attn_NxTxD
-        x_NxTxD = x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD))
-        return x_NxTxD, kv_cache
+        return self._residual(x_NxTxD, lambda h_NxTxD: self.attn(
+            h_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, kv_cache, write_index))
 
     def over_cache(
         self,
@@ -469,9 +466,15 @@ class Block(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """The layer over a read-only cache (`Attention.over_cache`): the output
         and the new tokens' keys and values."""
-        attn_NxTxD, new_kv = self.attn.over_cache(
-            self.attn_norm(x_NxTxD), sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
-            k_NxKxDhxS, v_NxKxSxDh, write_index)
+        return self._residual(x_NxTxD, lambda h_NxTxD: self.attn.over_cache(
+            h_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, k_NxKxDhxS, v_NxKxSxDh,
+            write_index))
+
+    def _residual(self, x_NxTxD: jax.Array,
+                  attend: Callable[[jax.Array], tuple[jax.Array, Any]]
+                  ) -> tuple[jax.Array, Any]:
+        """x + attn(norm(x)), then x + mlp(norm(x)), for either attention call;
+        `attend` returns its output and what it passes on (the cache)."""
+        attn_NxTxD, passed = attend(self.attn_norm(x_NxTxD))
         x_NxTxD = x_NxTxD + attn_NxTxD
-        x_NxTxD = x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD))
-        return x_NxTxD, new_kv
+        return x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD)), passed
