@@ -100,7 +100,8 @@ def logical_to_spec(names: Sequence[str | None],
     return PartitionSpec(*spec)
 
 
-def _mesh_axis_size(mesh: Mesh, axes: MeshAxes) -> int:
+def mesh_axis_size(mesh: Mesh, axes: MeshAxes) -> int:
+    """How many devices `axes` (a rule's mesh axes; None: none) span on `mesh`."""
     if axes is None:
         return 1
     flat = (axes,) if isinstance(axes, str) else axes
@@ -123,7 +124,7 @@ def logical_to_sharding(names: Sequence[str | None], mesh: Mesh,
             raise ValueError(f"{what}: shape {tuple(shape)} has rank {len(shape)} but "
                              f"logical axes {tuple(names)} have {len(names)}")
         for dim, (size, name, axes) in enumerate(zip(shape, names, spec)):
-            mesh_size = _mesh_axis_size(mesh, axes)
+            mesh_size = mesh_axis_size(mesh, axes)
             if size % mesh_size:
                 raise ValueError(
                     f"{what}: dimension {dim} ({name!r}) of size {size} does not divide "
@@ -139,7 +140,7 @@ def row_sharding(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> NamedSharding:
 
 def row_shards(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> int:
     """How many devices the rows of a `row_sharding` array are split over."""
-    return _mesh_axis_size(mesh, dict(rules)["batch"])
+    return mesh_axis_size(mesh, dict(rules)["batch"])
 
 
 def _path_str(path: tuple[Any, ...]) -> str:

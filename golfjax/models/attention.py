@@ -457,18 +457,15 @@ def _splash_specs(n: int, kh: int
     if partition is None or partition[0].size == 1:
         return None
     mesh, rules = partition
-    table = dict(rules)
     rows = sharding_lib.logical_to_spec(("batch",), rules)[0]
     if n % sharding_lib.row_shards(mesh, rules):
         # Only shape-only traces see such row counts (the train step's
         # `eval_shape` of one row); batches themselves are checked to divide.
         rows = None
-    heads, size = table.get("kv_heads"), 1
-    if heads is not None:
-        flat = (heads,) if isinstance(heads, str) else tuple(heads)
-        size = int(np.prod([mesh.shape[a] for a in flat]))
-        if size == 1 or kh % size:
-            heads, size = None, 1
+    heads = dict(rules).get("kv_heads")
+    size = sharding_lib.mesh_axis_size(mesh, heads)
+    if size == 1 or kh % size:
+        heads, size = None, 1
     return mesh, PartitionSpec(rows), PartitionSpec(rows, heads), size
 
 
