@@ -62,7 +62,7 @@ class ModelSection:
     attention_block: int = 0  # Query/key block of the blockwise attention.
     mlp_chunk: int = 0  # With remat: tokens per MLP chunk.
     # How the sampler's cached forward runs the layers: one of
-    # models.config.DECODE_LAYERS ("auto": unrolled on CPU, scanned elsewhere).
+    # models.config.DECODE_LAYERS ("auto": scanned on TPU, unrolled elsewhere).
     decode_layers: str = ""
 
     def __post_init__(self) -> None:
