@@ -16,6 +16,8 @@ Shape letters, the project's one definition. Array names end in their shape
   Dh  head dim (the width of one head)
   L   layers
   F   MLP width
+  E   experts of an MoE layer
+  A   experts active per token (the router's top-k)
   M   micro-batches of a train step
 
 A count of optimizer steps between a rollout's policy and the policy trained
