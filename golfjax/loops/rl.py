@@ -98,6 +98,8 @@ def to_batch(
         reward_N=reward_N,
         group_id_N=group_id_N,
         off_policy_mask_NxT=off_policy_mask_NxT,
+        prompt_routes_NxPxLxA=rollout.prompt_routes_NxPxLxA,
+        routes_NxTxLxA=rollout.routes_NxTxLxA,
     )
 
 

@@ -5,7 +5,8 @@ logical-axis rules on the mesh (FSDP over "fsdp", tensor parallel over
 "tensor"), batches are split by rows by the same rules' `batch` entry
 (`sharding.row_sharding`), and scalars (step, RNG, metrics) are replicated.
 It takes the run's config sections as they are: `train` (`TrainSection`),
-`loss` (`LossConfig`) and `optimizer` (`OptimizerConfig`). Every program is compiled once per batch shape;
+`loss` (`LossConfig`) and `optimizer` (`OptimizerConfig`). Every program is compiled once per batch shape
+(and per whether the batch carries an MoE rollout's routes);
 `chex.assert_max_traces` in the tests holds it to that.
 """
 
@@ -95,6 +96,8 @@ class Trainer:
         # Rows over every data-parallel device; the rest of each field whole.
         row = sharding_lib.row_sharding(mesh, rules)
         self.batch_shardings = step_lib.batch_shardings(mesh, rules)
+        # A batch with an MoE rollout's recorded routes (split by rows too).
+        self.routed_batch_shardings = step_lib.batch_shardings(mesh, rules, routes=True)
 
         self._init = jax.jit(
             lambda params, seed: init_train_state(params, self.optimizer, seed),
@@ -112,19 +115,24 @@ class Trainer:
             row_sharding=row,
         ))
         self._replicated = replicated
-        # One jitted step per batch layout: a Batch, or a tuple of k parts.
-        self._steps: dict[int | None, Any] = {}
-        self._logprobs = jax.jit(
-            self._partitioned(functools.partial(
-                step_lib.compute_logprobs,
-                model_config=model_config,
-                temperature=temperature,
-                chunk=cfg.logp_chunk,
-            )),
-            # Read-only parameters in their training layout; per-row outputs.
-            in_shardings=(self.param_shardings, self.batch_shardings),
-            out_shardings=(row, None),
-        )
+        # One jitted step per batch layout: a Batch, or a tuple of k parts,
+        # with or without routes.
+        self._steps: dict[tuple[int | None, bool], Any] = {}
+        logprobs = self._partitioned(functools.partial(
+            step_lib.compute_logprobs,
+            model_config=model_config,
+            temperature=temperature,
+            chunk=cfg.logp_chunk,
+        ))
+        self._logprobs = {
+            routes: jax.jit(
+                logprobs,
+                # Read-only parameters in their training layout; per-row outputs.
+                in_shardings=(self.param_shardings, self._batch_shardings(routes)),
+                out_shardings=(row, None),
+            )
+            for routes in (False, True)
+        }
         # Simulated CPU devices can deadlock when several sharded programs are
         # queued; block on each result there (TPU/GPU keep their async queue).
         self._block = jax.devices()[0].platform == "cpu"
@@ -148,7 +156,8 @@ class Trainer:
         Multi-process, every process passes the same full batch and feeds the
         rows of its own devices (`sharding.host_to_global`).
         """
-        return _each_part(batch, lambda part: sharding_lib.host_to_global(part, self.batch_shardings))
+        return _each_part(batch, lambda part: sharding_lib.host_to_global(
+            part, self._batch_shardings(_routed(part))))
 
     def step(
         self, state: TrainState, batch: Batch | step_lib.Parts
@@ -161,9 +170,12 @@ class Trainer:
     def jitted_step(self, batch: Batch | step_lib.Parts) -> Any:
         """The jitted `train_step` for `batch`'s layout, `(state, batch, key)
         -> (state, metrics)`; e.g. to lower and compile it ahead of time."""
-        layout = len(batch) if isinstance(batch, tuple) else None
+        parts = batch if isinstance(batch, tuple) else (batch,)
+        layout = (len(batch) if isinstance(batch, tuple) else None,
+                  bool(parts) and _routed(parts[0]))
         if layout not in self._steps:
-            batch_shardings = self.batch_shardings if layout is None else (self.batch_shardings,) * layout
+            shardings = self._batch_shardings(layout[1])
+            batch_shardings = shardings if layout[0] is None else (shardings,) * layout[0]
             self._steps[layout] = jax.jit(
                 self._step_fn,
                 # state: parameters and moments by the rules, step/rng
@@ -179,8 +191,11 @@ class Trainer:
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""
-        logp_NxT, _ = self._logprobs(params, batch)
+        logp_NxT, _ = self._logprobs[_routed(batch)](params, batch)
         return self._maybe_block(logp_NxT)
+
+    def _batch_shardings(self, routes: bool) -> Batch:
+        return self.routed_batch_shardings if routes else self.batch_shardings
 
     def with_old_logprobs(self, state: TrainState, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
         """`batch` (each part) with `old_logp` recomputed by the trainer (the behaviour policy)."""
@@ -192,6 +207,11 @@ class Trainer:
 
     def _maybe_block(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
+
+
+def _routed(batch: Batch) -> bool:
+    """Whether `batch` carries an MoE rollout's recorded routes."""
+    return batch.routes_NxTxLxA is not None
 
 
 def _each_part(batch: Batch | step_lib.Parts, fn: Callable[[Batch], Batch]) -> Batch | step_lib.Parts:
