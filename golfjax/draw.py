@@ -8,18 +8,15 @@ sampled from and how a trainer recomputes its log-probs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from golfjax.sampling import SamplingConfig
+from golfjax.sampling_config import SamplingConfig
 
 _CDF_BLOCK = 128  # Candidates per block of the two-level CDF in `_draw`.
 
 
-def _truncate(scaled_XxV: jax.Array, cfg: "SamplingConfig"
+def _truncate(scaled_XxV: jax.Array, cfg: SamplingConfig
               ) -> tuple[jax.Array, jax.Array | None]:
     """The processed logits over the kept candidates, and their token ids.
 
@@ -42,7 +39,7 @@ def _truncate(scaled_XxV: jax.Array, cfg: "SamplingConfig"
     return top_XxC, ids_XxC
 
 
-def processed_log_probs(logits_XxV: jax.Array, cfg: "SamplingConfig") -> jax.Array:
+def processed_log_probs(logits_XxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """Log-probs of the distribution `sample` draws from, over the whole vocabulary.
 
     `log_softmax(logits / temperature)` with the top-k / top-p cuts of `cfg`
@@ -133,7 +130,7 @@ def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return choice_N, picked_N - top_N - jnp.log(total_N)
 
 
-def sample(logits_NxV: jax.Array, key: jax.Array, cfg: "SamplingConfig"
+def sample(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
            ) -> tuple[jax.Array, jax.Array]:
     """One token per row and its behaviour log-prob (module docstring).
 
