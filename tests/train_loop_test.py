@@ -34,7 +34,9 @@ def test_golf_two_steps_on_the_8_device_mesh(tmp_path):
     for key in ("reward_pre_injection/mean", "golf/injection_rate", "golf/refinement_success",
                 "refinement/mean", "reward/all_fail_frac", "eval/accuracy", "schedule/minibatches"):
         assert key in last, key
-    assert last["samples/generated"] == 2 * 2 * 4 * 4  # 2 steps x (original + refinement) x B x G
+    # Per step (original + refinement) x B x G; the total over the 2 steps.
+    assert [r.get("samples/generated") for r in _records(tmp_path)] == [None, 2 * 4 * 4, 2 * 4 * 4]
+    assert last["samples/generated_total"] == 2 * 2 * 4 * 4
     assert last["train/skipped_nonfinite"] == 0.0
     assert not any(key.startswith("vespo/") for key in last)  # Not the VESPO loss.
 
