@@ -211,7 +211,7 @@ def decode(
 def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
                 first_position_N: jax.Array, key: jax.Array,
                 model_config: ModelConfig, cfg: SamplingConfig) -> DecodeState:
-    """One decode step: a T = 1 forward pass of every row, a draw, the record.
+    """One decode step: a Q = 1 forward pass of every row, a draw, the record.
 
     The body of every decode loop; `mask_NxS` covers the loop's S cache slots
     and `first_position_N` is each row's RoPE position of response token 0.

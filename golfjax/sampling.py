@@ -24,7 +24,7 @@ One call runs:
    writes their keys and values into a cache of P slots.
 3. Decode (one program per (B, P)): the prefix cache is repeated G times along
    the batch, so each prompt is prefilled once, not G times. `lax.while_loop`s
-   then sample one token per row per iteration, with one T=1 forward pass, and
+   then sample one token per row per iteration, with one Q = 1 forward pass, and
    exit as soon as every row has finished (a stop token) or T tokens exist.
    The steps are split over a few consecutive loops and the cache grows
    between them, so each step reads little more than the slots its loop can
