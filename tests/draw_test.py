@@ -10,7 +10,8 @@ from golfjax import draw
 from golfjax.sampling_config import SamplingConfig
 
 PROBS = np.array([0.5, 0.3, 0.15, 0.05])
-LOGITS = np.log(PROBS).astype(np.float32)[None, :]  # One row, V = 4.
+# One row, V = 4; shifted, as logits are not normalised.
+LOGITS = (np.log(PROBS) + 3.0).astype(np.float32)[None, :]
 
 
 @pytest.mark.parametrize("overrides, expected", [
