@@ -507,7 +507,7 @@ def main() -> None:
         write_report(args, {"mode": "compile_only", "results": results})
         return
     fraction = "MFU" if platform_name != "cpu" else "%peak"
-    print(f"{'config':>10} {'params':>8} {'NxL':>8} {'step_s':>8} {'min_s':>8} {'tok/s':>9}"
+    print(f"{'config':>10} {'params':>8} {'NxS':>8} {'step_s':>8} {'min_s':>8} {'tok/s':>9}"
           f" {'modelGF':>9} {'hloGF':>9} {'GFLOP/s':>8} {'peakGF/s':>8} {fraction:>7} {'cpu%':>7}"
           f" {'fwd_s':>7} {'opt_s':>7} {'rssMiB':>8}", flush=True)
     results = []
