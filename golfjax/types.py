@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Every shape symbol: a capital letter, or a capital and a lowercase qualifier
-# for a symbol of one module. tests/types_test.py checks that array names use
-# no other.
+# Every shape symbol: a capital letter, or for a symbol of one module a capital
+# and a qualifier (Dh, Dh2). tests/types_test.py checks that array names use no
+# other.
 SHAPE_LETTERS = {
     "B": "prompts (problems) of a rollout or mini-batch; the sampler's batch bucket",
     "G": "samples per prompt (a group)",
