@@ -1,5 +1,5 @@
 """golfjax/'s module graph, built from the source's imports: no cycle, and a
-config module that sits below the engine.
+config module that sits below the engine; and one class per name.
 
 The graph reads every `import` and `from ... import` statement of every module
 under golfjax/ (module level, inside functions, under `if TYPE_CHECKING`):
@@ -215,3 +215,13 @@ def test_config_imports_nothing_from_the_engine(graph):
     found = engine_imports_of_config(graph)
     assert not found, (
         f"golfjax/config.py imports {', '.join(found)}, of parts of golfjax that import it")
+
+
+def test_no_two_classes_share_a_name():
+    where: dict[str, list[str]] = {}
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(name)
+    shared = {cls: modules for cls, modules in where.items() if len(modules) > 1}
+    assert not shared, f"classes defined more than once in golfjax/: {shared}"
