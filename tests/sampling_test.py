@@ -176,8 +176,11 @@ def test_several_decode_loops_equal_one_loop_and_transformers(qwen2_model):
                                 _cfg(max_new_tokens=long, decode_loops=1, **SAMPLED),
                                 model_config=config))
     np.testing.assert_array_equal(loops.tokens_NxT, one.tokens_NxT)
+    # Each loop attends over a cache of its own width, so the softmax sums run
+    # over different numbers of (masked) slots: equal up to float32 rounding of
+    # log-probs near -3 (CI measured 1.4e-6), not bit for bit.
     np.testing.assert_allclose(loops.behaviour_logp_NxT, one.behaviour_logp_NxT,
-                               atol=1e-6, rtol=0)
+                               atol=1e-5, rtol=0)
     np.testing.assert_allclose(loops.behaviour_logp_NxT,
                                _teacher_forced_logp(config, params, loops),
                                atol=1e-5, rtol=0)
