@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +21,7 @@ from golfjax.models import cache as cache_lib
 from golfjax.models import moe as moe_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    from golfjax.sampling import SamplingConfig
+from golfjax.sampling_config import SamplingConfig
 
 Params = Any
 
@@ -94,7 +92,7 @@ def prefill(
     cache = cache_lib.init_cache(model_config, b, p)
     h_BxPxD, cache, routing = transformer.hidden_routed(
         params, tokens_BxP, positions_BxP, mask_BxP, cache, config=model_config)
-    routes_BxPxLxA = None if routing is None else routing.ids_NxTxLxA.astype(
+    routes_BxPxLxA = None if routing is None else routing.ids_NxQxLxA.astype(
         moe_lib.route_dtype(model_config.num_experts))
     # Left padding puts every row's last prompt token in the last slot.
     logits_BxV = transformer.unembed(params, h_BxPxD[:, -1, :], config=model_config)
@@ -117,7 +115,7 @@ class DecodeState:
 
 
 def _record(state: DecodeState, token_N: jax.Array, logp_N: jax.Array,
-            cache: cache_lib.KVCache, cfg: "SamplingConfig") -> DecodeState:
+            cache: cache_lib.KVCache, cfg: SamplingConfig) -> DecodeState:
     """Writes column `state.step`; rows already done get padding."""
     live_N = ~state.done_N
     token_N = jnp.where(live_N, token_N, cfg.pad_id)
@@ -156,7 +154,7 @@ def decode(
     prompt_routes_BxPxLxA: jax.Array | None = None,
     *,
     model_config: ModelConfig,
-    cfg: "SamplingConfig",
+    cfg: SamplingConfig,
     split_layers: bool,
     recent_buffer: bool = False,
 ) -> Rollout:
@@ -248,8 +246,8 @@ def decode(
 
 def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
                 first_position_N: jax.Array, key: jax.Array,
-                model_config: ModelConfig, cfg: "SamplingConfig") -> DecodeState:
-    """One decode step: a T = 1 forward pass of every row, a draw, the record.
+                model_config: ModelConfig, cfg: SamplingConfig) -> DecodeState:
+    """One decode step: a Q = 1 forward pass of every row, a draw, the record.
 
     The body of every decode loop; `mask_NxS` covers the loop's S cache slots
     and `first_position_N` is each row's RoPE position of response token 0.
@@ -263,7 +261,7 @@ def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
     if state.routes_NxTxLxA is not None:
         routes = state.routes_NxTxLxA
         state = dataclasses.replace(state, routes_NxTxLxA=jax.lax.dynamic_update_slice_in_dim(
-            routes, routing.ids_NxTxLxA.astype(routes.dtype), state.step - 1, axis=1))
+            routes, routing.ids_NxQxLxA.astype(routes.dtype), state.step - 1, axis=1))
     token_N, logp_N = draw.sample(logits_Nx1xV[:, 0, :],
                                   jax.random.fold_in(key, state.step), cfg)
     return _record(state, token_N, logp_N, cache, cfg)

@@ -53,7 +53,7 @@ def _teacher_forced(config, params, r):
     p = r.prompt_tokens_NxP.shape[1]
     logp = np.asarray(jax.nn.log_softmax(logits[:, p - 1:-1], axis=-1))
     logp = np.take_along_axis(logp, r.tokens_NxT[..., None], axis=-1)[..., 0]
-    ids = np.sort(np.asarray(routing.ids_NxTxLxA), axis=-1)
+    ids = np.sort(np.asarray(routing.ids_NxQxLxA), axis=-1)
     return logp, ids[:, :p], ids[:, p:]
 
 

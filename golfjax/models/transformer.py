@@ -37,20 +37,20 @@ assign.
 
 The forward pass (`hidden` and `unembed` split it in two, see below):
 
-  logits_NxTxV, cache = apply(params, tokens_NxT, positions_NxT, attention_mask_NxS,
+  logits_NxQxV, cache = apply(params, tokens_NxQ, positions_NxQ, attention_mask_NxS,
                               cache=None, *, config)
 
 is pure and jit-friendly; `config` is a hashable frozen dataclass, so jit it as
 `jax.jit(apply, static_argnames="config")` or `functools.partial(apply,
-config=config)`. Mask semantics (N rows, T new tokens, S key slots; letters of
+config=config)`. Mask semantics (N rows, Q new tokens, S key slots; letters of
 golfjax/models/layers.py):
 
-- without a cache, S = T and `attention_mask_NxS` marks real tokens of the batch;
-- with a cache, S = cache.max_length and the T tokens occupy slots
-  [cache.index, cache.index + T) (see golfjax/models/cache.py);
+- without a cache, S = Q and `attention_mask_NxS` marks real tokens of the batch;
+- with a cache, S = cache.max_length and the Q tokens occupy slots
+  [cache.index, cache.index + Q) (see golfjax/models/cache.py);
 - a query in slot q sees key slot s iff `attention_mask_NxS[b, s] and s <= q`.
 
-`positions_NxT` are RoPE positions only; for a left-padded row they count from its
+`positions_NxQ` are RoPE positions only; for a left-padded row they count from its
 first real token (e.g. `clip(cumsum(mask) - 1, 0)`). Rows/positions that are
 padding produce finite garbage logits the caller masks out. Logits are float32.
 
@@ -79,7 +79,7 @@ Params = dict[str, Any]
 # Names of the layer stacks in the params tree: the model's main layers, and
 # an MoE model's dense ones.
 STACKS = ("layers", "dense_layers")
-# A routing replay: the recorded experts N x T x L x A and where to use them.
+# A routing replay: the recorded experts N x Q x L x A and where to use them.
 Replay = tuple[jax.Array, jax.Array]
 
 
@@ -135,23 +135,23 @@ def _stack(config: ModelConfig, rngs: nnx.Rngs, count: int, sparse: bool) -> Blo
     return make_layers(rngs)
 
 
-def _split_routing(y_NxTxD: jax.Array, routing: LayerRouting | None
+def _split_routing(y_NxQxD: jax.Array, routing: LayerRouting | None
                    ) -> tuple[jax.Array, jax.Array | None, Any]:
     """A layer's output, its routing's differentiable part and the rest
     (the form `remat_scan` takes)."""
     if routing is None:
-        return y_NxTxD, None, None
-    return y_NxTxD, routing.probs_E, (routing.ids_NxTxA, routing.counts_E)
+        return y_NxQxD, None, None
+    return y_NxQxD, routing.probs_E, (routing.ids_NxQxA, routing.counts_E)
 
 
 def _routing(chunks: list[LayerRouting]) -> Routing | None:
     """The runs' stacked `LayerRouting`s (leading L axes) as one `Routing`."""
     if not chunks:
         return None
-    ids_LxNxTxA, counts_LxE, probs_LxE = (
+    ids_LxNxQxA, counts_LxE, probs_LxE = (
         jnp.concatenate([getattr(c, name) for c in chunks])
-        for name in ("ids_NxTxA", "counts_E", "probs_E"))
-    return Routing(ids_NxTxLxA=ids_LxNxTxA.transpose(1, 2, 0, 3), counts_LxE=counts_LxE,
+        for name in ("ids_NxQxA", "counts_E", "probs_E"))
+    return Routing(ids_NxQxLxA=ids_LxNxQxA.transpose(1, 2, 0, 3), counts_LxE=counts_LxE,
                    probs_LxE=probs_LxE)
 
 
@@ -173,63 +173,63 @@ class Transformer(nnx.Module):
 
     def __call__(
         self,
-        tokens_NxT: jax.Array,
-        positions_NxT: jax.Array,
+        tokens_NxQ: jax.Array,
+        positions_NxQ: jax.Array,
         attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: dict[str, tuple[Params, ...]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        x_NxTxD, new_cache = self.hidden(tokens_NxT, positions_NxT,
+        x_NxQxD, new_cache = self.hidden(tokens_NxQ, positions_NxQ,
                                          attention_mask_NxS, cache, layer_params)
-        return self.unembed(x_NxTxD), new_cache
+        return self.unembed(x_NxQxD), new_cache
 
     def hidden(
         self,
-        tokens_NxT: jax.Array,
-        positions_NxT: jax.Array,
+        tokens_NxQ: jax.Array,
+        positions_NxQ: jax.Array,
         attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: dict[str, tuple[Params, ...]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states `x_NxTxD` (compute dtype) and the new cache."""
-        x_NxTxD, new_cache, _ = self.routed(tokens_NxT, positions_NxT,
+        """Final-norm hidden states `x_NxQxD` (compute dtype) and the new cache."""
+        x_NxQxD, new_cache, _ = self.routed(tokens_NxQ, positions_NxQ,
                                             attention_mask_NxS, cache, layer_params)
-        return x_NxTxD, new_cache
+        return x_NxQxD, new_cache
 
     def routed(
         self,
-        tokens_NxT: jax.Array,
-        positions_NxT: jax.Array,
+        tokens_NxQ: jax.Array,
+        positions_NxQ: jax.Array,
         attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: dict[str, tuple[Params, ...]] | None = None,
         *,
-        token_mask_NxT: jax.Array | None = None,
+        token_mask_NxQ: jax.Array | None = None,
         replay: Replay | None = None,
     ) -> tuple[jax.Array, KVCache | None, Routing | None]:
         """`hidden`, and the MoE layers' routing (None for a dense model).
 
         `layer_params`: the stacks' weights as separate per-layer trees (from
         `split_layers`), used instead of this module's stacked ones; only with a
-        cache. `token_mask_NxT` weights the load-balancing statistics (default:
+        cache. `token_mask_NxQ` weights the load-balancing statistics (default:
         the attention mask without a cache, every token with one); `replay`
         (without a cache) routes the MoE layers' tokens (golfjax/models/moe.py).
         """
         c = self.config
         dt = c.compute_jnp_dtype
         embedding_VxD = self.embed.embedding[...]
-        x_NxTxD = jnp.take(embedding_VxD, tokens_NxT, axis=0).astype(dt)
-        sin_NxTxDh, cos_NxTxDh = rope_sin_cos(positions_NxT, c)
+        x_NxQxD = jnp.take(embedding_VxD, tokens_NxQ, axis=0).astype(dt)
+        sin_NxQxDh, cos_NxQxDh = rope_sin_cos(positions_NxQ, c)
 
-        b, t = tokens_NxT.shape
+        b, t = tokens_NxQ.shape
         s = t if cache is None else cache.max_length
         if attention_mask_NxS.shape != (b, s):
             raise ValueError(
                 f"attention_mask_NxS has shape {attention_mask_NxS.shape}, expected "
                 f"{(b, s)} (rows, {'tokens' if cache is None else 'cache slots'})")
         key_mask_NxS = attention_mask_NxS.astype(bool)
-        if token_mask_NxT is None and cache is None:
-            token_mask_NxT = key_mask_NxS
+        if token_mask_NxQ is None and cache is None:
+            token_mask_NxQ = key_mask_NxS
         stacks = {name: nnx.split(getattr(self, name))
                   for name in STACKS if hasattr(self, name)}
         if layer_params is not None and (cache is None or cache.stacked):
@@ -238,32 +238,32 @@ class Transformer(nnx.Module):
         if replay is not None and cache is not None:
             raise ValueError("a routing replay is for the forward pass without a cache")
         if cache is not None and cache.stacked:
-            x_NxTxD, new_cache, layers = self._hidden_scanned(
-                x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, cache, stacks,
-                token_mask_NxT)
+            x_NxQxD, new_cache, layers = self._hidden_scanned(
+                x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, cache, stacks,
+                token_mask_NxQ)
         elif cache is not None:
-            x_NxTxD, new_cache, layers = self._hidden_cached(
-                x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, cache, stacks,
-                layer_params, token_mask_NxT)
+            x_NxQxD, new_cache, layers = self._hidden_cached(
+                x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, cache, stacks,
+                layer_params, token_mask_NxQ)
         else:
-            x_NxTxD, layers = self._hidden_full(x_NxTxD, sin_NxTxDh, cos_NxTxDh,
-                                                key_mask_NxS, stacks, token_mask_NxT,
+            x_NxQxD, layers = self._hidden_full(x_NxQxD, sin_NxQxDh, cos_NxQxDh,
+                                                key_mask_NxS, stacks, token_mask_NxQ,
                                                 replay)
             new_cache = None
-        return self.final_norm(x_NxTxD), new_cache, _routing(layers)
+        return self.final_norm(x_NxQxD), new_cache, _routing(layers)
 
     def _hidden_full(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         stacks: dict[str, tuple[nnx.GraphDef, nnx.State]],
-        token_mask_NxT: jax.Array | None,
+        token_mask_NxQ: jax.Array | None,
         replay: Replay | None,
     ) -> tuple[jax.Array, list[LayerRouting]]:
         """The layers without a cache: one `lax.scan` (or `remat_scan`) per run."""
-        replay_ids_LxNxTxA = None if replay is None else replay[0].transpose(2, 0, 1, 3)
+        replay_ids_LxNxQxA = None if replay is None else replay[0].transpose(2, 0, 1, 3)
         layers: list[LayerRouting] = []
         for name, start, stop, _ in layer_runs(self.config):
             graphdef, state = stacks[name]
@@ -273,15 +273,15 @@ class Transformer(nnx.Module):
                           ) -> tuple[jax.Array, Any, Any]:
                 block = nnx.merge(graphdef, layer_state)
                 use = None if replay_ids is None else (replay_ids, replay[1])
-                y, _, routing = block(x, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
-                                      token_mask_NxT=token_mask_NxT, replay=use)
+                y, _, routing = block(x, sin_NxQxDh, cos_NxQxDh, key_mask_NxS,
+                                      token_mask_NxQ=token_mask_NxQ, replay=use)
                 return _split_routing(y, routing)
 
             run_state = _take(state, start, stop)
-            run_replay = (None if replay_ids_LxNxTxA is None or name != "layers"
-                          else replay_ids_LxNxTxA[start:stop])
+            run_replay = (None if replay_ids_LxNxQxA is None or name != "layers"
+                          else replay_ids_LxNxQxA[start:stop])
             if self.config.remat:
-                x_NxTxD, probs, rest = remat_scan(run_layer, x_NxTxD, run_state,
+                x_NxQxD, probs, rest = remat_scan(run_layer, x_NxQxD, run_state,
                                                   run_replay)
             else:
                 def step(x: jax.Array, xs: Any, run_layer: Callable = run_layer
@@ -289,23 +289,23 @@ class Transformer(nnx.Module):
                     y, probs, rest = run_layer(x, *xs)
                     return y, (probs, rest)
 
-                x_NxTxD, (probs, rest) = jax.lax.scan(step, x_NxTxD,
+                x_NxQxD, (probs, rest) = jax.lax.scan(step, x_NxQxD,
                                                       (run_state, run_replay))
             if probs is not None:
-                layers.append(LayerRouting(ids_NxTxA=rest[0], counts_E=rest[1],
+                layers.append(LayerRouting(ids_NxQxA=rest[0], counts_E=rest[1],
                                            probs_E=probs))
-        return x_NxTxD, layers
+        return x_NxQxD, layers
 
     def _hidden_cached(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         cache: KVCache,
         stacks: dict[str, tuple[nnx.GraphDef, nnx.State]],
         layer_params: dict[str, tuple[Params, ...]] | None,
-        token_mask_NxT: jax.Array | None,
+        token_mask_NxQ: jax.Array | None,
     ) -> tuple[jax.Array, KVCache, list[LayerRouting]]:
         """The layers unrolled (a Python loop), each over its own cache buffers.
 
@@ -323,30 +323,30 @@ class Transformer(nnx.Module):
             else:
                 layer_state = layer_params[name][j]
             block = nnx.merge(graphdef, layer_state)
-            x_NxTxD, layer_cache, routing = block(
-                x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, cache.layer(i),
-                write_index, token_mask_NxT=token_mask_NxT)
+            x_NxQxD, layer_cache, routing = block(
+                x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, cache.layer(i),
+                write_index, token_mask_NxQ=token_mask_NxQ)
             layer_caches.append(layer_cache)
             if routing is not None:
                 layers.append(jax.tree.map(lambda v: v[None], routing))
-        t = x_NxTxD.shape[1]
+        t = x_NxQxD.shape[1]
         keys, values, recents = zip(*layer_caches)
         new_cache = cache.replace(k_NxKxDhxS=tuple(keys), v_NxKxSxDh=tuple(values),
                                   index=write_index + t)
         if cache.recent_v_NxKxWxDh is not None:
             new_cache = new_cache.replace(recent_k_NxKxDhxW=tuple(r[0] for r in recents),
                                           recent_v_NxKxWxDh=tuple(r[1] for r in recents))
-        return x_NxTxD, new_cache, layers
+        return x_NxQxD, new_cache, layers
 
     def _hidden_scanned(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         cache: KVCache,
         stacks: dict[str, tuple[nnx.GraphDef, nnx.State]],
-        token_mask_NxT: jax.Array | None,
+        token_mask_NxQ: jax.Array | None,
     ) -> tuple[jax.Array, KVCache, list[LayerRouting]]:
         """The layers as one `lax.scan` (per run) over their weights and a
         stacked cache.
@@ -354,7 +354,7 @@ class Transformer(nnx.Module):
         Each layer reads its slice of the cache without writing it and
         returns the new tokens' keys and values (`Block.over_cache`); after
         the scan one dynamic-update-slice per stacked array writes every
-        layer's T new slots at `cache.index`, in place inside a decode loop on
+        layer's Q new slots at `cache.index`, in place inside a decode loop on
         TPU and GPU. The program holds one layer body per run, whatever the
         depth.
         """
@@ -363,46 +363,46 @@ class Transformer(nnx.Module):
         for name, start, stop, first in layer_runs(self.config):
             graphdef, state = stacks[name]
 
-            def run_layer(x_NxTxD: jax.Array, layer: tuple[Any, jax.Array, jax.Array],
+            def run_layer(x_NxQxD: jax.Array, layer: tuple[Any, jax.Array, jax.Array],
                           graphdef: nnx.GraphDef = graphdef) -> tuple[jax.Array, Any]:
                 layer_state, k_NxKxDhxS, v_NxKxSxDh = layer
                 block = nnx.merge(graphdef, layer_state)
                 y, new_kv, routing = block.over_cache(
-                    x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, k_NxKxDhxS,
+                    x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, k_NxKxDhxS,
                     v_NxKxSxDh, write_index)
                 return y, (new_kv, routing)
 
             last = first + stop - start
-            x_NxTxD, ((new_k_LxNxKxDhxT, new_v_LxNxKxTxDh), routing) = jax.lax.scan(
-                run_layer, x_NxTxD, (_take(state, start, stop),
+            x_NxQxD, ((new_k_LxNxKxDhxQ, new_v_LxNxKxQxDh), routing) = jax.lax.scan(
+                run_layer, x_NxQxD, (_take(state, start, stop),
                                      *_take((cache.k_LxNxKxDhxS, cache.v_LxNxKxSxDh),
                                             first, last)))
-            new_keys.append(new_k_LxNxKxDhxT)
-            new_values.append(new_v_LxNxKxTxDh)
+            new_keys.append(new_k_LxNxKxDhxQ)
+            new_values.append(new_v_LxNxKxQxDh)
             if routing is not None:
                 layers.append(routing)
         zero = jnp.zeros((), jnp.int32)
-        t = x_NxTxD.shape[1]
-        new_k_LxNxKxDhxT, new_v_LxNxKxTxDh = (
+        t = x_NxQxD.shape[1]
+        new_k_LxNxKxDhxQ, new_v_LxNxKxQxDh = (
             parts[0] if len(parts) == 1 else jnp.concatenate(parts)
             for parts in (new_keys, new_values))
         new_cache = cache.replace(
             k_LxNxKxDhxS=jax.lax.dynamic_update_slice(
-                cache.k_LxNxKxDhxS, new_k_LxNxKxDhxT, (zero,) * 4 + (write_index,)),
+                cache.k_LxNxKxDhxS, new_k_LxNxKxDhxQ, (zero,) * 4 + (write_index,)),
             v_LxNxKxSxDh=jax.lax.dynamic_update_slice(
-                cache.v_LxNxKxSxDh, new_v_LxNxKxTxDh, (zero,) * 3 + (write_index, zero)),
+                cache.v_LxNxKxSxDh, new_v_LxNxKxQxDh, (zero,) * 3 + (write_index, zero)),
             index=write_index + t)
-        return x_NxTxD, new_cache, layers
+        return x_NxQxD, new_cache, layers
 
-    def unembed(self, x_NxTxD: jax.Array) -> jax.Array:
+    def unembed(self, x_NxQxD: jax.Array) -> jax.Array:
         """float32 logits of hidden states (any leading shape), via the LM head."""
         dt = self.config.compute_jnp_dtype
-        x_NxTxD = x_NxTxD.astype(dt)
+        x_NxQxD = x_NxQxD.astype(dt)
         if self.config.tie_embeddings:
-            return jnp.einsum("...d,vd->...v", x_NxTxD,
+            return jnp.einsum("...d,vd->...v", x_NxQxD,
                               self.embed.embedding[...].astype(dt),
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", x_NxTxD, self.lm_head[...].astype(dt),
+        return jnp.einsum("...d,dv->...v", x_NxQxD, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
 
 
@@ -412,7 +412,7 @@ def _as_bits(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def remat_scan(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any, Any]],
-               x_NxTxD: jax.Array, layers_state: Any, consts: Any
+               x_NxQxD: jax.Array, layers_state: Any, consts: Any
                ) -> tuple[jax.Array, Any, Any]:
     """`layer` applied over the stacked layers, each recomputed in the backward pass.
 
@@ -422,7 +422,7 @@ def remat_scan(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any, Any]
     outputs, stacked, with and without a gradient (None for none).
 
     What `lax.scan` of a `jax.checkpoint`ed layer computes, with the saved
-    layer inputs (the only residuals: L x N x T x D) stored as raw bits and
+    layer inputs (the only residuals: L x N x Q x D) stored as raw bits and
     each layer's slice of inputs and weights passed through an optimization
     barrier before use. XLA's CPU backend computes bf16 ops in float32 and,
     under plain remat, hoists the converts of the loop-invariant stacks (every
@@ -435,19 +435,19 @@ def remat_scan(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any, Any]
         y, aux, const_aux = layer(x, *xs)
         return y, (aux, const_aux)
 
-    out, (aux, const_aux) = jax.lax.scan(step, x_NxTxD, (layers_state, consts))
+    out, (aux, const_aux) = jax.lax.scan(step, x_NxQxD, (layers_state, consts))
     return out, aux, const_aux
 
 
 def _remat_scan_fwd(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any, Any]],
-                    x_NxTxD: jax.Array, layers_state: Any, consts: Any
+                    x_NxQxD: jax.Array, layers_state: Any, consts: Any
                     ) -> tuple[tuple[jax.Array, Any, Any], tuple[jax.Array, Any, Any]]:
     def step(x: jax.Array, xs: Any) -> tuple[jax.Array, Any]:
         w, c = xs
         y, aux, const_aux = layer(x, jax.lax.optimization_barrier(w), c)
         return y, (aux, const_aux, _as_bits(x))
 
-    out, (aux, const_aux, inputs_bits) = jax.lax.scan(step, x_NxTxD,
+    out, (aux, const_aux, inputs_bits) = jax.lax.scan(step, x_NxQxD,
                                                       (layers_state, consts))
     return (out, aux, const_aux), (inputs_bits, layers_state, consts)
 
@@ -456,8 +456,8 @@ def _remat_scan_bwd(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any,
                     residuals: tuple[jax.Array, Any, Any],
                     cotangents: tuple[jax.Array, Any, Any]) -> tuple[jax.Array, Any, None]:
     inputs_bits, layers_state, consts = residuals
-    dout_NxTxD, daux, _ = cotangents  # `const_aux` has no gradient.
-    dtype = dout_NxTxD.dtype
+    dout_NxQxD, daux, _ = cotangents  # `const_aux` has no gradient.
+    dtype = dout_NxQxD.dtype
 
     def step(dy: jax.Array, saved: tuple[Any, Any]) -> tuple[jax.Array, Any]:
         (bits, w, c), daux_layer = jax.lax.optimization_barrier(saved)
@@ -465,7 +465,7 @@ def _remat_scan_bwd(layer: Callable[[jax.Array, Any, Any], tuple[jax.Array, Any,
         _, vjp = jax.vjp(lambda x, w: layer(x, w, c)[:2], x, w)
         return vjp((dy, daux_layer))
 
-    dx, dlayers = jax.lax.scan(step, dout_NxTxD,
+    dx, dlayers = jax.lax.scan(step, dout_NxQxD,
                                ((inputs_bits, layers_state, consts), daux), reverse=True)
     return dx, dlayers, None
 
@@ -523,78 +523,78 @@ def init_params(config: ModelConfig, key: jax.Array, mesh: Mesh | None = None,
 
 def apply(
     params: Params,
-    tokens_NxT: jax.Array,
-    positions_NxT: jax.Array,
+    tokens_NxQ: jax.Array,
+    positions_NxQ: jax.Array,
     attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """Forward pass: float32 `logits_NxTxV` and the updated cache (None without one).
+    """Forward pass: float32 `logits_NxQxV` and the updated cache (None without one).
 
     Args:
       params: the params tree (see the module docstring).
-      tokens_NxT: int token ids.
-      positions_NxT: int RoPE positions of the tokens.
-      attention_mask_NxS: bool/int, True for real tokens; S = T without a cache,
+      tokens_NxQ: int token ids.
+      positions_NxQ: int RoPE positions of the tokens.
+      attention_mask_NxS: bool/int, True for real tokens; S = Q without a cache,
         S = cache.max_length with one.
       cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
       config: the model config (static under jit).
     """
     model, layer_params = _merge(params, config)
-    return model(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
+    return model(tokens_NxQ, positions_NxQ, attention_mask_NxS, cache,
                  layer_params)
 
 
 def hidden(
     params: Params,
-    tokens_NxT: jax.Array,
-    positions_NxT: jax.Array,
+    tokens_NxQ: jax.Array,
+    positions_NxQ: jax.Array,
     attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """`apply` without the LM head: final-normed `h_NxTxD` (compute dtype), cache.
+    """`apply` without the LM head: final-normed `h_NxQxD` (compute dtype), cache.
 
     With `unembed`, lets a caller compute logits a chunk of positions at a time
-    (e.g. log-probs without materialising N x T x V); `apply == unembed . hidden`.
+    (e.g. log-probs without materialising N x Q x V); `apply == unembed . hidden`.
     """
     model, layer_params = _merge(params, config)
-    return model.hidden(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
+    return model.hidden(tokens_NxQ, positions_NxQ, attention_mask_NxS, cache,
                         layer_params)
 
 
 def hidden_routed(
     params: Params,
-    tokens_NxT: jax.Array,
-    positions_NxT: jax.Array,
+    tokens_NxQ: jax.Array,
+    positions_NxQ: jax.Array,
     attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
-    token_mask_NxT: jax.Array | None = None,
+    token_mask_NxQ: jax.Array | None = None,
     replay: Replay | None = None,
 ) -> tuple[jax.Array, KVCache | None, Routing | None]:
     """`hidden`, and the MoE layers' `Routing` (None for a dense model).
 
     Args:
-      token_mask_NxT: the tokens the load-balancing statistics count
+      token_mask_NxQ: the tokens the load-balancing statistics count
         (`Routing.counts_LxE`, `probs_LxE`); default: the attention mask
         without a cache, every token with one.
-      replay: (ids_NxTxLxA, use_NxT), without a cache only: the MoE layers
-        route each token where `use_NxT` is set to its recorded experts
+      replay: (ids_NxQxLxA, use_NxQ), without a cache only: the MoE layers
+        route each token where `use_NxQ` is set to its recorded experts
         (golfjax/models/moe.py).
     """
     model, layer_params = _merge(params, config)
-    return model.routed(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
-                        layer_params, token_mask_NxT=token_mask_NxT, replay=replay)
+    return model.routed(tokens_NxQ, positions_NxQ, attention_mask_NxS, cache,
+                        layer_params, token_mask_NxQ=token_mask_NxQ, replay=replay)
 
 
-def unembed(params: Params, h_NxTxD: jax.Array, *,
+def unembed(params: Params, h_NxQxD: jax.Array, *,
             config: ModelConfig) -> jax.Array:
     """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
-    return _merge(params, config)[0].unembed(h_NxTxD)
+    return _merge(params, config)[0].unembed(h_NxQxD)
 
 
 def split_layers(params: Params) -> Params:

@@ -68,7 +68,7 @@ def mismatch_sums(routing: moe_lib.Routing, batch: Batch) -> dict[str, jax.Array
     is compared, as sets, with the recorded routes.
     """
     p = batch.prompt_tokens_NxP.shape[1]
-    ours_NxTxLxA = jnp.sort(routing.ids_NxTxLxA[:, p:], axis=-1)
+    ours_NxTxLxA = jnp.sort(routing.ids_NxQxLxA[:, p:], axis=-1)
     theirs_NxTxLxA = jnp.sort(batch.routes_NxTxLxA.astype(jnp.int32), axis=-1)
     differ_NxTxL = jnp.any(ours_NxTxLxA != theirs_NxTxLxA, axis=-1)
     differ_NxTxL = differ_NxTxL & recorded_routes(batch.response_mask_NxT)[..., None]

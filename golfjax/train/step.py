@@ -80,18 +80,18 @@ def compute_logprobs_routed(
     an MoE policy's routing over [prompt; response] (replaying the batch's
     routes when configured: golfjax/train/routing.py)."""
     prompt_len = batch.prompt_tokens_NxP.shape[1]
-    tokens_NxL = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
+    tokens_NxS = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
     # Every response slot is visible: right padding only ever follows the end.
-    mask_NxL = jnp.concatenate(
+    mask_NxS = jnp.concatenate(
         [batch.prompt_mask_NxP, jnp.ones_like(batch.response_mask_NxT)], axis=1
     )
-    positions_NxL = jnp.maximum(jnp.cumsum(mask_NxL.astype(jnp.int32), axis=1) - 1, 0)
-    h_NxLxD, _, routing = transformer.hidden_routed(
-        params, tokens_NxL, positions_NxL, mask_NxL, config=model_config,
-        token_mask_NxT=routing_lib.token_mask(batch),
+    positions_NxS = jnp.maximum(jnp.cumsum(mask_NxS.astype(jnp.int32), axis=1) - 1, 0)
+    h_NxSxD, _, routing = transformer.hidden_routed(
+        params, tokens_NxS, positions_NxS, mask_NxS, config=model_config,
+        token_mask_NxQ=routing_lib.token_mask(batch),
         replay=routing_lib.replay(batch, model_config),
     )
-    h_NxTxD = logprobs_lib.response_hidden(h_NxLxD, prompt_len)
+    h_NxTxD = logprobs_lib.response_hidden(h_NxSxD, prompt_len)
     logp_NxT, entropy_NxT = logprobs_lib.token_logprobs(
         h_NxTxD,
         batch.tokens_NxT,

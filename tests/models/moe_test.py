@@ -75,7 +75,7 @@ def test_layer_forward_and_backward_equal_every_expert_masked(norm):
 def test_replay_routes_to_the_recorded_experts_with_the_routers_weights():
     x, router, gate, up, down = args = _layer_inputs(1)
     _, stats = moe.moe_mlp(*args, CONFIG)
-    own = stats.ids_NxTxA
+    own = stats.ids_NxQxA
     # Every token to other experts (its own shifted by one), except token 0.
     forced = (own + 1) % CONFIG.num_experts
     use = jnp.ones(own.shape[:2], bool).at[:, 0].set(False)
@@ -84,7 +84,7 @@ def test_replay_routes_to_the_recorded_experts_with_the_routers_weights():
     np.testing.assert_allclose(y, _every_expert(*args, CONFIG, ids=expected_ids),
                                atol=2e-5, rtol=0)
     # The router's own choice is still what the routing reports.
-    np.testing.assert_array_equal(replayed_stats.ids_NxTxA, own)
+    np.testing.assert_array_equal(replayed_stats.ids_NxQxA, own)
     # Replaying a token's own experts changes nothing.
     same, _ = moe.moe_mlp(*args, CONFIG, replay=(own, jnp.ones_like(use)))
     np.testing.assert_array_equal(same, moe.moe_mlp(*args, CONFIG)[0])
@@ -149,7 +149,7 @@ def test_routing_and_balancing_loss_equal_transformers(hf_moe):
     for layer, logits in enumerate(out.router_logits):
         top = torch.topk(torch.softmax(logits.float(), -1), config.experts_per_token, -1)
         theirs = np.sort(top.indices.numpy().reshape(mask.shape + (-1,)), axis=-1)
-        ours = np.sort(np.asarray(routing.ids_NxTxLxA[:, :, layer]), axis=-1)
+        ours = np.sort(np.asarray(routing.ids_NxQxLxA[:, :, layer]), axis=-1)
         np.testing.assert_array_equal(ours[mask], theirs[mask])
     loss = moe.load_balancing_loss(routing, config)
     np.testing.assert_allclose(float(loss), float(out.aux_loss), rtol=1e-5)

@@ -96,7 +96,7 @@ def test_mismatch_metrics_and_the_balancing_loss_term():
     real = np.concatenate([r.prompt_mask_NxP, r.response_mask_NxT], axis=1)
     positions = np.maximum(np.cumsum(visible, axis=1) - 1, 0)
     _, _, routing = transformer.hidden_routed(params, tokens, positions, visible,
-                                              config=CONFIG, token_mask_NxT=real)
+                                              config=CONFIG, token_mask_NxQ=real)
     expected = float(moe.load_balancing_loss(routing, CONFIG))
     assert 1.5 < expected < 3.0  # About A = 2, its value at perfectly even routing.
     assert float(metrics["loss/moe_aux"]) == pytest.approx(expected, rel=1e-5)
