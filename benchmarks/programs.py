@@ -68,9 +68,8 @@ def abstract_batch(rows: int, prompt: int, response: int,
     shapes = {"NxP": (rows, prompt), "NxT": (rows, response), "N": (rows,)}
     fields: dict[str, Any] = {"prompt_routes_NxPxLxA": None, "routes_NxTxLxA": None}
     if routes is not None:
-        la = (len(routes.moe_layers), routes.experts_per_token)
-        dtype = moe.route_dtype(routes.num_experts)
-        fields = {name: jax.ShapeDtypeStruct(shapes[letters] + la, dtype, sharding=sharding_of)
+        *la, dtype = moe.route_spec(routes)
+        fields = {name: jax.ShapeDtypeStruct(shapes[letters] + tuple(la), dtype, sharding=sharding_of)
                   for name, letters in (("prompt_routes_NxPxLxA", "NxP"),
                                         ("routes_NxTxLxA", "NxT"))}
     for field in dataclasses.fields(types.Batch):

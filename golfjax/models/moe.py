@@ -55,7 +55,7 @@ from golfjax.models import attention as attention_lib
 from golfjax.models.config import ModelConfig
 
 IMPLEMENTATIONS = ("auto", "ragged_dot", "megablox")
-_MEGABLOX_ROWS = 128  # The megablox kernel's row tile; rows are padded to it.
+_MEGABLOX_TILE = 128  # The megablox kernel's tile: rows are padded to it.
 
 
 @jax.tree_util.register_dataclass
@@ -95,6 +95,14 @@ class Routing:
 def route_dtype(num_experts: int) -> np.dtype:
     """The narrowest dtype recorded expert ids are stored in (uint8 up to 256)."""
     return np.dtype(np.uint8) if num_experts <= 256 else np.dtype(np.int32)
+
+
+def route_spec(config: ModelConfig) -> tuple[int, int, np.dtype] | None:
+    """(L, A, dtype) of the routes an MoE model's rollout records for each
+    token (`Rollout.routes_NxTxLxA`), or None for a dense model."""
+    if not config.moe_layers:
+        return None
+    return len(config.moe_layers), config.experts_per_token, route_dtype(config.num_experts)
 
 
 def route(x_NxQxD: jax.Array, router_DxE: jax.Array, config: ModelConfig, *,
@@ -144,12 +152,20 @@ def load_balancing_loss(routing: Routing, config: ModelConfig) -> jax.Array:
     return jnp.where(tokens > 0, loss, 0.0)
 
 
-def _pick(implementation: str) -> str:
+def _pick(implementation: str, in_features: int, out_features: int) -> str:
+    """The grouped matmul to run: "auto" is the megablox kernel when tracing
+    for TPU and both feature counts are multiples of its 128-wide tiles (its
+    backward pass reuses the forward's tiles with the two swapped), else
+    `ragged_dot`."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"grouped matmul implementation {implementation!r}; expected "
                          f"one of {IMPLEMENTATIONS}")
+    tiled = in_features % _MEGABLOX_TILE == 0 and out_features % _MEGABLOX_TILE == 0
     if implementation == "auto":
-        return "megablox" if jax.default_backend() == "tpu" else "ragged_dot"
+        return "megablox" if tiled and jax.default_backend() == "tpu" else "ragged_dot"
+    if implementation == "megablox" and not tiled:
+        raise ValueError(f"megablox grouped matmul: features {in_features} x {out_features}"
+                         f" are not multiples of its {_MEGABLOX_TILE}-wide tiles")
     return implementation
 
 
@@ -160,23 +176,22 @@ def grouped_matmul(lhs_NQAxI: jax.Array, rhs_ExIxO: jax.Array, sizes_E: jax.Arra
     Rows past `sum(sizes_E)` belong to no group: their output is zero and
     they get no gradient (whatever a kernel leaves in rows it never visits).
     Accumulates in float32; returns `lhs`'s dtype. "megablox" is the Pallas
-    TPU kernel (`interpret` runs it anywhere, for tests); it computes row
-    tiles of 128, so the rows are padded to that.
+    TPU kernel (`interpret` runs it anywhere, for tests); it computes tiles
+    of 128 x 128 x 128, so the rows are padded to that.
     """
     dt = lhs_NQAxI.dtype
     m = lhs_NQAxI.shape[0]
     grouped_NQAx1 = (jnp.arange(m) < jnp.sum(sizes_E))[:, None]
     lhs_NQAxI = jnp.where(grouped_NQAx1, lhs_NQAxI, 0)
-    if _pick(implementation) == "ragged_dot":
+    if _pick(implementation, *rhs_ExIxO.shape[1:]) == "ragged_dot":
         out = jax.lax.ragged_dot(lhs_NQAxI, rhs_ExIxO, sizes_E,
                                  preferred_element_type=jnp.float32)
     else:
         from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
 
-        lhs = jnp.pad(lhs_NQAxI, ((0, -m % _MEGABLOX_ROWS), (0, 0)))
-        tiles = (_MEGABLOX_ROWS, min(128, lhs.shape[1]), min(128, rhs_ExIxO.shape[2]))
-        out = megablox.gmm(lhs, rhs_ExIxO, sizes_E.astype(jnp.int32), jnp.float32, tiles,
-                           None, None, False, interpret)[:m]
+        lhs = jnp.pad(lhs_NQAxI, ((0, -m % _MEGABLOX_TILE), (0, 0)))
+        out = megablox.gmm(lhs, rhs_ExIxO, sizes_E.astype(jnp.int32), jnp.float32,
+                           (_MEGABLOX_TILE,) * 3, None, None, False, interpret)[:m]
     return jnp.where(grouped_NQAx1, out, 0).astype(dt)
 
 
@@ -280,9 +295,11 @@ def _dispatch_parallel(plan: _Plan, x_NxQxD: jax.Array, ids_NxQxA: jax.Array,
     rows = PartitionSpec(plan.rows or None, None, None)
     up = PartitionSpec(plan.experts or None, None, plan.width or None)
     down = PartitionSpec(plan.experts or None, plan.width or None, None)
+    # Unchecked varying axes: the megablox kernel's outputs declare none
+    # (tests/models/moe_test.py checks the gradients on the 8-device mesh).
     return jax.shard_map(local, mesh=plan.mesh, in_specs=(rows, rows, rows, up, up, down),
-                         out_specs=rows)(x_NxQxD, ids_NxQxA, weights_NxQxA, gate_ExDxF,
-                                         up_ExDxF, down_ExFxD)
+                         out_specs=rows, check_vma=False)(
+                             x_NxQxD, ids_NxQxA, weights_NxQxA, gate_ExDxF, up_ExDxF, down_ExFxD)
 
 
 def moe_mlp(x_NxQxD: jax.Array, router_DxE: jax.Array, gate_ExDxF: jax.Array,

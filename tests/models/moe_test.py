@@ -92,8 +92,8 @@ def test_replay_routes_to_the_recorded_experts_with_the_routers_weights():
 
 def test_megablox_kernel_in_interpret_mode_equals_ragged_dot():
     rng = np.random.RandomState(0)
-    lhs = jnp.asarray(rng.randn(40, 64), jnp.float32)
-    rhs = jnp.asarray(rng.randn(4, 64, 32), jnp.float32)
+    lhs = jnp.asarray(rng.randn(40, 128), jnp.float32)
+    rhs = jnp.asarray(rng.randn(4, 128, 256), jnp.float32)
     sizes = jnp.asarray([9, 0, 20, 6], jnp.int32)  # Rows 35-39 in no group.
 
     def matmul(implementation):
@@ -110,6 +110,9 @@ def test_megablox_kernel_in_interpret_mode_equals_ragged_dot():
     for got, want in zip(grads(megablox), grads(ragged)):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
     np.testing.assert_array_equal(grads(megablox)[0][35:], 0)
+    # Its backward pass swaps the tiles' roles: features must fill whole tiles.
+    with pytest.raises(ValueError, match="features 128 x 96 are not multiples"):
+        megablox(lhs, rhs[..., :96])
 
 
 @pytest.fixture(scope="module")
