@@ -118,21 +118,19 @@ class Trainer:
         # One jitted step per batch layout: a Batch, or a tuple of k parts,
         # with or without routes.
         self._steps: dict[tuple[int | None, bool], Any] = {}
-        logprobs = self._partitioned(functools.partial(
-            step_lib.compute_logprobs,
-            model_config=model_config,
-            temperature=temperature,
-            chunk=cfg.logp_chunk,
-        ))
-        self._logprobs = {
-            routes: jax.jit(
-                logprobs,
-                # Read-only parameters in their training layout; per-row outputs.
-                in_shardings=(self.param_shardings, self._batch_shardings(routes)),
-                out_shardings=(row, None),
-            )
-            for routes in (False, True)
-        }
+        self._logprobs = jax.jit(
+            self._partitioned(functools.partial(
+                step_lib.compute_logprobs,
+                model_config=model_config,
+                temperature=temperature,
+                chunk=cfg.logp_chunk,
+            )),
+            # Read-only parameters in their training layout; every field of
+            # the batch (with an MoE rollout's routes or without) split by
+            # rows; per-row outputs.
+            in_shardings=(self.param_shardings, row),
+            out_shardings=(row, None),
+        )
         # Simulated CPU devices can deadlock when several sharded programs are
         # queued; block on each result there (TPU/GPU keep their async queue).
         self._block = jax.devices()[0].platform == "cpu"
@@ -191,7 +189,7 @@ class Trainer:
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""
-        logp_NxT, _ = self._logprobs[_routed(batch)](params, batch)
+        logp_NxT, _ = self._logprobs(params, batch)
         return self._maybe_block(logp_NxT)
 
     def _batch_shardings(self, routes: bool) -> Batch:
