@@ -111,6 +111,15 @@ def _policy_terms(
     return policy, off_policy, aux | off_aux
 
 
+def _checked_aux(name: str, aux: dict[str, Any]) -> dict[str, reduce.Weighted]:
+    for key, value in aux.items():
+        if not isinstance(value, reduce.Weighted):
+            raise TypeError(
+                f"loss {name!r} returned diagnostic {key!r} as {type(value).__name__}; expected a"
+                " losses.Weighted (sum, count) pair, e.g. reduce.weighted_mean(x, mask)")
+    return aux
+
+
 def _kl_NxT(logp_NxT: jax.Array, ref_logp_NxT: jax.Array, estimator: str) -> jax.Array:
     log_ratio_NxT = jax.lax.stop_gradient(ref_logp_NxT) - logp_NxT
     if estimator == "k1":
@@ -140,12 +149,12 @@ def _micro_objective(
     cfg: TrainSection,
     loss_cfg: LossConfig,
     temperature: float,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted]]]:
     """This micro-batch's share of the full-batch objective.
 
     Returns `(objective, (shares, diagnostics))`: `shares` are this micro-batch's
     exact parts of full-batch quantities (they add up over micro-batches);
-    `diagnostics` are means within the micro-batch (averaged over them).
+    `diagnostics` are the loss functions' `Weighted` pairs (they add up too).
     """
     logp_NxT, entropy_NxT = compute_logprobs(
         params, batch, model_config=model_config, temperature=temperature,
@@ -287,7 +296,7 @@ def train_step(
     next_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {
         **shares,
-        **{name: value / (m * len(parts)) for name, value in diagnostics.items()},
+        **{name: value.value for name, value in diagnostics.items()},
         "loss": loss,
         "grad_norm": grad_norm,
         "train/skipped_nonfinite": (~finite).astype(jnp.float32),
