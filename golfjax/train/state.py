@@ -10,6 +10,7 @@ warmup + constant or cosine learning-rate schedule.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -49,10 +50,13 @@ class OptimizerConfig:
 
     Attributes:
       lr: peak learning rate.
-      warmup_steps: linear warmup from 0 to `lr`.
+      warmup_steps: linear warmup from 0 to `lr` over the first updates.
       schedule: "constant" after warmup, or "cosine" decay to
-        `lr * min_lr_ratio` at `total_steps`.
-      total_steps: the horizon of the cosine schedule (ignored by "constant").
+        `lr * min_lr_ratio` at the last of `total_steps` updates.
+      total_steps: the updates the schedule spans; 0 (the default) in a run's
+        config, where the run sets it to its own steps (`RunConfig.rl_optimizer`,
+        `cold_start_optimizer`), and a run refuses any other value that differs
+        from them. The cosine schedule needs it resolved (>= 1).
       min_lr_ratio: the cosine schedule's final fraction of `lr`.
       b1, b2, eps: Adam's moment decays and epsilon.
       weight_decay: decoupled weight decay; norm scales and biases never decay.
@@ -62,7 +66,7 @@ class OptimizerConfig:
     lr: float = 1e-6
     warmup_steps: int = 0
     schedule: str = "constant"
-    total_steps: int = 1000
+    total_steps: int = 0
     min_lr_ratio: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -77,15 +81,15 @@ class OptimizerConfig:
                 f" {', '.join(SCHEDULES)}"
             )
         checks = {
-            "lr": (self.lr > 0, "> 0"),
+            "lr": (0 < self.lr < math.inf, "a finite number > 0"),
             "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
-            "total_steps": (self.total_steps > 0, "> 0"),
+            "total_steps": (self.total_steps >= 0, ">= 0 (0: the run's steps)"),
             "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
             "b1": (0 <= self.b1 < 1, "in [0, 1)"),
             "b2": (0 <= self.b2 < 1, "in [0, 1)"),
             "eps": (self.eps > 0, "> 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+            "weight_decay": (0 <= self.weight_decay < math.inf, "a finite number >= 0"),
+            "grad_clip": (self.grad_clip is None or 0 < self.grad_clip < math.inf, "a finite number > 0 or None"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -95,19 +99,39 @@ class OptimizerConfig:
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    """Linear warmup to `cfg.lr`, then constant or cosine decay."""
+    """Linear warmup to `cfg.lr`, then constant or cosine decay.
+
+    The schedule maps the count of applied updates to the rate of the next
+    one; with "cosine", update `total_steps - 1` (the last) takes
+    `lr * min_lr_ratio`.
+    """
     if cfg.schedule == "constant":
         after_warmup = optax.constant_schedule(cfg.lr)
     else:
+        if cfg.total_steps < 1:
+            raise ValueError(
+                f"OptimizerConfig.total_steps={cfg.total_steps}; the cosine schedule needs its horizon"
+                " (a run sets it to its steps: RunConfig.rl_optimizer)")
         after_warmup = optax.cosine_decay_schedule(
             cfg.lr,
-            decay_steps=max(cfg.total_steps - cfg.warmup_steps, 1),
+            decay_steps=max(cfg.total_steps - 1 - cfg.warmup_steps, 1),
             alpha=cfg.min_lr_ratio,
         )
     if cfg.warmup_steps == 0:
         return after_warmup
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, after_warmup], [cfg.warmup_steps])
+
+
+def schedule_count(opt_state: optax.OptState) -> jax.Array:
+    """The updates applied so far by `make_optimizer`'s chain: the count its
+    learning-rate schedule is evaluated at (a skipped step does not count)."""
+    counts = [x.count for x in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(x, optax.ScaleByScheduleState)]
+    if len(counts) != 1:
+        raise ValueError(f"the optimizer state holds {len(counts)} learning-rate schedules; expected 1")
+    return counts[0]
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:
