@@ -67,7 +67,9 @@ class Components:
       train_problems, test_problems: the RL split and the evaluated split.
       trainer: RL's jitted step; `cold_start_trainer` the cold start's (or None).
       source: the batch source (`GroupSource` or `GolfSource`).
-      schedule: the rollout schedule that turns the source's batches into steps.
+      schedule: the rollout schedule that turns the source's batches into steps;
+        with a KL term it holds the frozen reference parameters from RL's start
+        (`schedule.reference`, one more copy of the policy's; golfjax/train/reference.py).
       evaluator: held-out accuracy and pass@k.
       cold_start: the cold start's batches (None without one).
     """

@@ -79,26 +79,31 @@ def _measured(setup):
     off_NxT = rows("response_mask_NxT") & rows("off_policy_mask_NxT")
     _, aux = losses.LOSSES[loss](logp_NxT, rows("old_logp_NxT"), adv_N, on_NxT, cfg, rows("behaviour_logp_NxT"))
     _, off_aux = losses.OFF_POLICY_LOSSES[off_loss](logp_NxT, rows("behaviour_logp_NxT"), adv_N, off_NxT, cfg)
-    whole = {name: float(value.value) for name, value in (aux | off_aux).items()}
+    whole = {name: _value(value) for name, value in (aux | off_aux).items()}
     # The ESS is a statistic of the rows a loss call sees: its micro-batches'
     # ESS, weighted by their rows (micro-batch j of a part takes rows j, j + M, ...).
     ess = []
     for part, part_logp in zip(parts, logp):
         for j in range(M):
             mb, mb_logp = part.rows(slice(j, None, M)), part_logp[j::M]
+            on_NxT = mb.response_mask_NxT & ~mb.off_policy_mask_NxT
             if loss == "vespo":
                 _, mb_aux = losses.LOSSES[loss](
-                    mb_logp, mb.old_logp_NxT, mb.advantage_N,
-                    mb.response_mask_NxT & ~mb.off_policy_mask_NxT, cfg, mb.behaviour_logp_NxT)
-                ess.append((float(mb_aux["ess"].sum), float(mb_aux["ess"].count)))
+                    mb_logp, mb.old_logp_NxT, mb.advantage_N, on_NxT, cfg, mb.behaviour_logp_NxT)
+                ess.append((_value(mb_aux["ess"]), float(on_NxT.any(axis=1).sum())))
     return metrics, whole, ess
+
+
+def _value(diagnostic):
+    """A diagnostic's value (a `Weighted` pair's, or a plain mean's as losses returned them before)."""
+    return float(diagnostic.value) if hasattr(diagnostic, "value") else float(diagnostic)
 
 
 @pytest.mark.parametrize("setup, name", [(s, n) for s, (_, names) in SETUPS.items() for n in names])
 def test_each_diagnostic_is_the_mean_over_what_it_measures(setup, name):
     metrics, whole, ess = _measured(setup)
     if name == "ess":
-        expected = sum(s for s, _ in ess) / sum(c for _, c in ess)
+        expected = sum(e * rows for e, rows in ess) / sum(rows for _, rows in ess)
         assert len({c for _, c in ess}) > 1  # Uneven micro-batches: a plain mean would differ.
     else:
         expected = whole[name]
