@@ -22,6 +22,7 @@ that every host mounts.
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import re
 import sys
@@ -102,7 +103,10 @@ def main(argv: list[str]) -> None:
     from golfjax import train_loop
 
     if not _VERBOSE.value and not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax's per-save INFO lines.
+        # Orbax logs its progress, and the error of a failed save (which the run
+        # raises again as its refusal) from its threads, as asyncio does.
+        logging.set_verbosity(logging.FATAL)
+        py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
 
     # JAX's persistent compilation cache: a rerun or a resume reuses the
     # compiled train step and sampler programs ($JAX_COMPILATION_CACHE_DIR

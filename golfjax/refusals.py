@@ -11,6 +11,8 @@ experiments/main.py and golfjax/export.py use `exit_code`.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -24,14 +26,23 @@ BAD_INPUT, REFUSED = 2, 1
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
+# How TensorStore (Orbax's array writer) reports the OS error behind a failed
+# write: `...Failed writing: "<path>": ... [os_error_code='28']`.
+_TENSORSTORE_OS_ERROR = re.compile(r"""(?:Failed writing|Error writing local file): "([^"]+)".*os_error_code='(\d+)'""")
+
+
 def _cannot_write(e: BaseException) -> OSError | None:
     """The OSError of an unwritable or full directory in `e`'s chain, if any
-    (Orbax and other libraries wrap the one they hit)."""
+    (Orbax and other libraries wrap the one they hit, or only name its code)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in _UNWRITABLE:
             return e
+        match = _TENSORSTORE_OS_ERROR.search(str(e))
+        if match and int(match.group(2)) in _UNWRITABLE:
+            code = int(match.group(2))
+            return OSError(code, os.strerror(code), match.group(1))
         e = e.__cause__ or e.__context__
     return None
 

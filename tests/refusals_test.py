@@ -45,6 +45,10 @@ def _wrapped(error):
     (PermissionError(errno.EACCES, "Permission denied", "/w"), 1, "cannot write /w: Permission denied"),
     (_wrapped(OSError(errno.ENOSPC, "No space left on device", "/w/checkpoints/3")), 1,
      "cannot write /w/checkpoints/3: No space left on device"),
+    # As Orbax raised it on a full tmpfs (ValueError from TensorStore, the OS error by its code).
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "rng/0" in OCDBT database at local file "/w/c/2/": Failed'
+                ' writing: "/w/c/2/d/200a": Failed to write 753 bytes to file 5: No space left on device'
+                " [os_error_code='28']"), 1, "cannot write /w/c/2/d/200a: No space left on device"),
 ])
 def test_an_expected_refusal_is_its_message_alone(error, code, line, capsys):
     assert refusals.exit_code(_raise(error), verbose=False) == code
