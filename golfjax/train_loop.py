@@ -190,7 +190,8 @@ def _train_locked(
     if kl and cfg.train.ref_path:
         reference = reference_lib.load_path(cfg.train.ref_path, c.model_config, c.mesh)
     elif kl and not cold_steps:
-        reference = reference_lib.copy(initial_params)  # The state may take these buffers.
+        # A fresh state may take (and the first step donate) these very buffers.
+        reference = initial_params if found is not None else reference_lib.copy(initial_params)
 
     # ------------------------------------------------------------ restore (state)
     if found is None:

@@ -140,6 +140,24 @@ def test_a_poisoned_checkpoint_is_passed_over_by_the_export_and_the_resume(tmp_p
     assert metrics_lib.read_metrics(tmp_path)[2]["train/skipped_nonfinite"] == 1.0
 
 
+@pytest.mark.slow
+def test_a_resumed_kl_run_without_a_cold_start_rebuilds_the_same_reference(tmp_path):
+    # issue 26, Found 1: the reference is the model's initial parameters, rebuilt
+    # by the resume (the cold start's case is tests/experiments/main_test.py's).
+    def config(steps):
+        c = _config(steps=steps)
+        c.train.kl_coef = 0.1
+        return c
+
+    train_loop.train(config(2), str(tmp_path / "whole"))
+    train_loop.train(config(1), str(tmp_path / "resumed"))
+    train_loop.train(config(2), str(tmp_path / "resumed"))
+    whole, resumed = (metrics_lib.read_metrics(tmp_path / name) for name in ("whole", "resumed"))
+    assert 0 <= whole[1]["loss/kl"] < 1e-9 and whole[2]["loss/kl"] > whole[1]["loss/kl"]
+    assert resumed[2]["loss/kl"] == whole[2]["loss/kl"]
+    assert not (tmp_path / "whole" / "reference").exists()  # Rebuilt, never written.
+
+
 def test_no_intact_checkpoint_stops_in_one_line_naming_the_path(tmp_path):
     train_loop.train(_config(steps=1), str(tmp_path))
     metadata = tmp_path / "checkpoints" / "1" / "state" / "_METADATA"

@@ -213,3 +213,29 @@ def test_a_reference_checkpoint_of_another_architecture_is_refused(tmp_path):
     with open(tmp_path / "config.json", "w") as f:
         json.dump({**saved, "num_hidden_layers": 2, "torch_dtype": "bfloat16"}, f)
     reference_lib.check_path(cfg)
+
+
+def test_asynchronous_rollouts_come_scored_by_the_reference_and_rewarded_with_it():
+    # The worker thread scores old_logp with its parameter snapshot and
+    # ref_logp with the reference, then takes the KL out of the rewards.
+    trainer = _trainer(_mesh(), kl_in="reward", kl_estimator="k2")
+    batches = _capture_batches(trainer)
+    state = trainer.init_state(_params(), 0)
+    reference = reference_lib.copy(state.params)
+    schedule = schedule_lib.RolloutSchedule(
+        config_lib.ScheduleSection(async_rollout=True, max_staleness=4), trainer=trainer, source=_Source(),
+        problems=PROBLEMS, key=jax.random.PRNGKey(0), recompute_old_logp=True)
+    schedule.use_reference(reference)
+    data = EpochIterator(len(PROBLEMS), B, 0)
+    with schedule:
+        for s in range(3):
+            state, metrics = schedule.step(state, data, jax.random.PRNGKey(20 + s))
+        schedule.save_point(3, force=True, every=100)  # Stops the worker.
+    for batch in batches:
+        expected = trainer.logprobs(reference, trainer.put_batch(batch))
+        np.testing.assert_array_equal(batch.ref_logp_NxT, np.asarray(expected))
+        kl_N = np.where(batch.response_mask_NxT,
+                        0.5 * (batch.old_logp_NxT.astype(np.float64) - batch.ref_logp_NxT) ** 2, 0.0).sum(axis=1)
+        np.testing.assert_allclose(batch.advantage_N, advantages.grpo(batch.reward_N - 0.1 * kl_N, batch.group_id_N),
+                                   rtol=1e-4, atol=1e-5)
+    assert "reward/kl_penalty" in metrics
