@@ -262,9 +262,9 @@ def _train_locked(
                         reference_lib.save(workdir, c.schedule.reference)
                 state, last = c.schedule.step(state, rl_data, jax.random.fold_in(rng, step))
                 counters["prompts"] += cfg.train.prompts_per_step
-                counters["samples"] += int(last.pop("samples/generated"))
+                counters["samples"] += int(last["samples/generated"])
                 last["samples/prompts_seen"] = counters["prompts"]
-                last["samples/generated"] = counters["samples"]
+                last["samples/generated_total"] = counters["samples"]
             # Trained response tokens per second of the whole step (rollout,
             # scoring and update; evaluation excluded).
             last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)

@@ -104,7 +104,7 @@ class BatchSource(Protocol):
 
 
 @dataclasses.dataclass
-class Rollout:
+class RolloutBatches:
     """k mini-batches sampled by one policy version (host arrays).
 
     Attributes:
@@ -134,7 +134,7 @@ def collect_rollout(
     *,
     device_lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     stop: threading.Event | None = None,
-) -> Rollout | None:
+) -> RolloutBatches | None:
     """Samples one mini-batch per problem list, all with `params`.
 
     Mini-batch j uses `fold_in(key, j)`. Returns None if `stop` is set before
@@ -148,7 +148,7 @@ def collect_rollout(
             batch, info = source.sample(params, list(problems), jax.random.fold_in(key, j))
         minibatches.append(batch)
         infos.append(info)
-    return Rollout(minibatches, infos, version)
+    return RolloutBatches(minibatches, infos, version)
 
 
 @functools.partial(jax.jit, static_argnames=("estimator",))
@@ -254,12 +254,12 @@ class RolloutSchedule:
         if cfg.async_rollout:
             self.device_lock = worker_lib.make_device_lock(trainer.mesh, worker_mesh or trainer.mesh)
         self._pending: collections.deque[tuple[TrainBatch, dict[str, float]]] = collections.deque()
-        self._rollout: Rollout | None = None
+        self._rollout: RolloutBatches | None = None
         self._rollout_start = 0
         self._minibatch = 0
         # Asynchronous mode.
         self._store = worker_lib.ParameterStore()
-        self._worker: worker_lib.RolloutWorker[Rollout] | None = None
+        self._worker: worker_lib.RolloutWorker[RolloutBatches] | None = None
         self._data: Any = None
         self._consumed_data_state: Any = None
         self._published = 0
@@ -366,7 +366,7 @@ class RolloutSchedule:
     def _draw(self, data: Any) -> list[list[Problem]]:
         return [[self.problems[i] for i in data.next()] for _ in range(self.cfg.minibatches)]
 
-    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[Rollout, dict[str, float]]:
+    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[RolloutBatches, dict[str, float]]:
         if not self.cfg.async_rollout:
             rollout = collect_rollout(self.source, state.params, self._draw(data), key, int(state.step))
             return rollout, {}
@@ -385,7 +385,7 @@ class RolloutSchedule:
             dropped += 1
             dropped_samples += rollout.samples
 
-    def _prepare(self, state: TrainState, rollout: Rollout) -> list[TrainBatch]:
+    def _prepare(self, state: TrainState, rollout: RolloutBatches) -> list[TrainBatch]:
         """Device batches; in sync mode `old_logp` (and `ref_logp`) are scored
         before any update (asynchronous rollouts come scored: `_produce`)."""
         with self.device_lock:
@@ -418,7 +418,7 @@ class RolloutSchedule:
                       for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]))
         return parts if isinstance(batch, tuple) else parts[0]
 
-    def _produce(self, params: Any, version: int, stopping: threading.Event) -> Rollout | None:
+    def _produce(self, params: Any, version: int, stopping: threading.Event) -> RolloutBatches | None:
         """Runs on the worker thread: one rollout with a parameter snapshot."""
         problem_lists = self._draw(self._data)
         data_state = self._data.state()
