@@ -33,15 +33,15 @@ from golfjax.config_dict import build  # noqa: F401  (config_lib.build: the entr
 from golfjax.config_dict import to_dict  # noqa: F401
 from golfjax.losses import LossConfig
 from golfjax.losses import kl
-from golfjax.sampling import SamplingConfig
-from golfjax.train import nonfinite
-from golfjax.train.state import OptimizerConfig
+from golfjax.optimizer_config import OptimizerConfig
+from golfjax.sampling_config import SamplingConfig
 
 KL_ESTIMATORS = kl.ESTIMATORS  # What the KL term's estimator accepts.
 # Where the KL term goes: the loss (TRL's beta, verl's use_kl_loss) or each
 # sequence's reward (verl's use_kl_in_reward); docs/algorithms.md#kl-penalty.
 KL_PLACES = ("loss", "reward")
-NONFINITE_MODES = nonfinite.POLICIES  # What the run loop's NonfiniteGuard accepts.
+# What the run loop does after a skipped non-finite update (golfjax/train/nonfinite.py).
+NONFINITE_MODES = ("skip", "raise")
 
 
 def _check(section: Any, checks: Mapping[str, tuple[bool, str]]) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-POLICIES = ("skip", "raise")
+from golfjax.config import NONFINITE_MODES as POLICIES
+
 SKIPPED = "train/skipped_nonfinite"
 
 
