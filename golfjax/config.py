@@ -186,6 +186,10 @@ class TrainSection:
     # Score old_logp with the trainer once per rollout, before its first
     # update; False uses the sampler's log-probs.
     recompute_old_logp: bool = True
+    # GOLF's batches: log the gradient norm and share of the off-policy term,
+    # the original groups and the refinement groups (golfjax/train/step.py;
+    # a gradient buffer per part, a second backward pass where injected).
+    grad_shares: bool = True
     nonfinite: str = "skip"  # "skip" a non-finite update, or also "raise".
     # With nonfinite = "skip", a run stops once more than this many steps in a
     # row were skipped (golfjax/train/nonfinite.py).

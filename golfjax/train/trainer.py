@@ -46,6 +46,8 @@ class Trainer:
       temperature: log-probs are scored at the sampling temperature (a greedy
         rollout, temperature 0, is scored at 1).
       rules: logical-axis rules of the parameters and batches.
+      part_names: names of a batch's parts in the gradient diagnostics
+        (`train_step`'s `part_names`).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Trainer:
         *,
         temperature: float = 1.0,
         rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
+        part_names: tuple[str, ...] = (),
     ) -> None:
         self.model_config = model_config
         self.cfg = cfg
@@ -110,6 +113,7 @@ class Trainer:
             loss_cfg=loss_cfg,
             temperature=temperature,
             row_sharding=row,
+            part_names=part_names,
         ))
         self._replicated = replicated
         # One jitted step per batch layout: a Batch, or a tuple of k parts.
