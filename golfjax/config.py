@@ -284,6 +284,15 @@ class GolfSection:
     template: str = "default"  # golfjax.feedback.refinement.TEMPLATES
     max_refinement_prompt_tokens: int = 512
     split_mean: bool = False
+    # The knobs of docs/algorithms.md#golf-knobs, each at the released code's
+    # choice: the refinement groups train (on-policy, under their refinement
+    # prompt), and the failures of a group that received an injection keep
+    # their (negative) group-relative advantage.
+    train_refinements: bool = True
+    keep_failure_advantage: bool = True
+    # Write each step's injected rows to `<workdir>/injected.jsonl` (the
+    # offline replay of benchmarks/golf_vs_grpo.py reads them).
+    log_injected: bool = False
 
     def __post_init__(self) -> None:
         from golfjax.feedback import CRITICS

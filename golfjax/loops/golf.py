@@ -20,7 +20,10 @@ first samples and scores the ordinary rollout of G samples per prompt
 5. advantages are computed per group id over the original groups (injected
    samples included in the mean, or left out with `split_mean`) and, separately,
    over the refinement groups, which train on-policy under their refinement
-   prompt: that is how the policy learns to refine.
+   prompt: that is how the policy learns to refine. Two knobs switch parts of
+   this off (docs/algorithms.md#golf-knobs): `train_refinements=False` zeroes
+   the refinement groups' advantages, `keep_failure_advantage=False` those of
+   the failures in a group that received an injection.
 
 The batch is the original groups plus the refinement groups (2N rows) as two
 parts that keep their own prompt lengths (the original prompts are several
@@ -28,7 +31,11 @@ times shorter than the refinement prompts, and `train_step` trains parts
 exactly as their concatenation, `types.concat_parts`); the train step applies
 the policy loss to on-policy tokens and the off-policy term
 (`train.off_policy_loss`) to injected ones. Metrics report rewards both before
-and after injection.
+and after injection, and `golf/distinct_demonstrations`, the distinct (prompt,
+response) pairs injected (with an exact-match verifier every verified
+refinement of a prompt is one string, so `n_inject > 1` repeats it). With
+`log_injected` the metrics also carry the injected rows under `INJECTED_ROWS`
+(not a scalar: the train loop writes them to `injected.jsonl`).
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ from golfjax.sampling import Sampler
 from golfjax.tokenizer import Tokenizer
 from golfjax.types import Batch
 from golfjax.types import make_batch
+
+# The batch's two parts, as the train step's gradient diagnostics name them.
+PART_NAMES = ("original", "refinement")
+# The metrics entry holding the injected rows (`GolfSection.log_injected`).
+INJECTED_ROWS = "golf/injected_rows"
+
 
 @dataclasses.dataclass(frozen=True)
 class GolfSource:
@@ -131,18 +144,22 @@ class GolfSource:
             _response_arrays(refined.rollout, refined.reward_N), group_size=g,
         )
         parts = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g)
+        rows = injected_rows(problems, parts[0], injected.injected_N, g)
         info = {
             **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
             **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
             **rl_lib.group_metrics(refined_BxG, "refinement"),
             "golf/injection_rate": len({i.prompt_index for i in plan}) / b,
             "golf/injected_samples": float(injected.injected_N.sum()),
+            "golf/distinct_demonstrations": float(distinct_demonstrations(rows)),
             "golf/refinable_frac": float(refinable_B.mean()),
             "golf/refinement_success": float((refined_BxG >= 1.0)[refinable_B].mean())
             if refinable_B.any() else 0.0,
             "golf/over_budget": float(np.mean([p.over_budget for p in prompts])),
             "samples/generated": float(2 * b * g),
         }
+        if self.cfg.log_injected:
+            info[INJECTED_ROWS] = rows
         return parts, info
 
     def _combine(
@@ -163,7 +180,12 @@ class GolfSource:
         exclude = None
         if self.cfg.split_mean:
             exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
-        advantage = np.asarray(self.groups.advantage(reward, group_id, exclude))
+        advantage = np.array(self.groups.advantage(reward, group_id, exclude))
+        if not self.cfg.keep_failure_advantage:
+            received_N = np.repeat(injected.injected_N.reshape(-1, g).any(axis=1), g)
+            advantage[:n][received_N & ~injected.injected_N & (reward[:n] < 1.0)] = 0.0
+        if not self.cfg.train_refinements:
+            advantage[n:] = 0.0
         original_part = make_batch(
             prompt_tokens_NxP=np.asarray(original.prompt_tokens_NxP),
             prompt_mask_NxP=np.asarray(original.prompt_mask_NxP),
@@ -186,6 +208,29 @@ class GolfSource:
             group_id_N=group_id[n:],
         )
         return original_part, refinement_part
+
+
+def injected_rows(problems: Sequence[Problem], original: Batch, injected_N: np.ndarray,
+                  g: int) -> list[dict[str, Any]]:
+    """Each injected row of the original part as plain data: its problem
+    (`problem_id`, `question`), response token ids and advantage; what the
+    offline replay trains on (benchmarks/golf_vs_grpo.py)."""
+    rows = []
+    for i in np.flatnonzero(injected_N):
+        problem = problems[i // g]
+        mask = np.asarray(original.response_mask_NxT[i])
+        rows.append({
+            "problem_id": int(problem.id),
+            "question": problem.question,
+            "response": np.asarray(original.tokens_NxT[i])[mask].tolist(),
+            "advantage": float(original.advantage_N[i]),
+        })
+    return rows
+
+
+def distinct_demonstrations(rows: Sequence[dict[str, Any]]) -> int:
+    """How many distinct (question, response) pairs `injected_rows` holds."""
+    return len({(r["question"], tuple(r["response"])) for r in rows})
 
 
 def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.ndarray]:
