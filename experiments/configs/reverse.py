@@ -31,7 +31,7 @@ from experiments.configs import common
 from golfjax.rewards import reverse
 
 VARIANTS = ("golf", "grpo", "base", "base2", "smoke", "sparse_golf", "sparse_grpo", "sparse_grpo_g16",
-            "sparse_base", "sparse_smoke")
+            "sparse_base")
 # The committed base policy (an HF checkpoint with the built-in tokenizer's
 # files), reproduced by tools/make_base_policy.py.
 BASE_POLICY = os.path.join(os.path.dirname(golfjax.__file__), "data", "base_policies", "reverse")
@@ -156,6 +156,19 @@ def sparse_config(method: str) -> ml_collections.ConfigDict:
     return c
 
 
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c` shrunk to two steps of 4 prompts (groups halved) and 8 held-out
+    strings, to exercise the pipeline."""
+    c.train.steps = 2
+    c.train.prompts_per_step = 4
+    c.sampling.group_size //= 2
+    c.eval.every = 2
+    c.eval.num_problems = 8
+    c.eval.samples = 2
+    c.checkpoint.every = 1
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, options = common.parse_variant(arg, VARIANTS)
     if variant in ("base", "base2"):
@@ -163,17 +176,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "sparse_base":
         c = sparse_base_config()
     elif variant.startswith("sparse_"):
-        c = sparse_config("golf" if variant == "sparse_smoke" else variant.removeprefix("sparse_"))
+        c = sparse_config(variant.removeprefix("sparse_"))
     else:
         c = rl_config(golf=variant != "grpo")
-    if variant in ("smoke", "sparse_smoke"):
-        c.train.steps = 2
-        c.train.prompts_per_step = 4
-        c.sampling.group_size = 4
-        c.eval.every = 2
-        c.eval.num_problems = 8
-        c.eval.samples = 2
-        c.checkpoint.every = 1
+    if variant == "smoke":
+        smoke(c)
     if options.seed is not None:
         c.seed = options.seed
     return c

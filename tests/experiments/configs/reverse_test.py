@@ -1,5 +1,6 @@
 """Tests for experiments/configs/reverse.py: every variant builds, prompts fit, the base policy ships."""
 
+import json
 import os
 
 import pytest
@@ -26,16 +27,29 @@ def test_every_variant_builds(variant):
     assert cfg.task.name == "reverse" and cfg.model.preset == "task_1m"
     if variant.startswith("base"):
         assert cfg.cold_start.steps > 0 and cfg.train.steps == 0 and not cfg.model.hf_path
+    elif variant == "sparse_base":  # From the committed 5-letter policy.
+        assert cfg.cold_start.steps > 0 and cfg.train.steps == 0 and cfg.model.hf_path == reverse_config.BASE_POLICY
+    elif variant.startswith("sparse_"):
+        assert cfg.cold_start.steps == 0 and cfg.model.hf_path == reverse_config.SPARSE_POLICY
+        assert cfg.task.kwargs == reverse.SPARSE and cfg.train.prompts_per_step == 24
     else:
         assert cfg.cold_start.steps == 0 and cfg.model.hf_path == reverse_config.BASE_POLICY
     assert cfg.seed == (2 if variant.endswith("seed=2") else 0)
 
 
-def test_golf_and_grpo_differ_only_in_the_feedback_loop():
-    golf = config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config("golf")))
-    grpo = config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config("grpo")))
+@pytest.mark.parametrize("prefix", ["", "sparse_"])
+def test_golf_and_grpo_differ_only_in_the_feedback_loop(prefix):
+    def run(variant):
+        return config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config(prefix + variant)))
+
+    golf, grpo = run("golf"), run("grpo")
     assert golf.pop("golf")["enabled"] and not grpo.pop("golf")["enabled"]
     assert golf == grpo
+    if prefix:  # GRPO with groups of 16: also GOLF's samples per prompt and step.
+        grpo_g16 = run("grpo_g16")
+        grpo_g16.pop("golf")
+        assert grpo_g16["sampling"].pop("group_size") == 2 * grpo["sampling"].pop("group_size")
+        assert grpo_g16 == grpo
 
 
 def test_unknown_variant():
@@ -72,11 +86,40 @@ def test_refinement_prompts_fit_with_their_attempt(tok):
     assert all("reference answer is" in tok.decode(e.prompt_tokens) for e in examples)
 
 
-def test_base_policy_is_committed_and_small():
-    files = set(os.listdir(reverse_config.BASE_POLICY))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "golfjax_base_config.json"} <= files
-    size = sum(os.path.getsize(os.path.join(reverse_config.BASE_POLICY, f)) for f in files)
+def _strings(tree):
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in _strings(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in _strings(v)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def test_base_policies_are_committed_and_small():
+    size = 0
+    for policy in (reverse_config.BASE_POLICY, reverse_config.SPARSE_POLICY):
+        files = set(os.listdir(policy))
+        assert {"config.json", "model.safetensors", "tokenizer.json", "golfjax_base_config.json"} <= files
+        size += sum(os.path.getsize(os.path.join(policy, f)) for f in files)
+        # The provenance names no absolute path (of the machine that made it).
+        with open(os.path.join(policy, "golfjax_base_config.json")) as f:
+            assert not [v for v in _strings(json.load(f)) if os.path.isabs(v)]
     assert size <= 10 * 2**20
+
+
+def test_sparse_refinement_prompts_fit_with_their_attempt(tok):
+    """The sparse regime's 6-letter strings keep one attempt within the budget too."""
+    c = reverse_config.get_config("sparse_golf")
+    task = reverse.ReverseTask(**c.task.kwargs)
+    problems = list(task.load("train")[:200]) + list(task.load("test"))
+    critic = feedback.make_critic(None, task)
+    g = c.sampling.group_size
+    responses = ["z" * c.sampling.max_new_tokens] * (len(problems) * g)
+    rows = [p for p in problems for _ in range(g)]
+    prompts = refinement.build_refinement_prompts(
+        problems, responses, [0.0] * len(rows), critic.critique(rows, responses, [0.0] * len(rows)), tok,
+        group_size=g, max_prompt_tokens=c.golf.max_refinement_prompt_tokens,
+        template=refinement.TEMPLATES[c.golf.template], on_overflow="flag")
+    assert all(p.num_attempts == 1 and len(p.tokens) <= max(c.sampling.prompt_buckets) for p in prompts)
 
 
 @pytest.mark.slow
