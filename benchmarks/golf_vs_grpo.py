@@ -219,6 +219,7 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
     from golfjax import components as components_lib
     from golfjax import config as config_lib
     from golfjax import metrics as metrics_lib
+    from golfjax import sharding
     from golfjax.loops import golf as golf_lib
 
     logged = metrics_lib.read_metrics(golf_workdir, "injected.jsonl")
@@ -238,6 +239,9 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
     def evaluate(step: int) -> dict[str, float]:  # The train loop's evaluation keys.
         return c.evaluator(state.params, jax.random.fold_in(jax.random.fold_in(rng, step), 2))
 
+    # At most n_inject rows a prompt, in a whole number of rows per data shard.
+    shards = sharding.row_shards(c.mesh)
+    capacity = -(-cfg.train.prompts_per_step * cfg.golf.n_inject // shards) * shards
     writer = metrics_lib.MetricsWriter(workdir, total_steps=logged[-1]["step"], tensorboard=False)
     demonstrations, distinct = 0, set()
     try:
@@ -245,7 +249,7 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
         for record in logged:
             step, rows = record["step"], record["rows"] or []
             batch = golf_lib.replay_batch(
-                rows, c.tokenizer, capacity=cfg.train.prompts_per_step * cfg.golf.n_inject,
+                rows, c.tokenizer, capacity=capacity,
                 prompt_buckets=cfg.sampling.prompt_buckets, response_len=cfg.sampling.max_new_tokens,
                 template_kwargs=dict(cfg.task.template_kwargs), supervised=objective == "sft")
             state, metrics = trainer.step(state, trainer.put_batch(batch))
