@@ -34,7 +34,10 @@ sample efficiency over scalar-reward RL):
    baseline missed: a lower bound; GOLF missed: an upper bound) and the JSON
    says which; when both methods have misses the ratio is reported as
    undetermined.
-4. `--replay shaping` (or `sft`): the offline replay. From the same base
+4. `--golf_set SECTION.KEY=VALUE` sets a knob of the GOLF runs
+   (docs/algorithms.md#golf-knobs), which then run in directories of their
+   own: the knob measurements are this script's runs too.
+5. `--replay shaping` (or `sft`): the offline replay. From the same base
    policy, with the same optimizer and steps, each GOLF seed's logged injected
    rows (`injected.jsonl`, `golf.log_injected`) are trained alone, step by
    step in the order GOLF trained them: under the off-policy shaping term
@@ -87,6 +90,10 @@ def config(method: str, seed: int, args: argparse.Namespace) -> Any:
 
     regime = REGIMES[args.regime]
     c = reverse.get_config(regime["variant"].format(method) + f",seed={seed}")
+    if method == "golf":
+        for key, value in getattr(args, "golf_set", None) or []:
+            section, name = key.split(".")
+            c[section][name] = value
     factor = regime["steps_factor"].get(method, 1)
     c.train.steps = args.rl_steps * factor
     # Evaluations at the same samples generated for every method.
@@ -186,6 +193,33 @@ def summarise(runs: dict[str, list[dict[str, Any]]], draws: int = 10_000, seed: 
         out[f"note_{baseline}"] = note
     out["note"] = out["note_grpo"]
     return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"golf.n_inject=4"` -> `("golf.n_inject", 4)` (a Python literal, else the string).
+
+    Raises:
+      ValueError: not SECTION.KEY=VALUE, or a key the run config does not have.
+    """
+    import ast
+
+    from experiments.configs import common
+
+    key, sep, value = text.partition("=")
+    section, _, name = key.partition(".")
+    if not sep or not name or name not in common.base().get(section, {}):
+        raise ValueError(f"--golf_set {text!r}: expected SECTION.KEY=VALUE with a key of the run config")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def run_name(method: str, overrides: list[tuple[str, Any]]) -> str:
+    """A run directory's name: the method, and GOLF's overrides if any."""
+    if method != "golf" or not overrides:
+        return method
+    return method + "-" + "-".join(f"{key.split('.')[-1]}={value}" for key, value in overrides)
 
 
 def train_run(c: Any, workdir: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -339,8 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=10_000, help="bootstrap draws")
     parser.add_argument("--replay", default="", choices=("",) + REPLAY_OBJECTIVES,
                         help="also replay each GOLF run's injected rows alone under this objective")
+    parser.add_argument("--golf_set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override of the GOLF runs (a knob, docs/algorithms.md#golf-knobs);"
+                             " repeatable; their work directories are named after the overrides")
     parser.add_argument("--quick", action="store_true", help="to exercise the pipeline; numbers mean nothing")
     args = parser.parse_args(argv)
+    try:
+        args.golf_set = [parse_override(text) for text in args.golf_set]
+    except ValueError as e:
+        parser.error(str(e))
     regime = REGIMES[args.regime]
     args.rl_steps = regime["rl_steps"] if args.rl_steps is None else args.rl_steps
     args.target = regime["target"] if args.target is None else args.target
@@ -369,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in range(args.seeds):
         for method in methods:
-            workdir = os.path.join(args.root, f"{method}_seed{seed}")
+            workdir = os.path.join(args.root, f"{run_name(method, args.golf_set)}_seed{seed}")
             t0 = time.monotonic()
             records = train_run(config(method, seed, args), workdir, args)
             run = {
@@ -388,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         for run in runs["golf"]:
             t0 = time.monotonic()
-            workdir = os.path.join(args.root, f"replay_{args.replay}_seed{run['seed']}")
+            workdir = os.path.join(args.root, f"replay_{args.replay}_{run_name('golf', args.golf_set)}_seed{run['seed']}")
             records = replay(run["workdir"], workdir, config("golf", run["seed"], args), args.replay)
             replays.append({"seed": run["seed"], "objective": args.replay, "workdir": os.path.relpath(workdir),
                             "seconds": time.monotonic() - t0, "curve": curve(records),

@@ -163,6 +163,19 @@ def test_a_chunked_run_stops_after_the_chunk_that_reaches_the_target(monkeypatch
     assert trained == [20, 40, 60, 80] and records[-1]["step"] == 80
 
 
+def test_golf_overrides_set_a_knob_of_the_golf_runs_only():
+    args = argparse.Namespace(regime="sparse", rl_steps=40, eval_every=5, eval_problems=None, quick=False,
+                              golf_set=[bench.parse_override("golf.train_refinements=False"),
+                                        bench.parse_override("loss.shaping_gamma=0.5")])
+    golf, grpo = bench.config("golf", 0, args), bench.config("grpo", 0, args)
+    assert golf.golf.train_refinements is False and golf.loss.shaping_gamma == 0.5
+    assert grpo.golf.train_refinements is True
+    assert bench.run_name("golf", args.golf_set) == "golf-train_refinements=False-shaping_gamma=0.5"
+    assert bench.run_name("grpo", args.golf_set) == "grpo"
+    with pytest.raises(ValueError, match="golf.nope=1"):
+        bench.parse_override("golf.nope=1")
+
+
 def test_replay_summary_compares_golf_and_its_replay_at_the_same_steps():
     golf = [{**_run(_records([0.0, 0.1, 0.2], 384), 0.3), "seed": 0}]
     replay = [{**_run(_records([0.0, 0.4], 0), 0.3), "seed": 0}]
@@ -175,7 +188,8 @@ def test_replay_summary_compares_golf_and_its_replay_at_the_same_steps():
 
 def test_bad_flags_are_refused_before_any_run(tmp_path):
     for flags in (["--seeds", "0"], ["--target", "1.5"], ["--draws", "0"], ["--methods", "ppo"],
-                  ["--methods", "grpo", "--replay", "shaping"], ["--regime", "reverse", "--methods", "grpo_g16"]):
+                  ["--methods", "grpo", "--replay", "shaping"], ["--regime", "reverse", "--methods", "grpo_g16"],
+                  ["--golf_set", "golf.n_inject"]):
         with pytest.raises(SystemExit):
             bench.main(flags + ["--root", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists()
