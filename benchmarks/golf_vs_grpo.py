@@ -75,9 +75,10 @@ COUNTERS = ("samples", "prompts")
 # In `sparse` every method gets GOLF's budget of samples: GRPO, which
 # generates half of GOLF's samples a step, runs twice the steps.
 REGIMES = {
-    "sparse": {"methods": ("golf", "grpo", "grpo_g16"), "variant": "sparse_{}", "rl_steps": 100,
+    "sparse": {"methods": ("golf", "grpo", "grpo_g16"), "variant": "sparse_{}", "rl_steps": 60, "eval_every": 10,
                "target": 0.3, "steps_factor": {"grpo": 2}},
-    "reverse": {"methods": ("golf", "grpo"), "variant": "{}", "rl_steps": 60, "target": 0.6, "steps_factor": {}},
+    "reverse": {"methods": ("golf", "grpo"), "variant": "{}", "rl_steps": 60, "eval_every": 5, "target": 0.6,
+                "steps_factor": {}},
 }
 METHODS = REGIMES["sparse"]["methods"]
 REPLAY_OBJECTIVES = ("shaping", "sft")
@@ -362,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="work directories of every run (default workdirs/golf_vs_grpo_<regime>)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rl_steps", type=int, default=None, help="RL steps of every run (default: the regime's)")
-    parser.add_argument("--eval_every", type=int, default=5,
-                        help="GOLF's RL steps between evaluations (GRPO's: the same samples)")
+    parser.add_argument("--eval_every", type=int, default=None,
+                        help="GOLF's RL steps between evaluations (GRPO's: the same samples; default: the regime's)")
     parser.add_argument("--chunk", type=int, default=0,
                         help="train runs this many GOLF-equivalent steps at a time and stop a run once it"
                              " reached the target (0: every run trains its whole budget)")
@@ -384,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     regime = REGIMES[args.regime]
     args.rl_steps = regime["rl_steps"] if args.rl_steps is None else args.rl_steps
+    args.eval_every = regime["eval_every"] if args.eval_every is None else args.eval_every
     args.target = regime["target"] if args.target is None else args.target
     args.out = args.out or f"benchmarks/results/golf_vs_grpo_{args.regime}.json"
     args.root = args.root or f"workdirs/golf_vs_grpo_{args.regime}"
