@@ -187,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="the HF checkpoint directory to write (default: the regime's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure_only", action="store_true", help="only measure the policy at --out")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="samples per held-out string at temperature 1 (and refinements per wrong one)")
     args = parser.parse_args(argv)
     regime = REGIMES[args.regime]
     out = args.out or regime["out"]
     if not args.measure_only:
         make(args.workdir or os.path.join("workdirs", f"{args.regime}_base"), out, args.seed, args.regime)
-    print(json.dumps(measure(out, seed=args.seed, variant=regime["variant"]), indent=1))
+    print(json.dumps(measure(out, seed=args.seed, samples=args.samples, variant=regime["variant"]), indent=1))
     return 0
 
 

@@ -10,14 +10,26 @@ Variants (a comma-separated `seed=N` sets the run's seed, e.g. `golf,seed=2`):
   (`BASE_POLICY`: no cold start in the run), evaluated on 200 held-out strings
   of the same length that no phase trains on (2 samples each at temperature
   1). `grpo` is `golf` with the feedback loop off, on equal terms (same base
-  policy, problems, sampling, optimizer, loss). `make demo` runs both
-  (golfjax/demo.py); docs/results.md has their measured curves.
+  policy, problems, sampling, optimizer, loss); docs/results.md has their
+  measured curves (the regime where GOLF has nothing to add).
 - `base`, `base2`: the two supervised cold-start stages that made the base
   policy (run by tools/make_base_policy.py, which exports it): reversal of
   strings of 1-5 letters, and the copy of a revealed answer in refinement
   format on strings of 1-9 letters.
 - `smoke`: two GOLF steps from the base policy on small batches, to exercise
   the pipeline.
+- `sparse_golf`, `sparse_grpo`, `sparse_grpo_g16`: the sparse-reward regime
+  (docs/algorithms.md#golf-sparse), where GOLF's premise holds: RL on
+  6-letter strings (`reverse.SPARSE`), 24 prompts a step, from
+  `SPARSE_POLICY`, which gets about 3% of them right at temperature 1, so
+  that about 80% of groups of 8 fail entirely at RL's start; its refinements
+  with the `reveal` critique succeed about 65% of the time, so GOLF injects
+  about 17 distinct verified demonstrations a step. `sparse_grpo_g16` is GRPO
+  with groups of 16: GOLF's samples per prompt (its rollout and its
+  refinements). `make demo` runs the three; benchmarks/golf_vs_grpo.py
+  measures them over seeds.
+- `sparse_base`: the cold start that made `SPARSE_POLICY` from
+  `BASE_POLICY` (run by tools/make_base_policy.py --regime sparse).
 """
 
 from __future__ import annotations

@@ -123,12 +123,20 @@ def test_sparse_refinement_prompts_fit_with_their_attempt(tok):
 
 
 @pytest.mark.slow
-def test_smoke_variant_runs_from_the_base_policy(tmp_path):
-    last = train_loop.train(reverse_config.get_config("smoke"), str(tmp_path))
+def test_smoke_variant_runs_from_the_base_policy_and_logs_its_injected_rows(tmp_path):
+    c = reverse_config.get_config("smoke")
+    c.golf.log_injected = True
+    last = train_loop.train(c, str(tmp_path))
     records = metrics_lib.read_metrics(str(tmp_path))
     assert [r["step"] for r in records] == [0, 1, 2]
     assert "eval/accuracy" in records[0] and "eval/accuracy" in last
-    assert "golf/refinement_success" in last
+    assert "golf/refinement_success" in last and "grad/refinement_share" in last
+    # One record of injected rows per RL step, as many as the step injected.
+    injected = metrics_lib.read_metrics(str(tmp_path), "injected.jsonl")
+    assert [r["step"] for r in injected] == [1, 2]
+    for rows, metrics in zip(injected, records[1:]):
+        assert len(rows["rows"]) == metrics["golf/injected_samples"]
+        assert all(row["question"].startswith("Reverse ") and row["response"] for row in rows["rows"])
 
 
 @pytest.mark.slow
