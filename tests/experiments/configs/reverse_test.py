@@ -57,11 +57,12 @@ def test_unknown_variant():
         reverse_config.get_config("gold")
 
 
-def test_refinement_prompts_fit_with_their_attempt(tok):
-    """Every refinement prompt the regime builds (GOLF's from the longest failed
+@pytest.mark.parametrize("variant", ["golf", "sparse_golf"])
+def test_refinement_prompts_fit_with_their_attempt(tok, variant):
+    """Every refinement prompt a regime builds (GOLF's from the longest failed
     response the sampler can return, and the cold start's) keeps one attempt
     within the 112-token budget, the largest prompt bucket."""
-    c = reverse_config.get_config("golf")
+    c = reverse_config.get_config(variant)
     budget = c.golf.max_refinement_prompt_tokens
     assert budget == max(c.sampling.prompt_buckets)
     template = refinement.TEMPLATES[c.golf.template]
@@ -76,7 +77,7 @@ def test_refinement_prompts_fit_with_their_attempt(tok):
         group_size=g, max_prompt_tokens=budget, template=template, on_overflow="flag")
     assert all(p.num_attempts == 1 and len(p.tokens) <= budget for p in prompts)
 
-    base = reverse_config.get_config("base")
+    base = reverse_config.get_config({"golf": "base", "sparse_golf": "sparse_base"}[variant])
     refine_task = reverse.ReverseTask(**{**base.task.kwargs, **base.cold_start.task_kwargs,
                                          **base.cold_start.refine_task_kwargs})
     examples = cold_start.make_cold_start_examples(
@@ -104,22 +105,6 @@ def test_base_policies_are_committed_and_small():
         with open(os.path.join(policy, "golfjax_base_config.json")) as f:
             assert not [v for v in _strings(json.load(f)) if os.path.isabs(v)]
     assert size <= 10 * 2**20
-
-
-def test_sparse_refinement_prompts_fit_with_their_attempt(tok):
-    """The sparse regime's 6-letter strings keep one attempt within the budget too."""
-    c = reverse_config.get_config("sparse_golf")
-    task = reverse.ReverseTask(**c.task.kwargs)
-    problems = list(task.load("train")[:200]) + list(task.load("test"))
-    critic = feedback.make_critic(None, task)
-    g = c.sampling.group_size
-    responses = ["z" * c.sampling.max_new_tokens] * (len(problems) * g)
-    rows = [p for p in problems for _ in range(g)]
-    prompts = refinement.build_refinement_prompts(
-        problems, responses, [0.0] * len(rows), critic.critique(rows, responses, [0.0] * len(rows)), tok,
-        group_size=g, max_prompt_tokens=c.golf.max_refinement_prompt_tokens,
-        template=refinement.TEMPLATES[c.golf.template], on_overflow="flag")
-    assert all(p.num_attempts == 1 and len(p.tokens) <= max(c.sampling.prompt_buckets) for p in prompts)
 
 
 @pytest.mark.slow
