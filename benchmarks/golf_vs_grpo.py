@@ -36,7 +36,9 @@ sample efficiency over scalar-reward RL):
    undetermined.
 4. `--golf_set SECTION.KEY=VALUE` sets a knob of the GOLF runs
    (docs/algorithms.md#golf-knobs), which then run in directories of their
-   own: the knob measurements are this script's runs too.
+   own: the knob measurements are this script's runs too. `--no_train`
+   summarises the runs on disk as they stand, training nothing (a run cut
+   short counts at its last evaluation, censored if it missed the target).
 5. `--replay shaping` (or `sft`): the offline replay. From the same base
    policy, with the same optimizer and steps, each GOLF seed's logged injected
    rows (`injected.jsonl`, `golf.log_injected`) are trained alone, step by
@@ -234,6 +236,11 @@ def train_run(c: Any, workdir: str, args: argparse.Namespace) -> list[dict[str, 
     from golfjax import metrics as metrics_lib
     from golfjax import train_loop
 
+    if getattr(args, "no_train", False):
+        records = metrics_lib.read_metrics(workdir)
+        if not any("eval/accuracy" in r for r in records):
+            raise SystemExit(f"--no_train: {workdir} has no evaluated run to read back")
+        return records
     budget = c.train.steps
     step = budget if not args.chunk else 0
     while True:
@@ -265,6 +272,10 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
         return done
     if objective == "sft":
         config.train.loss = "reinforce"
+    else:
+        # The logged rows carry no log-probs under the refinement prompt, which
+        # truncated IS would need: the replay's objective is the shaping term.
+        config.train.off_policy_loss = "shaping"
     cfg = config_lib.build(config_lib.RunConfig, config)
     c, params = components_lib.build(cfg, workdir)
     trainer = c.trainer
@@ -377,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--golf_set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override of the GOLF runs (a knob, docs/algorithms.md#golf-knobs);"
                              " repeatable; their work directories are named after the overrides")
+    parser.add_argument("--no_train", action="store_true",
+                        help="train nothing: summarise the runs on disk as they stand (shorter runs count at"
+                             " their last evaluation)")
     parser.add_argument("--quick", action="store_true", help="to exercise the pipeline; numbers mean nothing")
     args = parser.parse_args(argv)
     try:

@@ -161,6 +161,10 @@ def test_a_chunked_run_stops_after_the_chunk_that_reaches_the_target(monkeypatch
     args.target = 0.9  # Never reached: the whole budget.
     records = bench.train_run(grpo(), "unused", args)
     assert trained == [20, 40, 60, 80] and records[-1]["step"] == 80
+    trained[:] = [40]  # A run on disk cut short at step 40.
+    args.no_train = True
+    records = bench.train_run(grpo(), "unused", args)
+    assert trained == [40] and records[-1]["step"] == 40  # Read back as it stands; nothing trained.
 
 
 def test_golf_overrides_set_a_knob_of_the_golf_runs_only():

@@ -10,6 +10,7 @@ from experiments.configs import golf as golf_config
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax.loops import golf as golf_lib
+from golfjax.loops import rl as rl_lib
 from golfjax.types import concat_parts
 
 
@@ -117,3 +118,28 @@ def test_injected_rows_are_the_refinements_as_trained():
     # Refinement sample 1 of prompt 0 (row 1: tokens 103-105, a 2-token response).
     assert rows == [{"problem_id": 7, "question": "Reverse ab", "response": [103, 104], "advantage": 0.75}]
     assert golf_lib.distinct_demonstrations(rows + rows + [{**rows[0], "question": "Reverse cd"}]) == 2
+
+
+def test_replay_batch_trains_logged_rows_alone_as_the_rollout_prompted_them(run):
+    cfg, c, _ = run
+    problems = c.train_problems[:2]
+    rows = [{"problem_id": p.id, "question": p.question, "response": [5 + i, 6, 7][: 3 - i], "advantage": 0.75}
+            for i, p in enumerate(problems)]
+    kwargs = dict(capacity=4, prompt_buckets=cfg.sampling.prompt_buckets, response_len=5,
+                  template_kwargs=dict(cfg.task.template_kwargs))
+    batch = golf_lib.replay_batch(rows, c.tokenizer, **kwargs)
+    prompts = rl_lib.encode_prompts(problems, c.tokenizer, cfg.task.template_kwargs)
+    for i, (row, prompt) in enumerate(zip(rows, prompts)):
+        # Left-padded prompt as the rollout encodes it, the logged response right-padded.
+        assert np.asarray(batch.prompt_tokens_NxP[i])[np.asarray(batch.prompt_mask_NxP[i])].tolist() == prompt
+        assert np.asarray(batch.tokens_NxT[i])[np.asarray(batch.response_mask_NxT[i])].tolist() == row["response"]
+    np.testing.assert_array_equal(batch.off_policy_mask_NxT, batch.response_mask_NxT)
+    np.testing.assert_array_equal(batch.response_mask_NxT.sum(axis=1), [3, 2, 0, 0])  # Empty rows count nowhere.
+    np.testing.assert_allclose(batch.advantage_N, [0.75, 0.75, 0, 0])
+    sft = golf_lib.replay_batch(rows, c.tokenizer, supervised=True, **kwargs)
+    assert not np.asarray(sft.off_policy_mask_NxT).any()
+    np.testing.assert_allclose(sft.advantage_N, [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="capacity=1"):
+        golf_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "capacity": 1})
+    with pytest.raises(ValueError, match="row 0 has 3 response tokens"):
+        golf_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "response_len": 2})
