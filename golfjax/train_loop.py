@@ -192,9 +192,9 @@ def _train_locked(
                 if injected_log is not None:
                     injected_log.write(step + 1, {"rows": injected})
                 counters["prompts"] += cfg.train.prompts_per_step
-                counters["samples"] += int(last.pop("samples/generated"))
+                counters["samples"] += int(last["samples/generated"])
                 last["samples/prompts_seen"] = counters["prompts"]
-                last["samples/generated"] = counters["samples"]
+                last["samples/generated_total"] = counters["samples"]
             # Trained response tokens per second of the whole step (rollout,
             # scoring and update; evaluation excluded).
             last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)

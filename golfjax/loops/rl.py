@@ -186,9 +186,9 @@ class Evaluator:
                 self.tokenizer,
             )
             correct.append(groups.reward_BxG() >= 1.0)
-        correct_BxK = np.concatenate(correct, axis=0)
-        k = correct_BxK.shape[1]
+        correct_BxG = np.concatenate(correct, axis=0)
+        k = correct_BxG.shape[1]
         return {
-            "eval/accuracy": float(correct_BxK.mean()),
-            f"eval/pass@{k}": float(correct_BxK.any(axis=1).mean()),
+            "eval/accuracy": float(correct_BxG.mean()),
+            f"eval/pass@{k}": float(correct_BxG.any(axis=1).mean()),
         }

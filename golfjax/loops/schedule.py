@@ -88,7 +88,7 @@ class BatchSource(Protocol):
 
 
 @dataclasses.dataclass
-class Rollout:
+class RolloutBatches:
     """k mini-batches sampled by one policy version (host arrays).
 
     Attributes:
@@ -118,7 +118,7 @@ def collect_rollout(
     *,
     device_lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     stop: threading.Event | None = None,
-) -> Rollout | None:
+) -> RolloutBatches | None:
     """Samples one mini-batch per problem list, all with `params`.
 
     Mini-batch j uses `fold_in(key, j)`. Returns None if `stop` is set before
@@ -132,7 +132,7 @@ def collect_rollout(
             batch, info = source.sample(params, list(problems), jax.random.fold_in(key, j))
         minibatches.append(batch)
         infos.append(info)
-    return Rollout(minibatches, infos, version)
+    return RolloutBatches(minibatches, infos, version)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "with_phi"))
@@ -229,12 +229,12 @@ class RolloutSchedule:
         if cfg.async_rollout:
             self.device_lock = worker_lib.make_device_lock(trainer.mesh, worker_mesh or trainer.mesh)
         self._pending: collections.deque[tuple[TrainBatch, dict[str, float]]] = collections.deque()
-        self._rollout: Rollout | None = None
+        self._rollout: RolloutBatches | None = None
         self._rollout_start = 0
         self._minibatch = 0
         # Asynchronous mode.
         self._store = worker_lib.ParameterStore()
-        self._worker: worker_lib.RolloutWorker[Rollout] | None = None
+        self._worker: worker_lib.RolloutWorker[RolloutBatches] | None = None
         self._data: Any = None
         self._consumed_data_state: Any = None
         self._published = 0
@@ -329,7 +329,7 @@ class RolloutSchedule:
     def _draw(self, data: Any) -> list[list[Problem]]:
         return [[self.problems[i] for i in data.next()] for _ in range(self.cfg.minibatches)]
 
-    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[Rollout, dict[str, float]]:
+    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[RolloutBatches, dict[str, float]]:
         if not self.cfg.async_rollout:
             rollout = collect_rollout(self.source, state.params, self._draw(data), key, int(state.step))
             return rollout, {}
@@ -348,7 +348,7 @@ class RolloutSchedule:
             dropped += 1
             dropped_samples += rollout.samples
 
-    def _prepare(self, state: TrainState, rollout: Rollout) -> list[TrainBatch]:
+    def _prepare(self, state: TrainState, rollout: RolloutBatches) -> list[TrainBatch]:
         """Device batches; in sync mode `old_logp` is rescored before any update."""
         with self.device_lock:
             batches = [self.trainer.put_batch(b) for b in rollout.minibatches]
@@ -356,7 +356,7 @@ class RolloutSchedule:
                 batches = [self.trainer.with_old_logprobs(state, b) for b in batches]
             return batches
 
-    def _produce(self, params: Any, version: int, stopping: threading.Event) -> Rollout | None:
+    def _produce(self, params: Any, version: int, stopping: threading.Event) -> RolloutBatches | None:
         """Runs on the worker thread: one rollout with a parameter snapshot."""
         problem_lists = self._draw(self._data)
         data_state = self._data.state()

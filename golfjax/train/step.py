@@ -69,16 +69,16 @@ def compute_logprobs(
 ) -> tuple[jax.Array, jax.Array | None]:
     """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`."""
     prompt_len = batch.prompt_tokens_NxP.shape[1]
-    tokens_NxL = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
+    tokens_NxS = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
     # Every response slot is visible: right padding only ever follows the end.
-    mask_NxL = jnp.concatenate(
+    mask_NxS = jnp.concatenate(
         [batch.prompt_mask_NxP, jnp.ones_like(batch.response_mask_NxT)], axis=1
     )
-    positions_NxL = jnp.maximum(jnp.cumsum(mask_NxL.astype(jnp.int32), axis=1) - 1, 0)
-    h_NxLxD, _ = transformer.hidden(
-        params, tokens_NxL, positions_NxL, mask_NxL, config=model_config
+    positions_NxS = jnp.maximum(jnp.cumsum(mask_NxS.astype(jnp.int32), axis=1) - 1, 0)
+    h_NxSxD, _ = transformer.hidden(
+        params, tokens_NxS, positions_NxS, mask_NxS, config=model_config
     )
-    h_NxTxD = logprobs_lib.response_hidden(h_NxLxD, prompt_len)
+    h_NxTxD = logprobs_lib.response_hidden(h_NxSxD, prompt_len)
     return logprobs_lib.token_logprobs(
         h_NxTxD,
         batch.tokens_NxT,

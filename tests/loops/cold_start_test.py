@@ -48,8 +48,8 @@ def test_batches_are_all_plain_or_all_refinement(tok):
 def test_refinement_batches_draw_from_refine_task_kwargs(tok, monkeypatch):
     _, cold = _cold_start(tok, refine_fraction=0.5, refine_task_kwargs={"min_digits": 3, "max_digits": 3})
     seen = []
-    make = cold_start_lib.data_cold_start.make_cold_start_examples
-    monkeypatch.setattr(cold_start_lib.data_cold_start, "make_cold_start_examples",
+    make = cold_start_lib.sft_examples.make_cold_start_examples
+    monkeypatch.setattr(cold_start_lib.sft_examples, "make_cold_start_examples",
                         lambda task, problems, *a, **kw: seen.append((kw["refine_fraction"], problems))
                         or make(task, problems, *a, **kw))
     _batches(cold, 6)
