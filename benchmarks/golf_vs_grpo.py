@@ -110,6 +110,16 @@ def config(method: str, seed: int, args: argparse.Namespace) -> Any:
     return c
 
 
+def samples_total(record: dict[str, Any]) -> float:
+    """The run's samples generated up to `record`. Records written before
+    `samples/generated_total` existed (2026-12-07) held that total in
+    `samples/generated`, now the step's own count; docs/results.md#sparse's
+    runs are such records."""
+    if "samples/generated_total" in record:
+        return float(record["samples/generated_total"])
+    return float(record.get("samples/generated", 0.0))
+
+
 def crossing(records: list[dict[str, Any]], target: float) -> dict[str, float] | None:
     """Counters at the first evaluation with accuracy >= target (None: never)."""
     for r in records:
@@ -118,7 +128,7 @@ def crossing(records: list[dict[str, Any]], target: float) -> dict[str, float] |
                 "step": float(r["step"]),
                 "accuracy": float(r["eval/accuracy"]),
                 "prompts": float(r.get("samples/prompts_seen", 0.0)),
-                "samples": float(r.get("samples/generated_total", 0.0)),
+                "samples": samples_total(r),
             }
     return None
 
@@ -128,7 +138,7 @@ def curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
     return {
         "step": [float(r["step"]) for r in evals],
         "prompts": [float(r.get("samples/prompts_seen", 0.0)) for r in evals],
-        "samples": [float(r.get("samples/generated_total", 0.0)) for r in evals],
+        "samples": [samples_total(r) for r in evals],
         "accuracy": [float(r["eval/accuracy"]) for r in evals],
     }
 

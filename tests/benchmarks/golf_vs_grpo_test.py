@@ -139,6 +139,13 @@ def test_each_baseline_gets_its_ratio_over_golf():
     assert summary["note_grpo_g16"] == summary["note"]
 
 
+def test_samples_are_the_runs_total_in_records_of_either_format():
+    new = {"step": 2, "eval/accuracy": 0.5, "samples/generated": 8.0, "samples/generated_total": 16.0}
+    old = {"step": 2, "eval/accuracy": 0.5, "samples/generated": 16.0}  # Before the total had its own key.
+    assert bench.crossing([new], 0.5)["samples"] == bench.crossing([old], 0.5)["samples"] == 16.0
+    assert bench.curve([{"step": 0, "eval/accuracy": 0.0}, new])["samples"] == [0.0, 16.0]
+
+
 def test_a_chunked_run_stops_after_the_chunk_that_reaches_the_target(monkeypatch):
     trained = []
 
