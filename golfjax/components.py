@@ -67,7 +67,9 @@ class Components:
       train_problems, test_problems: the RL split and the evaluated split.
       trainer: RL's jitted step; `cold_start_trainer` the cold start's (or None).
       source: the batch source (`GroupSource` or `GolfSource`).
-      schedule: the rollout schedule that turns the source's batches into steps.
+      schedule: the rollout schedule that turns the source's batches into steps;
+        with a KL term it holds the frozen reference parameters from RL's start
+        (`schedule.reference`, one more copy of the policy's; golfjax/train/reference.py).
       evaluator: held-out accuracy and pass@k.
       cold_start: the cold start's batches (None without one).
     """
@@ -174,7 +176,7 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
                              f" has an empty {split} split")
     test_problems = all_test[: cfg.eval.num_problems]
 
-    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.optimizer, mesh,
+    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
                       temperature=cfg.sampling.temperature,
                       part_names=golf_lib.PART_NAMES if cfg.golf.enabled else ())
     sampling = sampling_config(cfg.sampling, tokenizer, mesh)
@@ -201,10 +203,9 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
         cold_start = cold_start_lib.make_cold_start(cfg, tokenizer, {p.question for p in all_test})
         # Its own optimizer: the cold start's learning rate, no warmup, and
         # moments that RL does not inherit (module docstring).
-        cold_opt = dataclasses.replace(cfg.optimizer, lr=cfg.cold_start.lr, warmup_steps=0, schedule="constant")
         cold_start_trainer = Trainer(
             model_config, cold_start_lib.ColdStart.train_section(cfg.train),
-            LossConfig(agg=reduce.TOKEN_MEAN), cold_opt, mesh)
+            LossConfig(agg=reduce.TOKEN_MEAN), cfg.cold_start_optimizer, mesh)
     return Components(
         cfg=cfg, mesh=mesh, model_config=model_config, tokenizer=tokenizer,
         task=task, train_problems=train_problems, test_problems=test_problems, trainer=trainer,

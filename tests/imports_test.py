@@ -207,10 +207,6 @@ def test_the_config_check_finds_an_engine_import():
     assert engine_imports_of_config(graph) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py still imports the sections the engine needs (OptimizerConfig from"
-    " golfjax/train/state.py, train.nonfinite's POLICIES); they move below it in"
-    " the config-layering change, and then this passes"))
 def test_config_imports_nothing_from_the_engine(graph):
     found = engine_imports_of_config(graph)
     assert not found, (

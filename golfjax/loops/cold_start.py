@@ -146,7 +146,8 @@ class ColdStart:
     def train_section(train: config_lib.TrainSection) -> config_lib.TrainSection:
         """The train step's section for supervised batches: REINFORCE with
         advantage 1, no KL or entropy term, the whole batch at once."""
-        return dataclasses.replace(train, loss="reinforce", kl_coef=0.0, entropy_coef=0.0, micro_batches=1)
+        return dataclasses.replace(
+            train, loss="reinforce", kl_coef=0.0, ref_path="", entropy_coef=0.0, micro_batches=1)
 
     @staticmethod
     def metrics(step_metrics: Mapping[str, float]) -> dict[str, float]:
@@ -154,6 +155,7 @@ class ColdStart:
         return {
             "cold_start/nll": step_metrics["loss"],
             "grad_norm": step_metrics["grad_norm"],
+            "optimizer/lr": step_metrics["optimizer/lr"],
             "train/response_tokens": step_metrics["train/response_tokens"],
             "train/skipped_nonfinite": step_metrics["train/skipped_nonfinite"],
         }

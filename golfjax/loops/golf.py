@@ -96,6 +96,26 @@ class GolfSource:
             tokenizer=self.groups.tokenizer, template_kwargs=self.groups.template_kwargs,
         )
 
+    def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
+        """The advantages of rows with these rewards over both parts at once
+        (the original rows, then as many refinement rows): per group id, the
+        injected rows left out of their group's baseline with `split_mean`;
+        then the knobs `keep_failure_advantage` (off: the failed rows, reward
+        below 1, of a group with an injected row get 0) and `train_refinements`
+        (off: the refinement rows get 0). Also after a KL penalty
+        (golfjax/loops/schedule.py), where a penalised success counts as failed."""
+        group_id_N = np.asarray(group_id_N, np.int32)
+        injected_N = np.asarray(injected_N, bool)
+        exclude = injected_N if self.cfg.split_mean else None
+        advantage_N = np.array(self.groups.advantage(reward_N, group_id_N, exclude), np.float32)
+        n = len(advantage_N) // 2
+        if not self.cfg.keep_failure_advantage:
+            received_N = np.isin(group_id_N, group_id_N[injected_N])
+            advantage_N[received_N & ~injected_N & (np.asarray(reward_N) < 1.0)] = 0.0
+        if not self.cfg.train_refinements:
+            advantage_N[n:] = 0.0
+        return advantage_N
+
     def with_sampler(self, sampler: Sampler) -> GolfSource:
         """The same source sampling rollouts and refinements with `sampler`."""
         return dataclasses.replace(self, groups=self.groups.with_sampler(sampler))
@@ -177,15 +197,7 @@ class GolfSource:
         # Original group b is id b; its refinement group is id B + b.
         group_id = np.concatenate([np.arange(n) // g, n // g + np.arange(n) // g]).astype(np.int32)
         reward = np.concatenate([arrays["reward_N"], refined_reward_N]).astype(np.float32)
-        exclude = None
-        if self.cfg.split_mean:
-            exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
-        advantage = np.array(self.groups.advantage(reward, group_id, exclude))
-        if not self.cfg.keep_failure_advantage:
-            received_N = np.repeat(injected.injected_N.reshape(-1, g).any(axis=1), g)
-            advantage[:n][received_N & ~injected.injected_N & (reward[:n] < 1.0)] = 0.0
-        if not self.cfg.train_refinements:
-            advantage[n:] = 0.0
+        advantage = self.advantages(reward, group_id, np.concatenate([injected.injected_N, np.zeros(n, bool)]))
         original_part = make_batch(
             prompt_tokens_NxP=np.asarray(original.prompt_tokens_NxP),
             prompt_mask_NxP=np.asarray(original.prompt_mask_NxP),

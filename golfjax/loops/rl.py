@@ -155,6 +155,12 @@ class GroupSource:
         info["samples/generated"] = float(b * g)
         return batch, info
 
+    def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
+        """The advantages of rows with these rewards, per group (e.g. after a
+        KL penalty, golfjax/loops/schedule.py); GRPO batches inject nothing."""
+        del injected_N
+        return np.asarray(self.advantage(reward_N, np.asarray(group_id_N, np.int32), None))
+
     def with_sampler(self, sampler: Sampler) -> GroupSource:
         """The same source sampling with `sampler` (e.g. on the rollout worker's devices)."""
         return dataclasses.replace(self, sampler=sampler)

@@ -11,7 +11,9 @@ per-token log-probs (golfjax/train/logprobs.py), and the objective
 
 where `policy` is `LOSSES[cfg.loss]` on on-policy response tokens,
 `off_policy` is `OFF_POLICY_LOSSES[cfg.off_policy_loss]` on GOLF's injected
-tokens, and each `C` is the *whole batch's* count of that term. The counts
+tokens, `kl` the estimator `train.kl_estimator` of the KL to the reference
+policy (golfjax/losses/kl.py; with `train.kl_in = "loss"`, else it is in the
+rewards), and each `C` is the *whole batch's* count of that term. The counts
 depend only on masks (and on old/sampler log-probs for MIS), never on the
 parameters, so they are computed once up front; each micro-batch then adds
 `grad(sum_m / C)` and the accumulated gradient is exactly the full-batch
@@ -30,9 +32,22 @@ in the step itself. A micro-batch with injected tokens takes a second backward
 pass for it (one `jax.vjp`, two cotangents); one without takes none. The cost
 in memory is one gradient buffer per part, and one for the off-policy term.
 
-Non-finite gradients never reach the parameters: the update is skipped (the
-optimizer state is kept too) and `train/skipped_nonfinite` is 1; the run's
-`NonfiniteGuard` (golfjax/train/nonfinite.py) decides on the host whether to go on.
+The loss functions' diagnostics are `Weighted` (sum, count) pairs too: they
+are added over micro-batches and parts and divided once, so each is the mean
+over everything it measures in the whole batch (`loss/offpolicy_prob_mean`
+over the injected tokens, wherever they are).
+
+Nothing non-finite reaches the train state: an update is skipped (parameters
+and optimizer state kept) when the loss or the gradient is not finite, or when
+applying it would make a parameter or an optimizer moment non-finite (e.g. a
+huge learning rate); `train/skipped_nonfinite` is then 1, and the run's
+`NonfiniteGuard` (golfjax/train/nonfinite.py) decides on the host whether to
+go on. The second check evaluates the optimizer's arithmetic once more,
+reduced to one flag before the update is applied: a second pass over the
+parameters, gradients and moments, but no second copy of the state (XLA's
+memory analysis of the compiled step shows the same temporary bytes with and
+without it), so the donated state is still updated in place. `optimizer/lr` is
+the learning rate the step's update takes (or would have taken).
 """
 
 from __future__ import annotations
@@ -51,11 +66,13 @@ from golfjax import losses as losses_lib
 from golfjax import sharding as sharding_lib
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
+from golfjax.losses import kl as kl_lib
 from golfjax.losses import reduce
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.train import logprobs as logprobs_lib
 from golfjax.train.state import TrainState
+from golfjax.train.state import schedule_count
 from golfjax.types import Batch
 
 def compute_logprobs(
@@ -101,15 +118,19 @@ def uses_sampler_logp(loss_cfg: LossConfig) -> bool:
     return loss_cfg.tis or loss_cfg.mis != "none"
 
 
+def _checked_aux(name: str, aux: dict[str, Any]) -> dict[str, reduce.Weighted]:
+    for key, value in aux.items():
+        if not isinstance(value, reduce.Weighted):
+            raise TypeError(
+                f"loss {name!r} returned diagnostic {key!r} as {type(value).__name__}; expected a"
+                " losses.Weighted (sum, count) pair, e.g. reduce.weighted_mean(x, mask)")
+    return aux
+
+
 def _policy_terms(
     logp_NxT: jax.Array, batch: Batch, cfg: TrainSection, loss_cfg: LossConfig
-) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, tuple[jax.Array, jax.Array]]]:
-    """(on-policy loss, off-policy loss, aux) of one (micro-)batch.
-
-    Each aux value comes with its weight, the number of tokens its term covers
-    here, so that the step averages it over the tokens that have it: a part or
-    micro-batch without injected tokens leaves the off-policy diagnostics alone.
-    """
+) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, reduce.Weighted]]:
+    """(on-policy loss, off-policy loss, aux) of one (micro-)batch."""
     on_NxT, off_NxT = _masks(batch)
     sampler = batch.behaviour_logp_NxT if uses_sampler_logp(loss_cfg) else None
     policy, aux = losses_lib.LOSSES[cfg.loss](
@@ -120,19 +141,7 @@ def _policy_terms(
     off_policy, off_aux = losses_lib.OFF_POLICY_LOSSES[cfg.off_policy_loss](
         logp_NxT, batch.behaviour_logp_NxT, batch.advantage_N, off_NxT, loss_cfg
     )
-    on_tokens, off_tokens = on_NxT.sum().astype(jnp.float32), off_NxT.sum().astype(jnp.float32)
-    weighted = {name: (value, on_tokens) for name, value in aux.items()}
-    weighted |= {name: (value, off_tokens) for name, value in off_aux.items()}
-    return policy, off_policy, weighted
-
-
-def _kl_NxT(logp_NxT: jax.Array, ref_logp_NxT: jax.Array, estimator: str) -> jax.Array:
-    log_ratio_NxT = jax.lax.stop_gradient(ref_logp_NxT) - logp_NxT
-    if estimator == "k1":
-        return -log_ratio_NxT
-    # k3 (Schulman): unbiased for KL(pi || ref) under pi's samples, >= 0.
-    log_ratio_NxT = jnp.clip(log_ratio_NxT, -20.0, 20.0)
-    return jnp.expm1(log_ratio_NxT) - log_ratio_NxT
+    return policy, off_policy, _checked_aux(cfg.loss, aux) | _checked_aux(cfg.off_policy_loss, off_aux)
 
 
 def term_counts(batch: Batch, cfg: TrainSection, loss_cfg: LossConfig) -> dict[str, jax.Array]:
@@ -155,26 +164,26 @@ def _micro_objective(
     cfg: TrainSection,
     loss_cfg: LossConfig,
     temperature: float,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any], jax.Array]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted], jax.Array]]:
     """This micro-batch's share of the full-batch objective.
 
     Returns `(objective, (shares, diagnostics, off_policy))`: `shares` are this
     micro-batch's exact parts of full-batch quantities (they add up over
-    micro-batches); `diagnostics` are `(weighted sum, weight)` pairs of the
-    losses' aux (added up, then divided once); `off_policy` is the off-policy
-    term's part of `objective` (`_split_objective`).
+    micro-batches); `diagnostics` are the loss functions' `Weighted` pairs
+    (they add up too); `off_policy` is the off-policy term's part of
+    `objective` (`_split_objective`).
     """
     logp_NxT, entropy_NxT = compute_logprobs(
         params, batch, model_config=model_config, temperature=temperature,
         chunk=cfg.logp_chunk, with_entropy=True,
     )
-    policy, off_policy, weighted = _policy_terms(logp_NxT, batch, cfg, loss_cfg)
+    policy, off_policy, diagnostics = _policy_terms(logp_NxT, batch, cfg, loss_cfg)
     agg = loss_cfg.agg
     response_NxT = batch.response_mask_NxT
     shares = {"loss/policy": _safe_div(policy.sum + off_policy.sum, counts["policy"])}
     objective = shares["loss/policy"]
-    if cfg.kl_coef > 0:
-        kl_NxT = _kl_NxT(logp_NxT, batch.ref_logp_NxT, cfg.kl_estimator)
+    if cfg.kl_coef > 0 and cfg.kl_in == "loss":
+        kl_NxT = kl_lib.kl_penalty(logp_NxT, batch.ref_logp_NxT, cfg.kl_estimator)
         shares["loss/kl"] = _safe_div(reduce.aggregate(kl_NxT, response_NxT, agg).sum, counts["response"])
         objective = objective + cfg.kl_coef * shares["loss/kl"]
     shares["entropy"] = _safe_div(reduce.aggregate(entropy_NxT, response_NxT, agg).sum, counts["response"])
@@ -182,8 +191,7 @@ def _micro_objective(
         objective = objective - cfg.entropy_coef * shares["entropy"]
     else:  # Reported only: keep it out of the backward pass.
         shares["entropy"] = jax.lax.stop_gradient(shares["entropy"])
-    diagnostics = {f"loss/{name}": (jnp.where(weight > 0, value * weight, 0.0), weight)
-                   for name, (value, weight) in weighted.items()}
+    diagnostics = {f"loss/{name}": value for name, value in diagnostics.items()}
     return objective, (shares, diagnostics, _safe_div(off_policy.sum, counts["policy"]))
 
 
@@ -241,6 +249,7 @@ def train_step(
     loss_cfg: LossConfig,
     temperature: float,
     row_sharding: NamedSharding | None = None,
+    lr_schedule: optax.Schedule | None = None,
     part_names: Sequence[str] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from one batch; see the module docstring.
@@ -258,16 +267,18 @@ def train_step(
         the sampling `temperature`.
       row_sharding: sharding of a micro-batch's rows, keeping every
         micro-batch spread over all data devices; None on one device.
+      lr_schedule: `optimizer`'s learning-rate schedule, for `optimizer/lr`
+        (static; `Trainer` binds it); None leaves the metric out.
       part_names: the parts' names in the gradient diagnostics (GOLF's
         "original" and "refinement"); () names them part0, part1, ...
 
     Returns:
       The next state and scalar metrics: `loss`, `loss/policy` (and `loss/kl`),
-      the loss functions' diagnostics under `loss/` (each averaged over the
-      tokens of its term), `entropy`, `grad_norm`, `train/skipped_nonfinite`,
-      token counts; for a batch of parts with `cfg.grad_shares`, the norm and
-      share of the off-policy term's gradient and of each part's on-policy
-      gradient, `grad/<name>_norm` and `grad/<name>_share`.
+      the loss functions' diagnostics under `loss/`, `entropy`, `grad_norm`,
+      `optimizer/lr`, `train/skipped_nonfinite`, token counts; for a batch of
+      parts with `cfg.grad_shares`, the norm and share of the off-policy term's
+      gradient and of each part's on-policy gradient, `grad/<name>_norm` and
+      `grad/<name>_share`.
     """
     del key  # Deterministic objectives (see above).
     parts = as_parts(batch)
@@ -276,13 +287,13 @@ def train_step(
         if part.num_rows % m:
             name = "batch" if len(parts) == 1 else f"batch part {i}"
             raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
+    counts = _add_counts([term_counts(part, cfg, loss_cfg) for part in parts])
     # GOLF's diagnostics (docs/algorithms.md#golf-diagnostics): the gradient of
     # the off-policy term and of each part's on-policy tokens, kept apart.
     split = cfg.grad_shares and len(parts) > 1
     if split and part_names and len(part_names) != len(parts):
         raise ValueError(f"part_names={part_names} names {len(part_names)} parts; the batch has {len(parts)}")
     names = tuple(part_names) if split and part_names else tuple(f"part{i}" for i in range(len(parts)))
-    counts = _add_counts([term_counts(part, cfg, loss_cfg) for part in parts])
 
     # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
     # contiguous blocks over the data devices, every micro-batch then keeps
@@ -352,11 +363,14 @@ def train_step(
         grad_pieces = {"off_policy": off_grads, **dict(zip(names, part_grads))}
 
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
 
     def update(_: None) -> tuple[Any, Any]:
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), new_opt_state
+
+    # Whether the update keeps every parameter and moment finite: the update's
+    # arithmetic once more, reduced to one flag (see the module docstring).
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss) & _all_finite(update(None))
 
     def keep(_: None) -> tuple[Any, Any]:
         return state.params, state.opt_state
@@ -367,7 +381,7 @@ def train_step(
     next_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {
         **shares,
-        **{name: _safe_div(total, weight) for name, (total, weight) in diagnostics.items()},
+        **{name: value.value for name, value in diagnostics.items()},
         **_grad_shares(grad_pieces, grads),
         "loss": loss,
         "grad_norm": grad_norm,
@@ -378,7 +392,15 @@ def train_step(
             (part.response_mask_NxT & part.off_policy_mask_NxT).sum().astype(jnp.float32)
             for part in parts),
     }
+    if lr_schedule is not None:
+        metrics["optimizer/lr"] = jnp.asarray(lr_schedule(schedule_count(state.opt_state)), jnp.float32)
     return next_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """True when every floating leaf of `tree` is finite everywhere."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
 
 
 def batch_shardings(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> Batch:

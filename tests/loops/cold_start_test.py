@@ -114,6 +114,6 @@ def test_an_example_that_does_not_fit_names_its_index():
 def test_metrics_keep_the_step_s_names_the_train_loop_reads():
     metrics = cold_start_lib.ColdStart.metrics(
         {"loss": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0, "train/skipped_nonfinite": 0.0,
-         "entropy": 3.0})
-    assert metrics == {"cold_start/nll": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0,
-                       "train/skipped_nonfinite": 0.0}
+         "entropy": 3.0, "optimizer/lr": 3e-4})
+    assert metrics == {"cold_start/nll": 2.5, "grad_norm": 1.0, "optimizer/lr": 3e-4,
+                       "train/response_tokens": 40.0, "train/skipped_nonfinite": 0.0}
