@@ -14,9 +14,9 @@ trains on; `accuracy.png` draws the three held-out curves against samples
 generated (GOLF's refinements counted), and the last lines say where GOLF
 stood against each baseline at equal samples.
 
-The default, 8 GOLF steps (3,072 samples a run), is what fits the demo's 10
-minutes on a 2-core CPU; that far the three curves have barely left the base
-policy. In longer runs (benchmarks/golf_vs_grpo.py, docs/results.md#sparse)
+The default, 8 GOLF steps (3,072 samples a run), is meant to fit the demo's
+10 minutes on an idle 2-core CPU; that far the three curves have not left the
+base policy beyond the evaluation's noise. In longer runs (benchmarks/golf_vs_grpo.py, docs/results.md#sparse)
 GOLF was behind both baselines per sample; `--steps 40` draws that part of
 the curves. `--smoke` runs two steps of each. The work directory is the
 runs' identity: running the demo again resumes (or lengthens, or just
@@ -34,8 +34,9 @@ import numpy as np
 
 # (label, variant of experiments/configs/reverse.py, steps as a multiple of GOLF's)
 RUNS = (("GOLF", "sparse_golf", 1), ("GRPO", "sparse_grpo", 2), ("GRPO, groups of 16", "sparse_grpo_g16", 1))
-# GOLF's RL steps by default: 3,072 samples generated per run, within the
-# demo's 10 minutes on a 2-core CPU (docs/results.md#sparse-demo).
+# GOLF's RL steps by default: 3,072 samples generated per run; the whole demo
+# took 7.5 minutes of CPU time (docs/results.md#sparse-demo), so it should fit
+# the demo's 10 minutes on an idle 2-core CPU (estimated, not measured idle).
 STEPS = 8
 
 
