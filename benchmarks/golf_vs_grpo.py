@@ -105,6 +105,7 @@ def config(method: str, seed: int, args: argparse.Namespace) -> Any:
     if args.eval_problems is not None:
         c.eval.num_problems = args.eval_problems
     if args.quick:
+        c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 1)  # It ends before the last step.
         c.train.prompts_per_step = 4
         c.sampling.group_size = 8 if method == "grpo_g16" else 4
     return c
