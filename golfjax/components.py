@@ -177,7 +177,8 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
     test_problems = all_test[: cfg.eval.num_problems]
 
     trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
-                      temperature=cfg.sampling.temperature)
+                      temperature=cfg.sampling.temperature,
+                      part_names=golf_lib.PART_NAMES if cfg.golf.enabled else ())
     sampling = sampling_config(cfg.sampling, tokenizer, mesh)
     source = _source(cfg, Sampler(model_config, sampling, mesh), task, tokenizer, model_config, mesh)
 
