@@ -26,6 +26,7 @@ about 1 / (1 - b2) steps, which are those of another objective.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -120,11 +121,21 @@ def make_tokenizer(cfg: config_lib.RunConfig, workdir: str, vocab_size: int | No
     return load_tokenizer(cfg.task.tokenizer, vocab_size=vocab_size)
 
 
+def architecture(section: config_lib.ModelSection) -> model_config_lib.ModelConfig:
+    """The policy's dims without its weights: `hf_path`'s or `hf_config`'s
+    config.json, or the preset, with `dims` replacing fields."""
+    path = os.path.join(section.hf_path, "config.json") if section.hf_path else section.hf_config
+    if not path:
+        return model_config_lib.get_preset(section.preset).replace(**section.dims)
+    with open(path, encoding="utf-8") as f:
+        return hf.config_from_hf(json.load(f)).replace(**section.dims)
+
+
 def make_model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.ModelConfig, Any]:
     if cfg.model.hf_path:
         model_config, params = hf.load(cfg.model.hf_path, mesh=mesh)
     else:
-        model_config = model_config_lib.get_preset(cfg.model.preset)
+        model_config = architecture(cfg.model)
         params = transformer.init_params(model_config, jax.random.PRNGKey(cfg.seed), mesh)
     # Remat, attention and chunking change the program, not the parameters.
     return model_config.replace(**cfg.model.overrides()), params

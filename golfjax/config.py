@@ -21,6 +21,7 @@ Every error names the full dotted key and what it accepts, e.g.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -55,6 +56,11 @@ class ModelSection:
 
     preset: str = "tiny"
     hf_path: str = ""  # A local directory; overrides `preset` when set.
+    # Dims without a checkpoint (random init, or `python -m golfjax.aot`): a
+    # config.json path instead of `preset`, and ModelConfig fields replacing
+    # the preset's or its (e.g. {"num_layers": 2}); neither with hf_path.
+    hf_config: str = ""
+    dims: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     remat: bool = False
     # The program's attention and memory settings (`ModelConfig`'s fields of
     # the same names); "" and 0 keep the model config's own.
@@ -66,10 +72,17 @@ class ModelSection:
     decode_layers: str = ""
 
     def __post_init__(self) -> None:
-        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS
+        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS, ModelConfig
 
-        if not self.hf_path:
+        if not (self.hf_path or self.hf_config):
             _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        _check(self, {
+            "hf_config": (not self.hf_config or (not self.hf_path and os.path.isfile(self.hf_config)),
+                          "a config.json file, and hf_path unset (its config is the checkpoint's)"),
+            "dims": (not self.dims or (not self.hf_path and set(self.dims) <= fields),
+                     "ModelConfig fields (" + ", ".join(sorted(fields)) + "), and hf_path unset"),
+        })
         _check(self, {
             "attention": (self.attention in ("", *ATTENTION_IMPLEMENTATIONS),
                           "one of " + ", ".join(ATTENTION_IMPLEMENTATIONS) + ", or '' (the model's)"),

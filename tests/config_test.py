@@ -84,6 +84,26 @@ def test_model_section_overrides_only_what_it_sets():
     assert components.make_model(cfg, mesh=None)[0].decode_layers == "scan"
 
 
+def test_model_dims_come_from_a_preset_with_overrides_or_a_config_json(tmp_path):
+    import json
+
+    from golfjax import components
+    from golfjax.models import config as model_config_lib
+    from golfjax.models import hf
+
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"preset": "qwen3-8b", "dims": {"num_layers": 2}}})
+    assert components.architecture(cfg.model) == model_config_lib.get_preset("qwen3-8b").replace(num_layers=2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf.config_to_hf(model_config_lib.get_preset("llama3.1-8b"))))
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"hf_config": str(path), "dims": {"num_layers": 1},
+                                                            "remat": True}})
+    assert components.architecture(cfg.model) == model_config_lib.get_preset("llama3.1-8b").replace(num_layers=1)
+    # A run without a checkpoint initialises those dims (remat is the program's).
+    tiny = config_lib.build(config_lib.RunConfig, {"model": {"dims": {"num_layers": 1, "embed_dim": 32}}})
+    config, params = components.make_model(tiny, mesh=None)
+    assert (config.num_layers, params["embed"]["embedding"].shape[1]) == (1, 32)
+
+
 def test_refine_first_steps_precede_the_refine_fraction_draw():
     first = config_lib.ColdStartSection(steps=40, refine_first_steps=10)
     assert first.refines
