@@ -143,14 +143,16 @@ def make_model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.M
 
 def sampling_config(cfg: config_lib.SamplingSection, tokenizer: Tokenizer, mesh: Any) -> SamplingConfig:
     """The sampler's config: the `sampling` section, plus the tokenizer's stop and
-    pad ids and prompt-count buckets that split over the mesh's row shards."""
+    pad ids and prompt-count buckets that split over the mesh's row shards (up
+    to `prompts_per_call`, rounded up to a multiple of the shards)."""
     shards = sharding.row_shards(mesh)
-    return SamplingConfig(
-        **dataclasses.asdict(cfg),
-        stop_ids=tokenizer.stop_ids,
-        pad_id=tokenizer.pad_id,
-        batch_buckets=tuple(shards * 2**i for i in range(12)),
-    )
+    fields = dataclasses.asdict(cfg)
+    cap = fields.pop("prompts_per_call")
+    buckets = tuple(shards * 2**i for i in range(12))
+    if cap:
+        buckets = tuple(b for b in buckets if b < cap) + (-(-cap // shards) * shards,)
+    return SamplingConfig(**fields, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                          batch_buckets=buckets)
 
 
 def _source(

@@ -152,7 +152,8 @@ class SamplingSection:
     """Rollout sampling; the fields and defaults of `golfjax.sampling.SamplingConfig`.
 
     The sampler's other fields (stop ids, pad id, batch buckets) are derived
-    from the tokenizer and the mesh where the sampler is built.
+    from the tokenizer and the mesh where the sampler is built;
+    `prompts_per_call` caps the batch buckets.
     """
 
     temperature: float = _SAMPLER.temperature
@@ -163,6 +164,9 @@ class SamplingSection:
     group_size: int = 8
     prompt_buckets: tuple[int, ...] = _SAMPLER.prompt_buckets
     decode_loops: int = _SAMPLER.decode_loops
+    # The most prompts one sampler call takes (0: any number): more are
+    # sampled in several calls, so the KV cache holds this many prompts' rows.
+    prompts_per_call: int = 0
 
     def __post_init__(self) -> None:
         _check(self, {
@@ -174,6 +178,7 @@ class SamplingSection:
             "prompt_buckets": (bool(self.prompt_buckets) and self.prompt_buckets[0] >= 1 and list(
                 self.prompt_buckets) == sorted(set(self.prompt_buckets)), "increasing lengths >= 1"),
             "decode_loops": (self.decode_loops >= 1, ">= 1"),
+            "prompts_per_call": (self.prompts_per_call >= 0, ">= 0 (0: no limit)"),
         })
 
 
