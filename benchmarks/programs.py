@@ -23,7 +23,6 @@ prompt) bucket, the compilation a first `generate` call pays.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -63,19 +62,7 @@ def model_config(preset: str, **overrides: Any) -> config_lib.ModelConfig:
 def abstract_batch(rows: int, prompt: int, response: int,
                    sharding_of: Any = None) -> types.Batch:
     """A `Batch` of `ShapeDtypeStruct`s: N rows, P prompt and T response slots."""
-    shapes = {"NxP": (rows, prompt), "NxT": (rows, response), "N": (rows,)}
-    fields = {}
-    for field in dataclasses.fields(types.Batch):
-        name = field.name
-        if "tokens" in name or "group_id" in name:
-            dtype = jnp.int32
-        elif "mask" in name:
-            dtype = jnp.bool_
-        else:
-            dtype = jnp.float32
-        fields[name] = jax.ShapeDtypeStruct(shapes[name.rsplit("_", 1)[1]], dtype,
-                                            sharding=sharding_of)
-    return types.Batch(**fields)
+    return types.abstract_batch(rows, prompt, response, sharding_of)
 
 
 def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,

@@ -170,12 +170,40 @@ def _source(
     return golf_lib.GolfSource(cfg.golf, groups, critic=critics_lib.make_critic(cfg.golf.critic or None, task))
 
 
+def meshes(cfg: config_lib.RunConfig, devices: Any = None) -> tuple[jax.sharding.Mesh, jax.sharding.Mesh | None]:
+    """The learner's mesh, and the rollout worker's when it samples on devices
+    of its own (`schedule.rollout_devices`), over `devices` (default: all)."""
+    learner_devices, worker_devices = rollout_worker.split_devices(cfg.schedule, devices)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
+    if worker_devices is None:
+        return mesh, None
+    return mesh, sharding.make_mesh(1, -1, cfg.mesh.tensor, devices=worker_devices)
+
+
+def make_trainers(cfg: config_lib.RunConfig, model_config: model_config_lib.ModelConfig,
+                  mesh: jax.sharding.Mesh) -> tuple[Trainer, Trainer | None]:
+    """RL's trainer, and the cold start's (None without a cold start)."""
+    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.optimizer, mesh,
+                      temperature=cfg.sampling.temperature)
+    if not cfg.cold_start.steps:
+        return trainer, None
+    # Its own optimizer: the cold start's learning rate, no warmup, and
+    # moments that RL does not inherit (module docstring).
+    cold_opt = dataclasses.replace(cfg.optimizer, lr=cfg.cold_start.lr, warmup_steps=0, schedule="constant")
+    return trainer, Trainer(model_config, cold_start_lib.ColdStart.train_section(cfg.train),
+                            LossConfig(agg=reduce.TOKEN_MEAN), cold_opt, mesh)
+
+
+def eval_sampling(cfg: config_lib.RunConfig, sampling: SamplingConfig) -> SamplingConfig:
+    """The evaluator's sampler config: `eval.samples` per problem at `eval.temperature`."""
+    return sampling.replace(group_size=cfg.eval.samples, temperature=cfg.eval.temperature)
+
+
 def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
     """Every component of the run described by a validated `cfg`, and the
     policy's starting parameters (kept apart, so that the caller can drop them
     once the train state holds them)."""
-    learner_devices, worker_devices = rollout_worker.split_devices(cfg.schedule)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
+    mesh, worker_mesh = meshes(cfg)
     model_config, params = make_model(cfg, mesh)
     tokenizer = make_tokenizer(cfg, workdir, model_config.vocab_size)
     task = make_task(cfg.task.name, **cfg.task.task_kwargs())
@@ -187,14 +215,12 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
                              f" has an empty {split} split")
     test_problems = all_test[: cfg.eval.num_problems]
 
-    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.optimizer, mesh,
-                      temperature=cfg.sampling.temperature)
+    trainer, cold_start_trainer = make_trainers(cfg, model_config, mesh)
     sampling = sampling_config(cfg.sampling, tokenizer, mesh)
     source = _source(cfg, Sampler(model_config, sampling, mesh), task, tokenizer, model_config, mesh)
 
-    worker_source, worker_mesh = None, None
-    if worker_devices is not None:
-        worker_mesh = sharding.make_mesh(1, -1, cfg.mesh.tensor, devices=worker_devices)
+    worker_source = None
+    if worker_mesh is not None:
         worker_sampler = Sampler(model_config, sampling_config(cfg.sampling, tokenizer, worker_mesh), worker_mesh)
         worker_source = source.with_sampler(worker_sampler)
     schedule = schedule_lib.RolloutSchedule(
@@ -203,20 +229,14 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
         worker_source=worker_source, worker_mesh=worker_mesh,
     )
     evaluator = rl_lib.Evaluator(
-        Sampler(model_config, sampling.replace(group_size=cfg.eval.samples, temperature=cfg.eval.temperature), mesh),
+        Sampler(model_config, eval_sampling(cfg, sampling), mesh),
         test_problems, task, tokenizer, batch_size=cfg.train.prompts_per_step,
         template_kwargs=dict(cfg.task.template_kwargs),
     )
 
-    cold_start, cold_start_trainer = None, None
+    cold_start = None
     if cfg.cold_start.steps:
         cold_start = cold_start_lib.make_cold_start(cfg, tokenizer, {p.question for p in all_test})
-        # Its own optimizer: the cold start's learning rate, no warmup, and
-        # moments that RL does not inherit (module docstring).
-        cold_opt = dataclasses.replace(cfg.optimizer, lr=cfg.cold_start.lr, warmup_steps=0, schedule="constant")
-        cold_start_trainer = Trainer(
-            model_config, cold_start_lib.ColdStart.train_section(cfg.train),
-            LossConfig(agg=reduce.TOKEN_MEAN), cold_opt, mesh)
     return Components(
         cfg=cfg, mesh=mesh, model_config=model_config, tokenizer=tokenizer,
         task=task, train_problems=train_problems, test_problems=test_problems, trainer=trainer,

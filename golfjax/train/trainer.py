@@ -180,6 +180,12 @@ class Trainer:
             )
         return self._steps[layout]
 
+    @property
+    def jitted_logprobs(self) -> Any:
+        """The jitted `compute_logprobs`, `(params, batch) -> (logp_NxT, None)`;
+        e.g. to lower and compile it ahead of time."""
+        return self._logprobs
+
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""
         logp_NxT, _ = self._logprobs(params, batch)
