@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Any
 
@@ -111,6 +112,9 @@ class Slice:
 
     def devices(self) -> list[Any]:
         """The slice's devices (libtpu's descriptions; nothing runs on them)."""
+        # libtpu locks a TPU host's chips to one process; describing a slice
+        # uses none, so several compiles (tests, sweeps) may run at once.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         try:
             from jax.experimental import topologies
             topology = topologies.get_topology_desc(
