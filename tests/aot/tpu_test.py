@@ -34,6 +34,8 @@ def v5p_8():
 def test_slice_devices_are_tpu_chips(v5p_8):
     assert len(v5p_8) == 4 and {d.platform for d in v5p_8} == {"tpu"}
     assert jax.default_backend() == "cpu"
+    # Part of a slice (an asynchronous run's rollout chips) is a mesh too.
+    assert sharding.make_mesh(1, -1, 1, devices=v5p_8[1:]).devices.size == 3
 
 
 @pytest.mark.slow
