@@ -272,13 +272,16 @@ def paper_run(c: ml_collections.ConfigDict, variant: str) -> None:
     that they fit (docs/results.md#aot); weights come from `model.hf_path`.
 
     Each device trains one row of each part per micro-batch (the scripts'
-    dynamic batches hold one or two sequences per GPU).
+    dynamic batches hold one or two sequences per GPU). The IF run samples its
+    128-prompt mini-batches 64 prompts a call: 1,024 rows of 12k-token caches
+    at once need 137 GiB per chip (golfjax.aot).
     """
     c.model.preset = {"qwen3_8b_math": "qwen3-8b", "qwen3_4b_if": "qwen3-4b"}[variant]
     c.model.remat = True  # The scripts' gradient checkpointing.
     c.task.template_kwargs = QWEN3_NO_THINK
     chips = 32
     c.train.micro_batches = c.train.prompts_per_step * c.sampling.group_size // chips
+    c.sampling.prompts_per_call = 64 if variant == "qwen3_4b_if" else 0
 
 
 def feedback_config(arg: str | None, *, golf: bool) -> ml_collections.ConfigDict:
