@@ -127,16 +127,18 @@ def paper_run(c: ml_collections.ConfigDict, async_rollout: bool) -> None:
     prompts a sampler call. Fully asynchronous
     (recipe/vespo/run/fully_async/vespo_S_1.0_N_4.sh: 48 of 64 GPUs sample,
     16 train): golfjax's asynchronous rollout is single-process
-    (`config.validate`), so a one-host v5p-8 with 3 of its 4 chips sampling.
+    (`config.validate`), so a one-host v5p-8, 2 of its 4 chips sampling (3
+    cannot split the embedding's 4,096 columns) 2 prompts a call, so that
+    each holds 8 rows' 16k-slot caches beside two parameter snapshots.
     """
     c.model.preset = "qwen3-8b"
     c.model.remat = True
-    learner_chips = 1 if async_rollout else 32
+    learner_chips = 2 if async_rollout else 32
     c.train.micro_batches = c.train.prompts_per_step * c.sampling.group_size // learner_chips
     c.sampling.prompts_per_call = 32
     if async_rollout:
-        c.schedule.rollout_devices = 3
-        c.sampling.prompts_per_call = 8
+        c.schedule.rollout_devices = 2
+        c.sampling.prompts_per_call = 2
 
 
 OPTIONS = ("n", "async", "golf", "seed", "init", "smoke", "task")
