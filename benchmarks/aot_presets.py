@@ -8,7 +8,7 @@ holds it, in Markdown (`--only golf.py:qwen3_8b_math` for one). Each preset's pr
 minutes to compile on a 2-core CPU. Exits 1 if a program does not fit.
 
 `PRESETS` is the list README.md's commands follow (tests/readme_test.py),
-and the one tests/aot/presets_test.py compiles at reduced shapes.
+and the one tests/aot/presets_test.py checks for their slices.
 """
 
 from __future__ import annotations

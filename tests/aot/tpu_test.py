@@ -5,6 +5,7 @@ host: the train step's attention is splash's Mosaic kernel, and the sampler's
 decode step scans its layers, reading little more than its roofline.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from golfjax.aot import slices  # noqa: E402
 from golfjax.config import TrainSection  # noqa: E402
 from golfjax.losses import LossConfig  # noqa: E402
 from golfjax.models import config as config_lib  # noqa: E402
+from golfjax.models import hf  # noqa: E402
 from golfjax.train import trainer as trainer_lib  # noqa: E402
 from golfjax.train.state import OptimizerConfig  # noqa: E402
 
@@ -69,17 +71,21 @@ def test_cli_prints_the_table_and_names_what_does_not_fit(tmp_path):
     def run(*args):
         return subprocess.run(
             [sys.executable, "-m", "golfjax.aot", "--config=experiments/configs/golf.py:smoke",
-             "--programs=train step", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+             "--programs=eval decode", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
+    # The decode program: the cheapest of the run's programs to compile.
     ok = run("--topology=v5p-8", f"--json={tmp_path / 'aot.json'}")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "every program fits a v5p chip's HBM" in ok.stdout
-    assert "train step" in ok.stdout and "est. ms" in ok.stdout
-    # Qwen3-8B's train state alone (8 bytes a parameter) is over the 64 GiB
-    # of a v5e-4's four chips.
-    big = run("--topology=v5e-4", "--config.model.preset=qwen3-8b")
+    assert "eval decode" in ok.stdout and "est. ms" in ok.stdout
+    # A Qwen3-8B of 72 layers (15B parameters): its bf16 parameters and
+    # optimizer moments (6 bytes a parameter), which the run keeps while it
+    # samples, are over the 64 GiB of a v5e-4's four chips.
+    (tmp_path / "config.json").write_text(
+        json.dumps(hf.config_to_hf(config_lib.PRESETS["qwen3-8b"].replace(num_layers=72))))
+    big = run("--topology=v5e-4", f"--config.model.hf_config={tmp_path / 'config.json'}")
     assert big.returncode == 1, big.stderr[-2000:]
-    assert "does not fit" in big.stderr and "train step (" in big.stderr
+    assert "does not fit" in big.stderr and "eval decode (" in big.stderr
     assert "more than a v5e chip's 16.0 GiB" in big.stderr
     bad = run("--topology=v5p-6")
     assert bad.returncode == 2 and "--topology='v5p-6'" in bad.stderr
