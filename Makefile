@@ -25,7 +25,7 @@ venv: $(STAMP)
 
 # The README's test command; .ci/run calls it. Slow tests run too.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --durations=30 tests
 
 # Everything except tests marked slow, for the edit-test loop.
 test-fast: $(STAMP)

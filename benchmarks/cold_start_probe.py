@@ -15,7 +15,7 @@ model's argmax (what greedy decoding would write):
 - `plain_cold`: plain prompts of the cold-start problems (test split);
 - `plain_rl`: plain prompts of the RL problems (test split);
 - `refine_rl`: refinement prompts of the RL problems, one wrong attempt (a
-  borrowed answer) with its critique, as golfjax/data/cold_start.py builds
+  borrowed answer) with its critique, as golfjax/data/sft_examples.py builds
   them: the copy GOLF's refinements need.
 
     python benchmarks/cold_start_probe.py --config=experiments/configs/golf.py:arith \
@@ -48,7 +48,7 @@ from launch import jobs  # noqa: E402
 from golfjax import config as config_lib  # noqa: E402
 from golfjax import components as components_lib  # noqa: E402
 from golfjax import metrics as metrics_lib  # noqa: E402
-from golfjax.data import cold_start as data_cold_start  # noqa: E402
+from golfjax.data import sft_examples  # noqa: E402
 from golfjax import feedback as feedback_lib  # noqa: E402
 from golfjax.feedback import refinement as refinement_lib  # noqa: E402
 from golfjax.loops import cold_start as cold_start_lib  # noqa: E402
@@ -92,11 +92,11 @@ def probe(config: Any, steps: int, every: int, num_eval: int) -> dict[str, Any]:
     cold_test = list(cold.task.load("test"))[:num_eval]
     cold_train = list(cold.problems[:num_eval])
     plain = {
-        "plain_cold_train": [data_cold_start.make_sft_example(p, tokenizer) for p in cold_train],
-        "plain_cold": [data_cold_start.make_sft_example(p, tokenizer) for p in cold_test],
-        "plain_rl": [data_cold_start.make_sft_example(p, tokenizer) for p in rl_test],
+        "plain_cold_train": [sft_examples.make_sft_example(p, tokenizer) for p in cold_train],
+        "plain_cold": [sft_examples.make_sft_example(p, tokenizer) for p in cold_test],
+        "plain_rl": [sft_examples.make_sft_example(p, tokenizer) for p in rl_test],
     }
-    refine_rl = data_cold_start.make_cold_start_examples(
+    refine_rl = sft_examples.make_cold_start_examples(
         run.task, rl_test, tokenizer, critic=critic, refine_fraction=1.0, max_attempts=1,
         max_prompt_tokens=cfg.golf.max_refinement_prompt_tokens, template=template, seed=1)
     # A cold-start task with num_test = 0 has no held-out set to measure.

@@ -76,7 +76,7 @@ def crossing(records: list[dict[str, Any]], target: float) -> dict[str, float] |
                 "step": float(r["step"]),
                 "accuracy": float(r["eval/accuracy"]),
                 "prompts": float(r.get("samples/prompts_seen", 0.0)),
-                "samples": float(r.get("samples/generated", 0.0)),
+                "samples": float(r.get("samples/generated_total", 0.0)),
             }
     return None
 
@@ -86,7 +86,7 @@ def curve(records: list[dict[str, Any]]) -> dict[str, list[float]]:
     return {
         "step": [float(r["step"]) for r in evals],
         "prompts": [float(r.get("samples/prompts_seen", 0.0)) for r in evals],
-        "samples": [float(r.get("samples/generated", 0.0)) for r in evals],
+        "samples": [float(r.get("samples/generated_total", 0.0)) for r in evals],
         "accuracy": [float(r["eval/accuracy"]) for r in evals],
     }
 

@@ -45,18 +45,18 @@ def bench(name: str, config: config_lib.ModelConfig, batch: int, seq: int,
           runs: int) -> dict[str, object]:
     params = transformer.init_params(config, jax.random.key(0))
     jax.block_until_ready(params)
-    tokens_BxT = jnp.zeros((batch, seq), jnp.int32)
-    positions_BxT = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-    mask_BxT = jnp.ones((batch, seq), bool)
+    tokens_NxS = jnp.zeros((batch, seq), jnp.int32)
+    positions_NxS = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    mask_NxS = jnp.ones((batch, seq), bool)
     fn = jax.jit(functools.partial(transformer.apply, config=config))
     start = time.perf_counter()
-    compiled = fn.lower(params, tokens_BxT, positions_BxT, mask_BxT).compile()
+    compiled = fn.lower(params, tokens_NxS, positions_NxS, mask_NxS).compile()
     compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(params, tokens_BxT, positions_BxT, mask_BxT))
+    jax.block_until_ready(compiled(params, tokens_NxS, positions_NxS, mask_NxS))
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(params, tokens_BxT, positions_BxT, mask_BxT))
+        jax.block_until_ready(compiled(params, tokens_NxS, positions_NxS, mask_NxS))
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"name": name, "params": config.num_params, "layers": config.num_layers,

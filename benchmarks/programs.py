@@ -13,7 +13,7 @@ train step or a 512-row decode available on a CPU that could never run them:
 
 `train_step_program` compiles `Trainer.jitted_step` on a one-device mesh with
 the step's real shardings and donation; `decode_step_program` compiles one
-decode step (`golfjax.decode.decode_step`: a T = 1 forward of every row, the
+decode step (`golfjax.decode.decode_step`: a Q = 1 forward of every row, the
 draw and the record) with the cache of the sampler's last decode loop, the
 largest one, and the state donated, as the loop body runs. `decode_roofline`
 is `sampling.decode_bytes_per_step` for that cache. `sampler_programs`

@@ -184,7 +184,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         "config": config,
         "wall_s": wall_s,
         "eval_step": [r["step"] for r in evals],
-        "eval_samples": [r.get("samples/generated", 0) for r in evals],
+        "eval_samples": [r.get("samples/generated_total", 0) for r in evals],
         "eval_accuracy": [r["eval/accuracy"] for r in evals],
         "eval_pass@4": [r.get("eval/pass@4") for r in evals],
         "step": [r["step"] for r in rl],
@@ -204,7 +204,7 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         "ess": column("schedule/ess"),
         "clip_frac": column("loss/clip_frac"),
         "dropped_rollouts": sum(column("schedule/dropped_rollouts")),
-        "samples_generated": rl[-1]["samples/generated"],
+        "samples_generated": rl[-1]["samples/generated_total"],
         "skipped_nonfinite": sum(column("train/skipped_nonfinite")),
     }
     print(

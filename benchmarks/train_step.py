@@ -22,11 +22,11 @@ is compiled ahead of time, and the jitted call reuses that executable):
 
 - tokens/s = N * (P + T) / step time: every sequence position runs through the
   model; only the T response positions are unembedded and scored.
-- matmul peak: a jitted `jnp.dot` of two S x S matrices (--peak-size, default
-  2048) in the step's compute dtype, 2 S^3 / time, timed in the same process
-  before the config's steps, once before each timed step and after them (the
-  median of all), so the fraction below compares numbers taken under the same
-  machine load (other processes share the cores).
+- matmul peak: a jitted `jnp.dot` of two square matrices of side --peak-size
+  (default 2048) in the step's compute dtype, 2 size^3 / time, timed in the
+  same process before the config's steps, once before each timed step and
+  after them (the median of all), so the fraction below compares numbers taken
+  under the same machine load (other processes share the cores).
 - model FLOPs per step (what the model needs, not what the program does;
   remat recomputation is not counted, as in MFU):
     dense     6 * P_dense * N * (P + T), P_dense = the layers' projection and
@@ -151,11 +151,12 @@ def time_calls(fn: Any, repeats: int, cpu_times: list[float] | None = None) -> l
 
 
 def make_matmul(dtype: str, size: int) -> Any:
-    """A blocking call of a compiled S x S @ S x S dot (2 S^3 FLOPs), warmed up."""
-    a_SxS = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    b_SxS = jax.random.normal(jax.random.key(2), (size, size), dtype)
-    dot = jax.jit(jnp.dot).lower(a_SxS, b_SxS).compile()
-    call = lambda: jax.block_until_ready(dot(a_SxS, b_SxS))
+    """A blocking call of a compiled `size x size` matrix product (2 size^3
+    FLOPs), warmed up."""
+    lhs = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    rhs = jax.random.normal(jax.random.key(2), (size, size), dtype)
+    dot = jax.jit(jnp.dot).lower(lhs, rhs).compile()
+    call = lambda: jax.block_until_ready(dot(lhs, rhs))
     call()
     return call
 
@@ -506,7 +507,7 @@ def main() -> None:
         write_report(args, {"mode": "compile_only", "results": results})
         return
     fraction = "MFU" if platform_name != "cpu" else "%peak"
-    print(f"{'config':>10} {'params':>8} {'NxL':>8} {'step_s':>8} {'min_s':>8} {'tok/s':>9}"
+    print(f"{'config':>10} {'params':>8} {'NxS':>8} {'step_s':>8} {'min_s':>8} {'tok/s':>9}"
           f" {'modelGF':>9} {'hloGF':>9} {'GFLOP/s':>8} {'peakGF/s':>8} {fraction:>7} {'cpu%':>7}"
           f" {'fwd_s':>7} {'opt_s':>7} {'rssMiB':>8}", flush=True)
     results = []

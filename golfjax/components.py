@@ -68,7 +68,9 @@ class Components:
       train_problems, test_problems: the RL split and the evaluated split.
       trainer: RL's jitted step; `cold_start_trainer` the cold start's (or None).
       source: the batch source (`GroupSource` or `GolfSource`).
-      schedule: the rollout schedule that turns the source's batches into steps.
+      schedule: the rollout schedule that turns the source's batches into steps;
+        with a KL term it holds the frozen reference parameters from RL's start
+        (`schedule.reference`, one more copy of the policy's; golfjax/train/reference.py).
       evaluator: held-out accuracy and pass@k.
       cold_start: the cold start's batches (None without one).
     """
@@ -183,15 +185,14 @@ def meshes(cfg: config_lib.RunConfig, devices: Any = None) -> tuple[jax.sharding
 def make_trainers(cfg: config_lib.RunConfig, model_config: model_config_lib.ModelConfig,
                   mesh: jax.sharding.Mesh) -> tuple[Trainer, Trainer | None]:
     """RL's trainer, and the cold start's (None without a cold start)."""
-    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.optimizer, mesh,
+    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
                       temperature=cfg.sampling.temperature)
     if not cfg.cold_start.steps:
         return trainer, None
     # Its own optimizer: the cold start's learning rate, no warmup, and
     # moments that RL does not inherit (module docstring).
-    cold_opt = dataclasses.replace(cfg.optimizer, lr=cfg.cold_start.lr, warmup_steps=0, schedule="constant")
     return trainer, Trainer(model_config, cold_start_lib.ColdStart.train_section(cfg.train),
-                            LossConfig(agg=reduce.TOKEN_MEAN), cold_opt, mesh)
+                            LossConfig(agg=reduce.TOKEN_MEAN), cfg.cold_start_optimizer, mesh)
 
 
 def eval_sampling(cfg: config_lib.RunConfig, sampling: SamplingConfig) -> SamplingConfig:

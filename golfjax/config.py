@@ -21,6 +21,7 @@ Every error names the full dotted key and what it accepts, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Mapping
 
@@ -28,15 +29,20 @@ import numpy as np
 
 from golfjax import advantages
 from golfjax import losses
+from golfjax.config_dict import ConfigError
 from golfjax.config_dict import build  # noqa: F401  (config_lib.build: the entry point)
 from golfjax.config_dict import to_dict  # noqa: F401
 from golfjax.losses import LossConfig
-from golfjax.sampling import SamplingConfig
-from golfjax.train import nonfinite
-from golfjax.train.state import OptimizerConfig
+from golfjax.losses import kl
+from golfjax.optimizer_config import OptimizerConfig
+from golfjax.sampling_config import SamplingConfig
 
-KL_ESTIMATORS = ("k1", "k3")
-NONFINITE_MODES = nonfinite.POLICIES  # What the run loop's NonfiniteGuard accepts.
+KL_ESTIMATORS = kl.ESTIMATORS  # What the KL term's estimator accepts.
+# Where the KL term goes: the loss (TRL's beta, verl's use_kl_loss) or each
+# sequence's reward (verl's use_kl_in_reward); docs/algorithms.md#kl-penalty.
+KL_PLACES = ("loss", "reward")
+# What the run loop does after a skipped non-finite update (golfjax/train/nonfinite.py).
+NONFINITE_MODES = ("skip", "raise")
 
 
 def _check(section: Any, checks: Mapping[str, tuple[bool, str]]) -> None:
@@ -197,8 +203,17 @@ class TrainSection:
     off_policy_loss: str = "shaping"  # GOLF's injected tokens.
     advantage: str = "grpo"
     micro_batches: int = 1  # M: gradient accumulation; the rows N must divide by it.
+    # KL penalty to a frozen reference policy (docs/algorithms.md#kl-penalty):
+    # its weight (0: no term and no reference kept), its estimator (k1, k2,
+    # k3; verl's kl, mse, low_var_kl), and where it goes: "loss" adds
+    # kl_coef * KL to the objective, "reward" subtracts kl_coef * (the
+    # sequence's summed KL) from each reward before the advantages.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    kl_in: str = "loss"
+    # The reference: "" is RL's starting parameters (the cold start's last, or
+    # the model's), else a local Hugging Face checkpoint of the same architecture.
+    ref_path: str = ""
     entropy_coef: float = 0.0
     logp_chunk: int = 128  # Response positions per log-prob chunk (memory vs speed).
     # Score old_logp with the trainer once per rollout, before its first
@@ -220,9 +235,12 @@ class TrainSection:
             "steps": (self.steps >= 0, ">= 0 (0: cold start only)"),
             "prompts_per_step": (self.prompts_per_step >= 1, ">= 1"),
             "micro_batches": (self.micro_batches >= 1, ">= 1"),
-            "kl_coef": (self.kl_coef >= 0, ">= 0"),
+            "kl_coef": (0 <= self.kl_coef < math.inf, "a finite number >= 0"),
             "kl_estimator": _one_of(self, "kl_estimator", KL_ESTIMATORS),
-            "entropy_coef": (self.entropy_coef >= 0, ">= 0"),
+            "kl_in": _one_of(self, "kl_in", KL_PLACES),
+            "ref_path": (not self.ref_path or self.kl_coef > 0,
+                         "'' while kl_coef = 0 (no KL term reads a reference)"),
+            "entropy_coef": (0 <= self.entropy_coef < math.inf, "a finite number >= 0"),
             "logp_chunk": (self.logp_chunk >= 1, ">= 1"),
             "nonfinite": _one_of(self, "nonfinite", NONFINITE_MODES),
             "max_consecutive_skips": (self.max_consecutive_skips >= 0, ">= 0"),
@@ -233,7 +251,9 @@ class TrainSection:
 class ColdStartSection:
     """Supervised warm-up on the task's reference solutions (0 steps: none).
 
-    golfjax/loops/cold_start.py builds its batches. RL then starts with fresh
+    golfjax/loops/cold_start.py builds its batches. It trains at the constant
+    rate `lr` with an optimizer of its own (the `optimizer` section's other
+    settings, no warmup, `cold_start_optimizer`). RL then starts with fresh
     optimizer moments, and `optimizer.warmup_steps` ramps RL's learning rate
     from 0 (golfjax/components.py explains the choice).
     """
@@ -259,7 +279,7 @@ class ColdStartSection:
         _check(self, {
             "steps": (self.steps >= 0, ">= 0 (0: no cold start)"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
-            "lr": (self.lr > 0, "> 0"),
+            "lr": (0 < self.lr < math.inf, "a finite number > 0"),
             "refine_fraction": (0 <= self.refine_fraction <= 1, "in [0, 1]"),
             # steps = 0 switches the cold start off, whatever the other keys say.
             "refine_first_steps": (
@@ -417,24 +437,60 @@ class RunConfig:
         """Global steps of the run: the cold start's, then RL's."""
         return self.cold_start.steps + self.train.steps
 
+    @property
+    def rl_optimizer(self) -> OptimizerConfig:
+        """RL's optimizer: the `optimizer` section, its schedule's horizon RL's
+        `train.steps` (the schedule counts RL's own updates from 0)."""
+        return dataclasses.replace(self.optimizer, total_steps=max(self.train.steps, 1))
+
+    @property
+    def cold_start_optimizer(self) -> OptimizerConfig:
+        """The cold start's optimizer: the `optimizer` section at the constant
+        rate `cold_start.lr`, no warmup, over `cold_start.steps`."""
+        return dataclasses.replace(self.optimizer, lr=self.cold_start.lr, warmup_steps=0, schedule="constant",
+                                   total_steps=max(self.cold_start.steps, 1))
+
+
+def _check_rl(cfg: RunConfig) -> None:
+    """The schedule's horizon, greedy groups: RL settings that train wrongly without an error."""
+    opt, steps = cfg.optimizer, cfg.train.steps
+    if opt.total_steps and opt.total_steps != steps:
+        raise ConfigError(
+            f"config.optimizer.total_steps={opt.total_steps} but config.train.steps={steps}: the"
+            " learning-rate schedule spans RL's steps; leave total_steps at 0 (the default) to take them")
+    # The warmup ends before the last update: at the peak rate (constant), or
+    # with a step left to decay over (cosine, whose last update is at the floor).
+    room = steps - 1 if opt.schedule == "cosine" else steps
+    if steps and opt.warmup_steps and opt.warmup_steps >= room:
+        raise ConfigError(
+            f"config.optimizer.warmup_steps={opt.warmup_steps}; expected < {room} (config.train.steps ="
+            f" {steps}{' - 1' if opt.schedule == 'cosine' else ''}), or the rate never reaches"
+            f" {'its floor' if opt.schedule == 'cosine' else 'config.optimizer.lr'}")
+    sampling = cfg.sampling
+    if steps and sampling.temperature == 0 and sampling.group_size > 1:
+        raise ConfigError(
+            f"config.sampling.temperature=0 (greedy) with config.sampling.group_size={sampling.group_size}:"
+            f" a group's samples would be identical and every {cfg.train.advantage!r} advantage"
+            " (config.train.advantage) 0; expected a temperature > 0")
+
 
 def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
     """The constraints between sections, checked before anything is built.
 
     Raises:
-      ValueError naming the dotted keys involved and what they accept.
+      ConfigError naming the dotted keys involved and what they accept.
     """
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     devices = device_count - (cfg.schedule.rollout_devices if cfg.schedule.async_rollout else 0)
     if devices < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config.schedule.rollout_devices={cfg.schedule.rollout_devices} leaves no device to"
             f" train on ({device_count} devices)")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes and devices % known == 0:
         sizes[sizes.index(-1)] = devices // known
     if int(np.prod(sizes)) != devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh: data x fsdp x tensor = {cfg.mesh.data} x {cfg.mesh.fsdp} x"
             f" {cfg.mesh.tensor} does not fit the {devices} training devices")
     shards = sizes[0] * sizes[1]
@@ -446,21 +502,22 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
         rows["config.cold_start.batch_size"] = cfg.cold_start.batch_size
     for name, value in rows.items():
         if value % shards:
-            raise ValueError(f"{name} = {value} rows do not split over the mesh's {shards} data x fsdp devices")
+            raise ConfigError(f"{name} = {value} rows do not split over the mesh's {shards} data x fsdp devices")
         if name.startswith("config.train") and value % cfg.train.micro_batches:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} = {value} rows do not split into config.train.micro_batches ="
                 f" {cfg.train.micro_batches}")
+    _check_rl(cfg)
     if cfg.train.steps % cfg.schedule.minibatches:
-        raise ValueError(
+        raise ConfigError(
             f"config.train.steps={cfg.train.steps} is not a multiple of config.schedule.minibatches ="
             f" {cfg.schedule.minibatches}; every rollout is trained to the end")
     if cfg.schedule.rollout_devices and cfg.train.recompute_old_logp:
-        raise ValueError(
+        raise ConfigError(
             f"config.schedule.rollout_devices={cfg.schedule.rollout_devices} needs"
             " config.train.recompute_old_logp=False (the sampler's log-probs)")
     if cfg.schedule.async_rollout and process_count > 1:  # Each worker would drop rollouts on its own timing.
-        raise ValueError(
+        raise ConfigError(
             f"config.schedule.async_rollout=True does not support multi-process runs ({process_count}"
             " processes); use the synchronous schedule (config.schedule.minibatches)")
     from golfjax.rewards import make_task  # The tasks check their own arguments.
@@ -472,8 +529,8 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
         try:
             make_task(cfg.task.name, **task_kwargs)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{key}: task {cfg.task.name!r} refuses {task_kwargs}: {e}") from None
+            raise ConfigError(f"{key}: task {cfg.task.name!r} refuses {task_kwargs}: {e}") from None
     if cfg.task.dataset and cfg.train.prompts_per_step % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"config.train.prompts_per_step = {cfg.train.prompts_per_step} does not split over"
             f" {process_count} processes, each reading its own shard of config.task.dataset")

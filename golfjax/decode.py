@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +19,7 @@ from golfjax import draw
 from golfjax.models import cache as cache_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    from golfjax.sampling import SamplingConfig
+from golfjax.sampling_config import SamplingConfig
 
 Params = Any
 
@@ -94,7 +92,7 @@ class DecodeState:
 
 
 def _record(state: DecodeState, token_N: jax.Array, logp_N: jax.Array,
-            cache: cache_lib.KVCache, cfg: "SamplingConfig") -> DecodeState:
+            cache: cache_lib.KVCache, cfg: SamplingConfig) -> DecodeState:
     """Writes column `state.step`; rows already done get padding."""
     live_N = ~state.done_N
     token_N = jnp.where(live_N, token_N, cfg.pad_id)
@@ -131,7 +129,7 @@ def decode(
     key: jax.Array,
     *,
     model_config: ModelConfig,
-    cfg: "SamplingConfig",
+    cfg: SamplingConfig,
     split_layers: bool,
     recent_buffer: bool = False,
 ) -> Rollout:
@@ -212,8 +210,8 @@ def decode(
 
 def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
                 first_position_N: jax.Array, key: jax.Array,
-                model_config: ModelConfig, cfg: "SamplingConfig") -> DecodeState:
-    """One decode step: a T = 1 forward pass of every row, a draw, the record.
+                model_config: ModelConfig, cfg: SamplingConfig) -> DecodeState:
+    """One decode step: a Q = 1 forward pass of every row, a draw, the record.
 
     The body of every decode loop; `mask_NxS` covers the loop's S cache slots
     and `first_position_N` is each row's RoPE position of response token 0.

@@ -1,25 +1,22 @@
 """The per-step token distribution of the sampler: truncation, draw, log-probs.
 
-Letters (the project's, golfjax/types.py): N rows, V vocabulary; here also C
-candidate tokens kept by top-k, Cb blocks of the CDF over them, W candidates
-per block, X any leading axes. golfjax/sampling.py describes the distribution
+Letters (the project's, golfjax/types.py): N rows, V vocabulary, C candidate
+tokens kept by top-k, Cb blocks of the CDF over them, Cw candidates per block,
+X any leading axes. golfjax/sampling.py describes the distribution
 sampled from and how a trainer recomputes its log-probs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from golfjax.sampling import SamplingConfig
+from golfjax.sampling_config import SamplingConfig
 
 _CDF_BLOCK = 128  # Candidates per block of the two-level CDF in `_draw`.
 
 
-def _truncate(scaled_XxV: jax.Array, cfg: "SamplingConfig"
+def _truncate(scaled_XxV: jax.Array, cfg: SamplingConfig
               ) -> tuple[jax.Array, jax.Array | None]:
     """The processed logits over the kept candidates, and their token ids.
 
@@ -42,7 +39,7 @@ def _truncate(scaled_XxV: jax.Array, cfg: "SamplingConfig"
     return top_XxC, ids_XxC
 
 
-def processed_log_probs(logits_XxV: jax.Array, cfg: "SamplingConfig") -> jax.Array:
+def processed_log_probs(logits_XxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """Log-probs of the distribution `sample` draws from, over the whole vocabulary.
 
     `log_softmax(logits / temperature)` with the top-k / top-p cuts of `cfg`
@@ -69,7 +66,7 @@ def _last_positive(mass_NxC: jax.Array) -> jax.Array:
                              jnp.arange(c, dtype=jnp.int32)[None, :], 0), axis=1)
 
 
-def _max_and_sum_exp(x_NxCbxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _max_and_sum_exp(x_NxCbxCw: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per block, `max(x)` and `sum(exp(x - max(x)))` in one pass over x.
 
     A variadic reduction whose reducer merges two partial (max, sum) pairs by
@@ -84,10 +81,10 @@ def _max_and_sum_exp(x_NxCbxW: jax.Array) -> tuple[jax.Array, jax.Array]:
         scaled_b = jnp.where(sum_b > 0, sum_b * jnp.exp(max_b - top), 0.0)
         return top, scaled_a + scaled_b
 
-    ones = jnp.where(x_NxCbxW > -jnp.inf, 1.0, 0.0).astype(x_NxCbxW.dtype)
-    return jax.lax.reduce((x_NxCbxW, ones),
-                          (jnp.array(-jnp.inf, x_NxCbxW.dtype),
-                           jnp.array(0.0, x_NxCbxW.dtype)), merge, (2,))
+    ones = jnp.where(x_NxCbxCw > -jnp.inf, 1.0, 0.0).astype(x_NxCbxCw.dtype)
+    return jax.lax.reduce((x_NxCbxCw, ones),
+                          (jnp.array(-jnp.inf, x_NxCbxCw.dtype),
+                           jnp.array(0.0, x_NxCbxCw.dtype)), merge, (2,))
 
 
 def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -109,8 +106,8 @@ def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     if blocks * width != c:
         x_NxC = jnp.pad(x_NxC, ((0, 0), (0, blocks * width - c)),
                         constant_values=-jnp.inf)
-    x_NxCbxW = x_NxC.reshape(n, blocks, width)
-    block_max_NxCb, block_sum_NxCb = _max_and_sum_exp(x_NxCbxW)
+    x_NxCbxCw = x_NxC.reshape(n, blocks, width)
+    block_max_NxCb, block_sum_NxCb = _max_and_sum_exp(x_NxCbxCw)
     top_N = jnp.max(block_max_NxCb, axis=-1)
     block_NxCb = jnp.where(block_sum_NxCb > 0, block_sum_NxCb * jnp.exp(
         block_max_NxCb - top_N[:, None]), 0.0)
@@ -120,20 +117,20 @@ def _draw(logits_NxC: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     block_N = jnp.minimum(
         jnp.sum(cdf_NxCb <= u_N[:, None], axis=-1, dtype=jnp.int32),
         _last_positive(block_NxCb))
-    x_NxW = jnp.take_along_axis(x_NxCbxW, block_N[:, None, None], axis=1)[:, 0]
-    p_NxW = jnp.exp(x_NxW - top_N[:, None])
+    x_NxCw = jnp.take_along_axis(x_NxCbxCw, block_N[:, None, None], axis=1)[:, 0]
+    p_NxCw = jnp.exp(x_NxCw - top_N[:, None])
     before_N = (jnp.take_along_axis(cdf_NxCb, block_N[:, None], axis=1) -
                 jnp.take_along_axis(block_NxCb, block_N[:, None], axis=1))[:, 0]
-    cdf_NxW = jnp.cumsum(p_NxW, axis=-1)
+    cdf_NxCw = jnp.cumsum(p_NxCw, axis=-1)
     within_N = jnp.minimum(
-        jnp.sum(cdf_NxW <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),
-        _last_positive(p_NxW))
+        jnp.sum(cdf_NxCw <= (u_N - before_N)[:, None], axis=-1, dtype=jnp.int32),
+        _last_positive(p_NxCw))
     choice_N = block_N * width + within_N
-    picked_N = jnp.take_along_axis(x_NxW, within_N[:, None], axis=-1)[:, 0]
+    picked_N = jnp.take_along_axis(x_NxCw, within_N[:, None], axis=-1)[:, 0]
     return choice_N, picked_N - top_N - jnp.log(total_N)
 
 
-def sample(logits_NxV: jax.Array, key: jax.Array, cfg: "SamplingConfig"
+def sample(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
            ) -> tuple[jax.Array, jax.Array]:
     """One token per row and its behaviour log-prob (module docstring).
 

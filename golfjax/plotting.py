@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 
-def eval_curve(records: Sequence[Mapping[str, float]], x_key: str = "samples/generated",
+def eval_curve(records: Sequence[Mapping[str, float]], x_key: str = "samples/generated_total",
                y_key: str = "eval/accuracy") -> tuple[list[float], list[float]]:
     """(x, y) of every record with an evaluation; x is 0 before the first RL step."""
     xs, ys = [], []

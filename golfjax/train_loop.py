@@ -9,16 +9,23 @@ The work directory is the identity of a run:
       metrics.jsonl         one JSON record per step, each step exactly once
       tensorboard/          event files
       tokenizer/            the built-in task tokenizer, when used
+      reference/            the KL term's reference when it is the cold
+                            start's last parameters (golfjax/train/reference.py)
 
 Starting a run in a directory that holds a checkpoint resumes it exactly (same
 parameters, optimizer moments, data order and sampling keys) from the newest
-intact step; a damaged step is reported in one line and skipped. The config
-may then differ from the saved one only in keys that lengthen a finished run or
-change what is measured (`checkpoint.RESUMABLE_KEYS`: `train.steps`, `eval.*`);
-those changes are printed, and any other difference stops the run with an
-error naming every differing key. SIGTERM (preemption) and Ctrl-C save a
+step that verifies and restores finite; a damaged step is reported in one line
+and set aside. The config may then differ from the saved one only in keys that
+lengthen a finished run or change what is measured (`checkpoint.RESUMABLE_KEYS`:
+`train.steps`, unless a cosine schedule spans it, and `eval.*`); those changes
+are printed, and any other difference stops the run with an error naming every
+differing key. SIGTERM (preemption) and Ctrl-C save a
 checkpoint and return cleanly; a second Ctrl-C interrupts at once. A second run
 on a locked directory fails at once, naming the holder.
+
+Every check of the config and of its inputs (the task's problems, a
+reference checkpoint's architecture) runs before the lock is taken, so a
+refused run writes nothing.
 
 Phases: an optional supervised cold start (`cold_start.steps` steps,
 golfjax/loops/cold_start.py), then `train.steps` RL optimizer steps, each one
@@ -41,9 +48,11 @@ import numpy as np
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax import metrics as metrics_lib
+from golfjax.rewards import make_task
 from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import interrupts as interrupts_lib
 from golfjax.train import nonfinite as nonfinite_lib
+from golfjax.train import reference as reference_lib
 from golfjax.train import workdir as workdir_lib
 from golfjax.train.state import TrainState
 
@@ -63,6 +72,51 @@ def rl_start(c: components_lib.Components, state: TrainState) -> TrainState:
     return state.replace(step=jax.device_put(np.int32(step), state.step.sharding))
 
 
+def check_inputs(cfg: config_lib.RunConfig) -> None:
+    """The checks that read the run's inputs rather than its config: the
+    task's splits against `train.prompts_per_step`, and `train.ref_path`'s
+    architecture. They write nothing, and run before the lock.
+
+    Raises:
+      ConfigError naming the dotted key.
+    """
+    task = make_task(cfg.task.name, **cfg.task.task_kwargs())
+    sizes = {split: len(task.load(split)) for split in ("train", "test")}
+    for split, size in sizes.items():
+        if not size:
+            raise config_lib.ConfigError(
+                f"config.task: task {cfg.task.name!r} with kwargs {cfg.task.task_kwargs()} has an empty {split} split")
+    # A dataset run's processes read a shard each (golfjax/data/pipeline.py).
+    shards = jax.process_count() if cfg.task.dataset else 1
+    have, need = sizes["train"] // shards, cfg.train.prompts_per_step // shards
+    if cfg.train.steps and need > have:
+        where = f" ({have} per process of {shards})" if shards > 1 else ""
+        raise config_lib.ConfigError(
+            f"config.train.prompts_per_step={cfg.train.prompts_per_step} exceeds the {sizes['train']} problems"
+            f" in the train split of task {cfg.task.name!r}{where}; expected at most that many")
+    reference_lib.check_path(cfg)
+
+
+def _check_resume(cfg: config_lib.RunConfig, found: checkpoint_lib.Found, config_dict: dict[str, Any],
+                  workdir: str) -> list[str]:
+    """The changes of `cfg` since `found`'s config that a resume allows.
+
+    Raises:
+      ConfigError naming every refused key.
+    """
+    resumable = checkpoint_lib.RESUMABLE_KEYS
+    cosine = cfg.optimizer.schedule == "cosine"
+    if cosine:  # The schedule spans train.steps: another value changes every step's rate.
+        resumable = tuple(k for k in resumable if k != "train.steps")
+    allowed, refused = checkpoint_lib.config_changes(found.config, config_dict, resumable)
+    if refused:
+        why = (" (train.steps is the cosine schedule's horizon: start a new run to change it)"
+               if cosine and any(r.startswith("train.steps:") for r in refused) else "")
+        raise config_lib.ConfigError(
+            f"{workdir} holds a run with a different config; differing keys: " + "; ".join(refused) + why)
+    return allowed
+
+
 def train(config: Any, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the experiment described by `config` in `workdir`.
 
@@ -74,16 +128,19 @@ def train(config: Any, workdir: str) -> dict[str, float]:
       The last logged metrics (host floats).
 
     Raises:
-      ValueError: a config value is invalid (naming its dotted key), or differs
-        from the checkpoint's in a key that a resume may not change.
+      ConfigError (a ValueError): a config value is invalid (naming its
+        dotted key), or differs from the checkpoint's in a key that a resume
+        may not change.
       WorkdirLockedError: another run holds `workdir`.
       CheckpointError: `workdir` holds checkpoints and none is intact.
       FloatingPointError: the non-finite policy stopped the run.
+      OSError: the work directory cannot be written (read-only, full).
     """
     # ------------------------------------------------------------ config
     # Every value is checked before anything is built or written.
     cfg = config if isinstance(config, config_lib.RunConfig) else config_lib.build(config_lib.RunConfig, config)
     config_lib.validate(cfg, jax.device_count(), jax.process_count())
+    check_inputs(cfg)
     workdir = os.path.abspath(workdir)
     primary = jax.process_index() == 0
 
@@ -108,20 +165,16 @@ def _train_locked(
     cold_steps, total = cfg.cold_start.steps, cfg.total_steps
 
     # ------------------------------------------------------------ restore (config)
-    found = ckpt.newest_intact(report=say)
+    # The newest step whose digest and config read, for the config check;
+    # nothing is moved or reported yet (`restore_newest` below does both).
+    found = ckpt.newest_intact(report=lambda _: None, set_aside=False)
     if found is not None:
-        allowed, refused = checkpoint_lib.config_changes(found.config, config_dict)
-        if refused:
-            raise ValueError(
-                f"{workdir} holds a run with a different config; differing keys: " + "; ".join(refused))
+        allowed = _check_resume(cfg, found, config_dict, workdir)
         if found.step >= total:
             say(f"the run is complete at step {found.step} (cold_start.steps + train.steps ="
                 f" {total}); nothing to do")
             records = metrics_lib.read_metrics(workdir)
             return {k: float(v) for k, v in (records[-1] if records else {}).items() if k != "step"}
-        say(f"resuming from checkpoint step {found.step}")
-        if allowed:
-            say("settings changed since the checkpoint: " + "; ".join(allowed))
 
     # ------------------------------------------------------------ build
     c, initial_params = components_lib.build(cfg, workdir)
@@ -129,6 +182,16 @@ def _train_locked(
     rl_data = c.rl_data()
     counters = {"prompts": 0, "samples": 0}
     rng = jax.random.PRNGKey(cfg.seed)
+    # The KL term's frozen reference (golfjax/train/reference.py): a checkpoint
+    # directory's, or RL's starting parameters; those of a cold start are
+    # taken where RL starts (below), or restored when resuming after it.
+    kl = cfg.train.kl_coef > 0
+    reference = None
+    if kl and cfg.train.ref_path:
+        reference = reference_lib.load_path(cfg.train.ref_path, c.model_config, c.mesh)
+    elif kl and not cold_steps:
+        # A fresh state may take (and the first step donate) these very buffers.
+        reference = initial_params if found is not None else reference_lib.copy(initial_params)
 
     # ------------------------------------------------------------ restore (state)
     if found is None:
@@ -136,13 +199,27 @@ def _train_locked(
         state = first.init_state(initial_params, cfg.seed)
     else:
         # A checkpoint of the cold start (up to its last step) holds its optimizer's state.
-        trainer = c.cold_start_trainer if found.step <= cold_steps and cold_steps else c.trainer
-        state, _ = ckpt.restore(trainer.abstract_state, found.step)
+        def abstract_state(step: int) -> TrainState:
+            return (c.cold_start_trainer if step <= cold_steps and cold_steps else c.trainer).abstract_state
+
+        # The newest step that also restores, finite; damaged newer ones are set aside.
+        newest = found.step
+        found = ckpt.restore_newest(abstract_state, report=say)
+        if found.step != newest:
+            allowed = _check_resume(cfg, found, config_dict, workdir)
+        say(f"resuming from checkpoint step {found.step}")
+        if allowed:
+            say("settings changed since the checkpoint: " + "; ".join(allowed))
+        state = found.state
         rl_data.restore(found.data["rl"])
         if cold_data is not None:
             cold_data.restore(found.data["sft"])
         counters = dict(found.data["counters"])
+        if kl and reference is None and found.step > cold_steps:
+            reference = reference_lib.restore(workdir, c.trainer.abstract_state.params)
     del initial_params
+    if reference is not None:
+        c.schedule.use_reference(reference)
     step = int(state.step)
     guard = nonfinite_lib.NonfiniteGuard(
         cfg.train.nonfinite, cfg.train.max_consecutive_skips, streak=int(counters.pop("nonfinite_streak", 0)))
@@ -180,11 +257,14 @@ def _train_locked(
             else:
                 if step == cold_steps and cold_steps:
                     state = rl_start(c, state)
+                    if kl and not cfg.train.ref_path:  # RL's starting parameters, kept for resumes.
+                        c.schedule.use_reference(reference_lib.copy(state.params))
+                        reference_lib.save(workdir, c.schedule.reference)
                 state, last = c.schedule.step(state, rl_data, jax.random.fold_in(rng, step))
                 counters["prompts"] += cfg.train.prompts_per_step
-                counters["samples"] += int(last.pop("samples/generated"))
+                counters["samples"] += int(last["samples/generated"])
                 last["samples/prompts_seen"] = counters["prompts"]
-                last["samples/generated"] = counters["samples"]
+                last["samples/generated_total"] = counters["samples"]
             # Trained response tokens per second of the whole step (rollout,
             # scoring and update; evaluation excluded).
             last["perf/tokens_per_s"] = last["train/response_tokens"] / (time.monotonic() - started)

@@ -1,23 +1,10 @@
 """The one batch that flows through a train step, for every algorithm.
 
 Shape letters, the project's one definition. Array names end in their shape
-(`logp_NxT`, `reward_BxG`); every module uses these meanings:
-
-  B   prompts (problems) of a rollout or mini-batch
-  G   samples per prompt (a group)
-  N   rows (sequences); N = B * G in a rollout
-  P   prompt tokens (left-padded)
-  T   response tokens (right-padded)
-  S   tokens of a full sequence in the model, S = P + T
-  V   vocabulary
-  D   model width
-  H   query heads
-  K   key/value heads
-  Dh  head dim (the width of one head)
-  L   layers
-  F   MLP width
-  M   micro-batches of a train step
-
+(`logp_NxT`, `reward_BxG`), the axes joined by `x`; `SHAPE_LETTERS` below
+gives each letter's one meaning, the same in every module. Letters written
+together are one flattened axis, their product (`QR` = Q * R, one kv head's
+queries in attention); a literal size is written as itself (`q_Nx1xKxRxDh`).
 A count of optimizer steps between a rollout's policy and the policy trained
 on it is written out as `staleness`, never a letter.
 
@@ -37,6 +24,44 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# Every shape symbol: a capital letter, or for a symbol of one module a capital
+# and a qualifier (Dh, Dh2). tests/types_test.py checks that array names use no
+# other.
+SHAPE_LETTERS = {
+    "B": "prompts (problems) of a rollout or mini-batch; the sampler's batch bucket",
+    "G": "samples per prompt (a group)",
+    "N": "rows (sequences); N = B * G in a rollout",
+    "P": "prompt tokens (left-padded)",
+    "T": "response tokens (right-padded)",
+    "S": ("slots of a whole sequence, the keys a query can attend to: S = P + T in a"
+          " training forward, a KV cache's slots in the sampler (at most P + T)"),
+    "Q": ("query tokens of one model call: S in a training forward, P in a prefill,"
+          " 1 in a decode step"),
+    "V": "vocabulary",
+    "D": "model width",
+    "F": "MLP width",
+    "H": "query heads",
+    "K": "key/value heads",
+    "R": "query heads per key/value head, H / K",
+    "Dh": "head dim (the width of one head)",
+    "Dh2": "half the head dim (RoPE's frequencies)",
+    "L": "layers",
+    "M": "micro-batches of a train step",
+    "C": "candidate tokens kept by top-k (golfjax/draw.py)",
+    "Cb": "blocks of the candidates' CDF (golfjax/draw.py)",
+    "Cw": "candidates per CDF block (golfjax/draw.py)",
+    "W": "slots of the sampler's float32 recent buffer (golfjax/models/cache.py)",
+    "I": "a dense layer's input features",
+    "O": "a dense layer's output features",
+    "Bq": "query tokens per block of blockwise attention",
+    "Bk": "key slots per block of blockwise attention",
+    "Nq": "query blocks of blockwise attention",
+    "Nk": "key blocks of blockwise attention",
+    "Nc": "chunks of the log-prob computation (golfjax/train/logprobs.py)",
+    "Tc": "response tokens per chunk of the log-prob computation",
+    "X": "any leading axes",
+}
 
 
 @jax.tree_util.register_dataclass

@@ -34,7 +34,7 @@ def test_errors_name_the_dotted_key():
     with pytest.raises(ValueError, match=r"config.sampling.prompt_buckets=3; expected a sequence"):
         config_dict.build(config_lib.RunConfig, {"sampling": {"prompt_buckets": 3}})
     # A library dataclass's own message (`OptimizerConfig.lr=...`) gets the dotted key too.
-    with pytest.raises(ValueError, match=r"^config.optimizer.lr=0.0; expected > 0$"):
+    with pytest.raises(ValueError, match=r"^config.optimizer.lr=0.0; expected a finite number > 0$"):
         config_dict.build(config_lib.RunConfig, _config(optimizer={"lr": 0.0}))
 
 

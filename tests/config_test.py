@@ -30,8 +30,14 @@ def test_round_trip_of_the_defaults():
 @pytest.mark.parametrize(
     "mapping, message",
     [
-        ({"train": {"lrr": 1.0}}, r"config.train: unknown key 'lrr'; known keys: advantage, "),
-        ({"optimizer": {"lr": 0.0}}, r"config.optimizer.lr=0.0; expected > 0"),
+        ({"train": {"lrr": 1.0}}, r"^unknown config key train.lrr; did you mean one of advantage, "),
+        ({"optimizer": {"lrr": 1.0}}, r"^unknown config key optimizer.lrr; did you mean optimizer.lr\?$"),
+        ({"optimizer": {"lr": 0.0}}, r"config.optimizer.lr=0.0; expected a finite number > 0"),
+        ({"optimizer": {"lr": float("inf")}}, r"^config.optimizer.lr=inf; expected a finite number > 0$"),
+        ({"cold_start": {"lr": float("nan")}}, r"^config.cold_start.lr=nan; expected a finite number > 0$"),
+        ({"train": {"kl_coef": float("inf")}}, r"^config.train.kl_coef=inf; expected a finite number >= 0$"),
+        ({"train": {"kl_in": "advantage"}}, r"^config.train.kl_in='advantage'; expected one of loss, reward$"),
+        ({"train": {"ref_path": "/ref"}}, r"^config.train.ref_path='/ref'; expected '' while kl_coef = 0"),
         ({"loss": {"agg": "mean"}}, r"config.loss.agg='mean' is not an aggregation mode"),
         ({"train": {"loss": "ppo"}}, r"config.train.loss: unknown loss 'ppo'; expected one of cispo"),
         ({"train": {"advantage": "gae"}}, r"config.train.advantage: unknown advantage 'gae'"),
@@ -58,9 +64,9 @@ def test_round_trip_of_the_defaults():
         ({"task": {"name": "chess"}}, r"config.task.name='chess'; expected one of arith"),
         ({"task": {"template_kwargs": {"enable thinking": 1}}}, r"config.task.template_kwargs: key 'enable thinking' is not an identifier"),
         ({"golf": {"critic": "oracle"}}, r"config.golf.critic='oracle'; expected '' or one of"),
-        ({"train": {"kl_estimator": "k2"}}, r"config.train.kl_estimator='k2'; expected one of k1, k3"),
+        ({"train": {"kl_estimator": "kl"}}, r"config.train.kl_estimator='kl'; expected one of k1, k2, k3"),
         ({"train": {"steps": "ten"}}, r"config.train.steps='ten'; expected int"),
-        ({"bogus": {}}, r"config: unknown key 'bogus'"),
+        ({"bogus": {}}, r"^unknown config key bogus; did you mean one of checkpoint, cold_start, "),
         ({"cold_start": {"refine_task_kwargs": {"min_digits": 3}}},
          r"config.cold_start.refine_task_kwargs=\{'min_digits': 3\} but refine_fraction = 0"),
         ({"cold_start": {"steps": 10, "refine_first_steps": 11}},
@@ -68,8 +74,18 @@ def test_round_trip_of_the_defaults():
     ],
 )
 def test_bad_keys_and_values_name_the_key(mapping, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.build(config_lib.RunConfig, mapping)
+
+
+def test_an_unknown_key_is_named_from_the_schema_for_the_command_line():
+    from golfjax.config_dict import unknown_key
+
+    assert unknown_key(config_lib.RunConfig, "train.steps") is None
+    assert unknown_key(config_lib.RunConfig, "task.kwargs.max_digits") is None  # The task checks its own.
+    assert unknown_key(config_lib.RunConfig, "train.stepz") == "unknown config key train.stepz; did you mean train.steps?"
+    assert unknown_key(config_lib.RunConfig, "trian.steps").startswith(
+        "unknown config key trian; did you mean train?")
 
 
 def test_model_section_overrides_only_what_it_sets():
@@ -141,3 +157,39 @@ def test_cross_section_constraints_name_their_keys():
     bad = config_lib.build(config_lib.RunConfig, _config(cold_start={"steps": 5, "task_kwargs": {"num_train": -1}}))
     with pytest.raises(ValueError, match=r"config.cold_start.task_kwargs: task 'arith' refuses"):
         config_lib.validate(bad, 8)
+
+
+@pytest.mark.parametrize("sections, message", [
+    # issue 26, Found 4: greedy groups are identical, so every group advantage is 0.
+    ({"sampling": {"temperature": 0.0}},
+     r"^config.sampling.temperature=0 \(greedy\) with config.sampling.group_size=8: a group's samples would"
+     r" be identical and every 'grpo' advantage \(config.train.advantage\) 0; expected a temperature > 0$"),
+    # issue 26, Found 2: the schedule spans RL's steps.
+    ({"optimizer": {"total_steps": 1000}},
+     r"^config.optimizer.total_steps=1000 but config.train.steps=100: the learning-rate schedule spans RL's"
+     r" steps; leave total_steps at 0 \(the default\) to take them$"),
+    ({"optimizer": {"schedule": "cosine", "warmup_steps": 99}},
+     r"^config.optimizer.warmup_steps=99; expected < 99 \(config.train.steps = 100 - 1\), or the rate never"
+     r" reaches its floor$"),
+    ({"optimizer": {"warmup_steps": 100}},
+     r"^config.optimizer.warmup_steps=100; expected < 100 \(config.train.steps = 100\), or the rate never"
+     r" reaches config.optimizer.lr$"),
+])
+def test_settings_that_would_train_wrongly_in_silence_are_refused(sections, message):
+    bad = config_lib.build(config_lib.RunConfig, _config(**sections))
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(bad, 8)
+
+
+def test_the_schedules_span_their_phases():
+    cfg = config_lib.build(config_lib.RunConfig, _config(
+        train={"steps": 40}, cold_start={"steps": 7}, optimizer={"total_steps": 40, "schedule": "cosine"}))
+    config_lib.validate(cfg, 8)  # An explicit horizon that agrees is fine.
+    assert cfg.rl_optimizer.total_steps == 40 and cfg.rl_optimizer.schedule == "cosine"
+    cold = cfg.cold_start_optimizer
+    assert (cold.total_steps, cold.schedule, cold.warmup_steps, cold.lr) == (7, "constant", 0, cfg.cold_start.lr)
+    # Greedy sampling is fine without a group, or without RL.
+    config_lib.validate(config_lib.build(config_lib.RunConfig, _config(
+        sampling={"temperature": 0.0, "group_size": 1}, train={"prompts_per_step": 16})), 8)
+    config_lib.validate(config_lib.build(config_lib.RunConfig, _config(
+        sampling={"temperature": 0.0}, train={"steps": 0})), 8)

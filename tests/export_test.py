@@ -15,6 +15,7 @@ from golfjax import sharding
 from golfjax.models import hf
 from golfjax.tokenizer import load_tokenizer
 from golfjax.train import checkpoint as checkpoint_lib
+from golfjax.train import state as state_lib
 from golfjax.train.trainer import Trainer
 
 
@@ -81,6 +82,15 @@ def test_export_then_rl_from_the_export(tmp_path, capsys):
     assert "reward/mean" in last and np.isfinite(last["loss"])
 
 
-def test_export_without_a_checkpoint_names_the_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*checkpoints"):
+def test_export_refusals_are_one_line(tmp_path, capsys):
+    # issue 26, Found 5: the message alone; 1 for the directory, 2 for a bad --step.
+    assert export_lib.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"no checkpoint in {tmp_path}/checkpoints\n"
+    with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint in .*checkpoints"):
         export_lib.export(str(tmp_path), str(tmp_path / "out"))
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"))
+    tx = state_lib.make_optimizer(state_lib.OptimizerConfig())
+    ckpt.save(1, state_lib.init_train_state({"w": np.ones((4, 4), np.float32)}, tx, seed=0), {}, {}, force=True)
+    ckpt.close()
+    assert export_lib.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out"), "--step", "7"]) == 2
+    assert capsys.readouterr().err == f"--step=7: no checkpoint for step 7 in {tmp_path}; saved steps: [1]\n"

@@ -13,6 +13,7 @@ from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax import train_loop
 from golfjax.tokenizer import Tokenizer
+from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import state as state_lib
 
 
@@ -34,7 +35,9 @@ def test_golf_two_steps_on_the_8_device_mesh(tmp_path):
     for key in ("reward_pre_injection/mean", "golf/injection_rate", "golf/refinement_success",
                 "refinement/mean", "reward/all_fail_frac", "eval/accuracy", "schedule/minibatches"):
         assert key in last, key
-    assert last["samples/generated"] == 2 * 2 * 4 * 4  # 2 steps x (original + refinement) x B x G
+    # Per step (original + refinement) x B x G; the total over the 2 steps.
+    assert [r.get("samples/generated") for r in _records(tmp_path)] == [None, 2 * 4 * 4, 2 * 4 * 4]
+    assert last["samples/generated_total"] == 2 * 2 * 4 * 4
     assert last["train/skipped_nonfinite"] == 0.0
     assert not any(key.startswith("vespo/") for key in last)  # Not the VESPO loss.
 
@@ -68,6 +71,10 @@ def test_conflicting_config_names_the_differing_keys(tmp_path, capsys):
     ("checkpoint", "every", 0, r"config.checkpoint.every=0; expected >= 1"),
     ("train", "steps", 3, r"config.train.steps=3 is not a multiple of config.schedule.minibatches = 2"),
     ("mesh", "tensor", 3, r"config.mesh: data x fsdp x tensor = 1 x -1 x 3 does not fit the 8"),
+    # issue 26, Found 4: known from the task's problems, before the lock and any write.
+    ("train", "prompts_per_step", 64, r"config.train.prompts_per_step=64 exceeds the 35 problems in the train split of task 'arith'"),
+    ("sampling", "temperature", 0.0, r"config.sampling.temperature=0 \(greedy\) with config.sampling.group_size=4"),
+    ("optimizer", "lr", float("inf"), r"config.optimizer.lr=inf; expected a finite number > 0"),
 ])
 def test_bad_values_are_refused_before_the_work_directory_is_touched(tmp_path, section, key, value, message):
     config = grpo_config.get_config("smoke")
@@ -106,15 +113,29 @@ def test_a_preemption_always_saves_the_step_it_stops_at(tmp_path, monkeypatch):
     assert _records(tmp_path)[-1]["step"] == saved == 4
 
 
+def test_a_cosine_run_may_not_change_its_steps_on_resume():
+    # issue 26, Found 2: the schedule spans train.steps, so a new value would
+    # change the rate of every step to come.
+    def cfg(**optimizer):
+        return config_lib.build(config_lib.RunConfig, {"train": {"steps": 40}, "optimizer": optimizer})
+
+    saved = config_lib.to_dict(config_lib.build(config_lib.RunConfig, {"optimizer": {"schedule": "cosine"}}))
+    found = checkpoint_lib.Found(step=5, config=saved, data={}, verified=True)
+    cosine = cfg(schedule="cosine")
+    with pytest.raises(config_lib.ConfigError, match=r"differing keys: train.steps: 100 -> 40 \(train.steps is"
+                                                     r" the cosine schedule's horizon"):
+        train_loop._check_resume(cosine, found, config_lib.to_dict(cosine), "/w")
+    saved["optimizer"]["schedule"] = "constant"
+    constant = cfg()
+    found = checkpoint_lib.Found(step=5, config=saved, data={}, verified=True)
+    assert train_loop._check_resume(constant, found, config_lib.to_dict(constant), "/w") == ["train.steps: 100 -> 40"]
+
+
 def test_the_rl_learning_rate_warms_up_from_zero():
     opt = state_lib.OptimizerConfig(lr=1e-3, warmup_steps=4)
     schedule = state_lib.make_schedule(opt)
     assert [float(schedule(i)) for i in range(6)] == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
-    # The cold start's optimizer never warms up: only RL starts from fresh moments.
-    config = grpo_config.get_config("smoke")
-    config.optimizer.warmup_steps = 4
-    cfg = config_lib.build(config_lib.RunConfig, config)
-    assert cfg.optimizer.warmup_steps == 4 and cfg.cold_start.steps > 0
+    # That the cold start's optimizer never warms up: tests/components_test.py.
 
 
 @pytest.mark.slow

@@ -122,6 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c = rl_config(golf=variant != "grpo")
     if variant == "smoke":
         c.train.steps = 2
+        c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 1)  # It ends before the last step.
         c.train.prompts_per_step = 4
         c.sampling.group_size = 4
         c.eval.every = 2

@@ -16,7 +16,7 @@ Source formats (one JSON object per line, chosen per dataset by `--format`):
   layout); the id is `extra_info.index` when the record has no `id`.
 
 GSM8K and MATH records are normalised exactly as the `math` task normalises
-them from JSONL (`golfjax.rewards.math.parse_record`: thousands commas dropped
+them from JSONL (golfjax/data/math_records.py: thousands commas dropped
 from GSM8K answers, calculator annotations stripped, the final answer in
 `\\boxed{}` in the reference solution). Every record becomes one example of the
 normalised schema `FEATURES`; the example order is the file order
@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from golfjax.data.jsonl import read_jsonl
-from golfjax.rewards.math import parse_record
+from golfjax.data.math_records import read_math_record
 
 NAME = "golfjax_prompts"
 FORMATS = ("gsm8k", "math", "dapo")
@@ -56,11 +56,11 @@ REQUIRED_FIELDS = {
     "math": ("problem", "solution"),
     "dapo": ("prompt", "reward_model"),
 }
-# The fields `parse_record` reads for each format; others are dropped first so
-# that a record cannot switch formats (a GSM8K record with a stray "problem").
+# The fields `read_math_record` reads for each format; others are dropped first
+# so that a record cannot switch formats (a GSM8K record with a stray "problem").
 _PARSED_FIELDS = {
-    "gsm8k": ("id", "question", "answer", "solution"),
-    "math": ("id", "problem", "solution", "answer"),
+    "gsm8k": ("question", "answer", "solution"),
+    "math": ("problem", "solution", "answer"),
 }
 
 FEATURES = tfds.features.FeaturesDict({
@@ -154,10 +154,10 @@ def normalize_record(record: Mapping[str, Any], fmt: str, index: int, where: str
         example = _dapo_example(record, where)
     else:
         fields = {k: record[k] for k in _PARSED_FIELDS[fmt] if k in record}
-        problem = parse_record(fields, index, where, prompt_suffix="")
+        read = read_math_record(fields, where)
         record_id = _record_id(record, "id", where) if "id" in record else ""
-        example = {"id": record_id, "question": problem.question, "answer": problem.answer,
-                   "solution": problem.solution}
+        example = {"id": record_id, "question": read.question, "answer": read.answer,
+                   "solution": read.solution}
     return {"index": index, "format": fmt, **example}
 
 

@@ -6,7 +6,7 @@ Maximising the log-likelihood of reference responses is REINFORCE with
 advantage 1 under `token-mean` aggregation: `l_t = -1 * logp_t`. So the cold
 start reuses the RL train step unchanged (loss "reinforce", `ColdStart.train_section`);
 this module only chooses each step's problems and lays out the examples of
-golfjax/data/cold_start.py (prompt ids, response ids ending in eos) as an
+golfjax/data/sft_examples.py (prompt ids, response ids ending in eos) as an
 ordinary `Batch` with advantage 1 on every row. It needs no sampler: a test
 drives `ColdStart.batch` with a tokenizer alone.
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from golfjax import config as config_lib
 from golfjax import feedback as critics_lib
-from golfjax.data import cold_start as data_cold_start
-from golfjax.data.cold_start import SFTExample
+from golfjax.data import sft_examples
+from golfjax.data.sft_examples import SFTExample
 from golfjax.data.iterator import EpochIterator
 from golfjax.feedback import refinement as refinement_lib
 from golfjax.rewards import make_task
@@ -121,7 +121,7 @@ class ColdStart:
         else:
             task, critic = self.task, None
             problems = [self.problems[i] for i in data.next()]
-        examples = data_cold_start.make_cold_start_examples(
+        examples = sft_examples.make_cold_start_examples(
             task, problems, self.tokenizer,
             critic=critic,
             refine_fraction=1.0 if refine else 0.0,
@@ -146,7 +146,8 @@ class ColdStart:
     def train_section(train: config_lib.TrainSection) -> config_lib.TrainSection:
         """The train step's section for supervised batches: REINFORCE with
         advantage 1, no KL or entropy term, the whole batch at once."""
-        return dataclasses.replace(train, loss="reinforce", kl_coef=0.0, entropy_coef=0.0, micro_batches=1)
+        return dataclasses.replace(
+            train, loss="reinforce", kl_coef=0.0, ref_path="", entropy_coef=0.0, micro_batches=1)
 
     @staticmethod
     def metrics(step_metrics: Mapping[str, float]) -> dict[str, float]:
@@ -154,6 +155,7 @@ class ColdStart:
         return {
             "cold_start/nll": step_metrics["loss"],
             "grad_norm": step_metrics["grad_norm"],
+            "optimizer/lr": step_metrics["optimizer/lr"],
             "train/response_tokens": step_metrics["train/response_tokens"],
             "train/skipped_nonfinite": step_metrics["train/skipped_nonfinite"],
         }

@@ -83,6 +83,13 @@ class GolfSource:
             tokenizer=self.groups.tokenizer, template_kwargs=self.groups.template_kwargs,
         )
 
+    def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
+        """The advantages of rows with these rewards over both parts at once:
+        per group id, the injected rows left out of their group's baseline
+        with `split_mean` (also after a KL penalty, golfjax/loops/schedule.py)."""
+        exclude = injected_N if self.cfg.split_mean else None
+        return np.asarray(self.groups.advantage(reward_N, np.asarray(group_id_N, np.int32), exclude))
+
     def with_sampler(self, sampler: Sampler) -> GolfSource:
         """The same source sampling rollouts and refinements with `sampler`."""
         return dataclasses.replace(self, groups=self.groups.with_sampler(sampler))
@@ -160,10 +167,7 @@ class GolfSource:
         # Original group b is id b; its refinement group is id B + b.
         group_id = np.concatenate([np.arange(n) // g, n // g + np.arange(n) // g]).astype(np.int32)
         reward = np.concatenate([arrays["reward_N"], refined_reward_N]).astype(np.float32)
-        exclude = None
-        if self.cfg.split_mean:
-            exclude = np.concatenate([injected.injected_N, np.zeros(n, bool)])
-        advantage = np.asarray(self.groups.advantage(reward, group_id, exclude))
+        advantage = self.advantages(reward, group_id, np.concatenate([injected.injected_N, np.zeros(n, bool)]))
         original_part = make_batch(
             prompt_tokens_NxP=np.asarray(original.prompt_tokens_NxP),
             prompt_mask_NxP=np.asarray(original.prompt_mask_NxP),

@@ -179,6 +179,12 @@ class GroupSource:
         info["samples/generated"] = float(b * g)
         return batch, info
 
+    def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
+        """The advantages of rows with these rewards, per group (e.g. after a
+        KL penalty, golfjax/loops/schedule.py); GRPO batches inject nothing."""
+        del injected_N
+        return np.asarray(self.advantage(reward_N, np.asarray(group_id_N, np.int32), None))
+
     def with_sampler(self, sampler: Sampler) -> GroupSource:
         """The same source sampling with `sampler` (e.g. on the rollout worker's devices)."""
         return dataclasses.replace(self, sampler=sampler)
@@ -210,9 +216,9 @@ class Evaluator:
                 self.tokenizer,
             )
             correct.append(groups.reward_BxG() >= 1.0)
-        correct_BxK = np.concatenate(correct, axis=0)
-        k = correct_BxK.shape[1]
+        correct_BxG = np.concatenate(correct, axis=0)
+        k = correct_BxG.shape[1]
         return {
-            "eval/accuracy": float(correct_BxK.mean()),
-            f"eval/pass@{k}": float(correct_BxK.any(axis=1).mean()),
+            "eval/accuracy": float(correct_BxG.mean()),
+            f"eval/pass@{k}": float(correct_BxG.any(axis=1).mean()),
         }

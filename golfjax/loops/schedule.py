@@ -37,6 +37,16 @@ deterministic. With `schedule.rollout_devices` the worker samples on devices
 of its own; where the two threads' programs could deadlock every device call
 holds `device_lock`, which evaluation takes too.
 
+KL to a reference (`train.kl_coef > 0`). Once the train loop hands the
+schedule the frozen reference parameters (`use_reference`), every rollout's
+mini-batches get their `ref_logp` from the trainer's log-prob program, right
+after (and exactly as) `old_logp`: once per rollout, with the same shardings.
+With `train.kl_in = "reward"` each row's reward then loses `kl_coef` times its
+summed KL estimate (between `old_logp`, the sampling policy, and `ref_logp`)
+and the advantages are recomputed by the source (`advantages`), as verl's
+`use_kl_in_reward` does for outcome rewards (docs/algorithms.md#kl-penalty);
+`reward/kl_penalty` is the mean penalty.
+
 Metrics per optimizer step, besides the train step's and the source's:
 `schedule/minibatches` (k), `schedule/minibatch` (j), `schedule/staleness`
 (learner steps between the behaviour policy and the policy trained),
@@ -63,9 +73,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from golfjax import metrics as metrics_lib
+from golfjax import sharding
 from golfjax.config import ScheduleSection
 from golfjax.loops import rollout_worker as worker_lib
 from golfjax.losses import importance
+from golfjax.losses import kl as kl_lib
 from golfjax.losses import reduce
 from golfjax.losses.config import LossConfig
 from golfjax.models import transformer
@@ -86,9 +98,13 @@ class BatchSource(Protocol):
         """One host mini-batch of `problems` sampled by `params`, and its metrics
         (incl. "samples/generated")."""
 
+    def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
+        """The advantages the source gives rows of these rewards (all parts of
+        a mini-batch at once); only `train.kl_in = "reward"` calls it."""
+
 
 @dataclasses.dataclass
-class Rollout:
+class RolloutBatches:
     """k mini-batches sampled by one policy version (host arrays).
 
     Attributes:
@@ -118,7 +134,7 @@ def collect_rollout(
     *,
     device_lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     stop: threading.Event | None = None,
-) -> Rollout | None:
+) -> RolloutBatches | None:
     """Samples one mini-batch per problem list, all with `params`.
 
     Mini-batch j uses `fold_in(key, j)`. Returns None if `stop` is set before
@@ -132,7 +148,15 @@ def collect_rollout(
             batch, info = source.sample(params, list(problems), jax.random.fold_in(key, j))
         minibatches.append(batch)
         infos.append(info)
-    return Rollout(minibatches, infos, version)
+    return RolloutBatches(minibatches, infos, version)
+
+
+@functools.partial(jax.jit, static_argnames=("estimator",))
+def sequence_kl(old_logp_NxT: jax.Array, ref_logp_NxT: jax.Array, mask_NxT: jax.Array,
+                estimator: str) -> jax.Array:
+    """Each row's KL estimate summed over its response tokens (`kl_lib.kl_penalty`)."""
+    kl_NxT = kl_lib.kl_penalty(old_logp_NxT, ref_logp_NxT, estimator)
+    return jnp.where(mask_NxT, kl_NxT, 0.0).sum(axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "with_phi"))
@@ -220,6 +244,7 @@ class RolloutSchedule:
         self.recompute_old_logp = recompute_old_logp
         self.off_policy = cfg.minibatches > 1 or cfg.async_rollout
         self.with_phi = trainer.cfg.loss == "vespo"
+        self._reference: Any = None
         self._async_key = jax.random.fold_in(key, _ASYNC_STREAM)
         self._worker_source = worker_source or source
         self._worker_shardings = None
@@ -229,17 +254,29 @@ class RolloutSchedule:
         if cfg.async_rollout:
             self.device_lock = worker_lib.make_device_lock(trainer.mesh, worker_mesh or trainer.mesh)
         self._pending: collections.deque[tuple[TrainBatch, dict[str, float]]] = collections.deque()
-        self._rollout: Rollout | None = None
+        self._rollout: RolloutBatches | None = None
         self._rollout_start = 0
         self._minibatch = 0
         # Asynchronous mode.
         self._store = worker_lib.ParameterStore()
-        self._worker: worker_lib.RolloutWorker[Rollout] | None = None
+        self._worker: worker_lib.RolloutWorker[RolloutBatches] | None = None
         self._data: Any = None
         self._consumed_data_state: Any = None
         self._published = 0
 
     # ------------------------------------------------------------ the train loop's API
+
+    def use_reference(self, params: Any) -> None:
+        """Fills every later rollout's `ref_logp` from `params`, the frozen
+        reference (device arrays laid out as the policy's; golfjax/train/reference.py).
+        The train loop calls it where RL starts, before the first rollout."""
+        self._reference = params
+
+    @property
+    def reference(self) -> Any:
+        """The reference parameters (one more copy of the policy's on the
+        learner's devices), or None without a KL term."""
+        return self._reference
 
     @property
     def at_boundary(self) -> bool:
@@ -329,7 +366,7 @@ class RolloutSchedule:
     def _draw(self, data: Any) -> list[list[Problem]]:
         return [[self.problems[i] for i in data.next()] for _ in range(self.cfg.minibatches)]
 
-    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[Rollout, dict[str, float]]:
+    def _next_rollout(self, state: TrainState, data: Any, key: jax.Array) -> tuple[RolloutBatches, dict[str, float]]:
         if not self.cfg.async_rollout:
             rollout = collect_rollout(self.source, state.params, self._draw(data), key, int(state.step))
             return rollout, {}
@@ -348,15 +385,40 @@ class RolloutSchedule:
             dropped += 1
             dropped_samples += rollout.samples
 
-    def _prepare(self, state: TrainState, rollout: Rollout) -> list[TrainBatch]:
-        """Device batches; in sync mode `old_logp` is rescored before any update."""
+    def _prepare(self, state: TrainState, rollout: RolloutBatches) -> list[TrainBatch]:
+        """Device batches; in sync mode `old_logp` (and `ref_logp`) are scored
+        before any update (asynchronous rollouts come scored: `_produce`)."""
         with self.device_lock:
             batches = [self.trainer.put_batch(b) for b in rollout.minibatches]
-            if self.recompute_old_logp and not self.cfg.async_rollout:
+            if self.cfg.async_rollout:
+                return batches
+            if self.recompute_old_logp:
                 batches = [self.trainer.with_old_logprobs(state, b) for b in batches]
+            if self._reference is not None:
+                batches = [self.trainer.with_ref_logprobs(self._reference, b) for b in batches]
+                if self.trainer.cfg.kl_in == "reward":
+                    batches = [self._kl_in_reward(self.source, b, info) for b, info in zip(batches, rollout.infos)]
             return batches
 
-    def _produce(self, params: Any, version: int, stopping: threading.Event) -> Rollout | None:
+    def _kl_in_reward(self, source: BatchSource, batch: TrainBatch, info: dict[str, float]) -> TrainBatch:
+        """`batch` (scored) with advantages of its rewards less `kl_coef` times each
+        row's summed KL; records the mean penalty in `info`."""
+        cfg, parts = self.trainer.cfg, _parts(batch)
+        host = sharding.global_to_host([
+            (sequence_kl(p.old_logp_NxT, p.ref_logp_NxT, p.response_mask_NxT, cfg.kl_estimator),
+             p.reward_N, p.group_id_N, p.off_policy_mask_NxT.any(axis=-1)) for p in parts])
+        penalty_N, reward_N, group_id_N, injected_N = (
+            np.concatenate([np.asarray(h[i]) for h in host]) for i in range(4))
+        penalty_N = cfg.kl_coef * penalty_N.astype(np.float64)
+        advantage_N = np.asarray(source.advantages(
+            (reward_N - penalty_N).astype(np.float32), group_id_N, injected_N), np.float32)
+        info["reward/kl_penalty"] = float(penalty_N.mean())
+        bounds = np.cumsum([0] + [p.num_rows for p in parts])
+        parts = tuple(self.trainer.put_batch(p.replace(advantage_N=advantage_N[lo:hi]))
+                      for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]))
+        return parts if isinstance(batch, tuple) else parts[0]
+
+    def _produce(self, params: Any, version: int, stopping: threading.Event) -> RolloutBatches | None:
         """Runs on the worker thread: one rollout with a parameter snapshot."""
         problem_lists = self._draw(self._data)
         data_state = self._data.state()
@@ -366,17 +428,25 @@ class RolloutSchedule:
         )
         if rollout is None:
             return None
-        if self.recompute_old_logp:  # Under the sampling parameters: the behaviour policy.
+        if self.recompute_old_logp or self._reference is not None:
             with self.device_lock:
-                rollout.minibatches = [self._host_old_logprobs(params, b) for b in rollout.minibatches]
+                rollout.minibatches = [self._host_logprobs(params, b, info)
+                                       for b, info in zip(rollout.minibatches, rollout.infos)]
         rollout.data_state = data_state
         return rollout
 
-    def _host_old_logprobs(self, params: Any, batch: TrainBatch) -> TrainBatch:
-        parts = tuple(
-            p.replace(old_logp_NxT=np.asarray(self.trainer.logprobs(params, self.trainer.put_batch(p))))
-            for p in _parts(batch))
-        return parts if isinstance(batch, tuple) else parts[0]
+    def _host_logprobs(self, params: Any, batch: TrainBatch, info: dict[str, float]) -> TrainBatch:
+        """Host `batch` with `old_logp` under `params` (the behaviour policy)
+        and `ref_logp` under the reference, as configured."""
+        parts = _parts(self.trainer.put_batch(batch))
+        if self.recompute_old_logp:
+            parts = tuple(p.replace(old_logp_NxT=self.trainer.logprobs(params, p)) for p in parts)
+        scored = parts if isinstance(batch, tuple) else parts[0]
+        if self._reference is not None:
+            scored = self.trainer.with_ref_logprobs(self._reference, scored)
+            if self.trainer.cfg.kl_in == "reward":
+                scored = self._kl_in_reward(self._worker_source, scored, info)
+        return sharding.global_to_host(scored)
 
     def _snapshot(self, params: Any) -> Any:
         """A copy of `params` that survives the donation of the learner's state."""

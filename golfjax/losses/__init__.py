@@ -5,8 +5,10 @@ Every entry of `LOSSES` (and of `OFF_POLICY_LOSSES`) has the signature
     fn(logp_NxT, old_logp_NxT, adv_N, mask_NxT, cfg, sampler_logp_NxT=None)
         -> (Weighted(sum, count), aux)
 
-with `cfg` a `LossConfig`. Return values are `(sum, count)` pairs so that
-micro-batch accumulation and cross-device sums give the exact global mean.
+with `cfg` a `LossConfig`. The loss and every diagnostic in `aux` are
+`(sum, count)` pairs (`Weighted`; a diagnostic is usually
+`reduce.weighted_mean(x, mask)`) so that micro-batch accumulation, batch parts
+and cross-device sums give the exact global mean.
 """
 
 from __future__ import annotations

@@ -77,12 +77,12 @@ def mis_mask(
 
 def correct_mismatch(
     x: inputs.PolicyInputs, cfg: LossConfig
-) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
+) -> tuple[jax.Array, jax.Array | None, dict[str, reduce.Weighted]]:
     """Applies the configured MIS and computes TIS log-weights.
 
     Returns:
       The (possibly reduced) bool mask, the TIS log-weights (None when TIS is
-      off) and diagnostics.
+      off) and diagnostics (`Weighted` means).
     """
     if (cfg.tis or cfg.mis != "none") and x.sampler_logp_NxT is None:
         raise ValueError(
@@ -97,12 +97,12 @@ def correct_mismatch(
         rejected = x.mask_NxT.sum() - mask_NxT.sum()
         aux["mis_reject_frac"] = reduce.Weighted(
             rejected.astype(jnp.float32), x.mask_NxT.sum().astype(jnp.float32)
-        ).value
+        )
     if cfg.tis:
         tis_log_w_NxT = tis_log_weights(
             x.old_logp_NxT, x.sampler_logp_NxT, cfg.tis_cap, cfg.log_ratio_clip
         )
-        aux["tis_weight_mean"] = reduce.masked_mean(
+        aux["tis_weight_mean"] = reduce.weighted_mean(
             jnp.exp(tis_log_w_NxT), mask_NxT
         )
     return mask_NxT, tis_log_w_NxT, aux
@@ -173,7 +173,7 @@ def vespo(
     mask_NxT: jax.Array,
     cfg: LossConfig = _DEFAULT_CFG,
     sampler_logp_NxT: jax.Array | None = None,
-) -> tuple[reduce.Weighted, dict[str, jax.Array]]:
+) -> tuple[reduce.Weighted, dict[str, reduce.Weighted]]:
     """VESPO: REINFORCE reweighted by a closed-form kernel of the sequence weight.
 
     Shen et al., "VESPO: Variational Sequence-Level Soft Policy Optimization
@@ -194,7 +194,11 @@ def vespo(
 
     Returns:
       `(Weighted, aux)`; aux holds log-W and phi means split by advantage sign,
-      the fraction of rows with `A >= 0`, and the normalised ESS of W.
+      the fraction of rows with `A >= 0`, and the normalised ESS of W, each a
+      `Weighted` mean over rows. The ESS is not a mean: it is that of the rows
+      given here, weighted by their number, so the train step reports the
+      row-weighted mean of its micro-batches' ESS (`schedule/ess` is the whole
+      batch's).
     """
     cfg = cfg.for_loss("vespo")
     x = inputs.prepare(logp_NxT, old_logp_NxT, adv_N, mask_NxT, sampler_logp_NxT)
@@ -214,13 +218,14 @@ def vespo(
     has_tokens_N = mask_NxT.any(axis=-1)
     pos_rows_N = has_tokens_N & positive_N
     neg_rows_N = has_tokens_N & ~positive_N
+    rows = has_tokens_N.sum().astype(jnp.float32)
     aux |= {
-        "log_w_mean": reduce.masked_mean(s_N, has_tokens_N),
-        "log_w_pos_mean": reduce.masked_mean(s_N, pos_rows_N),
-        "log_w_neg_mean": reduce.masked_mean(s_N, neg_rows_N),
-        "phi_pos_mean": reduce.masked_mean(phi_N, pos_rows_N),
-        "phi_neg_mean": reduce.masked_mean(phi_N, neg_rows_N),
-        "pos_frac": reduce.masked_mean(positive_N, has_tokens_N),
-        "ess": effective_sample_size(s_N, has_tokens_N),
+        "log_w_mean": reduce.weighted_mean(s_N, has_tokens_N),
+        "log_w_pos_mean": reduce.weighted_mean(s_N, pos_rows_N),
+        "log_w_neg_mean": reduce.weighted_mean(s_N, neg_rows_N),
+        "phi_pos_mean": reduce.weighted_mean(phi_N, pos_rows_N),
+        "phi_neg_mean": reduce.weighted_mean(phi_N, neg_rows_N),
+        "pos_frac": reduce.weighted_mean(positive_N, has_tokens_N),
+        "ess": reduce.Weighted(effective_sample_size(s_N, has_tokens_N) * rows, rows),
     }
     return reduce.aggregate(loss_NxT, mask_NxT, cfg.agg), aux

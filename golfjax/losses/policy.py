@@ -11,9 +11,10 @@ and is a pure function of arrays (never of the model). `cfg.agg` left at
 "loss-default" is resolved per loss (`LossConfig.for_loss`). Token ratios are
 `rho_t = exp(clip(logp_t - old_logp_t, -20, 20))`. With `cfg.tis` the token loss
 is multiplied by the detached train/inference weight; with `cfg.mis` rejected
-tokens are masked out (see `importance.correct_mismatch`). `aux` holds scalar
-diagnostics: `approx_kl` (the k3 estimator of KL(old || new)) for all, plus the
-clip fractions of the clipped objectives.
+tokens are masked out (see `importance.correct_mismatch`). `aux` holds
+diagnostics as `Weighted` means (`reduce.weighted_mean`, so that micro-batches
+and batch parts add up exactly): `approx_kl` (the k3 estimator of
+KL(old || new)) for all, plus the clip fractions of the clipped objectives.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from golfjax.losses import reduce
 from golfjax.losses.config import LossConfig
 
 _DEFAULT_CFG = LossConfig()
-Aux = dict[str, jax.Array]
+Aux = dict[str, reduce.Weighted]
 # (sanitised inputs, mask after MIS, cfg) -> (per-token loss, aux)
 TokenLoss = Callable[
     [inputs.PolicyInputs, jax.Array, LossConfig], tuple[jax.Array, Aux]
@@ -60,7 +61,7 @@ def _run(
     # old's samples, and never negative.
     k3_NxT = jnp.expm1(log_r_NxT) - log_r_NxT
     aux |= loss_aux
-    aux["approx_kl"] = reduce.masked_mean(jax.lax.stop_gradient(k3_NxT), mask_NxT)
+    aux["approx_kl"] = reduce.weighted_mean(jax.lax.stop_gradient(k3_NxT), mask_NxT)
     return reduce.aggregate(loss_NxT, mask_NxT, cfg.agg), aux
 
 
@@ -77,14 +78,14 @@ def _clipped_surrogate(
     unclipped_NxT = -adv_Nx1 * ratio_NxT
     clipped_NxT = -adv_Nx1 * jnp.clip(ratio_NxT, 1.0 - eps_low, 1.0 + eps_high)
     loss_NxT = jnp.maximum(unclipped_NxT, clipped_NxT)
-    aux = {"clip_frac": reduce.masked_mean(clipped_NxT > unclipped_NxT, mask_NxT)}
+    aux = {"clip_frac": reduce.weighted_mean(clipped_NxT > unclipped_NxT, mask_NxT)}
     if dual_clip is not None:
         # Ye et al. 2020 ("Mastering Complex Control in MOBA Games"): with A < 0
         # an enormous ratio would otherwise give an unbounded loss.
         bound_NxT = -adv_Nx1 * dual_clip
         dual_NxT = (adv_Nx1 < 0) & (loss_NxT > bound_NxT)
         loss_NxT = jnp.where(dual_NxT, bound_NxT, loss_NxT)
-        aux["dual_clip_frac"] = reduce.masked_mean(dual_NxT, mask_NxT)
+        aux["dual_clip_frac"] = reduce.weighted_mean(dual_NxT, mask_NxT)
     return loss_NxT, aux
 
 
@@ -185,7 +186,7 @@ def _cispo_tokens(
     weight_NxT = jax.lax.stop_gradient(jnp.minimum(rho_NxT, cfg.cispo_max_weight))
     loss_NxT = -weight_NxT * x.adv_N[:, None] * x.logp_NxT
     clipped_NxT = rho_NxT > cfg.cispo_max_weight
-    return loss_NxT, {"clip_frac": reduce.masked_mean(clipped_NxT, mask_NxT)}
+    return loss_NxT, {"clip_frac": reduce.weighted_mean(clipped_NxT, mask_NxT)}
 
 
 def cispo(

@@ -128,9 +128,20 @@ def aggregate(loss_NxT: jax.Array, mask_NxT: jax.Array, agg: str) -> Weighted:
     return Weighted(per_row_N.sum(), has_tokens_N.sum().astype(dtype))
 
 
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of `x` over `mask`, 0 when the mask is empty; for diagnostics."""
+def weighted_mean(x: jax.Array, mask: jax.Array) -> Weighted:
+    """The mean of `x` over `mask` as a `(sum, count)` pair.
+
+    A loss's diagnostics are such pairs: the train step adds them over
+    micro-batches and batch parts and divides once, so each diagnostic is the
+    mean over everything it measures in the whole batch (a part or micro-batch
+    without such elements adds nothing).
+    """
     valid = mask.astype(bool)
     x = jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32))
     total = jnp.where(valid, x, 0).sum()
-    return Weighted(total, valid.sum().astype(total.dtype)).value
+    return Weighted(total, valid.sum().astype(total.dtype))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `x` over `mask`, 0 when the mask is empty; for diagnostics."""
+    return weighted_mean(x, mask).value

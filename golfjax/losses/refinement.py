@@ -36,7 +36,7 @@ from golfjax.losses import reduce
 from golfjax.losses.config import LossConfig
 
 _DEFAULT_CFG = LossConfig()
-Aux = dict[str, jax.Array]
+Aux = dict[str, reduce.Weighted]
 
 
 def shaping(logp_NxT: jax.Array, gamma: float) -> jax.Array:
@@ -71,7 +71,7 @@ def policy_shaping(
     x = inputs.prepare(logp_NxT, old_logp_NxT, adv_N, mask_NxT)
     loss_NxT = -x.adv_N[:, None] * shaping(x.logp_NxT, cfg.shaping_gamma)
     aux = {
-        "offpolicy_prob_mean": reduce.masked_mean(
+        "offpolicy_prob_mean": reduce.weighted_mean(
             jax.lax.stop_gradient(jnp.exp(x.logp_NxT)), x.mask_NxT
         )
     }
@@ -109,8 +109,8 @@ def truncated_is(
     )
     loss_NxT = -w_NxT * x.adv_N[:, None] * x.logp_NxT
     aux = {
-        "offpolicy_is_weight_mean": reduce.masked_mean(w_NxT, x.mask_NxT),
-        "offpolicy_truncated_frac": reduce.masked_mean(
+        "offpolicy_is_weight_mean": reduce.weighted_mean(w_NxT, x.mask_NxT),
+        "offpolicy_truncated_frac": reduce.weighted_mean(
             log_r_NxT > math.log(cfg.off_policy_is_cap), x.mask_NxT
         ),
     }

@@ -2,7 +2,7 @@
 
   config = models.PRESETS["tiny"]            # or: config, params = models.hf.load(dir)
   params = models.init_params(config, key, mesh=None)
-  logits_NxTxV, cache = models.apply(params, tokens_NxT, positions_NxT,
+  logits_NxQxV, cache = models.apply(params, tokens_NxQ, positions_NxQ,
                                      attention_mask_NxS, cache=None, config=config)
 
 See transformer.py for the params tree and mask semantics, cache.py for the KV

@@ -30,9 +30,9 @@ keys put S last and values Dh last so that both decode products are plain
 matrix products per (row, kv head) over the cache as it lies
 (`layers.decode_attention`).
 
-`apply(..., cache=cache)` with T new tokens writes their keys and values at slots
-[index, index + T) of every layer, attends over all S slots under the mask rule
-below, and returns the cache with `index + T`. Writing past S is not checked inside
+`apply(..., cache=cache)` with Q new tokens writes their keys and values at slots
+[index, index + Q) of every layer, attends over all S slots under the mask rule
+below, and returns the cache with `index + Q`. Writing past S is not checked inside
 jit (`lax.dynamic_update_slice` clamps the start); the sampler sizes S as
 prompt bucket + max new tokens.
 
@@ -40,7 +40,7 @@ Attention mask with a cache: `attention_mask_NxS` covers all S slots (True = a
 real token). A query in slot q = index + t sees key slot s iff
 `attention_mask_NxS[b, s] and s <= q`. Slots not yet written are excluded by
 `s <= q`, so a sampler can pass `concat([prompt_mask_NxP, ones_Bx(S-P)])` for the
-whole decode. RoPE positions are independent of slots: `positions_NxT` for a
+whole decode. RoPE positions are independent of slots: `positions_NxQ` for a
 left-padded row count from its first real token.
 
 Recent buffer (`with_recent` / `merge_recent`, per-layer form only): for a

@@ -2,11 +2,12 @@
 
 Shape letters: the project's (golfjax/types.py), used in every tensor name in
 golfjax/models. A forward pass runs over rows:
-  N rows                  T query tokens in this call     S key slots
+  N rows                  Q query tokens in this call     S key slots
   D embed_dim             H query heads                   K key/value heads
-  G = H // K              Dh head_dim                     F mlp_dim
-  V vocab_size            L layers
-Without a cache the T tokens are the whole sequence (T = S); a prefill has
+  R = H // K              Dh head_dim                     F mlp_dim
+  V vocab_size            L layers                        W recent-buffer slots
+  I, O a dense layer's input and output features
+Without a cache the Q tokens are the whole sequence (Q = S); a prefill has
 the P prompt tokens, a decode step one.
 
 Every parameter is an `nnx.Param` whose `out_sharding` metadata holds its logical
@@ -58,21 +59,21 @@ def _ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array
     return jnp.ones(shape, dtype)
 
 
-def _dense(x_NxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+def _dense(x_NxQxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     """`x @ w` over the last axis, as one 2-D matmul over all leading positions.
 
-    Flattening N x T first matters on CPU: XLA lowers a dot that contracts two
-    axes (the weight gradient of a 3-D einsum contracts both N and T) to a
+    Flattening N x Q first matters on CPU: XLA lowers a dot that contracts two
+    axes (the weight gradient of a 3-D einsum contracts both N and Q) to a
     generic loop rather than a GEMM; on TPU/GPU both forms compile to the same
     kernel.
     """
-    lead = x_NxTxI.shape[:-1]
+    lead = x_NxQxI.shape[:-1]
     # On CPU a bf16 x bf16 -> bf16 dot is computed by converting both operands
     # (the whole weight) to float32 first; asking for the float32 product runs
     # it on the bf16 operands directly. Elsewhere the dot stays in its dtype.
     wide = jnp.float32 if platform_lib.current() == "cpu" else None
-    y = jnp.dot(x_NxTxI.reshape(-1, x_NxTxI.shape[-1]), w_IxO,
-                preferred_element_type=wide).astype(x_NxTxI.dtype)
+    y = jnp.dot(x_NxQxI.reshape(-1, x_NxQxI.shape[-1]), w_IxO,
+                preferred_element_type=wide).astype(x_NxQxI.dtype)
     return y.reshape(lead + (w_IxO.shape[-1],))
 
 
@@ -114,24 +115,24 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_sin_cos(positions_NxT: jax.Array,
+def rope_sin_cos(positions_NxQ: jax.Array,
                  config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """sin, cos of shape [N, T, Dh] in float32 (HF layout: the Dh/2 freqs twice)."""
+    """sin, cos of shape [N, Q, Dh] in float32 (HF layout: the Dh/2 freqs twice)."""
     inv_freq = jnp.asarray(rope_inv_freq(config))
-    freqs_NxTxDh2 = (positions_NxT.astype(jnp.float32)[:, :, None] *
+    freqs_NxQxDh2 = (positions_NxQ.astype(jnp.float32)[:, :, None] *
                     inv_freq[None, None, :])
-    emb_NxTxDh = jnp.concatenate([freqs_NxTxDh2, freqs_NxTxDh2], axis=-1)
-    return jnp.sin(emb_NxTxDh), jnp.cos(emb_NxTxDh)
+    emb_NxQxDh = jnp.concatenate([freqs_NxQxDh2, freqs_NxQxDh2], axis=-1)
+    return jnp.sin(emb_NxQxDh), jnp.cos(emb_NxQxDh)
 
 
-def apply_rope(x_NxTxHxDh: jax.Array, sin_NxTxDh: jax.Array,
-               cos_NxTxDh: jax.Array) -> jax.Array:
+def apply_rope(x_NxQxHxDh: jax.Array, sin_NxQxDh: jax.Array,
+               cos_NxQxDh: jax.Array) -> jax.Array:
     """HF rotate-half RoPE: x * cos + rotate_half(x) * sin, in float32."""
-    x = x_NxTxHxDh.astype(jnp.float32)
+    x = x_NxQxHxDh.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    sin, cos = sin_NxTxDh[:, :, None, :], cos_NxTxDh[:, :, None, :]
-    return (x * cos + rotated * sin).astype(x_NxTxHxDh.dtype)
+    sin, cos = sin_NxQxDh[:, :, None, :], cos_NxQxDh[:, :, None, :]
+    return (x * cos + rotated * sin).astype(x_NxQxHxDh.dtype)
 
 
 class Attention(nnx.Module):
@@ -158,9 +159,9 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, "head_dim", c)
             self.k_norm = RMSNorm(h, "head_dim", c)
 
-    def _project(self, x_NxTxD: jax.Array, name: str) -> jax.Array:
-        w_DxHxDh = getattr(self, name)[...].astype(x_NxTxD.dtype)
-        y = _dense(x_NxTxD, w_DxHxDh.reshape(w_DxHxDh.shape[0], -1))
+    def _project(self, x_NxQxD: jax.Array, name: str) -> jax.Array:
+        w_DxHxDh = getattr(self, name)[...].astype(x_NxQxD.dtype)
+        y = _dense(x_NxQxD, w_DxHxDh.reshape(w_DxHxDh.shape[0], -1))
         y = y.reshape(y.shape[:-1] + w_DxHxDh.shape[1:])
         if self.config.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(y.dtype)[None, None]
@@ -168,9 +169,9 @@ class Attention(nnx.Module):
 
     def __call__(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
@@ -182,20 +183,20 @@ class Attention(nnx.Module):
             iff `key_mask_NxS[b, s] and s <= q` (golfjax/models/attention.py).
           kv_cache: this layer's cache (k_NxKxDhxS, v_NxKxSxDh, recent). The new
             keys and values are written at slots [write_index, write_index +
-            T) and attention reads all S slots; the updated cache is returned.
-            Writing only the T new slots lets XLA update the buffers in place
+            Q) and attention reads all S slots; the updated cache is returned.
+            Writing only the Q new slots lets XLA update the buffers in place
             inside a decode loop. `recent` is None or (keys N x K x Dh x W,
             values N x K x W x Dh, start): float32 buffers for slots [start,
-            start + W) that a decode step (T = 1) writes instead of the main
+            start + W) that a decode step (Q = 1) writes instead of the main
             arrays, which it then only reads (golfjax/models/cache.py).
         """
         c = self.config
-        t = x_NxTxD.shape[1]
-        q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh = self._qkv(x_NxTxD, sin_NxTxDh,
-                                                         cos_NxTxDh)
+        t = x_NxQxD.shape[1]
+        q_NxQxKxRxDh, k_NxQxKxDh, v_NxQxKxDh = self._qkv(x_NxQxD, sin_NxQxDh,
+                                                         cos_NxQxDh)
         if kv_cache is None:
-            out_NxTxKxGxDh = attention_lib.attention(
-                q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh, key_mask_NxS, 0,
+            out_NxQxKxRxDh = attention_lib.attention(
+                q_NxQxKxRxDh, k_NxQxKxDh, v_NxQxKxDh, key_mask_NxS, 0,
                 implementation=c.attention, block=c.attention_block)
             new_cache = None
         else:
@@ -203,7 +204,7 @@ class Attention(nnx.Module):
             zero = jnp.zeros((), jnp.int32)
             if recent is None:
                 k_NxKxDhxS, v_NxKxSxDh = _write_slots(
-                    k_NxKxDhxS, v_NxKxSxDh, *_cache_layout(k_NxTxKxDh, v_NxTxKxDh,
+                    k_NxKxDhxS, v_NxKxSxDh, *_cache_layout(k_NxQxKxDh, v_NxQxKxDh,
                                                            k_NxKxDhxS.dtype),
                     write_index)
             s = k_NxKxDhxS.shape[-1]
@@ -211,12 +212,12 @@ class Attention(nnx.Module):
                 if recent is not None:
                     raise ValueError("a cache with a recent buffer takes one token "
                                      f"per call, got {t}")
-                out_NxTxKxGxDh = self._prefill_attention(
-                    q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, key_mask_NxS, write_index)
+                out_NxQxKxRxDh = self._prefill_attention(
+                    q_NxQxKxRxDh, k_NxKxDhxS, v_NxKxSxDh, key_mask_NxS, write_index)
             elif recent is None:
                 visible_NxS = key_mask_NxS & (
                     jnp.arange(s, dtype=jnp.int32)[None, :] <= write_index)
-                out_NxTxKxGxDh = decode_attention(q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh,
+                out_NxQxKxRxDh = decode_attention(q_NxQxKxRxDh, k_NxKxDhxS, v_NxKxSxDh,
                                                  visible_NxS)
             else:
                 # Main slots before the recent buffer; the new token goes into
@@ -227,8 +228,8 @@ class Attention(nnx.Module):
                 at = write_index - start
                 dt = k_NxKxDhxS.dtype  # Recent values are exactly cache-dtype values.
                 new_k_NxKxDhx1, new_v_NxKx1xDh = jax.lax.optimization_barrier((
-                    k_NxTxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
-                    v_NxTxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
+                    k_NxQxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 3, 1),
+                    v_NxQxKxDh.astype(dt).astype(jnp.float32).transpose(0, 2, 1, 3)))
                 recent_k_NxKxDhxW = jax.lax.dynamic_update_slice(
                     recent_k_NxKxDhxW, new_k_NxKxDhx1, (zero, zero, zero, at))
                 recent_v_NxKxWxDh = jax.lax.dynamic_update_slice(
@@ -237,18 +238,18 @@ class Attention(nnx.Module):
                     jnp.arange(s, dtype=jnp.int32)[None, :] < start)
                 recent_NxW = jax.lax.dynamic_slice_in_dim(key_mask_NxS, start, w, axis=1) & (
                     jnp.arange(w, dtype=jnp.int32)[None, :] <= at)
-                out_NxTxKxGxDh = decode_attention(
-                    q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, main_NxS,
+                out_NxQxKxRxDh = decode_attention(
+                    q_NxQxKxRxDh, k_NxKxDhxS, v_NxKxSxDh, main_NxS,
                     (recent_k_NxKxDhxW, recent_v_NxKxWxDh, recent_NxW))
                 recent = (recent_k_NxKxDhxW, recent_v_NxKxWxDh, start)
             new_cache = (k_NxKxDhxS, v_NxKxSxDh, recent)
-        return self._output(out_NxTxKxGxDh), new_cache
+        return self._output(out_NxQxKxRxDh), new_cache
 
     def over_cache(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         k_NxKxDhxS: jax.Array,
         v_NxKxSxDh: jax.Array,
@@ -259,25 +260,25 @@ class Attention(nnx.Module):
         What `__call__` with this layer's cache computes, for the scanned
         layers (golfjax/models/transformer.py), which read a stacked cache
         layer by layer and write every layer's new slots after the scan. The
-        T tokens are in slots [write_index, write_index + T); returns the
-        output and their keys `N x K x Dh x T` and values `N x K x T x Dh` in
+        Q tokens are in slots [write_index, write_index + Q); returns the
+        output and their keys `N x K x Dh x Q` and values `N x K x Q x Dh` in
         the cache dtype, for the caller to write there.
 
-        A decode step (T = 1) attends over the cached slots before
+        A decode step (Q = 1) attends over the cached slots before
         `write_index` plus the new token as `decode_attention`'s `recent`
         term (W = 1), so the layer's cache is only read. A prefill writes the
         new slots into its own copy of the layer's cache and attends as
         `__call__` does.
         """
-        t = x_NxTxD.shape[1]
-        q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh = self._qkv(x_NxTxD, sin_NxTxDh,
-                                                         cos_NxTxDh)
-        new_k_NxKxDhxT, new_v_NxKxTxDh = _cache_layout(k_NxTxKxDh, v_NxTxKxDh,
+        t = x_NxQxD.shape[1]
+        q_NxQxKxRxDh, k_NxQxKxDh, v_NxQxKxDh = self._qkv(x_NxQxD, sin_NxQxDh,
+                                                         cos_NxQxDh)
+        new_k_NxKxDhxQ, new_v_NxKxQxDh = _cache_layout(k_NxQxKxDh, v_NxQxKxDh,
                                                        k_NxKxDhxS.dtype)
         if t > 1:
-            out_NxTxKxGxDh = self._prefill_attention(
-                q_NxTxKxGxDh, *_write_slots(k_NxKxDhxS, v_NxKxSxDh, new_k_NxKxDhxT,
-                                            new_v_NxKxTxDh, write_index),
+            out_NxQxKxRxDh = self._prefill_attention(
+                q_NxQxKxRxDh, *_write_slots(k_NxKxDhxS, v_NxKxSxDh, new_k_NxKxDhxQ,
+                                            new_v_NxKxQxDh, write_index),
                 key_mask_NxS, write_index)
         else:
             s = k_NxKxDhxS.shape[-1]
@@ -286,93 +287,93 @@ class Attention(nnx.Module):
             cached_NxS = key_mask_NxS & (
                 jnp.arange(s, dtype=jnp.int32)[None, :] < write_index)
             new_Nx1 = jax.lax.dynamic_slice_in_dim(key_mask_NxS, write_index, 1, axis=1)
-            out_NxTxKxGxDh = decode_attention(
-                q_NxTxKxGxDh, k_NxKxDhxS, v_NxKxSxDh, cached_NxS,
-                (new_k_NxKxDhxT, new_v_NxKxTxDh, new_Nx1))
-        return self._output(out_NxTxKxGxDh), (new_k_NxKxDhxT, new_v_NxKxTxDh)
+            out_NxQxKxRxDh = decode_attention(
+                q_NxQxKxRxDh, k_NxKxDhxS, v_NxKxSxDh, cached_NxS,
+                (new_k_NxKxDhxQ, new_v_NxKxQxDh, new_Nx1))
+        return self._output(out_NxQxKxRxDh), (new_k_NxKxDhxQ, new_v_NxKxQxDh)
 
-    def _qkv(self, x_NxTxD: jax.Array, sin_NxTxDh: jax.Array, cos_NxTxDh: jax.Array
+    def _qkv(self, x_NxQxD: jax.Array, sin_NxQxDh: jax.Array, cos_NxQxDh: jax.Array
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Queries `N x T x K x G x Dh`, keys and values `N x T x K x Dh`, after
+        """Queries `N x Q x K x R x Dh`, keys and values `N x Q x K x Dh`, after
         the q/k norms (Qwen 3) and RoPE."""
         c = self.config
-        b, t, _ = x_NxTxD.shape
-        q_NxTxHxDh = self._project(x_NxTxD, "q")
-        k_NxTxKxDh = self._project(x_NxTxD, "k")
-        v_NxTxKxDh = self._project(x_NxTxD, "v")
+        b, t, _ = x_NxQxD.shape
+        q_NxQxHxDh = self._project(x_NxQxD, "q")
+        k_NxQxKxDh = self._project(x_NxQxD, "k")
+        v_NxQxKxDh = self._project(x_NxQxD, "v")
         if c.qk_norm:  # Qwen 3 normalises per head, before RoPE.
-            q_NxTxHxDh = self.q_norm(q_NxTxHxDh)
-            k_NxTxKxDh = self.k_norm(k_NxTxKxDh)
-        q_NxTxHxDh = apply_rope(q_NxTxHxDh, sin_NxTxDh, cos_NxTxDh)
-        k_NxTxKxDh = apply_rope(k_NxTxKxDh, sin_NxTxDh, cos_NxTxDh)
-        g = c.num_heads // c.num_kv_heads
-        q_NxTxKxGxDh = q_NxTxHxDh.reshape(b, t, c.num_kv_heads, g, c.head_dim)
-        return q_NxTxKxGxDh, k_NxTxKxDh, v_NxTxKxDh
+            q_NxQxHxDh = self.q_norm(q_NxQxHxDh)
+            k_NxQxKxDh = self.k_norm(k_NxQxKxDh)
+        q_NxQxHxDh = apply_rope(q_NxQxHxDh, sin_NxQxDh, cos_NxQxDh)
+        k_NxQxKxDh = apply_rope(k_NxQxKxDh, sin_NxQxDh, cos_NxQxDh)
+        r = c.num_heads // c.num_kv_heads
+        q_NxQxKxRxDh = q_NxQxHxDh.reshape(b, t, c.num_kv_heads, r, c.head_dim)
+        return q_NxQxKxRxDh, k_NxQxKxDh, v_NxQxKxDh
 
-    def _prefill_attention(self, q_NxTxKxGxDh: jax.Array, k_NxKxDhxS: jax.Array,
+    def _prefill_attention(self, q_NxQxKxRxDh: jax.Array, k_NxKxDhxS: jax.Array,
                            v_NxKxSxDh: jax.Array, key_mask_NxS: jax.Array,
                            write_index: jax.Array) -> jax.Array:
-        """T > 1 queries in slots [write_index, write_index + T) over a written
+        """Q > 1 queries in slots [write_index, write_index + Q) over a written
         cache, with the cache's slots in the projections' layout."""
         c = self.config
-        dt = q_NxTxKxGxDh.dtype
+        dt = q_NxQxKxRxDh.dtype
         return attention_lib.attention(
-            q_NxTxKxGxDh, k_NxKxDhxS.transpose(0, 3, 1, 2).astype(dt),
+            q_NxQxKxRxDh, k_NxKxDhxS.transpose(0, 3, 1, 2).astype(dt),
             v_NxKxSxDh.transpose(0, 2, 1, 3).astype(dt), key_mask_NxS, write_index,
             implementation=("blockwise" if c.attention in ("cudnn", "splash")
                             else c.attention),
             block=c.attention_block)
 
-    def _output(self, out_NxTxKxGxDh: jax.Array) -> jax.Array:
-        """The output projection of the heads' outputs: `N x T x D`."""
-        b, t = out_NxTxKxGxDh.shape[:2]
-        o_HxDhxD = self.o[...].astype(out_NxTxKxGxDh.dtype)
-        return _dense(out_NxTxKxGxDh.reshape(b, t, -1),
+    def _output(self, out_NxQxKxRxDh: jax.Array) -> jax.Array:
+        """The output projection of the heads' outputs: `N x Q x D`."""
+        b, t = out_NxQxKxRxDh.shape[:2]
+        o_HxDhxD = self.o[...].astype(out_NxQxKxRxDh.dtype)
+        return _dense(out_NxQxKxRxDh.reshape(b, t, -1),
                       o_HxDhxD.reshape(-1, o_HxDhxD.shape[-1]))
 
 
-def _cache_layout(k_NxTxKxDh: jax.Array, v_NxTxKxDh: jax.Array, dtype: jnp.dtype
+def _cache_layout(k_NxQxKxDh: jax.Array, v_NxQxKxDh: jax.Array, dtype: jnp.dtype
                   ) -> tuple[jax.Array, jax.Array]:
-    """New keys and values in the cache's layouts and dtype: `N x K x Dh x T`,
-    `N x K x T x Dh`."""
-    return (k_NxTxKxDh.astype(dtype).transpose(0, 2, 3, 1),
-            v_NxTxKxDh.astype(dtype).transpose(0, 2, 1, 3))
+    """New keys and values in the cache's layouts and dtype: `N x K x Dh x Q`,
+    `N x K x Q x Dh`."""
+    return (k_NxQxKxDh.astype(dtype).transpose(0, 2, 3, 1),
+            v_NxQxKxDh.astype(dtype).transpose(0, 2, 1, 3))
 
 
 def _write_slots(k_NxKxDhxS: jax.Array, v_NxKxSxDh: jax.Array,
-                 new_k_NxKxDhxT: jax.Array, new_v_NxKxTxDh: jax.Array,
+                 new_k_NxKxDhxQ: jax.Array, new_v_NxKxQxDh: jax.Array,
                  write_index: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One layer's cache with T new slots written at `write_index`; inside a
+    """One layer's cache with Q new slots written at `write_index`; inside a
     decode loop XLA updates the buffers in place."""
     zero = jnp.zeros((), jnp.int32)
-    return (jax.lax.dynamic_update_slice(k_NxKxDhxS, new_k_NxKxDhxT,
+    return (jax.lax.dynamic_update_slice(k_NxKxDhxS, new_k_NxKxDhxQ,
                                          (zero, zero, zero, write_index)),
-            jax.lax.dynamic_update_slice(v_NxKxSxDh, new_v_NxKxTxDh,
+            jax.lax.dynamic_update_slice(v_NxKxSxDh, new_v_NxKxQxDh,
                                          (zero, zero, write_index, zero)))
 
 
 def decode_attention(
-    q_Nx1xKxGxDh: jax.Array, k_NxKxDhxS: jax.Array, v_NxKxSxDh: jax.Array,
+    q_Nx1xKxRxDh: jax.Array, k_NxKxDhxS: jax.Array, v_NxKxSxDh: jax.Array,
     visible_NxS: jax.Array,
     recent: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """One query per row over cached keys and values, in the cache's layouts.
 
-    Both products are batched over (row, kv head) and contract the G query
+    Both products are batched over (row, kv head) and contract the R query
     heads of the group with that kv head's keys, then values, as they lie in
     the cache and in its dtype: every cached key and value is read once, and
-    only the N x K x G x S scores are float32. `recent` adds more slots,
+    only the N x K x R x S scores are float32. `recent` adds more slots,
     (keys N x K x Dh x W, values N x K x W x Dh, visible N x W), to the same
     softmax.
     """
-    h = q_Nx1xKxGxDh.shape[-1]
+    h = q_Nx1xKxRxDh.shape[-1]
     # The 1/sqrt(Dh) scale goes on the query (float32, then the cache dtype)
     # instead of on the scores: a scalar times the scores is a constant
     # broadcast that XLA's CPU backend materialises at the scores' full size.
-    q_NxKxGxDh = q_Nx1xKxGxDh[:, 0].astype(jnp.float32) * (h ** -0.5)
+    q_NxKxRxDh = q_Nx1xKxRxDh[:, 0].astype(jnp.float32) * (h ** -0.5)
 
     def scores(keys_NxKxDhxS: jax.Array, visible: jax.Array) -> jax.Array:
-        raw = jnp.einsum("bkgh,bkhs->bkgs", q_NxKxGxDh.astype(keys_NxKxDhxS.dtype),
+        raw = jnp.einsum("bkgh,bkhs->bkgs", q_NxKxRxDh.astype(keys_NxKxDhxS.dtype),
                          keys_NxKxDhxS, preferred_element_type=jnp.float32)
         # The mask as an additive bias of N x S (0 or MASK_VALUE) rather than a
         # select over the scores: XLA's CPU backend then fuses the scores, the
@@ -381,25 +382,25 @@ def decode_attention(
         bias = jnp.where(visible, 0.0, attention_lib.MASK_VALUE).astype(jnp.float32)
         return raw + bias[:, None, None, :]
 
-    def weighted(probs_NxKxGxS: jax.Array, values_NxKxSxDh: jax.Array) -> jax.Array:
-        return jnp.einsum("bkgs,bksh->bkgh", probs_NxKxGxS.astype(values_NxKxSxDh.dtype),
+    def weighted(probs_NxKxRxS: jax.Array, values_NxKxSxDh: jax.Array) -> jax.Array:
+        return jnp.einsum("bkgs,bksh->bkgh", probs_NxKxRxS.astype(values_NxKxSxDh.dtype),
                           values_NxKxSxDh, preferred_element_type=jnp.float32)
 
-    main_NxKxGxS = scores(k_NxKxDhxS, visible_NxS)
-    top_NxKxG = jnp.max(main_NxKxGxS, axis=-1)
+    main_NxKxRxS = scores(k_NxKxDhxS, visible_NxS)
+    top_NxKxR = jnp.max(main_NxKxRxS, axis=-1)
     if recent is not None:
         recent_k, recent_v, recent_visible = recent
-        recent_NxKxGxW = scores(recent_k, recent_visible)
-        top_NxKxG = jnp.maximum(top_NxKxG, jnp.max(recent_NxKxGxW, axis=-1))
-    probs_NxKxGxS = jnp.exp(main_NxKxGxS - top_NxKxG[..., None])
-    total_NxKxG = jnp.sum(probs_NxKxGxS, axis=-1)
-    out_NxKxGxDh = weighted(probs_NxKxGxS, v_NxKxSxDh)
+        recent_NxKxRxW = scores(recent_k, recent_visible)
+        top_NxKxR = jnp.maximum(top_NxKxR, jnp.max(recent_NxKxRxW, axis=-1))
+    probs_NxKxRxS = jnp.exp(main_NxKxRxS - top_NxKxR[..., None])
+    total_NxKxR = jnp.sum(probs_NxKxRxS, axis=-1)
+    out_NxKxRxDh = weighted(probs_NxKxRxS, v_NxKxSxDh)
     if recent is not None:
-        recent_probs = jnp.exp(recent_NxKxGxW - top_NxKxG[..., None])
-        total_NxKxG = total_NxKxG + jnp.sum(recent_probs, axis=-1)
-        out_NxKxGxDh = out_NxKxGxDh + weighted(recent_probs, recent_v)
-    out_NxKxGxDh = out_NxKxGxDh / total_NxKxG[..., None]
-    return out_NxKxGxDh.astype(q_Nx1xKxGxDh.dtype)[:, None]
+        recent_probs = jnp.exp(recent_NxKxRxW - top_NxKxR[..., None])
+        total_NxKxR = total_NxKxR + jnp.sum(recent_probs, axis=-1)
+        out_NxKxRxDh = out_NxKxRxDh + weighted(recent_probs, recent_v)
+    out_NxKxRxDh = out_NxKxRxDh / total_NxKxR[..., None]
+    return out_NxKxRxDh.astype(q_Nx1xKxRxDh.dtype)[:, None]
 
 
 class MLP(nnx.Module):
@@ -412,26 +413,27 @@ class MLP(nnx.Module):
         self.up = _param(_normal, rngs.params(), (d, f), dt, ("embed", "mlp"))
         self.down = _param(_normal, rngs.params(), (f, d), dt, ("mlp", "embed"))
 
-    def __call__(self, x_NxTxD: jax.Array) -> jax.Array:
-        dt = x_NxTxD.dtype
+    def __call__(self, x_NxQxD: jax.Array) -> jax.Array:
+        dt = x_NxQxD.dtype
         gate_DxF, up_DxF = self.gate[...].astype(dt), self.up[...].astype(dt)
         down_FxD = self.down[...].astype(dt)
 
-        def mlp(x_RxD: jax.Array) -> jax.Array:
-            return _dense(jax.nn.silu(_dense(x_RxD, gate_DxF)) * _dense(x_RxD, up_DxF),
+        def mlp(x_XxD: jax.Array) -> jax.Array:
+            return _dense(jax.nn.silu(_dense(x_XxD, gate_DxF)) * _dense(x_XxD, up_DxF),
                           down_FxD)
 
-        b, t, d = x_NxTxD.shape
+        b, t, d = x_NxQxD.shape
         rows = b * t
         if not self.chunk or rows <= self.chunk:
-            return mlp(x_NxTxD)
+            return mlp(x_NxQxD)
         # Under remat, long inputs run in chunks of rows, each recomputed in
-        # the backward pass: the R x F intermediates (and their gradients)
+        # the backward pass: the chunk x F intermediates (and their gradients)
         # exist one chunk at a time, at the cost of one more MLP forward.
         num = -(-rows // self.chunk)
-        x_RxD = jnp.pad(x_NxTxD.reshape(rows, d), ((0, num * self.chunk - rows), (0, 0)))
-        y_CxRxD = jax.lax.map(jax.checkpoint(mlp), x_RxD.reshape(num, self.chunk, d))
-        return y_CxRxD.reshape(num * self.chunk, d)[:rows].reshape(b, t, d)
+        # The N * Q positions flattened, padded up to whole chunks.
+        x_NQxD = jnp.pad(x_NxQxD.reshape(rows, d), ((0, num * self.chunk - rows), (0, 0)))
+        y = jax.lax.map(jax.checkpoint(mlp), x_NQxD.reshape(num, self.chunk, d))
+        return y.reshape(num * self.chunk, d)[:rows].reshape(b, t, d)
 
 
 class Block(nnx.Module):
@@ -445,21 +447,21 @@ class Block(nnx.Module):
 
     def __call__(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
-        return self._residual(x_NxTxD, lambda h_NxTxD: self.attn(
-            h_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, kv_cache, write_index))
+        return self._residual(x_NxQxD, lambda h_NxQxD: self.attn(
+            h_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, kv_cache, write_index))
 
     def over_cache(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         k_NxKxDhxS: jax.Array,
         v_NxKxSxDh: jax.Array,
@@ -467,15 +469,15 @@ class Block(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """The layer over a read-only cache (`Attention.over_cache`): the output
         and the new tokens' keys and values."""
-        return self._residual(x_NxTxD, lambda h_NxTxD: self.attn.over_cache(
-            h_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS, k_NxKxDhxS, v_NxKxSxDh,
+        return self._residual(x_NxQxD, lambda h_NxQxD: self.attn.over_cache(
+            h_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, k_NxKxDhxS, v_NxKxSxDh,
             write_index))
 
-    def _residual(self, x_NxTxD: jax.Array,
+    def _residual(self, x_NxQxD: jax.Array,
                   attend: Callable[[jax.Array], tuple[jax.Array, Any]]
                   ) -> tuple[jax.Array, Any]:
         """x + attn(norm(x)), then x + mlp(norm(x)), for either attention call;
         `attend` returns its output and what it passes on (the cache)."""
-        attn_NxTxD, passed = attend(self.attn_norm(x_NxTxD))
-        x_NxTxD = x_NxTxD + attn_NxTxD
-        return x_NxTxD + self.mlp(self.mlp_norm(x_NxTxD)), passed
+        attn_NxQxD, passed = attend(self.attn_norm(x_NxQxD))
+        x_NxQxD = x_NxQxD + attn_NxQxD
+        return x_NxQxD + self.mlp(self.mlp_norm(x_NxQxD)), passed

@@ -30,20 +30,20 @@ assign.
 
 The forward pass (`hidden` and `unembed` split it in two, see below):
 
-  logits_NxTxV, cache = apply(params, tokens_NxT, positions_NxT, attention_mask_NxS,
+  logits_NxQxV, cache = apply(params, tokens_NxQ, positions_NxQ, attention_mask_NxS,
                               cache=None, *, config)
 
 is pure and jit-friendly; `config` is a hashable frozen dataclass, so jit it as
 `jax.jit(apply, static_argnames="config")` or `functools.partial(apply,
-config=config)`. Mask semantics (N rows, T new tokens, S key slots; letters of
+config=config)`. Mask semantics (N rows, Q new tokens, S key slots; letters of
 golfjax/models/layers.py):
 
-- without a cache, S = T and `attention_mask_NxS` marks real tokens of the batch;
-- with a cache, S = cache.max_length and the T tokens occupy slots
-  [cache.index, cache.index + T) (see golfjax/models/cache.py);
+- without a cache, S = Q and `attention_mask_NxS` marks real tokens of the batch;
+- with a cache, S = cache.max_length and the Q tokens occupy slots
+  [cache.index, cache.index + Q) (see golfjax/models/cache.py);
 - a query in slot q sees key slot s iff `attention_mask_NxS[b, s] and s <= q`.
 
-`positions_NxT` are RoPE positions only; for a left-padded row they count from its
+`positions_NxQ` are RoPE positions only; for a left-padded row they count from its
 first real token (e.g. `clip(cumsum(mask) - 1, 0)`). Rows/positions that are
 padding produce finite garbage logits the caller masks out. Logits are float32.
 """
@@ -98,25 +98,25 @@ class Transformer(nnx.Module):
 
     def __call__(
         self,
-        tokens_NxT: jax.Array,
-        positions_NxT: jax.Array,
+        tokens_NxQ: jax.Array,
+        positions_NxQ: jax.Array,
         attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: tuple[Params, ...] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        x_NxTxD, new_cache = self.hidden(tokens_NxT, positions_NxT,
+        x_NxQxD, new_cache = self.hidden(tokens_NxQ, positions_NxQ,
                                          attention_mask_NxS, cache, layer_params)
-        return self.unembed(x_NxTxD), new_cache
+        return self.unembed(x_NxQxD), new_cache
 
     def hidden(
         self,
-        tokens_NxT: jax.Array,
-        positions_NxT: jax.Array,
+        tokens_NxQ: jax.Array,
+        positions_NxQ: jax.Array,
         attention_mask_NxS: jax.Array,
         cache: KVCache | None = None,
         layer_params: tuple[Params, ...] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states `x_NxTxD` (compute dtype) and the new cache.
+        """Final-norm hidden states `x_NxQxD` (compute dtype) and the new cache.
 
         `layer_params`: the layers' weights as separate per-layer trees (from
         `split_layers`), used instead of this module's stacked ones; only with a
@@ -125,10 +125,10 @@ class Transformer(nnx.Module):
         c = self.config
         dt = c.compute_jnp_dtype
         embedding_VxD = self.embed.embedding[...]
-        x_NxTxD = jnp.take(embedding_VxD, tokens_NxT, axis=0).astype(dt)
-        sin_NxTxDh, cos_NxTxDh = rope_sin_cos(positions_NxT, c)
+        x_NxQxD = jnp.take(embedding_VxD, tokens_NxQ, axis=0).astype(dt)
+        sin_NxQxDh, cos_NxQxDh = rope_sin_cos(positions_NxQ, c)
 
-        b, t = tokens_NxT.shape
+        b, t = tokens_NxQ.shape
         s = t if cache is None else cache.max_length
         if attention_mask_NxS.shape != (b, s):
             raise ValueError(
@@ -140,28 +140,28 @@ class Transformer(nnx.Module):
             raise ValueError("split layer params are for the cached (decode) path "
                              "with a per-layer cache")
         if cache is not None and cache.stacked:
-            return self._hidden_scanned(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+            return self._hidden_scanned(x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS,
                                         cache, layers_def, layers_state)
         if cache is not None:
-            return self._hidden_cached(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+            return self._hidden_cached(x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS,
                                        cache, layers_def, layers_state, layer_params)
 
         def run_layer(x: jax.Array, layer_state: Any) -> jax.Array:
             block = nnx.merge(layers_def, layer_state)
-            return block(x, sin_NxTxDh, cos_NxTxDh, key_mask_NxS)[0]
+            return block(x, sin_NxQxDh, cos_NxQxDh, key_mask_NxS)[0]
 
         if c.remat:
-            x_NxTxD = remat_scan(run_layer, x_NxTxD, layers_state)
+            x_NxQxD = remat_scan(run_layer, x_NxQxD, layers_state)
         else:
-            x_NxTxD, _ = jax.lax.scan(lambda x, w: (run_layer(x, w), None),
-                                      x_NxTxD, layers_state)
-        return self.final_norm(x_NxTxD), None
+            x_NxQxD, _ = jax.lax.scan(lambda x, w: (run_layer(x, w), None),
+                                      x_NxQxD, layers_state)
+        return self.final_norm(x_NxQxD), None
 
     def _hidden_cached(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         cache: KVCache,
         layers_def: nnx.GraphDef,
@@ -183,23 +183,23 @@ class Transformer(nnx.Module):
             else:
                 layer_state = layer_params[i]
             block = nnx.merge(layers_def, layer_state)
-            x_NxTxD, layer_cache = block(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+            x_NxQxD, layer_cache = block(x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS,
                                          cache.layer(i), write_index)
             layer_caches.append(layer_cache)
-        t = x_NxTxD.shape[1]
+        t = x_NxQxD.shape[1]
         keys, values, recents = zip(*layer_caches)
         new_cache = cache.replace(k_NxKxDhxS=tuple(keys), v_NxKxSxDh=tuple(values),
                                   index=write_index + t)
         if cache.recent_v_NxKxWxDh is not None:
             new_cache = new_cache.replace(recent_k_NxKxDhxW=tuple(r[0] for r in recents),
                                           recent_v_NxKxWxDh=tuple(r[1] for r in recents))
-        return self.final_norm(x_NxTxD), new_cache
+        return self.final_norm(x_NxQxD), new_cache
 
     def _hidden_scanned(
         self,
-        x_NxTxD: jax.Array,
-        sin_NxTxDh: jax.Array,
-        cos_NxTxDh: jax.Array,
+        x_NxQxD: jax.Array,
+        sin_NxQxDh: jax.Array,
+        cos_NxQxDh: jax.Array,
         key_mask_NxS: jax.Array,
         cache: KVCache,
         layers_def: nnx.GraphDef,
@@ -210,39 +210,39 @@ class Transformer(nnx.Module):
         Each layer reads its slice of the cache without writing it and
         returns the new tokens' keys and values (`Block.over_cache`); after
         the scan one dynamic-update-slice per stacked array writes every
-        layer's T new slots at `cache.index`, in place inside a decode loop on
+        layer's Q new slots at `cache.index`, in place inside a decode loop on
         TPU and GPU. The program holds one layer body, whatever the depth.
         """
         write_index = cache.index.astype(jnp.int32)
 
-        def run_layer(x_NxTxD: jax.Array, layer: tuple[Any, jax.Array, jax.Array]
+        def run_layer(x_NxQxD: jax.Array, layer: tuple[Any, jax.Array, jax.Array]
                       ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
             layer_state, k_NxKxDhxS, v_NxKxSxDh = layer
             block = nnx.merge(layers_def, layer_state)
-            return block.over_cache(x_NxTxD, sin_NxTxDh, cos_NxTxDh, key_mask_NxS,
+            return block.over_cache(x_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS,
                                     k_NxKxDhxS, v_NxKxSxDh, write_index)
 
-        x_NxTxD, (new_k_LxNxKxDhxT, new_v_LxNxKxTxDh) = jax.lax.scan(
-            run_layer, x_NxTxD, (layers_state, cache.k_LxNxKxDhxS, cache.v_LxNxKxSxDh))
+        x_NxQxD, (new_k_LxNxKxDhxQ, new_v_LxNxKxQxDh) = jax.lax.scan(
+            run_layer, x_NxQxD, (layers_state, cache.k_LxNxKxDhxS, cache.v_LxNxKxSxDh))
         zero = jnp.zeros((), jnp.int32)
-        t = x_NxTxD.shape[1]
+        t = x_NxQxD.shape[1]
         new_cache = cache.replace(
             k_LxNxKxDhxS=jax.lax.dynamic_update_slice(
-                cache.k_LxNxKxDhxS, new_k_LxNxKxDhxT, (zero,) * 4 + (write_index,)),
+                cache.k_LxNxKxDhxS, new_k_LxNxKxDhxQ, (zero,) * 4 + (write_index,)),
             v_LxNxKxSxDh=jax.lax.dynamic_update_slice(
-                cache.v_LxNxKxSxDh, new_v_LxNxKxTxDh, (zero,) * 3 + (write_index, zero)),
+                cache.v_LxNxKxSxDh, new_v_LxNxKxQxDh, (zero,) * 3 + (write_index, zero)),
             index=write_index + t)
-        return self.final_norm(x_NxTxD), new_cache
+        return self.final_norm(x_NxQxD), new_cache
 
-    def unembed(self, x_NxTxD: jax.Array) -> jax.Array:
+    def unembed(self, x_NxQxD: jax.Array) -> jax.Array:
         """float32 logits of hidden states (any leading shape), via the LM head."""
         dt = self.config.compute_jnp_dtype
-        x_NxTxD = x_NxTxD.astype(dt)
+        x_NxQxD = x_NxQxD.astype(dt)
         if self.config.tie_embeddings:
-            return jnp.einsum("...d,vd->...v", x_NxTxD,
+            return jnp.einsum("...d,vd->...v", x_NxQxD,
                               self.embed.embedding[...].astype(dt),
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", x_NxTxD, self.lm_head[...].astype(dt),
+        return jnp.einsum("...d,dv->...v", x_NxQxD, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
 
 
@@ -251,12 +251,12 @@ def _as_bits(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_NxTxD: jax.Array,
+def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_NxQxD: jax.Array,
                layers_state: Any) -> jax.Array:
     """`layer` applied over the stacked layers, each recomputed in the backward pass.
 
     What `lax.scan` of a `jax.checkpoint`ed layer computes, with the saved
-    layer inputs (the only residuals: L x N x T x D) stored as raw bits and
+    layer inputs (the only residuals: L x N x Q x D) stored as raw bits and
     each layer's slice of inputs and weights passed through an optimization
     barrier before use. XLA's CPU backend computes bf16 ops in float32 and,
     under plain remat, hoists the converts of the loop-invariant stacks (every
@@ -265,23 +265,23 @@ def remat_scan(layer: Callable[[jax.Array, Any], jax.Array], x_NxTxD: jax.Array,
     larger. Integer bits and the barrier keep every convert on one layer.
     `layer` must close over no value that needs a gradient.
     """
-    return jax.lax.scan(lambda x, w: (layer(x, w), None), x_NxTxD, layers_state)[0]
+    return jax.lax.scan(lambda x, w: (layer(x, w), None), x_NxQxD, layers_state)[0]
 
 
-def _remat_scan_fwd(layer: Callable[[jax.Array, Any], jax.Array], x_NxTxD: jax.Array,
+def _remat_scan_fwd(layer: Callable[[jax.Array, Any], jax.Array], x_NxQxD: jax.Array,
                     layers_state: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
     def step(x: jax.Array, w: Any) -> tuple[jax.Array, jax.Array]:
         return layer(x, jax.lax.optimization_barrier(w)), _as_bits(x)
 
-    out, inputs_bits = jax.lax.scan(step, x_NxTxD, layers_state)
+    out, inputs_bits = jax.lax.scan(step, x_NxQxD, layers_state)
     return out, (inputs_bits, layers_state)
 
 
 def _remat_scan_bwd(layer: Callable[[jax.Array, Any], jax.Array],
-                    residuals: tuple[jax.Array, Any], dout_NxTxD: jax.Array
+                    residuals: tuple[jax.Array, Any], dout_NxQxD: jax.Array
                     ) -> tuple[jax.Array, Any]:
     inputs_bits, layers_state = residuals
-    dtype = dout_NxTxD.dtype
+    dtype = dout_NxQxD.dtype
 
     def step(dy: jax.Array, saved: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
         bits, w = jax.lax.optimization_barrier(saved)
@@ -289,7 +289,7 @@ def _remat_scan_bwd(layer: Callable[[jax.Array, Any], jax.Array],
         _, vjp = jax.vjp(layer, x, w)
         return vjp(dy)
 
-    dx, dlayers = jax.lax.scan(step, dout_NxTxD, (inputs_bits, layers_state),
+    dx, dlayers = jax.lax.scan(step, dout_NxQxD, (inputs_bits, layers_state),
                                reverse=True)
     return dx, dlayers
 
@@ -347,52 +347,52 @@ def init_params(config: ModelConfig, key: jax.Array, mesh: Mesh | None = None,
 
 def apply(
     params: Params,
-    tokens_NxT: jax.Array,
-    positions_NxT: jax.Array,
+    tokens_NxQ: jax.Array,
+    positions_NxQ: jax.Array,
     attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """Forward pass: float32 `logits_NxTxV` and the updated cache (None without one).
+    """Forward pass: float32 `logits_NxQxV` and the updated cache (None without one).
 
     Args:
       params: the params tree (see the module docstring).
-      tokens_NxT: int token ids.
-      positions_NxT: int RoPE positions of the tokens.
-      attention_mask_NxS: bool/int, True for real tokens; S = T without a cache,
+      tokens_NxQ: int token ids.
+      positions_NxQ: int RoPE positions of the tokens.
+      attention_mask_NxS: bool/int, True for real tokens; S = Q without a cache,
         S = cache.max_length with one.
       cache: a `KVCache` from `init_cache`, or None for a plain forward pass.
       config: the model config (static under jit).
     """
     model, layer_params = _merge(params, config)
-    return model(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
+    return model(tokens_NxQ, positions_NxQ, attention_mask_NxS, cache,
                  layer_params)
 
 
 def hidden(
     params: Params,
-    tokens_NxT: jax.Array,
-    positions_NxT: jax.Array,
+    tokens_NxQ: jax.Array,
+    positions_NxQ: jax.Array,
     attention_mask_NxS: jax.Array,
     cache: KVCache | None = None,
     *,
     config: ModelConfig,
 ) -> tuple[jax.Array, KVCache | None]:
-    """`apply` without the LM head: final-normed `h_NxTxD` (compute dtype), cache.
+    """`apply` without the LM head: final-normed `h_NxQxD` (compute dtype), cache.
 
     With `unembed`, lets a caller compute logits a chunk of positions at a time
-    (e.g. log-probs without materialising N x T x V); `apply == unembed . hidden`.
+    (e.g. log-probs without materialising N x Q x V); `apply == unembed . hidden`.
     """
     model, layer_params = _merge(params, config)
-    return model.hidden(tokens_NxT, positions_NxT, attention_mask_NxS, cache,
+    return model.hidden(tokens_NxQ, positions_NxQ, attention_mask_NxS, cache,
                         layer_params)
 
 
-def unembed(params: Params, h_NxTxD: jax.Array, *,
+def unembed(params: Params, h_NxQxD: jax.Array, *,
             config: ModelConfig) -> jax.Array:
     """float32 logits `[..., V]` from `hidden`'s output (any leading dims)."""
-    return _merge(params, config)[0].unembed(h_NxTxD)
+    return _merge(params, config)[0].unembed(h_NxQxD)
 
 
 def split_layers(params: Params) -> Params:

@@ -19,7 +19,7 @@ Intended regime, where GOLF should shine (docs/algorithms.md#golf), split by the
 `carry` knob. The supervised cold start teaches two things: the answer format
 on easy problems (`COLD_START`: the 55 one-digit sums that do not carry) and
 the use of feedback (`COLD_START_REFINE`: refinement-format examples, see
-golfjax/data/cold_start.py, over carry-free sums of 1-3 digits, most of whose
+golfjax/data/sft_examples.py, over carry-free sums of 1-3 digits, most of whose
 answers the model cannot compute and so must copy from the `reveal` critique). RL
 then runs on the 45 one-digit sums that carry (`RL`: 35 to train on, 10 held
 out), which the cold-started model gets wrong: most groups are all-fail and

@@ -1,17 +1,7 @@
 """`math`: GSM8K / MATH-style problems from local JSONL files, checked by math-verify.
 
-Record formats (one JSON object per line; the format is chosen per record):
-
-- GSM8K: `{"question": str, "answer": str}` where `answer` is the worked
-  solution ending in `#### <final answer>`. The final answer is the text after
-  the last `####` (thousands commas removed); the cold-start solution is the
-  worked solution without calculator annotations (`<<48/2=24>>`), then
-  "The final answer is \\boxed{<final>}."
-- MATH: `{"problem": str, "solution": str}` with the final answer in the
-  solution's last `\\boxed{...}`; an optional `"answer": str` overrides it
-  (and is appended to a solution that has no `\\boxed{}`).
-- Plain: `{"question": str, "answer": str}` where `answer` (no `####`) is the
-  final answer itself; an optional `"solution": str` is the cold-start target.
+Records: one JSON object per line, in the GSM8K, MATH or plain format of
+golfjax/data/math_records.py (the format is told per record by its fields).
 
 Any record may carry an `"id"`, kept in `Problem.meta["source_id"]`;
 `Problem.id` is the record's position in its file. A malformed record raises
@@ -36,11 +26,11 @@ the tests and for smoke runs; real datasets are read from a local path.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from golfjax.data.jsonl import read_jsonl
+from golfjax.data.math_records import last_boxed, read_math_record
 from golfjax.rewards.base import Problem, Task
 
 if TYPE_CHECKING:
@@ -50,38 +40,10 @@ SAMPLE_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
                            "testdata", "math_sample.jsonl")
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text` (balanced braces), or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 0, start + len("\\boxed")
-        for i in range(start + len("\\boxed"), len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start + len("\\boxed{"):i].strip()
-        # Unclosed (e.g. a truncated response): look at an earlier one.
-        start = text.rfind("\\boxed{", 0, start)
-    return None
-
-
-def _field(record: dict[str, Any], name: str, where: str) -> str:
-    if name not in record:
-        raise ValueError(f"{where}: missing field {name!r}")
-    value = record[name]
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
-    return value
-
 
 def parse_record(record: dict[str, Any], index: int, where: str,
                  prompt_suffix: str = PROMPT_SUFFIX) -> Problem:
-    """One `Problem` from a record (formats in the module docstring).
+    """One `Problem` from a record (`math_records.read_math_record`).
 
     Args:
       record: the decoded JSON object.
@@ -89,41 +51,10 @@ def parse_record(record: dict[str, Any], index: int, where: str,
       where: "file, record i (line l)", prefixed to every error.
       prompt_suffix: appended to the question (the answer-format instruction).
     """
-    if "problem" in record:  # MATH
-        question = _field(record, "problem", where)
-        solution = _field(record, "solution", where)
-        if "answer" in record:
-            answer = _field(record, "answer", where)
-            if last_boxed(solution) is None:
-                # The cold-start target must end in the format the reward reads.
-                solution += f"\nThe final answer is \\boxed{{{answer}}}."
-        else:
-            answer = last_boxed(solution)
-            if not answer:
-                raise ValueError(
-                    f"{where}: field 'solution' has no \\boxed{{...}} answer and there is"
-                    " no 'answer' field")
-    elif "question" in record:  # GSM8K or plain
-        question = _field(record, "question", where)
-        raw = _field(record, "answer", where)
-        if "####" in raw:
-            rationale, _, final = raw.rpartition("####")
-            answer = final.strip().replace(",", "")
-            if not answer:
-                raise ValueError(f"{where}: field 'answer' has nothing after '####'")
-            steps = _CALCULATOR.sub("", rationale).strip()
-            solution = f"{steps}\nThe final answer is \\boxed{{{answer}}}.".lstrip()
-        else:
-            answer = raw.strip()
-            solution = (_field(record, "solution", where) if "solution" in record
-                        else f"The final answer is \\boxed{{{answer}}}.")
-    else:
-        raise ValueError(
-            f"{where}: missing field 'question' (GSM8K/plain format) or 'problem'"
-            " (MATH format)")
+    read = read_math_record(record, where)
     meta = {"source_id": record["id"]} if "id" in record else {}
-    return Problem(id=index, question=question.strip() + prompt_suffix, answer=answer,
-                   solution=solution, meta=meta)
+    return Problem(id=index, question=read.question + prompt_suffix, answer=read.answer,
+                   solution=read.solution, meta=meta)
 
 
 def load_problems(path: str | os.PathLike[str],

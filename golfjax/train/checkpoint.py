@@ -20,10 +20,12 @@ every file of the step, written atomically), and a resuming run verifies it
 before trusting the step. `newest_intact` walks the steps from the newest,
 reports a damaged one (a truncated, missing or altered file) in one line
 naming its path and the cause, and falls back to the newest intact step; when
-none is intact it raises `CheckpointError` with that one line. A step without
-a digest (its run died between Orbax's finalisation and the seal, or it was
-written before digests existed) is restored unverified, and said so. Every
-restored state is checked to be finite too.
+none is intact it raises `CheckpointError` with that one line.
+`restore_newest` walks the same way and also restores each candidate's state:
+a step whose state does not restore, or restores non-finite values, is damaged
+too, and the walk goes on to the next older one. A step without a digest (its
+run died between Orbax's finalisation and the seal, or it was written before
+digests existed) is said so and verified by that restore alone.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Found:
     config: dict[str, Any]
     data: dict[str, Any]
     verified: bool  # False: the step has no digest and was read unverified.
+    state: Any = None  # The restored train state (`restore_newest` only).
 
 
 def _say(line: str) -> None:
@@ -80,6 +83,15 @@ def _agree(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
+def _all(ok: bool) -> bool:
+    """Multi-process: whether `ok` holds on every process."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
     """Silences Orbax's own error logs (a traceback per failing item) while a
@@ -93,9 +105,22 @@ def _quiet_orbax() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """`e` as `Type: message` on one line (at most 300 characters of message)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text[:300]}"
+
+
+def _stamp(directory: str) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, modification time) of every file under `directory`."""
+    stamp = []
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            stamp.append((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
 
 
 def file_digests(directory: str) -> dict[str, dict[str, Any]]:
@@ -147,7 +172,7 @@ def verify_digest(directory: str) -> bool:
         if not isinstance(expected, dict):
             raise TypeError(f"'files' is a {type(expected).__name__}")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is unreadable ({_one_line(e)})") from None
+        raise CheckpointError(f"{path} is unreadable ({one_line(e)})") from None
     actual = file_digests(directory)
     for rel in sorted(expected):
         want, got = expected[rel], actual.get(rel)
@@ -212,6 +237,8 @@ class Checkpointer:
         )
         self._sealer: threading.Thread | None = None
         self._seal_error: BaseException | None = None
+        # Each step's digest verdict from a walk, with its files' stamp (`_readable`).
+        self._verdicts: dict[int, tuple[Any, int, str]] = {}
 
     def step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -269,7 +296,7 @@ class Checkpointer:
             e, self._seal_error = self._seal_error, None
             # The step stays restorable, unverified; the save's own error (if
             # it failed) is raised by Orbax on the main thread.
-            _say(f"warning: {self.directory}: a checkpoint was not sealed with a digest ({_one_line(e)})")
+            _say(f"warning: {self.directory}: a checkpoint was not sealed with a digest ({one_line(e)})")
 
     def verify(self, step: int) -> bool:
         """Checks `step` against its digest: True if it matches, False if it has
@@ -294,25 +321,68 @@ class Checkpointer:
           CheckpointError: steps exist but none is intact (the newest one's
             damage in one line, then a count of the others).
         """
-        steps = sorted(self.all_steps(), reverse=True)
-        damaged: list[str] = []
-        for i, step in enumerate(steps):
-            # -1: damaged, 0: no digest, 1: verified.
-            verdict, cause = -1, ""
-            if self.primary or jax.process_count() == 1:
+        return self._newest(report, set_aside, abstract_state=None)
+
+    def restore_newest(
+        self, abstract_state: Callable[[int], TrainState], report: Callable[[str], None] = _say, *,
+        set_aside: bool = True,
+    ) -> Found | None:
+        """`newest_intact`, where a step is intact only if its state restores
+        too (finite, onto `abstract_state(step)`); the `Found` holds that state.
+
+        A step that `newest_intact` accepted (an unsealed one, or one whose
+        arrays Orbax cannot read) may fail here: it is reported and set aside
+        like any damaged step, and the walk goes on to the next older step.
+        Digests verified by an earlier walk of this `Checkpointer` are not
+        hashed again.
+
+        Raises:
+          CheckpointError: steps exist but none restores.
+        """
+        return self._newest(report, set_aside, abstract_state=abstract_state)
+
+    def _readable(self, step: int) -> tuple[int, str, Any, Any]:
+        """(verdict, cause, config, data) of `step`: -1 damaged (cause says
+        why), 0 no digest, 1 verified. A digest verified by an earlier walk is
+        not hashed again while the step's files keep their sizes and times."""
+        verdict, cause, config, data = -1, "", None, None
+        if self.primary or jax.process_count() == 1:
+            stamp = _stamp(self.step_dir(step))
+            cached = self._verdicts.get(step)
+            if cached is not None and cached[0] == stamp:
+                _, verdict, cause = cached
+            else:
                 try:
                     verdict = int(self.verify(step))
                 except CheckpointError as e:
                     cause = str(e)
-            verdict = _agree(verdict)
-            if verdict >= 0:
+                self._verdicts[step] = (stamp, verdict, cause)
+        verdict = _agree(verdict)
+        if verdict >= 0:
+            try:
+                config = self.restore_config(step)
+                data = self._restore_json(step, "data")
+            except CheckpointError as e:
+                verdict, cause = -1, str(e)
+        if verdict < 0:
+            cause = cause or f"{self.step_dir(step)} is damaged (process 0 says so)"
+        return verdict, cause, config, data
+
+    def _newest(self, report: Callable[[str], None], set_aside: bool,
+                abstract_state: Callable[[int], TrainState] | None) -> Found | None:
+        steps = sorted(self.all_steps(), reverse=True)
+        damaged: list[str] = []
+        for i, step in enumerate(steps):
+            verdict, cause, config, data = self._readable(step)
+            state = None
+            if verdict >= 0 and abstract_state is not None:
                 try:
-                    config = self.restore_config(step)
-                    data = self._restore_json(step, "data")
+                    state, _ = self.restore(abstract_state(step), step)
                 except CheckpointError as e:
-                    verdict, cause = -1, str(e)
+                    cause = str(e)
+                if not _all(not cause):
+                    verdict, cause = -1, cause or f"{self.step_dir(step)} does not restore on another process"
             if verdict < 0:
-                cause = cause or f"{self.step_dir(step)} is damaged (process 0 says so)"
                 damaged.append(cause)
                 older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
                 report(f"damaged checkpoint: {cause}; {older}")
@@ -322,7 +392,7 @@ class Checkpointer:
                        " restoring it unverified")
             if i and set_aside:
                 self._set_aside(steps[:i], report)
-            return Found(step=step, config=config, data=data, verified=bool(verdict))
+            return Found(step=step, config=config, data=data, verified=bool(verdict), state=state)
         if damaged:
             others = f" (and {len(damaged) - 1} older damaged step(s))" if len(damaged) > 1 else ""
             raise CheckpointError(f"no intact checkpoint in {self.directory}: {damaged[0]}{others}")
@@ -353,7 +423,7 @@ class Checkpointer:
             value = restored[item]
         except Exception as e:  # Orbax raises many kinds; all mean unreadable.
             raise CheckpointError(
-                f"{os.path.join(self.step_dir(step), item)} is unreadable ({_one_line(e)})") from None
+                f"{os.path.join(self.step_dir(step), item)} is unreadable ({one_line(e)})") from None
         if not isinstance(value, dict):
             raise CheckpointError(
                 f"{os.path.join(self.step_dir(step), item)} holds a {type(value).__name__}, not a dict")
@@ -396,7 +466,7 @@ class Checkpointer:
                     ),
                 )
         except Exception as e:  # Orbax raises many kinds; all mean unreadable.
-            raise CheckpointError(f"{where} does not restore ({_one_line(e)})") from None
+            raise CheckpointError(f"{where} does not restore ({one_line(e)})") from None
         check_finite(restored["state"], os.path.join(where, "state"))
         return restored["state"], restored["data"]
 

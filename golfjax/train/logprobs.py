@@ -1,16 +1,16 @@
 """Per-token log-probs of response tokens, computed in chunks along the sequence.
 
-Letters: N rows, P prompt slots, T response slots, L = P + T, D model width,
-V vocabulary, K chunk length.
+Letters (golfjax/types.py): N rows, P prompt slots, T response slots,
+S = P + T, D model width, V vocabulary; Nc chunks of Tc response positions.
 
 The model runs once over `[prompt; response]` and returns hidden states; the
 unembedding (the D x V matmul), the softmax normaliser and the entropy are then
-computed K response positions at a time under `jax.checkpoint`, so neither the
+computed Tc response positions at a time under `jax.checkpoint`, so neither the
 forward nor the backward pass ever holds a float32 `N x T x V` tensor.
 
-Peak memory of this step: about `3 * N * K * V * 4` bytes (the chunk's logits,
+Peak memory of this step: about `3 * N * Tc * V * 4` bytes (the chunk's logits,
 its softmax and their cotangent) instead of `N * T * V * 4` for each of those.
-For N = 8, K = 128, V = 151,936 (Qwen 2.5) that is 1.9 GB instead of 19 GB at
+For N = 8, Tc = 128, V = 151,936 (Qwen 2.5) that is 1.9 GB instead of 19 GB at
 T = 4096 on every device that holds the rows.
 
 Temperature: the sampler draws from `softmax(logits / temperature)` (then
@@ -27,18 +27,18 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# (hidden_NxKxD) -> float32 logits_NxKxV
+# (hidden_XxD) -> float32 logits_XxV
 Unembed = Callable[[jax.Array], jax.Array]
 
 
-def response_hidden(h_NxLxD: jax.Array, prompt_len: int) -> jax.Array:
+def response_hidden(h_NxSxD: jax.Array, prompt_len: int) -> jax.Array:
     """The hidden states that predict the response tokens.
 
     The token in slot `P + t` is predicted by the hidden state of slot
     `P + t - 1`, so response token 0 reads the last prompt slot.
     """
-    num_response = h_NxLxD.shape[1] - prompt_len
-    return jax.lax.slice_in_dim(h_NxLxD, prompt_len - 1, prompt_len - 1 + num_response, axis=1)
+    num_response = h_NxSxD.shape[1] - prompt_len
+    return jax.lax.slice_in_dim(h_NxSxD, prompt_len - 1, prompt_len - 1 + num_response, axis=1)
 
 
 def token_logprobs(
@@ -57,7 +57,7 @@ def token_logprobs(
       targets_NxT: int token ids whose log-prob is wanted.
       unembed: maps hidden states to float32 logits.
       temperature: the sampling temperature (> 0).
-      chunk: K, response positions per chunk; T is padded up to a multiple.
+      chunk: Tc, response positions per chunk; T is padded up to a multiple.
       with_entropy: also return the entropy of each position's distribution.
 
     Returns:
@@ -66,30 +66,31 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}; expected > 0 (greedy rollouts are scored at 1)")
     n, t, d = h_NxTxD.shape
-    k = min(chunk, t)
-    num_chunks = -(-t // k)
-    pad = num_chunks * k - t
+    tc = min(chunk, t)
+    num_chunks = -(-t // tc)
+    pad = num_chunks * tc - t
     h_NxTxD = jnp.pad(h_NxTxD, ((0, 0), (0, pad), (0, 0)))
     targets_NxT = jnp.pad(targets_NxT, ((0, 0), (0, pad)))
     # Chunks lead, so lax.map walks them one at a time.
-    h_CxNxKxD = h_NxTxD.reshape(n, num_chunks, k, d).transpose(1, 0, 2, 3)
-    targets_CxNxK = targets_NxT.reshape(n, num_chunks, k).transpose(1, 0, 2)
+    h_NcxNxTcxD = h_NxTxD.reshape(n, num_chunks, tc, d).transpose(1, 0, 2, 3)
+    targets_NcxNxTc = targets_NxT.reshape(n, num_chunks, tc).transpose(1, 0, 2)
 
     @jax.checkpoint  # Backward recomputes the chunk's logits instead of storing them.
-    def one_chunk(h_NxKxD: jax.Array, targets_NxK: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits_NxKxV = unembed(h_NxKxD).astype(jnp.float32) / temperature
-        lse_NxK = jax.nn.logsumexp(logits_NxKxV, axis=-1)
-        target_NxK = jnp.take_along_axis(logits_NxKxV, targets_NxK[..., None], axis=-1)[..., 0]
-        logp_NxK = target_NxK - lse_NxK
+    def one_chunk(h_NxTcxD: jax.Array, targets_NxTc: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits_NxTcxV = unembed(h_NxTcxD).astype(jnp.float32) / temperature
+        lse_NxTc = jax.nn.logsumexp(logits_NxTcxV, axis=-1)
+        target_NxTc = jnp.take_along_axis(logits_NxTcxV, targets_NxTc[..., None], axis=-1)[..., 0]
+        logp_NxTc = target_NxTc - lse_NxTc
         if not with_entropy:
-            return logp_NxK, jnp.zeros_like(logp_NxK)
-        probs_NxKxV = jnp.exp(logits_NxKxV - lse_NxK[..., None])
-        entropy_NxK = lse_NxK - jnp.sum(probs_NxKxV * logits_NxKxV, axis=-1)
-        return logp_NxK, entropy_NxK
+            return logp_NxTc, jnp.zeros_like(logp_NxTc)
+        probs_NxTcxV = jnp.exp(logits_NxTcxV - lse_NxTc[..., None])
+        entropy_NxTc = lse_NxTc - jnp.sum(probs_NxTcxV * logits_NxTcxV, axis=-1)
+        return logp_NxTc, entropy_NxTc
 
-    logp_CxNxK, entropy_CxNxK = jax.lax.map(lambda xs: one_chunk(*xs), (h_CxNxKxD, targets_CxNxK))
+    logp_NcxNxTc, entropy_NcxNxTc = jax.lax.map(lambda xs: one_chunk(*xs),
+                                                (h_NcxNxTcxD, targets_NcxNxTc))
 
-    def unchunk(x_CxNxK: jax.Array) -> jax.Array:
-        return x_CxNxK.transpose(1, 0, 2).reshape(n, num_chunks * k)[:, :t]
+    def unchunk(x_NcxNxTc: jax.Array) -> jax.Array:
+        return x_NcxNxTc.transpose(1, 0, 2).reshape(n, num_chunks * tc)[:, :t]
 
-    return unchunk(logp_CxNxK), (unchunk(entropy_CxNxK) if with_entropy else None)
+    return unchunk(logp_NcxNxTc), (unchunk(entropy_NcxNxTc) if with_entropy else None)

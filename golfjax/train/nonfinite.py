@@ -1,8 +1,9 @@
 """The non-finite policy of a run, on the host, for every phase's steps.
 
-The train step never applies a non-finite update: it keeps the parameters and
-the optimizer state, and reports `train/skipped_nonfinite = 1`
-(golfjax/train/step.py). `NonfiniteGuard` decides what the run does next:
+The train step never applies an update whose loss or gradient is not finite,
+or that would make a parameter or an optimizer moment non-finite: it keeps the
+parameters and the optimizer state, and reports `train/skipped_nonfinite = 1`
+(golfjax/train/step.py). So no checkpoint holds a non-finite state. `NonfiniteGuard` decides what the run does next:
 
 - `raise`: stop at the first skipped step;
 - `skip`: go on, unless more than `max_consecutive_skips` steps in a row were
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-POLICIES = ("skip", "raise")
+from golfjax.config import NONFINITE_MODES as POLICIES
+
 SKIPPED = "train/skipped_nonfinite"
 
 
@@ -47,11 +49,11 @@ class NonfiniteGuard:
         values = f"loss={metrics.get('loss', metrics.get('cold_start/nll'))}, grad_norm={metrics.get('grad_norm')}"
         if self.policy == "raise":
             raise FloatingPointError(
-                f"{phase} step {step}: non-finite loss or gradient ({values}); the update was not"
+                f"{phase} step {step}: non-finite loss, gradient or update ({values}); the update was not"
                 " applied and train.nonfinite = 'raise' stops the run")
         if self.streak > self.max_consecutive_skips:
             first = step - self.streak + 1
             raise FloatingPointError(
                 f"{phase} steps {first} to {step}: {self.streak} consecutive steps had a non-finite"
-                f" loss or gradient and were skipped ({values} at step {step}), more than"
+                f" loss, gradient or update and were skipped ({values} at step {step}), more than"
                 f" train.max_consecutive_skips = {self.max_consecutive_skips}; the run has diverged")

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-Params = Any
+from golfjax.optimizer_config import SCHEDULES  # noqa: F401  (re-exported)
+from golfjax.optimizer_config import OptimizerConfig
 
-SCHEDULES = ("constant", "cosine")
+Params = Any
 
 
 @jax.tree_util.register_dataclass
@@ -43,71 +44,41 @@ class TrainState:
         return dataclasses.replace(self, **changes)
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """AdamW with warmup and global-norm clipping (GOLF's released defaults).
-
-    Attributes:
-      lr: peak learning rate.
-      warmup_steps: linear warmup from 0 to `lr`.
-      schedule: "constant" after warmup, or "cosine" decay to
-        `lr * min_lr_ratio` at `total_steps`.
-      total_steps: the horizon of the cosine schedule (ignored by "constant").
-      min_lr_ratio: the cosine schedule's final fraction of `lr`.
-      b1, b2, eps: Adam's moment decays and epsilon.
-      weight_decay: decoupled weight decay; norm scales and biases never decay.
-      grad_clip: global-norm clipping threshold; None disables it.
-    """
-
-    lr: float = 1e-6
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    total_steps: int = 1000
-    min_lr_ratio: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float | None = 1.0
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"OptimizerConfig.schedule={self.schedule!r}; expected one of"
-                f" {', '.join(SCHEDULES)}"
-            )
-        checks = {
-            "lr": (self.lr > 0, "> 0"),
-            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
-            "total_steps": (self.total_steps > 0, "> 0"),
-            "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-            "b1": (0 <= self.b1 < 1, "in [0, 1)"),
-            "b2": (0 <= self.b2 < 1, "in [0, 1)"),
-            "eps": (self.eps > 0, "> 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"OptimizerConfig.{name}={getattr(self, name)!r}; expected {expected}"
-                )
-
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    """Linear warmup to `cfg.lr`, then constant or cosine decay."""
+    """Linear warmup to `cfg.lr`, then constant or cosine decay.
+
+    The schedule maps the count of applied updates to the rate of the next
+    one; with "cosine", update `total_steps - 1` (the last) takes
+    `lr * min_lr_ratio`.
+    """
     if cfg.schedule == "constant":
         after_warmup = optax.constant_schedule(cfg.lr)
     else:
+        if cfg.total_steps < 1:
+            raise ValueError(
+                f"OptimizerConfig.total_steps={cfg.total_steps}; the cosine schedule needs its horizon"
+                " (a run sets it to its steps: RunConfig.rl_optimizer)")
         after_warmup = optax.cosine_decay_schedule(
             cfg.lr,
-            decay_steps=max(cfg.total_steps - cfg.warmup_steps, 1),
+            decay_steps=max(cfg.total_steps - 1 - cfg.warmup_steps, 1),
             alpha=cfg.min_lr_ratio,
         )
     if cfg.warmup_steps == 0:
         return after_warmup
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, after_warmup], [cfg.warmup_steps])
+
+
+def schedule_count(opt_state: optax.OptState) -> jax.Array:
+    """The updates applied so far by `make_optimizer`'s chain: the count its
+    learning-rate schedule is evaluated at (a skipped step does not count)."""
+    counts = [x.count for x in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(x, optax.ScaleByScheduleState)]
+    if len(counts) != 1:
+        raise ValueError(f"the optimizer state holds {len(counts)} learning-rate schedules; expected 1")
+    return counts[0]
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:

@@ -11,7 +11,9 @@ per-token log-probs (golfjax/train/logprobs.py), and the objective
 
 where `policy` is `LOSSES[cfg.loss]` on on-policy response tokens,
 `off_policy` is `OFF_POLICY_LOSSES[cfg.off_policy_loss]` on GOLF's injected
-tokens, and each `C` is the *whole batch's* count of that term. The counts
+tokens, `kl` the estimator `train.kl_estimator` of the KL to the reference
+policy (golfjax/losses/kl.py; with `train.kl_in = "loss"`, else it is in the
+rewards), and each `C` is the *whole batch's* count of that term. The counts
 depend only on masks (and on old/sampler log-probs for MIS), never on the
 parameters, so they are computed once up front; each micro-batch then adds
 `grad(sum_m / C)` and the accumulated gradient is exactly the full-batch
@@ -23,9 +25,22 @@ ones). Every part is split into M micro-batches and the counts are the sum of
 the parts' counts, so the gradient is the one of the parts concatenated along
 the rows with their prompts padded to one length, without the padding's compute.
 
-Non-finite gradients never reach the parameters: the update is skipped (the
-optimizer state is kept too) and `train/skipped_nonfinite` is 1; the run's
-`NonfiniteGuard` (golfjax/train/nonfinite.py) decides on the host whether to go on.
+The loss functions' diagnostics are `Weighted` (sum, count) pairs too: they
+are added over micro-batches and parts and divided once, so each is the mean
+over everything it measures in the whole batch (`loss/offpolicy_prob_mean`
+over the injected tokens, wherever they are).
+
+Nothing non-finite reaches the train state: an update is skipped (parameters
+and optimizer state kept) when the loss or the gradient is not finite, or when
+applying it would make a parameter or an optimizer moment non-finite (e.g. a
+huge learning rate); `train/skipped_nonfinite` is then 1, and the run's
+`NonfiniteGuard` (golfjax/train/nonfinite.py) decides on the host whether to
+go on. The second check evaluates the optimizer's arithmetic once more,
+reduced to one flag before the update is applied: a second pass over the
+parameters, gradients and moments, but no second copy of the state (XLA's
+memory analysis of the compiled step shows the same temporary bytes with and
+without it), so the donated state is still updated in place. `optimizer/lr` is
+the learning rate the step's update takes (or would have taken).
 """
 
 from __future__ import annotations
@@ -44,11 +59,13 @@ from golfjax import losses as losses_lib
 from golfjax import sharding as sharding_lib
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
+from golfjax.losses import kl as kl_lib
 from golfjax.losses import reduce
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.train import logprobs as logprobs_lib
 from golfjax.train.state import TrainState
+from golfjax.train.state import schedule_count
 from golfjax.types import Batch
 
 def compute_logprobs(
@@ -62,16 +79,16 @@ def compute_logprobs(
 ) -> tuple[jax.Array, jax.Array | None]:
     """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`."""
     prompt_len = batch.prompt_tokens_NxP.shape[1]
-    tokens_NxL = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
+    tokens_NxS = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
     # Every response slot is visible: right padding only ever follows the end.
-    mask_NxL = jnp.concatenate(
+    mask_NxS = jnp.concatenate(
         [batch.prompt_mask_NxP, jnp.ones_like(batch.response_mask_NxT)], axis=1
     )
-    positions_NxL = jnp.maximum(jnp.cumsum(mask_NxL.astype(jnp.int32), axis=1) - 1, 0)
-    h_NxLxD, _ = transformer.hidden(
-        params, tokens_NxL, positions_NxL, mask_NxL, config=model_config
+    positions_NxS = jnp.maximum(jnp.cumsum(mask_NxS.astype(jnp.int32), axis=1) - 1, 0)
+    h_NxSxD, _ = transformer.hidden(
+        params, tokens_NxS, positions_NxS, mask_NxS, config=model_config
     )
-    h_NxTxD = logprobs_lib.response_hidden(h_NxLxD, prompt_len)
+    h_NxTxD = logprobs_lib.response_hidden(h_NxSxD, prompt_len)
     return logprobs_lib.token_logprobs(
         h_NxTxD,
         batch.tokens_NxT,
@@ -94,9 +111,18 @@ def uses_sampler_logp(loss_cfg: LossConfig) -> bool:
     return loss_cfg.tis or loss_cfg.mis != "none"
 
 
+def _checked_aux(name: str, aux: dict[str, Any]) -> dict[str, reduce.Weighted]:
+    for key, value in aux.items():
+        if not isinstance(value, reduce.Weighted):
+            raise TypeError(
+                f"loss {name!r} returned diagnostic {key!r} as {type(value).__name__}; expected a"
+                " losses.Weighted (sum, count) pair, e.g. reduce.weighted_mean(x, mask)")
+    return aux
+
+
 def _policy_terms(
     logp_NxT: jax.Array, batch: Batch, cfg: TrainSection, loss_cfg: LossConfig
-) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, jax.Array]]:
+) -> tuple[reduce.Weighted, reduce.Weighted, dict[str, reduce.Weighted]]:
     """(on-policy loss, off-policy loss, aux) of one (micro-)batch."""
     on_NxT, off_NxT = _masks(batch)
     sampler = batch.behaviour_logp_NxT if uses_sampler_logp(loss_cfg) else None
@@ -108,16 +134,7 @@ def _policy_terms(
     off_policy, off_aux = losses_lib.OFF_POLICY_LOSSES[cfg.off_policy_loss](
         logp_NxT, batch.behaviour_logp_NxT, batch.advantage_N, off_NxT, loss_cfg
     )
-    return policy, off_policy, aux | off_aux
-
-
-def _kl_NxT(logp_NxT: jax.Array, ref_logp_NxT: jax.Array, estimator: str) -> jax.Array:
-    log_ratio_NxT = jax.lax.stop_gradient(ref_logp_NxT) - logp_NxT
-    if estimator == "k1":
-        return -log_ratio_NxT
-    # k3 (Schulman): unbiased for KL(pi || ref) under pi's samples, >= 0.
-    log_ratio_NxT = jnp.clip(log_ratio_NxT, -20.0, 20.0)
-    return jnp.expm1(log_ratio_NxT) - log_ratio_NxT
+    return policy, off_policy, _checked_aux(cfg.loss, aux) | _checked_aux(cfg.off_policy_loss, off_aux)
 
 
 def term_counts(batch: Batch, cfg: TrainSection, loss_cfg: LossConfig) -> dict[str, jax.Array]:
@@ -140,12 +157,12 @@ def _micro_objective(
     cfg: TrainSection,
     loss_cfg: LossConfig,
     temperature: float,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted]]]:
     """This micro-batch's share of the full-batch objective.
 
     Returns `(objective, (shares, diagnostics))`: `shares` are this micro-batch's
     exact parts of full-batch quantities (they add up over micro-batches);
-    `diagnostics` are means within the micro-batch (averaged over them).
+    `diagnostics` are the loss functions' `Weighted` pairs (they add up too).
     """
     logp_NxT, entropy_NxT = compute_logprobs(
         params, batch, model_config=model_config, temperature=temperature,
@@ -156,8 +173,8 @@ def _micro_objective(
     response_NxT = batch.response_mask_NxT
     shares = {"loss/policy": _safe_div(policy.sum + off_policy.sum, counts["policy"])}
     objective = shares["loss/policy"]
-    if cfg.kl_coef > 0:
-        kl_NxT = _kl_NxT(logp_NxT, batch.ref_logp_NxT, cfg.kl_estimator)
+    if cfg.kl_coef > 0 and cfg.kl_in == "loss":
+        kl_NxT = kl_lib.kl_penalty(logp_NxT, batch.ref_logp_NxT, cfg.kl_estimator)
         shares["loss/kl"] = _safe_div(reduce.aggregate(kl_NxT, response_NxT, agg).sum, counts["response"])
         objective = objective + cfg.kl_coef * shares["loss/kl"]
     shares["entropy"] = _safe_div(reduce.aggregate(entropy_NxT, response_NxT, agg).sum, counts["response"])
@@ -204,6 +221,7 @@ def train_step(
     loss_cfg: LossConfig,
     temperature: float,
     row_sharding: NamedSharding | None = None,
+    lr_schedule: optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from one batch; see the module docstring.
 
@@ -220,11 +238,13 @@ def train_step(
         the sampling `temperature`.
       row_sharding: sharding of a micro-batch's rows, keeping every
         micro-batch spread over all data devices; None on one device.
+      lr_schedule: `optimizer`'s learning-rate schedule, for `optimizer/lr`
+        (static; `Trainer` binds it); None leaves the metric out.
 
     Returns:
       The next state and scalar metrics: `loss`, `loss/policy` (and `loss/kl`),
       the loss functions' diagnostics under `loss/`, `entropy`, `grad_norm`,
-      `train/skipped_nonfinite`, token counts.
+      `optimizer/lr`, `train/skipped_nonfinite`, token counts.
     """
     del key  # Deterministic objectives (see above).
     parts = as_parts(batch)
@@ -272,11 +292,14 @@ def train_step(
     grads, loss, shares, diagnostics = carry
 
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
 
     def update(_: None) -> tuple[Any, Any]:
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), new_opt_state
+
+    # Whether the update keeps every parameter and moment finite: the update's
+    # arithmetic once more, reduced to one flag (see the module docstring).
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss) & _all_finite(update(None))
 
     def keep(_: None) -> tuple[Any, Any]:
         return state.params, state.opt_state
@@ -287,7 +310,7 @@ def train_step(
     next_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {
         **shares,
-        **{name: value / (m * len(parts)) for name, value in diagnostics.items()},
+        **{name: value.value for name, value in diagnostics.items()},
         "loss": loss,
         "grad_norm": grad_norm,
         "train/skipped_nonfinite": (~finite).astype(jnp.float32),
@@ -297,7 +320,15 @@ def train_step(
             (part.response_mask_NxT & part.off_policy_mask_NxT).sum().astype(jnp.float32)
             for part in parts),
     }
+    if lr_schedule is not None:
+        metrics["optimizer/lr"] = jnp.asarray(lr_schedule(schedule_count(state.opt_state)), jnp.float32)
     return next_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """True when every floating leaf of `tree` is finite everywhere."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
 
 
 def batch_shardings(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> Batch:

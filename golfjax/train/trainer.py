@@ -32,6 +32,7 @@ from golfjax.train.state import OptimizerConfig
 from golfjax.train.state import TrainState
 from golfjax.train.state import init_train_state
 from golfjax.train.state import make_optimizer
+from golfjax.train.state import make_schedule
 from golfjax.types import Batch
 
 
@@ -42,7 +43,8 @@ class Trainer:
       model_config: the policy's architecture.
       cfg: the `train` section (loss, coefficients, micro-batches, ...).
       loss_cfg: the `loss` section.
-      opt_cfg: the optimizer (`optimizer` section, or the cold start's).
+      opt_cfg: the optimizer (`RunConfig.rl_optimizer`, or the cold start's),
+        its `total_steps` resolved for a cosine schedule.
       mesh: the learner's mesh.
       temperature: log-probs are scored at the sampling temperature (a greedy
         rollout, temperature 0, is scored at 1).
@@ -111,6 +113,7 @@ class Trainer:
             loss_cfg=loss_cfg,
             temperature=temperature,
             row_sharding=row,
+            lr_schedule=make_schedule(opt_cfg),
         ))
         self._replicated = replicated
         # One jitted step per batch layout: a Batch, or a tuple of k parts.

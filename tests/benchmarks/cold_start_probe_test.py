@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from golfjax import sampling
-from golfjax.data.cold_start import SFTExample
+from golfjax.data.sft_examples import SFTExample
 from golfjax.models import config as config_lib
 from golfjax.models import transformer
 

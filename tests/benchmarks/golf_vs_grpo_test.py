@@ -21,7 +21,7 @@ def _records(accuracies, samples_per_step, prompts_per_step=8):
     # Step 0 is the evaluation before RL; it has no counters yet.
     records = [{"step": 0, "eval/accuracy": accuracies[0]}]
     for i, acc in enumerate(accuracies[1:], start=1):
-        records.append({"step": i, "eval/accuracy": acc, "samples/generated": i * samples_per_step,
+        records.append({"step": i, "eval/accuracy": acc, "samples/generated_total": i * samples_per_step,
                         "samples/prompts_seen": i * prompts_per_step})
     return records
 

@@ -4,7 +4,7 @@ import pytest
 
 from experiments.configs import golf as golf_config
 from golfjax import feedback
-from golfjax.data import cold_start
+from golfjax.data import sft_examples
 from golfjax.data.char_tokenizer import make_task_tokenizer
 from golfjax.feedback import refinement
 from golfjax.rewards import arith
@@ -44,7 +44,7 @@ def test_arith_refinement_prompts_fit_the_112_bucket(tok):
 
     refine_task = arith.ArithTask(**{**c.task.kwargs, **c.cold_start.task_kwargs,
                                      **c.cold_start.refine_task_kwargs})
-    examples = cold_start.make_cold_start_examples(
+    examples = sft_examples.make_cold_start_examples(
         refine_task, refine_task.load("train"), tok, critic=feedback.make_critic(None, refine_task),
         refine_fraction=1.0, max_prompt_tokens=budget, template=template, seed=0)
     cold_longest = max(len(e.prompt_tokens) for e in examples)

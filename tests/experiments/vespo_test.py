@@ -98,7 +98,7 @@ def test_smoke_run_of_each_variant(env, variant_and_overrides, tmp_path):
     samples_per_step = config.train.prompts_per_step * config.sampling.group_size
     if config.schedule.async_rollout:
         assert all(r["schedule/staleness"] <= config.schedule.max_staleness for r in rl)
-        generated = rl[-1]["samples/generated"]
+        generated = rl[-1]["samples/generated_total"]
         dropped = sum(r["schedule/dropped_rollouts"] for r in rl)
         assert generated == (len(rl) + dropped) * samples_per_step
     else:
@@ -106,7 +106,7 @@ def test_smoke_run_of_each_variant(env, variant_and_overrides, tmp_path):
         assert [r["schedule/staleness"] for r in rl] == [float(j % n) for j in range(len(rl))]
         assert all(r["schedule/minibatches"] == n for r in rl)
         factor = 2 if config.golf.enabled else 1  # GOLF also samples refinements.
-        assert rl[-1]["samples/generated"] == factor * len(rl) * samples_per_step
+        assert rl[-1]["samples/generated_total"] == factor * len(rl) * samples_per_step
     if config.golf.enabled:
         assert "golf/injection_rate" in records[-1]
     # VESPO's kernel statistics are logged for the VESPO loss only.

@@ -48,8 +48,8 @@ def test_batches_are_all_plain_or_all_refinement(tok):
 def test_refinement_batches_draw_from_refine_task_kwargs(tok, monkeypatch):
     _, cold = _cold_start(tok, refine_fraction=0.5, refine_task_kwargs={"min_digits": 3, "max_digits": 3})
     seen = []
-    make = cold_start_lib.data_cold_start.make_cold_start_examples
-    monkeypatch.setattr(cold_start_lib.data_cold_start, "make_cold_start_examples",
+    make = cold_start_lib.sft_examples.make_cold_start_examples
+    monkeypatch.setattr(cold_start_lib.sft_examples, "make_cold_start_examples",
                         lambda task, problems, *a, **kw: seen.append((kw["refine_fraction"], problems))
                         or make(task, problems, *a, **kw))
     _batches(cold, 6)
@@ -114,6 +114,6 @@ def test_an_example_that_does_not_fit_names_its_index():
 def test_metrics_keep_the_step_s_names_the_train_loop_reads():
     metrics = cold_start_lib.ColdStart.metrics(
         {"loss": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0, "train/skipped_nonfinite": 0.0,
-         "entropy": 3.0})
-    assert metrics == {"cold_start/nll": 2.5, "grad_norm": 1.0, "train/response_tokens": 40.0,
-                       "train/skipped_nonfinite": 0.0}
+         "entropy": 3.0, "optimizer/lr": 3e-4})
+    assert metrics == {"cold_start/nll": 2.5, "grad_norm": 1.0, "optimizer/lr": 3e-4,
+                       "train/response_tokens": 40.0, "train/skipped_nonfinite": 0.0}

@@ -1,18 +1,126 @@
-"""golfjax/loops/rl.py: more prompts than a sampler call takes are sampled in calls."""
+"""Tests for golfjax/loops/rl.py: GroupSource's batch, group_metrics and the
+Evaluator's accuracy and pass@k, against values worked out by hand; more
+prompts than a sampler call takes are sampled in calls and joined.
+
+The sampler, tokenizer and task are stand-ins that make every sample's reward
+known: problem b's prompt is the one token b, the sampler answers it G times
+from a script (token 10 + b is right, token 1 wrong), and a response scores 1
+when it is the problem's answer.
+"""
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
+import pytest
 
+from golfjax.decode import FINISH_STOP, Rollout
 from golfjax.loops import rl
-from golfjax.rewards.base import Problem
-from golfjax.sampling import Rollout, SamplingConfig
+from golfjax.rewards.base import Problem, Task
+from golfjax.sampling_config import SamplingConfig
+
+WRONG = 1
+
+
+class _Tokenizer:
+    def encode_prompt(self, question, template_kwargs):
+        return [int(question)]
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids)
+
+
+class _Task(Task):
+    def load(self, split):
+        raise NotImplementedError
+
+    def score(self, problem, response):
+        return 1.0 if response == problem.answer else 0.0
 
 
 @dataclasses.dataclass
 class _Sampler:
-    """Records each call; row r of prompt b answers with token 100 * b + r."""
+    """Answers prompt b with `right[b]`: one bool per sample (G of them)."""
+
+    right: dict[int, list[bool]]
+    calls: list[list[int]] = dataclasses.field(default_factory=list)
+    # The real sampler's config: its largest batch bucket (512) caps a call.
+    cfg: SamplingConfig = SamplingConfig()
+
+    def generate(self, params, prompts, key):
+        self.calls.append([p[0] for p in prompts])
+        answers = [[10 + p[0] if ok else WRONG for ok in self.right[p[0]]] for p in prompts]
+        g = len(answers[0])
+        n = len(prompts) * g
+        # One answer token, then a padding slot.
+        tokens_NxT = np.stack([np.concatenate(answers), np.zeros(n)], axis=1).astype(np.int32)
+        mask_NxT = np.tile([True, False], (n, 1))
+        return Rollout(
+            prompt_tokens_NxP=np.repeat(np.array(prompts, np.int32), g, axis=0),
+            prompt_mask_NxP=np.ones((n, 1), bool),
+            tokens_NxT=tokens_NxT,
+            response_mask_NxT=mask_NxT,
+            behaviour_logp_NxT=np.where(mask_NxT, -0.5, 0.0).astype(np.float32),
+            length_N=np.ones(n, np.int32),
+            finish_reason_N=np.full(n, FINISH_STOP, np.int32),
+            group_id_N=np.arange(n, dtype=np.int32) // g,
+        )
+
+
+def _problems(b):
+    return [Problem(id=i, question=str(i), answer=str(10 + i)) for i in range(b)]
+
+
+def test_group_metrics_by_hand():
+    reward_BxG = np.array([[1.0, 0.5], [0.5, 0.25], [1.0, 1.0]])
+    # Mean of the six rewards; a success is a reward of 1: group 1 has none,
+    # group 2 only successes.
+    assert rl.group_metrics(reward_BxG, prefix="r") == pytest.approx({
+        "r/mean": 4.25 / 6, "r/all_fail_frac": 1 / 3, "r/all_success_frac": 1 / 3})
+
+
+def test_group_source_batch_and_metrics_by_hand():
+    sampler = _Sampler({0: [True, False, False, True], 1: [False] * 4})
+    source = rl.GroupSource(sampler, _Task(), _Tokenizer(), rl.advantage_fn("grpo"))
+    batch, info = source.sample(None, _problems(2), jax.random.PRNGKey(0))
+    # Group 0's rewards 1 0 0 1: mean 1/2, unbiased std sqrt(1/3), so
+    # A = +-(1/2) / sqrt(1/3) = +-0.8660; group 1 all 0: no deviation, A = 0.
+    a = 0.5 / math.sqrt(1 / 3)
+    np.testing.assert_allclose(batch.advantage_N, [a, -a, -a, a, 0, 0, 0, 0], rtol=1e-5)
+    np.testing.assert_array_equal(batch.reward_N, [1, 0, 0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch.group_id_N, [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(batch.tokens_NxT[:, 0], [10, 1, 1, 10, 1, 1, 1, 1])
+    np.testing.assert_array_equal(batch.prompt_tokens_NxP[:, 0], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(batch.behaviour_logp_NxT, np.tile([-0.5, 0.0], (8, 1)))
+    np.testing.assert_array_equal(batch.old_logp_NxT, batch.behaviour_logp_NxT)
+    assert not batch.off_policy_mask_NxT.any()
+    assert info == pytest.approx({"reward/mean": 2 / 8, "reward/all_fail_frac": 1 / 2,
+                                  "reward/all_success_frac": 0.0, "samples/generated": 8.0})
+
+
+def _pass_at_k(n, c, k):
+    """The unbiased estimator of pass@k from n samples of which c are right
+    (Chen et al. 2021): 1 - C(n - c, k) / C(n, k)."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def test_evaluator_accuracy_and_pass_at_k_by_hand():
+    # Three problems, k = 4 samples each, right 0, 1 and 4 times; two prompts
+    # per sampler call, so the third problem is sampled on its own.
+    sampler = _Sampler({0: [False] * 4, 1: [False, False, True, False], 2: [True] * 4})
+    evaluator = rl.Evaluator(sampler, _problems(3), _Task(), _Tokenizer(), batch_size=2)
+    metrics = evaluator(None, jax.random.PRNGKey(0))
+    assert sampler.calls == [[0, 1], [2]]
+    expected = np.mean([_pass_at_k(4, c, 4) for c in (0, 1, 4)])
+    assert expected == pytest.approx(2 / 3)
+    assert metrics == pytest.approx({"eval/accuracy": 5 / 12, "eval/pass@4": expected})
+
+
+@dataclasses.dataclass
+class _CallsSampler:
+    """Records each call's prompt count and key; row r of prompt b answers
+    with token 100 * b + r."""
 
     cfg: SamplingConfig
     calls: list = dataclasses.field(default_factory=list)
@@ -32,18 +140,8 @@ class _Sampler:
             group_id_N=np.arange(n, dtype=np.int32) // g)
 
 
-class _Tokenizer:
-    def decode(self, ids):
-        return " ".join(map(str, ids))
-
-
-class _Task:
-    def score(self, problem, text):
-        return float(text == problem.answer)
-
-
 def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
-    sampler = _Sampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
+    sampler = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
     prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
     problems = [Problem(id=i, question="", answer=str(100 * (i % 2))) for i in range(5)]
     key = jax.random.key(7)
@@ -62,6 +160,6 @@ def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
     assert groups.texts[4:6] == ["0", "1"] and groups.reward_N.tolist()[4] == 1.0
 
     # Within one call, the key is the caller's, unchanged.
-    one = _Sampler(SamplingConfig(group_size=2, batch_buckets=(8,)))
+    one = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(8,)))
     rl.sample_groups(one, None, problems, prompts, key, _Task(), _Tokenizer())
     assert one.calls == [(5, np.asarray(jax.random.key_data(key)).tolist())]

@@ -14,22 +14,18 @@ import jax
 import numpy as np
 import pytest
 
-from golfjax import advantages
 from golfjax import config as config_lib
 from golfjax import sharding
 from golfjax.data.iterator import EpochIterator
 from golfjax.loops import rollout_worker as worker_lib
 from golfjax.loops import schedule as schedule_lib
 from golfjax.losses import LossConfig
-from golfjax.models import config as model_config_lib
 from golfjax.models import transformer
 from golfjax.rewards.base import Problem
 from golfjax.train import state as state_lib
 from golfjax.train.trainer import Trainer
-from golfjax.types import make_batch
-
-MODEL = model_config_lib.get_preset("tiny")
-B, G, P, T = 2, 4, 6, 5  # prompts per mini-batch, group, prompt and response tokens
+from tests.loops.stand_in import B, G, MODEL
+from tests.loops.stand_in import build_batch as _build_batch
 PROBLEMS = [Problem(id=i, question=f"q{i}", answer="0") for i in range(64)]
 # Generous: a bound for a hung thread, never a timing assertion.
 DEADLINE_S = 120.0
@@ -52,39 +48,6 @@ def _run_config(loss="vespo", n=1, steps=8, **schedule):
         train=config_lib.TrainSection(loss=loss, steps=steps, prompts_per_step=B, advantage="grpo"),
         schedule=config_lib.ScheduleSection(minibatches=n, **schedule),
     )
-
-
-def _build_batch(calls=None, delay_s=0.0):
-    """A stand-in for a source's `sample`: random responses, mixed rewards."""
-
-    def build(params, problems, key):
-        del params
-        if delay_s:
-            time.sleep(delay_s)
-        rng = np.random.default_rng(np.asarray(key).tolist())
-        n = len(problems) * G
-        prompt_mask = np.ones((n, P), bool)
-        response_len = rng.integers(2, T + 1, n)
-        response_mask = np.arange(T)[None, :] < response_len[:, None]
-        reward = rng.integers(0, 2, n).astype(np.float32)
-        reward[::G], reward[1::G] = 1.0, 0.0  # Every group has signal.
-        group_id = np.repeat(np.arange(len(problems)), G)
-        if calls is not None:
-            calls.append([p.id for p in problems])
-        batch = make_batch(
-            prompt_tokens_NxP=rng.integers(1, MODEL.vocab_size, (n, P)) * prompt_mask,
-            prompt_mask_NxP=prompt_mask,
-            tokens_NxT=rng.integers(1, MODEL.vocab_size, (n, T)) * response_mask,
-            response_mask_NxT=response_mask,
-            # The sampler's log-probs: unlike the trainer's (about log 1/256).
-            behaviour_logp_NxT=np.log(rng.uniform(0.02, 0.05, (n, T))),
-            advantage_N=advantages.grpo(reward, group_id),
-            reward_N=reward,
-            group_id_N=group_id,
-        )
-        return batch, {"reward/mean": float(reward.mean()), "samples/generated": float(n)}
-
-    return build
 
 
 @dataclasses.dataclass(frozen=True)

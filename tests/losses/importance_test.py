@@ -75,7 +75,7 @@ class VespoTest(parameterized.TestCase):
         # token-mean over 3 tokens: dL/dlogp_t = -phi A / 3 (phi not multiplied by w again).
         np.testing.assert_allclose(grad, np.full((1, 3), -phi / 3), rtol=1e-5)
         _, aux = importance.vespo(logp, old, adv, mask, cfg, sampler)
-        np.testing.assert_allclose(aux["log_w_pos_mean"], 0.9, rtol=1e-5)
+        np.testing.assert_allclose(aux["log_w_pos_mean"].value, 0.9, rtol=1e-5)
 
     @parameterized.parameters("token-mean", "seq-mean-token-sum-norm")
     def test_tis_matches_reference(self, agg):
@@ -96,11 +96,11 @@ class VespoTest(parameterized.TestCase):
         adv = jnp.array([1.0, -1.0, 1.0])
         mask = jnp.array([[1, 1, 1], [1, 1, 1], [0, 0, 0]], bool)
         _, aux = importance.vespo(logp, old, adv, mask, LossConfig())
-        np.testing.assert_allclose(aux["log_w_pos_mean"], 0.6, rtol=1e-5)
-        np.testing.assert_allclose(aux["log_w_neg_mean"], -0.3, rtol=1e-5)
-        np.testing.assert_allclose(aux["phi_pos_mean"], reference.phi(np.exp(0.6), 2, 3), rtol=1e-5)
-        np.testing.assert_allclose(aux["phi_neg_mean"], reference.phi(np.exp(-0.3), 3, 2), rtol=1e-5)
-        np.testing.assert_allclose(aux["pos_frac"], 0.5)
+        np.testing.assert_allclose(aux["log_w_pos_mean"].value, 0.6, rtol=1e-5)
+        np.testing.assert_allclose(aux["log_w_neg_mean"].value, -0.3, rtol=1e-5)
+        np.testing.assert_allclose(aux["phi_pos_mean"].value, reference.phi(np.exp(0.6), 2, 3), rtol=1e-5)
+        np.testing.assert_allclose(aux["phi_neg_mean"].value, reference.phi(np.exp(-0.3), 3, 2), rtol=1e-5)
+        np.testing.assert_allclose(aux["pos_frac"].value, 0.5)
 
     def test_non_finite_phi_becomes_zero(self):
         # lam * W with W = e^20 is ~1.4e9 in the exponent: phi underflows to 0 and

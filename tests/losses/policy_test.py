@@ -128,7 +128,7 @@ class PolicyLossTest(parameterized.TestCase):
             jnp.asarray(logp, jnp.bfloat16), old, adv, mask, LossConfig()
         )
         chex.assert_type([weighted.sum, weighted.count], jnp.float32)
-        chex.assert_shape([weighted.sum, weighted.count, *aux.values()], ())
+        chex.assert_shape([weighted.sum, weighted.count, *(a.value for a in aux.values())], ())
 
     def test_dual_clip_bounds_negative_advantage_loss(self):
         # A = -1 and rho = e^3 ~ 20: unclipped loss -A rho = 20 exceeds the
@@ -139,7 +139,7 @@ class PolicyLossTest(parameterized.TestCase):
         mask = jnp.ones((1, 1), bool)
         weighted, aux = LOSSES["ppo_clip"](logp, old, adv, mask, LossConfig())
         self.assertAlmostEqual(float(weighted.value), 3.0, places=6)
-        self.assertEqual(float(aux["dual_clip_frac"]), 1.0)
+        self.assertEqual(float(aux["dual_clip_frac"].value), 1.0)
         no_dual, _ = LOSSES["ppo_clip"](
             logp, old, adv, mask, LossConfig(dual_clip=None)
         )
@@ -172,7 +172,7 @@ class PolicyLossTest(parameterized.TestCase):
         )(old + log_ratio)
         weights = np.minimum(np.exp([-1.0, 0.5, 1.0, 2.0]), 5.0)
         np.testing.assert_allclose(grad, -weights[None, :] / 4, rtol=1e-6)
-        self.assertAlmostEqual(float(aux["clip_frac"]), 0.25)
+        self.assertAlmostEqual(float(aux["clip_frac"].value), 0.25)
         # verl's example bound, 1 + 0.2: ratios above 1.2 are capped there.
         grad_verl = jax.grad(lambda lp: LOSSES["cispo"](
             lp, old, adv, mask, LossConfig(cispo_max_weight=1.2))[0].value)(old + log_ratio)
@@ -213,7 +213,7 @@ class MismatchCorrectionTest(parameterized.TestCase):
         # Two kept tokens out of four: each gets -A / 2.
         np.testing.assert_allclose(grad, [[-0.5, 0.0, -0.5, 0.0]])
         _, aux = LOSSES["reinforce"](logp, old, adv, mask, cfg, sampler)
-        self.assertAlmostEqual(float(aux["mis_reject_frac"]), 0.5)
+        self.assertAlmostEqual(float(aux["mis_reject_frac"].value), 0.5)
 
     def test_sequence_mis_rejects_whole_rows(self):
         # Row 0's product ratio is e^(0.3 * 3) = e^0.9 > 2: rejected whole.

@@ -52,7 +52,7 @@ class OffPolicyLossTest(chex.TestCase, parameterized.TestCase):
         old = (old + 1e4).astype(np.float32)  # enormous log-ratios
         fn = self.variant(functools.partial(OFF_POLICY_LOSSES[name], cfg=LossConfig()))
         weighted, aux = fn(logp, old, adv, mask)
-        chex.assert_shape([weighted.sum, weighted.count, *aux.values()], ())
+        chex.assert_shape([weighted.sum, weighted.count, *(a.value for a in aux.values())], ())
         chex.assert_tree_all_finite((weighted, aux))
         g_logp, g_old = jax.grad(
             lambda lp, o: OFF_POLICY_LOSSES[name](lp, o, adv, mask)[0].value, argnums=(0, 1)

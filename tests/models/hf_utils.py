@@ -44,7 +44,7 @@ def make_hf_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
 
 def left_padded_batch(batch: int = 3, length: int = 24, seed: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """tokens_NxT, positions_NxT, mask_NxT; row b has 0, 5, 10... pad slots."""
+    """tokens_NxS, positions_NxS, mask_NxS; row b has 0, 5, 10... pad slots."""
     rng = np.random.RandomState(seed)
     mask = np.ones((batch, length), bool)
     for b in range(batch):

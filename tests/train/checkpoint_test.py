@@ -276,6 +276,60 @@ class IntegrityTest(parameterized.TestCase):
         ckpt.close()
 
 
+class RestoreNewestTest(parameterized.TestCase):
+    """issue 26, Found 3: a step that does not restore, or restores non-finite
+    values, is set aside like a damaged one, and the walk falls back."""
+
+    def _steps(self, workdir, mesh, poisoned):
+        state, shardings = _state(mesh)
+        ckpt = ckpt_lib.Checkpointer(workdir, save_every=1)
+        ckpt.save(1, state, {"index": 1}, {"seed": 0})
+        # Sealed with a valid digest, yet not finite: what a poisoned update saved.
+        bad = state.replace(params={**state.params, "w": state.params["w"].at[0, 0].set(jnp.inf)})
+        ckpt.save(2, bad if poisoned else state, {"index": 2}, {"seed": 0})
+        ckpt.close()
+        return state, ckpt_lib.abstract_with_shardings(state, shardings)
+
+    def test_a_sealed_step_with_a_nonfinite_state_falls_back_and_is_set_aside(self):
+        workdir = self.create_tempdir().full_path
+        state, abstract = self._steps(workdir, _mesh(), poisoned=True)
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        self.assertEqual(ckpt.newest_intact(lambda _: None, set_aside=False).step, 2)  # Its digest verifies.
+        reports = []
+        found = ckpt.restore_newest(lambda step: abstract, reports.append, set_aside=False)  # An export.
+        self.assertEqual((found.step, found.data), (1, {"index": 1}))
+        self.assertEqual(ckpt.all_steps(), [1, 2])
+        found = ckpt.restore_newest(lambda step: abstract, reports.append)
+        self.assertEqual(found.step, 1)
+        damaged = (f"damaged checkpoint: {workdir}/2/state holds non-finite values in 1 array(s),"
+                   " e.g. state.params['w']; trying step 1")
+        self.assertEqual(reports[:2], [damaged, damaged])
+        self.assertRegex(reports[2], r"^moved damaged step 2 to .*damaged_checkpoints/2(\.\d+)?$")
+        self.assertEqual(ckpt.all_steps(), [1])
+        for got, want in zip(jax.tree.leaves(found.state), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(got, want)
+        ckpt.close()
+
+    def test_an_unsealed_step_that_does_not_restore_falls_back(self):
+        workdir = self.create_tempdir().full_path
+        _, abstract = self._steps(workdir, _mesh(), poisoned=False)
+        # Killed between Orbax's finalisation and the seal, with a torn file.
+        os.remove(os.path.join(workdir, "2", "digest.json"))
+        _garbage_metadata(os.path.join(workdir, "2"))
+        ckpt = ckpt_lib.Checkpointer(workdir)
+        reports = []
+        found = ckpt.restore_newest(lambda step: abstract, reports.append)
+        self.assertEqual(found.step, 1)
+        self.assertRegex(reports[0], rf"^damaged checkpoint: {workdir}/2 does not restore \(\w+: .*; trying step 1$")
+        self.assertEqual(ckpt.all_steps(), [1])
+        # Nothing restores: one line, and nothing is moved.
+        _garbage_metadata(os.path.join(workdir, "1"))
+        with self.assertRaisesRegex(ckpt_lib.CheckpointError, rf"^no intact checkpoint in {workdir}: {workdir}/1/"):
+            ckpt.restore_newest(lambda step: abstract, reports.append)
+        self.assertEqual(ckpt.all_steps(), [1])
+        ckpt.close()
+
+
 class ConfigChangesTest(absltest.TestCase):
 
     def test_lengthening_and_evaluation_changes_are_allowed_the_rest_refused(self):

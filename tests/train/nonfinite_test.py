@@ -17,7 +17,7 @@ def test_skip_stops_after_more_than_the_allowed_streak():
     guard.check(4, SKIPPED)
     guard.check(5, SKIPPED)
     with pytest.raises(FloatingPointError,
-                       match=r"train steps 4 to 6: 3 consecutive steps had a non-finite loss or gradient"
+                       match=r"train steps 4 to 6: 3 consecutive steps had a non-finite loss, gradient or update"
                              r" and were skipped \(loss=nan, grad_norm=nan at step 6\), more than"
                              r" train.max_consecutive_skips = 2"):
         guard.check(6, SKIPPED)
@@ -33,7 +33,7 @@ def test_raise_stops_at_the_first_skipped_step_of_any_phase():
     guard = nonfinite.NonfiniteGuard("raise", max_consecutive_skips=10)
     guard.check(1, {"cold_start/nll": 2.0, "grad_norm": 1.0})  # No skip key: not skipped.
     with pytest.raises(FloatingPointError,
-                       match=r"cold start step 2: non-finite loss or gradient \(loss=inf, grad_norm=nan\);"
+                       match=r"cold start step 2: non-finite loss, gradient or update \(loss=inf, grad_norm=nan\);"
                              r" .* train.nonfinite = 'raise'"):
         guard.check(2, {"train/skipped_nonfinite": 1.0, "cold_start/nll": float("inf"),
                         "grad_norm": float("nan")}, phase="cold start")

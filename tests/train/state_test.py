@@ -63,16 +63,20 @@ class OptimizerTest(parameterized.TestCase):
         np.testing.assert_allclose([warm(s) for s in (0, 2, 4, 100)], [0.0, 0.5, 1.0, 1.0])
         cosine = state_lib.make_schedule(
             state_lib.OptimizerConfig(
-                lr=1.0, warmup_steps=2, schedule="cosine", total_steps=12, min_lr_ratio=0.1
+                lr=1.0, warmup_steps=2, schedule="cosine", total_steps=13, min_lr_ratio=0.1
             )
         )
-        # Halfway through the 10 decay steps: 0.1 + 0.9 * (1 + cos(pi/2)) / 2 = 0.55.
+        # Updates 2 to 12 decay over 10 counts, the last (12) at the floor; halfway:
+        # 0.1 + 0.9 * (1 + cos(pi/2)) / 2 = 0.55.
         np.testing.assert_allclose([cosine(2), cosine(7), cosine(12)], [1.0, 0.55, 0.1], rtol=1e-5)
+        with self.assertRaisesRegex(ValueError, r"total_steps=0; the cosine schedule needs its horizon"):
+            state_lib.make_schedule(state_lib.OptimizerConfig(schedule="cosine"))
 
     @parameterized.named_parameters(
-        ("lr", {"lr": 0.0}, r"OptimizerConfig.lr=0.0; expected > 0"),
+        ("lr", {"lr": 0.0}, r"OptimizerConfig.lr=0.0; expected a finite number > 0"),
+        ("lr_inf", {"lr": float("inf")}, r"OptimizerConfig.lr=inf; expected a finite number > 0"),
         ("schedule", {"schedule": "linear"}, r"schedule='linear'; expected one of constant, cosine"),
-        ("clip", {"grad_clip": -1.0}, r"grad_clip=-1.0; expected > 0 or None"),
+        ("clip", {"grad_clip": -1.0}, r"grad_clip=-1.0; expected a finite number > 0 or None"),
         ("b2", {"b2": 1.0}, r"b2=1.0; expected in \[0, 1\)"),
         ("warmup", {"warmup_steps": -3}, r"warmup_steps=-3; expected >= 0"),
     )

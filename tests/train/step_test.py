@@ -228,8 +228,8 @@ def test_bad_configuration_names_the_field():
     # The step takes the run's `train` section, validated where it is built.
     with pytest.raises(ValueError, match="config.train.loss: unknown loss 'ppo'"):
         run_config.build(run_config.TrainSection, {"loss": "ppo"}, "config.train")
-    with pytest.raises(ValueError, match="config.train.kl_estimator='k2'; expected one of k1, k3"):
-        run_config.build(run_config.TrainSection, {"kl_estimator": "k2"}, "config.train")
+    with pytest.raises(ValueError, match="config.train.kl_estimator='low_var_kl'; expected one of k1, k2, k3"):
+        run_config.build(run_config.TrainSection, {"kl_estimator": "low_var_kl"}, "config.train")
     with pytest.raises(ValueError, match="config.train.micro_batches=0; expected >= 1"):
         run_config.build(run_config.TrainSection, {"micro_batches": 0}, "config.train")
     trainer = _trainer(micro_batches=3)

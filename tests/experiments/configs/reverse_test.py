@@ -9,7 +9,7 @@ from golfjax import config as config_lib
 from golfjax import feedback
 from golfjax import metrics as metrics_lib
 from golfjax import train_loop
-from golfjax.data import cold_start
+from golfjax.data import sft_examples
 from golfjax.data.char_tokenizer import make_task_tokenizer
 from golfjax.feedback import refinement
 from golfjax.rewards import reverse
@@ -65,7 +65,7 @@ def test_refinement_prompts_fit_with_their_attempt(tok):
     base = reverse_config.get_config("base")
     refine_task = reverse.ReverseTask(**{**base.task.kwargs, **base.cold_start.task_kwargs,
                                          **base.cold_start.refine_task_kwargs})
-    examples = cold_start.make_cold_start_examples(
+    examples = sft_examples.make_cold_start_examples(
         refine_task, refine_task.load("train")[:500], tok, critic=feedback.make_critic(None, refine_task),
         refine_fraction=1.0, max_prompt_tokens=budget, template=template, seed=0)
     assert all(len(e.prompt_tokens) <= budget for e in examples)

@@ -1,0 +1,110 @@
+"""Tests for golfjax/train/step.py's diagnostics: each averaged over what it measures.
+
+issue 26, Found 6. A GOLF-shaped batch of two parts (the second has no injected
+token) is trained in 2 micro-batches each; every diagnostic the loss functions
+report must equal that loss function applied to all the batch's rows at once,
+not a mean of the four micro-batches' means. One test per diagnostic.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from golfjax import config as config_lib
+from golfjax import losses
+from golfjax import metrics as metrics_lib
+from golfjax import sharding
+from golfjax.losses import LossConfig
+from golfjax.models import config as model_config_lib
+from golfjax.models import transformer
+from golfjax.train import state as state_lib
+from golfjax.train.trainer import Trainer
+from golfjax.types import make_batch
+
+MODEL = model_config_lib.get_preset("tiny")
+M = 2  # micro-batches
+# Two trains: (on-policy loss, off-policy loss, loss settings) and the diagnostics they report.
+SETUPS = {
+    "ppo": (("ppo_clip", "shaping", LossConfig(tis=True, mis="token", mis_cap=1.5)),
+            ("clip_frac", "dual_clip_frac", "approx_kl", "tis_weight_mean", "mis_reject_frac",
+             "offpolicy_prob_mean")),
+    "vespo": (("vespo", "truncated_is", LossConfig()),
+              ("log_w_mean", "log_w_pos_mean", "log_w_neg_mean", "phi_pos_mean", "phi_neg_mean",
+               "pos_frac", "ess", "offpolicy_is_weight_mean", "offpolicy_truncated_frac")),
+}
+
+
+def _part(seed, n, p, t=5, injected=()):
+    rng = np.random.default_rng(seed)
+    prompt_mask = np.arange(p)[None, :] >= (p - rng.integers(2, p + 1, n))[:, None]
+    response_mask = np.arange(t)[None, :] < rng.integers(1, t + 1, n)[:, None]
+    off = np.zeros((n, t), bool)
+    off[list(injected)] = True
+    behaviour = np.log(rng.uniform(0.001, 0.02, (n, t)))
+    batch = make_batch(
+        prompt_tokens_NxP=np.where(prompt_mask, rng.integers(1, MODEL.vocab_size, (n, p)), 0),
+        prompt_mask_NxP=prompt_mask,
+        tokens_NxT=np.where(response_mask, rng.integers(1, MODEL.vocab_size, (n, t)), 0),
+        response_mask_NxT=response_mask,
+        behaviour_logp_NxT=behaviour,
+        advantage_N=rng.normal(size=n),
+        off_policy_mask_NxT=off & response_mask,
+    )
+    # old_logp apart from the sampler's (for TIS and MIS) and from the policy's (for the ratios).
+    return batch.replace(old_logp_NxT=(behaviour + rng.normal(0, 0.4, (n, t))).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(setup):
+    """(the step's metrics, the loss functions on the whole batch, per-micro-batch ESS pairs)."""
+    (loss, off_loss, loss_cfg), _ = SETUPS[setup]
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    trainer = Trainer(MODEL, config_lib.TrainSection(loss=loss, off_policy_loss=off_loss, micro_batches=M),
+                      loss_cfg, state_lib.OptimizerConfig(lr=1e-3), mesh)
+    # The original rows (8, two injected) and the refinement rows (4, longer prompts, none injected).
+    parts = (_part(0, 8, 6, injected=(1, 6)), _part(1, 4, 11))
+    state = trainer.init_state(transformer.init_params(MODEL, jax.random.PRNGKey(0)), 0)
+    logp = [np.asarray(trainer.logprobs(state.params, trainer.put_batch(p))) for p in parts]
+    _, metrics = trainer.step(state, trainer.put_batch(parts))
+    metrics = metrics_lib.to_scalars(metrics)
+
+    def rows(name):
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    cfg = trainer.loss_cfg
+    logp_NxT, adv_N = np.concatenate(logp), rows("advantage_N")
+    on_NxT = rows("response_mask_NxT") & ~rows("off_policy_mask_NxT")
+    off_NxT = rows("response_mask_NxT") & rows("off_policy_mask_NxT")
+    _, aux = losses.LOSSES[loss](logp_NxT, rows("old_logp_NxT"), adv_N, on_NxT, cfg, rows("behaviour_logp_NxT"))
+    _, off_aux = losses.OFF_POLICY_LOSSES[off_loss](logp_NxT, rows("behaviour_logp_NxT"), adv_N, off_NxT, cfg)
+    whole = {name: _value(value) for name, value in (aux | off_aux).items()}
+    # The ESS is a statistic of the rows a loss call sees: its micro-batches'
+    # ESS, weighted by their rows (micro-batch j of a part takes rows j, j + M, ...).
+    ess = []
+    for part, part_logp in zip(parts, logp):
+        for j in range(M):
+            mb, mb_logp = part.rows(slice(j, None, M)), part_logp[j::M]
+            on_NxT = mb.response_mask_NxT & ~mb.off_policy_mask_NxT
+            if loss == "vespo":
+                _, mb_aux = losses.LOSSES[loss](
+                    mb_logp, mb.old_logp_NxT, mb.advantage_N, on_NxT, cfg, mb.behaviour_logp_NxT)
+                ess.append((_value(mb_aux["ess"]), float(on_NxT.any(axis=1).sum())))
+    return metrics, whole, ess
+
+
+def _value(diagnostic):
+    """A diagnostic's value (a `Weighted` pair's, or a plain mean's as losses returned them before)."""
+    return float(diagnostic.value) if hasattr(diagnostic, "value") else float(diagnostic)
+
+
+@pytest.mark.parametrize("setup, name", [(s, n) for s, (_, names) in SETUPS.items() for n in names])
+def test_each_diagnostic_is_the_mean_over_what_it_measures(setup, name):
+    metrics, whole, ess = _measured(setup)
+    if name == "ess":
+        expected = sum(e * rows for e, rows in ess) / sum(rows for _, rows in ess)
+        assert len({c for _, c in ess}) > 1  # Uneven micro-batches: a plain mean would differ.
+    else:
+        expected = whole[name]
+    np.testing.assert_allclose(metrics[f"loss/{name}"], expected, rtol=1e-4, atol=1e-6)
