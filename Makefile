@@ -31,7 +31,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow" tests
 
-# DEMO_ARGS="--seed 1" (or "--variant smoke") goes to golfjax.demo.
+# DEMO_ARGS="--seed 1" (or "--smoke") goes to golfjax.demo.
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(PY) -m golfjax.demo $(DEMO_ARGS)

@@ -186,7 +186,8 @@ def make_trainers(cfg: config_lib.RunConfig, model_config: model_config_lib.Mode
                   mesh: jax.sharding.Mesh) -> tuple[Trainer, Trainer | None]:
     """RL's trainer, and the cold start's (None without a cold start)."""
     trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
-                      temperature=cfg.sampling.temperature)
+                      temperature=cfg.sampling.temperature,
+                      part_names=golf_lib.PART_NAMES if cfg.golf.enabled else ())
     if not cfg.cold_start.steps:
         return trainer, None
     # Its own optimizer: the cold start's learning rate, no warmup, and

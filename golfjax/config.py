@@ -219,6 +219,10 @@ class TrainSection:
     # Score old_logp with the trainer once per rollout, before its first
     # update; False uses the sampler's log-probs.
     recompute_old_logp: bool = True
+    # GOLF's batches: log the gradient norm and share of the off-policy term,
+    # the original groups and the refinement groups (golfjax/train/step.py;
+    # a gradient buffer per part, a second backward pass where injected).
+    grad_shares: bool = True
     nonfinite: str = "skip"  # "skip" a non-finite update, or also "raise".
     # With nonfinite = "skip", a run stops once more than this many steps in a
     # row were skipped (golfjax/train/nonfinite.py).
@@ -318,6 +322,15 @@ class GolfSection:
     template: str = "default"  # golfjax.feedback.refinement.TEMPLATES
     max_refinement_prompt_tokens: int = 512
     split_mean: bool = False
+    # The knobs of docs/algorithms.md#golf-knobs, each at the released code's
+    # choice: the refinement groups train (on-policy, under their refinement
+    # prompt), and the failures of a group that received an injection keep
+    # their (negative) group-relative advantage.
+    train_refinements: bool = True
+    keep_failure_advantage: bool = True
+    # Write each step's injected rows to `<workdir>/injected.jsonl` (the
+    # offline replay of benchmarks/golf_vs_grpo.py reads them).
+    log_injected: bool = False
 
     def __post_init__(self) -> None:
         from golfjax.feedback import CRITICS

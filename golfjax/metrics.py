@@ -134,19 +134,47 @@ class MetricsWriter:
             self._tb.close()
 
 
+class StepLog:
+    """`<workdir>/<name>`: one JSON record of any data per step, each step once.
+
+    The records a run logs beside its metrics (GOLF's injected rows), kept as
+    `metrics.jsonl` is: a writer opened with `resume_from_step=s` keeps the
+    records of steps `<= s`, a fresh run's keeps none. Only process 0 writes.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], name: str, *,
+                 resume_from_step: int | None = None, primary: bool | None = None) -> None:
+        self.path = os.path.join(os.fspath(workdir), name)
+        self._file = None
+        if not (_is_process_zero() if primary is None else primary):
+            return
+        os.makedirs(os.fspath(workdir), exist_ok=True)
+        _truncate_after(self.path, -1 if resume_from_step is None else int(resume_from_step))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, step: int, record: Mapping[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"step": int(step), **record}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def _is_process_zero() -> bool:
     import jax  # Local, as in to_scalars.
 
     return jax.process_index() == 0
 
 
-def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All records of `<workdir>/metrics.jsonl`, in order.
+def read_metrics(workdir: str | os.PathLike[str], name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """All records of `<workdir>/metrics.jsonl` (or of a `StepLog`'s `name`), in order.
 
     A torn last line (a crash mid-write) is dropped; an unreadable line before
     the last is an error naming the file and line.
     """
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    path = os.path.join(os.fspath(workdir), name)
     if not os.path.exists(path):
         return []
     records, bad, last_line = _parse(path)

@@ -48,6 +48,7 @@ import numpy as np
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax import metrics as metrics_lib
+from golfjax.loops import golf as golf_lib
 from golfjax.rewards import make_task
 from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import interrupts as interrupts_lib
@@ -241,11 +242,17 @@ def _train_locked(
     # dropped, so each step is in metrics.jsonl exactly once.
     writer = metrics_lib.MetricsWriter(
         workdir, total_steps=total, resume_from_step=None if found is None else found.step)
+    # GOLF's injected rows, for benchmarks/golf_vs_grpo.py's offline replay.
+    injected_log = None
+    if cfg.golf.enabled and cfg.golf.log_injected:
+        injected_log = metrics_lib.StepLog(
+            workdir, "injected.jsonl", resume_from_step=None if found is None else found.step)
     last: dict[str, float] = {}
 
     # ------------------------------------------------------------ loop
     # The schedule, a context manager, stops its rollout worker with the run.
-    with contextlib.closing(writer), preemption_flag() as preempted, c.schedule:
+    injected_closing = contextlib.closing(injected_log) if injected_log else contextlib.nullcontext()
+    with contextlib.closing(writer), injected_closing, preemption_flag() as preempted, c.schedule:
         if found is None and cold_steps == 0:
             writer.write(0, evaluate(state.params, 0))  # The starting point.
         while step < total:
@@ -261,6 +268,9 @@ def _train_locked(
                         c.schedule.use_reference(reference_lib.copy(state.params))
                         reference_lib.save(workdir, c.schedule.reference)
                 state, last = c.schedule.step(state, rl_data, jax.random.fold_in(rng, step))
+                injected = last.pop(golf_lib.INJECTED_ROWS, None)
+                if injected_log is not None:
+                    injected_log.write(step + 1, {"rows": injected})
                 counters["prompts"] += cfg.train.prompts_per_step
                 counters["samples"] += int(last["samples/generated"])
                 last["samples/prompts_seen"] = counters["prompts"]

@@ -1,7 +1,8 @@
-"""Reproduces the committed base policy of the `reverse` regime from a seed.
+"""Reproduces the committed base policies of the `reverse` regimes from a seed.
 
     python tools/make_base_policy.py --seed 0 [--workdir workdirs/reverse_base] \
         [--out golfjax/data/base_policies/reverse]
+    python tools/make_base_policy.py --regime sparse --seed 0   # golfjax/data/base_policies/reverse6
 
 Runs the two supervised cold-start stages of experiments/configs/reverse.py
 (`base`: from random weights, the copy of a revealed answer first, then plain
@@ -9,8 +10,10 @@ reversal of 1-5 letters; `base2`: from stage 1's export, mostly plain
 reversal), each an ordinary run (no RL step; held-out accuracy on the RL
 task's 200 held-out strings at its end), exports the result and the built-in
 tokenizer as a Hugging Face checkpoint to `--out` (`golfjax.export`), and
-measures on it what RL will start from (`measure`). The work directory is the
-runs' identity: running again resumes, or just re-exports and re-measures.
+measures on it what RL will start from (`measure`). `--regime sparse` runs a
+third stage (`sparse_base`: 30 steps on plain 6-letter strings) from the
+committed 5-letter policy, for the sparse-reward regime. The work directory
+is the runs' identity: running again resumes, or just re-exports and re-measures.
 """
 
 from __future__ import annotations
@@ -28,8 +31,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join("golfjax", "data", "base_policies", "reverse")
 
 
-def measure(policy: str, *, num_problems: int = 200, samples: int = 4, seed: int = 0) -> dict[str, float]:
-    """What RL starts from, on the `reverse` RL task's held-out strings.
+def measure(policy: str, *, num_problems: int = 200, samples: int = 4, seed: int = 0,
+            variant: str = "golf") -> dict[str, Any]:
+    """`measure_params` of the checkpoint at `policy`."""
+    import jax
+
+    from golfjax import sharding
+    from golfjax.models import hf
+    from golfjax.tokenizer import load_tokenizer
+
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    model_config, params = hf.load(policy, mesh=mesh)
+    tokenizer = load_tokenizer(policy, vocab_size=model_config.vocab_size)
+    return measure_params(params, model_config, tokenizer, mesh, num_problems=num_problems,
+                          samples=samples, seed=seed, variant=variant)
+
+
+def measure_params(params: Any, model_config: Any, tokenizer: Any, mesh: Any, *, num_problems: int = 200,
+                   samples: int = 4, seed: int = 0, variant: str = "golf") -> dict[str, Any]:
+    """What RL starts from, on the held-out strings of `variant`'s RL task.
 
     Returns the greedy accuracy on held-out easy strings (the base task's own),
     greedy and sampled (temperature 1, `samples` per string) held-out
@@ -39,22 +59,15 @@ def measure(policy: str, *, num_problems: int = 200, samples: int = 4, seed: int
     at temperature 1 and scored against the string.
     """
     import jax
-    import numpy as np
 
     from experiments.configs import reverse as reverse_config
-    from golfjax import sharding
     from golfjax.feedback.critics import AnswerCritic
     from golfjax.feedback.refinement import TEMPLATES, Attempt, build_refinement_prompt
     from golfjax.loops import rl as rl_lib
-    from golfjax.models import hf
     from golfjax.rewards import make_task
     from golfjax.sampling import Sampler, SamplingConfig
-    from golfjax.tokenizer import load_tokenizer
 
-    c = reverse_config.get_config("golf")
-    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    model_config, params = hf.load(policy, mesh=mesh)
-    tokenizer = load_tokenizer(policy, vocab_size=model_config.vocab_size)
+    c = reverse_config.get_config(variant)
     task = make_task("reverse", **c.task.kwargs.to_dict())
     problems = list(task.load("test"))[:num_problems]
     base = SamplingConfig(max_new_tokens=c.sampling.max_new_tokens, stop_ids=tokenizer.stop_ids,
@@ -66,10 +79,13 @@ def measure(policy: str, *, num_problems: int = 200, samples: int = 4, seed: int
     g = rl_lib.sample_groups(greedy, params, problems, prompts, key, task, tokenizer)
     s = rl_lib.sample_groups(sampled, params, problems, prompts, jax.random.fold_in(key, 1), task, tokenizer)
     wrong = [i for i, r in enumerate(g.reward_N) if r < 1.0]
+    success_BxG = s.reward_BxG() >= 1.0
     out = {
         "greedy_accuracy": float(g.reward_N.mean()),
         "sampled_accuracy": float(s.reward_N.mean()),
-        f"pass@{samples}": float((s.reward_BxG() >= 1.0).any(axis=1).mean()),
+        f"pass@{samples}": float(success_BxG.any(axis=1).mean()),
+        # What a GRPO group of this many samples sees at RL's start.
+        f"all_fail_groups_of_{samples}": float((~success_BxG.any(axis=1)).mean()),
     }
     if wrong:
         critic = AnswerCritic("reveal")
@@ -92,14 +108,26 @@ def measure(policy: str, *, num_problems: int = 200, samples: int = 4, seed: int
     return out
 
 
-def make(workdir: str, out: str, seed: int) -> dict[str, float]:
-    """Runs both cold-start stages in `workdir` and exports the policy to `out`."""
+# Each regime's cold-start stages, the directory they export to and the config
+# variant its measurement reads the RL task from.
+REGIMES = {
+    "reverse": {"stages": (1, 2), "out": DEFAULT_OUT, "variant": "golf"},
+    "sparse": {"stages": (3,), "out": os.path.join("golfjax", "data", "base_policies", "reverse6"),
+               "variant": "sparse_golf"},
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make(workdir: str, out: str, seed: int, regime: str = "reverse") -> dict[str, Any]:
+    """Runs the regime's cold-start stages in `workdir` and exports the policy to `out`."""
     from experiments.configs import reverse as reverse_config
     from golfjax import export as export_lib
     from golfjax import train_loop
 
-    source, stages = "", {}
-    for stage in (1, 2):
+    stage_numbers = REGIMES[regime]["stages"]
+    # Stage 3 starts from the committed base policy of the 5-letter regime.
+    source, stages = reverse_config.BASE_POLICY if stage_numbers[0] == 3 else "", {}
+    for stage in stage_numbers:
         config = stage_config(stage, seed, source)
         stage_dir = os.path.join(workdir, f"stage{stage}")
         started = time.monotonic()
@@ -107,10 +135,10 @@ def make(workdir: str, out: str, seed: int) -> dict[str, float]:
         print(f"cold start stage {stage}: {config.cold_start.steps} steps in"
               f" {time.monotonic() - started:.0f} s; held-out accuracy"
               f" {last.get('eval/accuracy', float('nan')):.3f}", flush=True)
-        target = out if stage == 2 else os.path.join(workdir, "stage1_policy")
+        target = out if stage == stage_numbers[-1] else os.path.join(workdir, f"stage{stage}_policy")
         os.makedirs(target, exist_ok=True)
         export_lib.export(stage_dir, target)
-        if source:  # Stage 2 read the tokenizer from stage 1's export: ship it too.
+        if source:  # A later stage read the tokenizer from its source: ship it too.
             for name in os.listdir(source):
                 if name.startswith("tokenizer") or name == "generation_config.json":
                     shutil.copy(os.path.join(source, name), os.path.join(target, name))
@@ -121,34 +149,52 @@ def make(workdir: str, out: str, seed: int) -> dict[str, float]:
 
 
 def stage_config(stage: int, seed: int, source: str) -> Any:
-    """The config of cold-start `stage` (1 or 2); stage 2 starts from `source`,
-    stage 1's export."""
+    """The config of cold-start `stage`: 1 and 2 make the 5-letter regime's
+    policy (stage 2 starts from `source`, stage 1's export), 3 the sparse
+    regime's from the committed 5-letter one (`source`)."""
     from experiments.configs import reverse as reverse_config
 
-    config = reverse_config.get_config(f"{'base' if stage == 1 else 'base2'},seed={seed}")
-    if stage == 2:
+    variant = {1: "base", 2: "base2", 3: "sparse_base"}[stage]
+    config = reverse_config.get_config(f"{variant},seed={seed}")
+    if stage > 1:
         config.model.hf_path = source
         config.task.tokenizer = source
     return config
 
 
 def write_provenance(out: str, seed: int, stages: dict[str, Any]) -> None:
-    """How the checkpoint in `out` was made (both stages' configs), beside the weights."""
+    """How the checkpoint in `out` was made (every stage's config), beside the
+    weights; paths inside this checkout are written relative to its root."""
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, str) and os.path.isabs(value) and value.startswith(ROOT + os.sep):
+            return os.path.relpath(value, ROOT)
+        return value
+
     with open(os.path.join(out, "golfjax_base_config.json"), "w") as f:
-        json.dump({"seed": seed, "script": "tools/make_base_policy.py", **stages}, f,
+        json.dump({"seed": seed, "script": "tools/make_base_policy.py", **relative(stages)}, f,
                   indent=1, sort_keys=True, default=str)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.path.join("workdirs", "reverse_base"))
-    parser.add_argument("--out", default=DEFAULT_OUT, help="the HF checkpoint directory to write")
+    parser.add_argument("--regime", default="reverse", choices=sorted(REGIMES),
+                        help="reverse: the 5-letter regime's policy (stages 1-2, from random weights);"
+                             " sparse: the 6-letter regime's (stage 3, from the committed reverse policy)")
+    parser.add_argument("--workdir", default=None, help="default workdirs/<regime>_base")
+    parser.add_argument("--out", default=None, help="the HF checkpoint directory to write (default: the regime's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure_only", action="store_true", help="only measure the policy at --out")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="samples per held-out string at temperature 1 (and refinements per wrong one)")
     args = parser.parse_args(argv)
+    regime = REGIMES[args.regime]
+    out = args.out or regime["out"]
     if not args.measure_only:
-        make(args.workdir, args.out, args.seed)
-    print(json.dumps(measure(args.out, seed=args.seed), indent=1))
+        make(args.workdir or os.path.join("workdirs", f"{args.regime}_base"), out, args.seed, args.regime)
+    print(json.dumps(measure(out, seed=args.seed, samples=args.samples, variant=regime["variant"]), indent=1))
     return 0
 
 

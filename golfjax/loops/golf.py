@@ -20,7 +20,10 @@ first samples and scores the ordinary rollout of G samples per prompt
 5. advantages are computed per group id over the original groups (injected
    samples included in the mean, or left out with `split_mean`) and, separately,
    over the refinement groups, which train on-policy under their refinement
-   prompt: that is how the policy learns to refine.
+   prompt: that is how the policy learns to refine. Two knobs switch parts of
+   this off (docs/algorithms.md#golf-knobs): `train_refinements=False` zeroes
+   the refinement groups' advantages, `keep_failure_advantage=False` those of
+   the failures in a group that received an injection.
 
 The batch is the original groups plus the refinement groups (2N rows) as two
 parts that keep their own prompt lengths (the original prompts are several
@@ -28,7 +31,11 @@ times shorter than the refinement prompts, and `train_step` trains parts
 exactly as their concatenation, `types.concat_parts`); the train step applies
 the policy loss to on-policy tokens and the off-policy term
 (`train.off_policy_loss`) to injected ones. Metrics report rewards both before
-and after injection.
+and after injection, and `golf/distinct_demonstrations`, the distinct (prompt,
+response) pairs injected (with an exact-match verifier every verified
+refinement of a prompt is one string, so `n_inject > 1` repeats it). With
+`log_injected` the metrics also carry the injected rows under `INJECTED_ROWS`
+(not a scalar: the train loop writes them to `injected.jsonl`).
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ from golfjax.sampling import Sampler
 from golfjax.tokenizer import Tokenizer
 from golfjax.types import Batch
 from golfjax.types import make_batch
+
+# The batch's two parts, as the train step's gradient diagnostics name them.
+PART_NAMES = ("original", "refinement")
+# The metrics entry holding the injected rows (`GolfSection.log_injected`).
+INJECTED_ROWS = "golf/injected_rows"
+
 
 @dataclasses.dataclass(frozen=True)
 class GolfSource:
@@ -84,11 +97,24 @@ class GolfSource:
         )
 
     def advantages(self, reward_N: np.ndarray, group_id_N: np.ndarray, injected_N: np.ndarray) -> np.ndarray:
-        """The advantages of rows with these rewards over both parts at once:
-        per group id, the injected rows left out of their group's baseline
-        with `split_mean` (also after a KL penalty, golfjax/loops/schedule.py)."""
+        """The advantages of rows with these rewards over both parts at once
+        (the original rows, then as many refinement rows): per group id, the
+        injected rows left out of their group's baseline with `split_mean`;
+        then the knobs `keep_failure_advantage` (off: the failed rows, reward
+        below 1, of a group with an injected row get 0) and `train_refinements`
+        (off: the refinement rows get 0). Also after a KL penalty
+        (golfjax/loops/schedule.py), where a penalised success counts as failed."""
+        group_id_N = np.asarray(group_id_N, np.int32)
+        injected_N = np.asarray(injected_N, bool)
         exclude = injected_N if self.cfg.split_mean else None
-        return np.asarray(self.groups.advantage(reward_N, np.asarray(group_id_N, np.int32), exclude))
+        advantage_N = np.array(self.groups.advantage(reward_N, group_id_N, exclude), np.float32)
+        n = len(advantage_N) // 2
+        if not self.cfg.keep_failure_advantage:
+            received_N = np.isin(group_id_N, group_id_N[injected_N])
+            advantage_N[received_N & ~injected_N & (np.asarray(reward_N) < 1.0)] = 0.0
+        if not self.cfg.train_refinements:
+            advantage_N[n:] = 0.0
+        return advantage_N
 
     def with_sampler(self, sampler: Sampler) -> GolfSource:
         """The same source sampling rollouts and refinements with `sampler`."""
@@ -138,18 +164,22 @@ class GolfSource:
             _response_arrays(refined.rollout, refined.reward_N), group_size=g,
         )
         parts = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g)
+        rows = injected_rows(problems, parts[0], injected.injected_N, g)
         info = {
             **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
             **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
             **rl_lib.group_metrics(refined_BxG, "refinement"),
             "golf/injection_rate": len({i.prompt_index for i in plan}) / b,
             "golf/injected_samples": float(injected.injected_N.sum()),
+            "golf/distinct_demonstrations": float(distinct_demonstrations(rows)),
             "golf/refinable_frac": float(refinable_B.mean()),
             "golf/refinement_success": float((refined_BxG >= 1.0)[refinable_B].mean())
             if refinable_B.any() else 0.0,
             "golf/over_budget": float(np.mean([p.over_budget for p in prompts])),
             "samples/generated": float(2 * b * g),
         }
+        if self.cfg.log_injected:
+            info[INJECTED_ROWS] = rows
         return parts, info
 
     def _combine(
@@ -190,6 +220,81 @@ class GolfSource:
             group_id_N=group_id[n:],
         )
         return original_part, refinement_part
+
+
+def injected_rows(problems: Sequence[Problem], original: Batch, injected_N: np.ndarray,
+                  g: int) -> list[dict[str, Any]]:
+    """Each injected row of the original part as plain data: its problem
+    (`problem_id`, `question`), response token ids and advantage; what the
+    offline replay trains on (benchmarks/golf_vs_grpo.py)."""
+    rows = []
+    for i in np.flatnonzero(injected_N):
+        problem = problems[i // g]
+        mask = np.asarray(original.response_mask_NxT[i])
+        rows.append({
+            "problem_id": int(problem.id),
+            "question": problem.question,
+            "response": np.asarray(original.tokens_NxT[i])[mask].tolist(),
+            "advantage": float(original.advantage_N[i]),
+        })
+    return rows
+
+
+def replay_batch(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Tokenizer,
+    *,
+    capacity: int,
+    prompt_buckets: Sequence[int],
+    response_len: int,
+    template_kwargs: dict[str, Any] | None = None,
+    supervised: bool = False,
+) -> Batch:
+    """`injected_rows` records (`injected.jsonl`) as a train batch of `capacity` rows.
+
+    Each row's prompt is its question, templated as the rollout templates it;
+    its response the logged tokens. By default every response token is
+    off-policy with the logged advantage (the train step applies
+    `train.off_policy_loss` to them alone); `supervised` makes them on-policy
+    with advantage 1 (supervised learning under REINFORCE). Rows beyond the
+    records are empty (no token: they count nowhere), so every step of a replay
+    has one shape.
+
+    Raises:
+      ValueError: more records than `capacity`, or a response longer than
+        `response_len`.
+    """
+    if len(rows) > capacity:
+        raise ValueError(f"replay_batch: {len(rows)} rows do not fit capacity={capacity}")
+    prompts = [tokenizer.encode_prompt(r["question"], template_kwargs or {}) for r in rows]
+    longest = max([len(p) for p in prompts], default=1)
+    p = next((b for b in prompt_buckets if b >= longest), longest)
+    prompt_tokens_NxP = np.full((capacity, p), tokenizer.pad_id, np.int32)
+    prompt_mask_NxP = np.zeros((capacity, p), bool)
+    tokens_NxT = np.full((capacity, response_len), tokenizer.pad_id, np.int32)
+    mask_NxT = np.zeros((capacity, response_len), bool)
+    advantage_N = np.zeros(capacity, np.float32)
+    for i, (row, prompt) in enumerate(zip(rows, prompts)):
+        response = row["response"]
+        if len(response) > response_len:
+            raise ValueError(f"replay_batch: row {i} has {len(response)} response tokens;"
+                             f" response_len={response_len}")
+        prompt_tokens_NxP[i, p - len(prompt):] = prompt
+        prompt_mask_NxP[i, p - len(prompt):] = True
+        tokens_NxT[i, :len(response)] = response
+        mask_NxT[i, :len(response)] = True
+        advantage_N[i] = 1.0 if supervised else row["advantage"]
+    return make_batch(
+        prompt_tokens_NxP=prompt_tokens_NxP, prompt_mask_NxP=prompt_mask_NxP, tokens_NxT=tokens_NxT,
+        response_mask_NxT=mask_NxT, behaviour_logp_NxT=np.zeros((capacity, response_len), np.float32),
+        advantage_N=advantage_N, reward_N=(advantage_N != 0).astype(np.float32),
+        off_policy_mask_NxT=None if supervised else mask_NxT,
+    )
+
+
+def distinct_demonstrations(rows: Sequence[dict[str, Any]]) -> int:
+    """How many distinct (question, response) pairs `injected_rows` holds."""
+    return len({(r["question"], tuple(r["response"])) for r in rows})
 
 
 def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.ndarray]:

@@ -59,6 +59,9 @@ HELD_OUT_PER_MILLE = 100
 RL: dict[str, Any] = {"min_len": 5, "max_len": 5, "num_train": 5000, "num_test": 200}
 BASE_PLAIN: dict[str, Any] = {"min_len": 1, "max_len": 5, "num_train": 5000, "num_test": 0}
 BASE_REFINE: dict[str, Any] = {"min_len": 1, "max_len": 9, "num_train": 5000, "num_test": 0}
+# The sparse-reward regime: one letter longer than any the base policy was
+# taught plainly (module docstring).
+SPARSE: dict[str, Any] = {"min_len": 6, "max_len": 6, "num_train": 5000, "num_test": 200}
 
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 

@@ -25,6 +25,13 @@ ones). Every part is split into M micro-batches and the counts are the sum of
 the parts' counts, so the gradient is the one of the parts concatenated along
 the rows with their prompts padded to one length, without the padding's compute.
 
+GOLF's gradient diagnostics (`cfg.grad_shares`, batches of parts only): the
+gradient of the off-policy term and each part's on-policy gradient are
+accumulated apart, so that their norms and shares of the update are measured
+in the step itself. A micro-batch with injected tokens takes a second backward
+pass for it (one `jax.vjp`, two cotangents); one without takes none. The cost
+in memory is one gradient buffer per part, and one for the off-policy term.
+
 The loss functions' diagnostics are `Weighted` (sum, count) pairs too: they
 are added over micro-batches and parts and divided once, so each is the mean
 over everything it measures in the whole batch (`loss/offpolicy_prob_mean`
@@ -157,12 +164,14 @@ def _micro_objective(
     cfg: TrainSection,
     loss_cfg: LossConfig,
     temperature: float,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted]]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted], jax.Array]]:
     """This micro-batch's share of the full-batch objective.
 
-    Returns `(objective, (shares, diagnostics))`: `shares` are this micro-batch's
-    exact parts of full-batch quantities (they add up over micro-batches);
-    `diagnostics` are the loss functions' `Weighted` pairs (they add up too).
+    Returns `(objective, (shares, diagnostics, off_policy))`: `shares` are this
+    micro-batch's exact parts of full-batch quantities (they add up over
+    micro-batches); `diagnostics` are the loss functions' `Weighted` pairs
+    (they add up too); `off_policy` is the off-policy term's part of
+    `objective` (`_split_objective`).
     """
     logp_NxT, entropy_NxT = compute_logprobs(
         params, batch, model_config=model_config, temperature=temperature,
@@ -183,7 +192,26 @@ def _micro_objective(
     else:  # Reported only: keep it out of the backward pass.
         shares["entropy"] = jax.lax.stop_gradient(shares["entropy"])
     diagnostics = {f"loss/{name}": value for name, value in diagnostics.items()}
-    return objective, (shares, diagnostics)
+    return objective, (shares, diagnostics, _safe_div(off_policy.sum, counts["policy"]))
+
+
+def _split_objective(*args: Any) -> tuple[jax.Array, tuple[jax.Array, Any, Any]]:
+    """`_micro_objective` as two terms, `[objective - off-policy term, off-policy
+    term]`, for a backward pass per term (`jax.vjp` with a one-hot cotangent).
+    With the cotangent `[1, 1]` the off-policy term's two paths cancel exactly."""
+    objective, (shares, diagnostics, off_policy) = _micro_objective(*args)
+    return jnp.stack([objective - off_policy, off_policy]), (objective, shares, diagnostics)
+
+
+def _grad_shares(pieces: dict[str, Any], grads: Any) -> dict[str, jax.Array]:
+    """Each piece's gradient norm and its share of the gradient, `<g_i, g> / |g|^2`
+    (the pieces add up to `g`, so the shares add up to 1)."""
+    total_sq = optax.tree.vdot(grads, grads)
+    out = {}
+    for name, piece in pieces.items():
+        out[f"grad/{name}_norm"] = optax.tree.norm(piece)
+        out[f"grad/{name}_share"] = _safe_div(optax.tree.vdot(piece, grads), total_sq)
+    return out
 
 
 Parts = tuple[Batch, ...]
@@ -222,6 +250,7 @@ def train_step(
     temperature: float,
     row_sharding: NamedSharding | None = None,
     lr_schedule: optax.Schedule | None = None,
+    part_names: Sequence[str] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from one batch; see the module docstring.
 
@@ -240,11 +269,16 @@ def train_step(
         micro-batch spread over all data devices; None on one device.
       lr_schedule: `optimizer`'s learning-rate schedule, for `optimizer/lr`
         (static; `Trainer` binds it); None leaves the metric out.
+      part_names: the parts' names in the gradient diagnostics (GOLF's
+        "original" and "refinement"); () names them part0, part1, ...
 
     Returns:
       The next state and scalar metrics: `loss`, `loss/policy` (and `loss/kl`),
       the loss functions' diagnostics under `loss/`, `entropy`, `grad_norm`,
-      `optimizer/lr`, `train/skipped_nonfinite`, token counts.
+      `optimizer/lr`, `train/skipped_nonfinite`, token counts; for a batch of
+      parts with `cfg.grad_shares`, the norm and share of the off-policy term's
+      gradient and of each part's on-policy gradient, `grad/<name>_norm` and
+      `grad/<name>_share`.
     """
     del key  # Deterministic objectives (see above).
     parts = as_parts(batch)
@@ -254,42 +288,79 @@ def train_step(
             name = "batch" if len(parts) == 1 else f"batch part {i}"
             raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
     counts = _add_counts([term_counts(part, cfg, loss_cfg) for part in parts])
+    # GOLF's diagnostics (docs/algorithms.md#golf-diagnostics): the gradient of
+    # the off-policy term and of each part's on-policy tokens, kept apart.
+    split = cfg.grad_shares and len(parts) > 1
+    if split and part_names and len(part_names) != len(parts):
+        raise ValueError(f"part_names={part_names} names {len(part_names)} parts; the batch has {len(parts)}")
+    names = tuple(part_names) if split and part_names else tuple(f"part{i}" for i in range(len(parts)))
 
     # Micro-batch j takes rows j, j + M, j + 2M, ...: with rows sharded in
     # contiguous blocks over the data devices, every micro-batch then keeps
     # rows on every device.
-    def split(x: jax.Array) -> jax.Array:
+    def split_rows(x: jax.Array) -> jax.Array:
         n = x.shape[0]
         return jnp.swapaxes(x.reshape((n // m, m) + x.shape[1:]), 0, 1)
 
     grad_fn = jax.value_and_grad(_micro_objective, has_aux=True)
 
+    def zeros(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+
+    def micro_grads(micro_batch: Batch) -> tuple[Any, ...]:
+        """(objective, shares, diagnostics, gradient, off-policy term's gradient);
+        without `split` the second gradient is () and the first is the whole."""
+        args = (micro_batch, counts, model_config, cfg, loss_cfg, temperature)
+        if not split:
+            (objective, (s, d, _)), g = grad_fn(state.params, *args)
+            return objective, s, d, g, ()
+        _, vjp_fn, (objective, s, d) = jax.vjp(
+            lambda p: _split_objective(p, *args), state.params, has_aux=True)
+
+        def on_and_off(_: None) -> tuple[Any, Any]:  # A second backward pass.
+            return vjp_fn(jnp.array([1.0, 0.0]))[0], vjp_fn(jnp.array([0.0, 1.0]))[0]
+
+        def on_only(_: None) -> tuple[Any, Any]:  # No injected token: no second pass.
+            return vjp_fn(jnp.ones(2))[0], zeros(state.params)
+
+        has_off = jnp.any(micro_batch.response_mask_NxT & micro_batch.off_policy_mask_NxT)
+        g, g_off = jax.lax.cond(has_off, on_and_off, on_only, None)
+        return objective, s, d, g, g_off
+
     def accumulate(carry: Any, micro_batch: Batch) -> tuple[Any, None]:
         if row_sharding is not None:
             micro_batch = jax.lax.with_sharding_constraint(micro_batch, row_sharding)
-        grads, loss, shares, diagnostics = carry
-        (objective, (s, d)), g = grad_fn(
-            state.params, micro_batch, counts, model_config, cfg, loss_cfg, temperature)
+        grads, off_grads, loss, shares, diagnostics = carry
+        objective, s, d, g, g_off = micro_grads(micro_batch)
         return (
             jax.tree.map(jnp.add, grads, g),
+            jax.tree.map(jnp.add, off_grads, g_off),
             loss + objective,
             jax.tree.map(jnp.add, shares, s),
             jax.tree.map(jnp.add, diagnostics, d),
         ), None
 
     first = jax.tree.map(lambda x: x[:1], parts[0])
-    _, (shares_shape, diagnostics_shape) = jax.eval_shape(
+    _, (shares_shape, diagnostics_shape, _) = jax.eval_shape(
         lambda: _micro_objective(state.params, first, counts, model_config, cfg, loss_cfg, temperature)
     )
 
-    def zeros(tree: Any) -> Any:
-        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
-
-    carry = (zeros(state.params), jnp.zeros((), jnp.float32), zeros(shares_shape), zeros(diagnostics_shape))
-    # One scan per part: the parts' shapes differ.
+    carry = (zeros(state.params), zeros(state.params) if split else (), jnp.zeros((), jnp.float32),
+             zeros(shares_shape), zeros(diagnostics_shape))
+    # One scan per part: the parts' shapes differ. With `split`, each part's
+    # on-policy gradient is kept apart.
+    part_grads = []
     for part in parts:
-        carry, _ = jax.lax.scan(accumulate, carry, jax.tree.map(split, part))
-    grads, loss, shares, diagnostics = carry
+        if split:
+            carry = (zeros(state.params),) + carry[1:]
+        carry, _ = jax.lax.scan(accumulate, carry, jax.tree.map(split_rows, part))
+        part_grads.append(carry[0])
+    _, off_grads, loss, shares, diagnostics = carry
+    grads = carry[0]
+    grad_pieces = {}
+    if split:
+        grads = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), part_grads, off_grads)
+        grad_pieces = {"off_policy": off_grads, **dict(zip(names, part_grads))}
 
     grad_norm = optax.tree.norm(grads)
 
@@ -311,6 +382,7 @@ def train_step(
     metrics = {
         **shares,
         **{name: value.value for name, value in diagnostics.items()},
+        **_grad_shares(grad_pieces, grads),
         "loss": loss,
         "grad_norm": grad_norm,
         "train/skipped_nonfinite": (~finite).astype(jnp.float32),

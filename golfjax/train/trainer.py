@@ -49,6 +49,8 @@ class Trainer:
       temperature: log-probs are scored at the sampling temperature (a greedy
         rollout, temperature 0, is scored at 1).
       rules: logical-axis rules of the parameters and batches.
+      part_names: names of a batch's parts in the gradient diagnostics
+        (`train_step`'s `part_names`).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Trainer:
         *,
         temperature: float = 1.0,
         rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
+        part_names: tuple[str, ...] = (),
     ) -> None:
         self.model_config = model_config
         self.cfg = cfg
@@ -114,6 +117,7 @@ class Trainer:
             temperature=temperature,
             row_sharding=row,
             lr_schedule=make_schedule(opt_cfg),
+            part_names=part_names,
         ))
         self._replicated = replicated
         # One jitted step per batch layout: a Batch, or a tuple of k parts.

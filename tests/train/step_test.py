@@ -236,3 +236,99 @@ def test_bad_configuration_names_the_field():
     state = trainer.init_state(_params(), seed=0)
     with pytest.raises(ValueError, match="batch has 8 rows, not divisible by micro_batches=3"):
         trainer.step(state, trainer.put_batch(_batch()))
+
+
+def _golf_parts():
+    # GOLF's two parts: part 0 holds an injected row (row 1; micro-batch 1 of
+    # 2), part 1 (the refinement groups) none.
+    return (_batch(seed=5, off_policy_rows=(1,), n=4, p=3), _batch(seed=6, off_policy_rows=(), n=4, p=9))
+
+
+def test_offpolicy_diagnostics_average_over_the_injected_tokens():
+    # The off-policy term's aux is a mean over injected tokens; parts and
+    # micro-batches without any must not dilute it (it read half the true
+    # value when averaged over GOLF's two parts).
+    parts = _golf_parts()
+    trainer = _trainer(loss="ppo_clip", micro_batches=2)
+    state = trainer.init_state(_params(), seed=0)
+    _, metrics = trainer.step(state, trainer.put_batch(parts))
+    logp, _ = step_lib.compute_logprobs(_params(), parts[0], model_config=MODEL)
+    off = parts[0].response_mask_NxT & parts[0].off_policy_mask_NxT
+    expected = np.exp(np.asarray(logp, np.float64))[off].mean()
+    np.testing.assert_allclose(metrics["loss/offpolicy_prob_mean"], expected, rtol=1e-5)
+    # The on-policy loss's aux averages over the on-policy tokens of both parts.
+    k3 = []
+    for part in parts:
+        logp, _ = step_lib.compute_logprobs(_params(), part, model_config=MODEL)
+        log_r = np.asarray(logp, np.float64) - np.asarray(part.old_logp_NxT, np.float64)
+        k3.append((np.expm1(log_r) - log_r)[part.response_mask_NxT & ~part.off_policy_mask_NxT])
+    np.testing.assert_allclose(metrics["loss/approx_kl"], np.concatenate(k3).mean(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_gradient_shares_are_each_pieces_gradient(micro_batches):
+    # Reference: the full objective's three pieces written out with the loss
+    # library on each part's log-probs, each differentiated on its own.
+    parts = _golf_parts()
+    loss_cfg = losses.LossConfig(agg="seq-mean-token-sum-norm")
+    trainer = trainer_lib.Trainer(
+        MODEL, run_config.TrainSection(loss="ppo_clip", micro_batches=micro_batches), loss_cfg,
+        state_lib.OptimizerConfig(lr=1e-2), sharding.make_mesh(1, 1, 1, devices=np.array(jax.devices()[:1])),
+        part_names=("original", "refinement"))
+    cfg = trainer.loss_cfg
+    masks = [(p.response_mask_NxT & ~p.off_policy_mask_NxT, p.response_mask_NxT & p.off_policy_mask_NxT)
+             for p in parts]
+    count = sum(float(losses.LOSSES["ppo_clip"](p.old_logp_NxT, p.old_logp_NxT, p.advantage_N, on, cfg)[0].count
+                      + losses.OFF_POLICY_LOSSES["shaping"](p.old_logp_NxT, p.behaviour_logp_NxT, p.advantage_N,
+                                                            off, cfg)[0].count)
+                for p, (on, off) in zip(parts, masks))
+
+    def piece(params, which):
+        total = 0.0
+        for i, (part, (on, off)) in enumerate(zip(parts, masks)):
+            logp, _ = step_lib.compute_logprobs(params, part, model_config=MODEL)
+            if which == i:
+                total += losses.LOSSES["ppo_clip"](logp, part.old_logp_NxT, part.advantage_N, on, cfg)[0].sum
+            if which == "off":
+                total += losses.OFF_POLICY_LOSSES["shaping"](
+                    logp, part.behaviour_logp_NxT, part.advantage_N, off, cfg)[0].sum
+        return total / count
+
+    grads = {name: jax.grad(piece)(_params(), which)
+             for name, which in (("off_policy", "off"), ("original", 0), ("refinement", 1))}
+    whole = jax.tree.map(lambda *g: sum(g), *grads.values())
+    state = trainer.init_state(_params(), seed=0)
+    _, metrics = trainer.step(state, trainer.put_batch(parts))
+    metrics = metrics_lib.to_scalars(metrics)
+    np.testing.assert_allclose(metrics["grad_norm"], float(optax_norm(whole)), rtol=1e-5)
+    for name, g in grads.items():
+        np.testing.assert_allclose(metrics[f"grad/{name}_norm"], float(optax_norm(g)), rtol=1e-4, err_msg=name)
+        share = float(tree_dot(g, whole) / tree_dot(whole, whole))
+        np.testing.assert_allclose(metrics[f"grad/{name}_share"], share, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert metrics["grad/off_policy_norm"] > 0
+    np.testing.assert_allclose(sum(metrics[f"grad/{n}_share"] for n in grads), 1.0, rtol=1e-5)
+
+
+def test_gradient_shares_leave_the_update_and_a_single_batch_alone():
+    # Splitting the backward pass changes what is measured, not the update;
+    # a single batch (GRPO's) has no pieces to report.
+    parts = _golf_parts()
+    after = []
+    for grad_shares in (True, False):
+        trainer = _trainer(loss="ppo_clip", micro_batches=2, grad_shares=grad_shares)
+        state, metrics = trainer.step(trainer.init_state(_params(), seed=0), trainer.put_batch(parts))
+        assert ("grad/part0_share" in metrics) == grad_shares
+        after.append(jax.device_get(state.params))
+    chex.assert_trees_all_close(after[0], after[1], atol=1e-6)
+    trainer = _trainer(loss="ppo_clip")
+    _, metrics = trainer.step(trainer.init_state(_params(), seed=0), trainer.put_batch(_batch()))
+    assert not [k for k in metrics if k.startswith("grad/")]
+
+
+def optax_norm(tree):
+    return np.sqrt(tree_dot(tree, tree))
+
+
+def tree_dot(a, b):
+    return sum(float(np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64)))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

@@ -1,5 +1,6 @@
 """Tests for experiments/configs/reverse.py: every variant builds, prompts fit, the base policy ships."""
 
+import json
 import os
 
 import pytest
@@ -26,16 +27,29 @@ def test_every_variant_builds(variant):
     assert cfg.task.name == "reverse" and cfg.model.preset == "task_1m"
     if variant.startswith("base"):
         assert cfg.cold_start.steps > 0 and cfg.train.steps == 0 and not cfg.model.hf_path
+    elif variant == "sparse_base":  # From the committed 5-letter policy.
+        assert cfg.cold_start.steps > 0 and cfg.train.steps == 0 and cfg.model.hf_path == reverse_config.BASE_POLICY
+    elif variant.startswith("sparse_"):
+        assert cfg.cold_start.steps == 0 and cfg.model.hf_path == reverse_config.SPARSE_POLICY
+        assert cfg.task.kwargs == reverse.SPARSE and cfg.train.prompts_per_step == 24
     else:
         assert cfg.cold_start.steps == 0 and cfg.model.hf_path == reverse_config.BASE_POLICY
     assert cfg.seed == (2 if variant.endswith("seed=2") else 0)
 
 
-def test_golf_and_grpo_differ_only_in_the_feedback_loop():
-    golf = config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config("golf")))
-    grpo = config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config("grpo")))
+@pytest.mark.parametrize("prefix", ["", "sparse_"])
+def test_golf_and_grpo_differ_only_in_the_feedback_loop(prefix):
+    def run(variant):
+        return config_lib.to_dict(config_lib.build(config_lib.RunConfig, reverse_config.get_config(prefix + variant)))
+
+    golf, grpo = run("golf"), run("grpo")
     assert golf.pop("golf")["enabled"] and not grpo.pop("golf")["enabled"]
     assert golf == grpo
+    if prefix:  # GRPO with groups of 16: also GOLF's samples per prompt and step.
+        grpo_g16 = run("grpo_g16")
+        grpo_g16.pop("golf")
+        assert grpo_g16["sampling"].pop("group_size") == 2 * grpo["sampling"].pop("group_size")
+        assert grpo_g16 == grpo
 
 
 def test_unknown_variant():
@@ -43,11 +57,12 @@ def test_unknown_variant():
         reverse_config.get_config("gold")
 
 
-def test_refinement_prompts_fit_with_their_attempt(tok):
-    """Every refinement prompt the regime builds (GOLF's from the longest failed
+@pytest.mark.parametrize("variant", ["golf", "sparse_golf"])
+def test_refinement_prompts_fit_with_their_attempt(tok, variant):
+    """Every refinement prompt a regime builds (GOLF's from the longest failed
     response the sampler can return, and the cold start's) keeps one attempt
     within the 112-token budget, the largest prompt bucket."""
-    c = reverse_config.get_config("golf")
+    c = reverse_config.get_config(variant)
     budget = c.golf.max_refinement_prompt_tokens
     assert budget == max(c.sampling.prompt_buckets)
     template = refinement.TEMPLATES[c.golf.template]
@@ -62,7 +77,7 @@ def test_refinement_prompts_fit_with_their_attempt(tok):
         group_size=g, max_prompt_tokens=budget, template=template, on_overflow="flag")
     assert all(p.num_attempts == 1 and len(p.tokens) <= budget for p in prompts)
 
-    base = reverse_config.get_config("base")
+    base = reverse_config.get_config({"golf": "base", "sparse_golf": "sparse_base"}[variant])
     refine_task = reverse.ReverseTask(**{**base.task.kwargs, **base.cold_start.task_kwargs,
                                          **base.cold_start.refine_task_kwargs})
     examples = sft_examples.make_cold_start_examples(
@@ -72,20 +87,41 @@ def test_refinement_prompts_fit_with_their_attempt(tok):
     assert all("reference answer is" in tok.decode(e.prompt_tokens) for e in examples)
 
 
-def test_base_policy_is_committed_and_small():
-    files = set(os.listdir(reverse_config.BASE_POLICY))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "golfjax_base_config.json"} <= files
-    size = sum(os.path.getsize(os.path.join(reverse_config.BASE_POLICY, f)) for f in files)
+def _strings(tree):
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in _strings(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in _strings(v)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def test_base_policies_are_committed_and_small():
+    size = 0
+    for policy in (reverse_config.BASE_POLICY, reverse_config.SPARSE_POLICY):
+        files = set(os.listdir(policy))
+        assert {"config.json", "model.safetensors", "tokenizer.json", "golfjax_base_config.json"} <= files
+        size += sum(os.path.getsize(os.path.join(policy, f)) for f in files)
+        # The provenance names no absolute path (of the machine that made it).
+        with open(os.path.join(policy, "golfjax_base_config.json")) as f:
+            assert not [v for v in _strings(json.load(f)) if os.path.isabs(v)]
     assert size <= 10 * 2**20
 
 
 @pytest.mark.slow
-def test_smoke_variant_runs_from_the_base_policy(tmp_path):
-    last = train_loop.train(reverse_config.get_config("smoke"), str(tmp_path))
+def test_smoke_variant_runs_from_the_base_policy_and_logs_its_injected_rows(tmp_path):
+    c = reverse_config.get_config("smoke")
+    c.golf.log_injected = True
+    last = train_loop.train(c, str(tmp_path))
     records = metrics_lib.read_metrics(str(tmp_path))
     assert [r["step"] for r in records] == [0, 1, 2]
     assert "eval/accuracy" in records[0] and "eval/accuracy" in last
-    assert "golf/refinement_success" in last
+    assert "golf/refinement_success" in last and "grad/refinement_share" in last
+    # One record of injected rows per RL step, as many as the step injected.
+    injected = metrics_lib.read_metrics(str(tmp_path), "injected.jsonl")
+    assert [r["step"] for r in injected] == [1, 2]
+    for rows, metrics in zip(injected, records[1:]):
+        assert len(rows["rows"]) == metrics["golf/injected_samples"]
+        assert all(row["question"].startswith("Reverse ") and row["response"] for row in rows["rows"])
 
 
 @pytest.mark.slow
