@@ -94,6 +94,7 @@ from golfjax.decode import (FINISH_LENGTH, FINISH_STOP, MIN_LOOP_STEPS, Rollout,
                             decode_bytes_per_step, decode_segments)
 from golfjax.draw import processed_log_probs, sample
 from golfjax.models import cache as cache_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig, resolve_decode_layers
 from golfjax.sampling_config import SamplingConfig
@@ -205,7 +206,8 @@ class Sampler:
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any) -> Any:
             self.trace_counts[name] += 1  # Runs at trace time only.
-            return fn(*args)
+            with platform_lib.compiling_for(self.mesh):  # The mesh's platform, not the host's.
+                return fn(*args)
         return traced
 
     def _compile(self, b: int, p: int) -> _Programs:
