@@ -16,8 +16,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
+# tpu-aot: the tests compile programs for a TPU slice (golfjax/aot/).
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,tpu-aot]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -40,6 +40,9 @@ EXTRAS_REQUIRE = {
         "nbformat>=5.10",
         "ipykernel>=6.29",
     ],
+    # `python -m golfjax.aot`: compiling for a TPU slice from any host needs
+    # libtpu, which jax[tpu] pins to the installed JAX's version.
+    "tpu-aot": ["jax[tpu]"],
     # Peers the benchmarks measure golfjax against in the same run.
     "bench": [
         "google-tunix==0.1.7",

@@ -23,7 +23,6 @@ prompt) bucket, the compilation a first `generate` call pays.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -34,6 +33,7 @@ from golfjax import decode, sampling, sharding, types
 from golfjax.models import cache as cache_lib
 from golfjax.models import config as config_lib
 from golfjax.models import moe
+from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
@@ -65,26 +65,8 @@ def abstract_batch(rows: int, prompt: int, response: int,
                    routes: config_lib.ModelConfig | None = None) -> types.Batch:
     """A `Batch` of `ShapeDtypeStruct`s: N rows, P prompt and T response slots,
     with the recorded routes of an MoE model's rollout if `routes` is one."""
-    shapes = {"NxP": (rows, prompt), "NxT": (rows, response), "N": (rows,)}
-    fields: dict[str, Any] = {"prompt_routes_NxPxLxA": None, "routes_NxTxLxA": None}
-    if routes is not None:
-        *la, dtype = moe.route_spec(routes)
-        fields = {name: jax.ShapeDtypeStruct(shapes[letters] + tuple(la), dtype, sharding=sharding_of)
-                  for name, letters in (("prompt_routes_NxPxLxA", "NxP"),
-                                        ("routes_NxTxLxA", "NxT"))}
-    for field in dataclasses.fields(types.Batch):
-        name = field.name
-        if name in fields:
-            continue
-        if "tokens" in name or "group_id" in name:
-            dtype = jnp.int32
-        elif "mask" in name:
-            dtype = jnp.bool_
-        else:
-            dtype = jnp.float32
-        fields[name] = jax.ShapeDtypeStruct(shapes[name.rsplit("_", 1)[1]], dtype,
-                                            sharding=sharding_of)
-    return types.Batch(**fields)
+    return types.abstract_batch(rows, prompt, response, sharding_of,
+                                routes=None if routes is None else moe.route_spec(routes))
 
 
 def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
@@ -110,7 +92,7 @@ def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
 
 def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
                         new_tokens: int, *, decode_loops: int | None = None,
-                        platform: str | None = None
+                        platform: str | None = None, device: Any = None
                         ) -> tuple[Any, dict[str, float]]:
     """One compiled decode step at the sampler's last loop, and its `stats`.
 
@@ -119,12 +101,14 @@ def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
     `bytes_per_roofline`. The step takes the sampler's per-platform choices:
     `config.decode_layers` resolved for the platform (scanned layers over a
     stacked cache, or unrolled ones), and with unrolled layers on CPU
-    per-layer weights and a recent buffer.
+    per-layer weights and a recent buffer. `device` compiles it for that
+    device (e.g. a TPU chip of `golfjax.aot.slices`), whose platform it takes;
+    default: the default device.
     """
     cfg = sampling.SamplingConfig(max_new_tokens=new_tokens)
     if decode_loops is not None:
         cfg = cfg.replace(decode_loops=decode_loops)
-    platform = platform or jax.default_backend()
+    platform = device.platform if device is not None else platform or jax.default_backend()
     config = config.replace(
         decode_layers=config_lib.resolve_decode_layers(config, platform))
     stacked = config.decode_layers == "scan"
@@ -155,14 +139,20 @@ def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
 
     def step(params: Any, state: decode.DecodeState, mask_NxS: jax.Array,
              first_position_N: jax.Array, key: jax.Array) -> decode.DecodeState:
-        return decode.decode_step(params, state, mask_NxS=mask_NxS,
-                                  first_position_N=first_position_N, key=key,
-                                  model_config=config, cfg=cfg)
+        with platform_lib.compiling_for(platform):
+            return decode.decode_step(params, state, mask_NxS=mask_NxS,
+                                      first_position_N=first_position_N, key=key,
+                                      model_config=config, cfg=cfg)
+
+    placed = None if device is None else jax.sharding.SingleDeviceSharding(device)
+
+    def place(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed), tree)
 
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=1).lower(
+    compiled = jax.jit(step, donate_argnums=1).lower(*place((
         params, jax.eval_shape(make_state), jax.ShapeDtypeStruct((rows, slots), bool),
-        jax.ShapeDtypeStruct((rows,), jnp.int32), jax.random.key(0)).compile()
+        jax.ShapeDtypeStruct((rows,), jnp.int32), jax.eval_shape(lambda: jax.random.key(0))))).compile()
     out = dict(stats(compiled), compile_s=time.perf_counter() - start, slots=slots,
                decode_layers=config.decode_layers)
     out["roofline_bytes"] = float(sampling.decode_bytes_per_step(config, rows, slots))

@@ -97,6 +97,7 @@ def cold_start(args: argparse.Namespace, workdir: str) -> tuple[str, float | Non
     c.cold_start.steps = steps
     c.cold_start.refine_first_steps = min(c.cold_start.refine_first_steps, steps)
     c.train.steps = 1  # The train loop needs one RL step; the export is the step before it.
+    c.optimizer.warmup_steps = 0  # That step's rate is never used.
     c.checkpoint.every = steps
     c.eval.every = 1000
     c.eval.num_problems = args.eval_problems or c.eval.num_problems
@@ -146,6 +147,8 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
         c = vespo_config.get_config(
             f"{loss},n={n},seed={seed},init={init},async={int(asynchronous)}" + REGIMES[args.regime])
     c.train.steps = args.steps
+    # A --quick run is shorter than the configs' warmup, which must end before the last step.
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, args.steps - 1)
     c.eval.every = args.eval_every
     if args.eval_problems:
         c.eval.num_problems = args.eval_problems

@@ -29,7 +29,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from experiments import multihost
@@ -104,8 +103,10 @@ def main(argv: list[str]) -> None:
 
     if not _VERBOSE.value and not flags.FLAGS["verbosity"].present:
         # Orbax logs its progress, and the error of a failed save (which the run
-        # raises again as its refusal) from its threads, as asyncio does.
-        logging.set_verbosity(logging.FATAL)
+        # raises again as its refusal) from its threads, as asyncio does; golfjax's
+        # own lines (e.g. the prompt pipeline's kept and dropped counts) stay.
+        orbax = f"{os.sep}orbax{os.sep}"
+        py_logging.getLogger("absl").addFilter(lambda record: orbax not in record.pathname)
         py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
 
     # JAX's persistent compilation cache: a rerun or a resume reuses the

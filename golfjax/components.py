@@ -26,6 +26,7 @@ about 1 / (1 - b2) steps, which are those of another objective.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -122,11 +123,21 @@ def make_tokenizer(cfg: config_lib.RunConfig, workdir: str, vocab_size: int | No
     return load_tokenizer(cfg.task.tokenizer, vocab_size=vocab_size)
 
 
+def architecture(section: config_lib.ModelSection) -> model_config_lib.ModelConfig:
+    """The policy's dims without its weights: `hf_path`'s or `hf_config`'s
+    config.json, or the preset, with `dims` replacing fields."""
+    path = os.path.join(section.hf_path, "config.json") if section.hf_path else section.hf_config
+    if not path:
+        return model_config_lib.get_preset(section.preset).replace(**section.dims)
+    with open(path, encoding="utf-8") as f:
+        return hf.config_from_hf(json.load(f)).replace(**section.dims)
+
+
 def make_model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.ModelConfig, Any]:
     if cfg.model.hf_path:
         model_config, params = hf.load(cfg.model.hf_path, mesh=mesh)
     else:
-        model_config = model_config_lib.get_preset(cfg.model.preset)
+        model_config = architecture(cfg.model)
         params = transformer.init_params(model_config, jax.random.PRNGKey(cfg.seed), mesh)
     # Remat, attention and chunking change the program, not the parameters.
     return model_config.replace(**cfg.model.overrides()), params
@@ -134,14 +145,16 @@ def make_model(cfg: config_lib.RunConfig, mesh: Any) -> tuple[model_config_lib.M
 
 def sampling_config(cfg: config_lib.SamplingSection, tokenizer: Tokenizer, mesh: Any) -> SamplingConfig:
     """The sampler's config: the `sampling` section, plus the tokenizer's stop and
-    pad ids and prompt-count buckets that split over the mesh's row shards."""
+    pad ids and prompt-count buckets that split over the mesh's row shards (up
+    to `prompts_per_call`, rounded up to a multiple of the shards)."""
     shards = sharding.row_shards(mesh)
-    return SamplingConfig(
-        **dataclasses.asdict(cfg),
-        stop_ids=tokenizer.stop_ids,
-        pad_id=tokenizer.pad_id,
-        batch_buckets=tuple(shards * 2**i for i in range(12)),
-    )
+    fields = dataclasses.asdict(cfg)
+    cap = fields.pop("prompts_per_call")
+    buckets = tuple(shards * 2**i for i in range(12))
+    if cap:
+        buckets = tuple(b for b in buckets if b < cap) + (-(-cap // shards) * shards,)
+    return SamplingConfig(**fields, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                          batch_buckets=buckets)
 
 
 def _source(
@@ -159,12 +172,40 @@ def _source(
     return golf_lib.GolfSource(cfg.golf, groups, critic=critics_lib.make_critic(cfg.golf.critic or None, task))
 
 
+def meshes(cfg: config_lib.RunConfig, devices: Any = None) -> tuple[jax.sharding.Mesh, jax.sharding.Mesh | None]:
+    """The learner's mesh, and the rollout worker's when it samples on devices
+    of its own (`schedule.rollout_devices`), over `devices` (default: all)."""
+    learner_devices, worker_devices = rollout_worker.split_devices(cfg.schedule, devices)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
+    if worker_devices is None:
+        return mesh, None
+    return mesh, sharding.make_mesh(1, -1, cfg.mesh.tensor, devices=worker_devices)
+
+
+def make_trainers(cfg: config_lib.RunConfig, model_config: model_config_lib.ModelConfig,
+                  mesh: jax.sharding.Mesh) -> tuple[Trainer, Trainer | None]:
+    """RL's trainer, and the cold start's (None without a cold start)."""
+    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
+                      temperature=cfg.sampling.temperature,
+                      part_names=golf_lib.PART_NAMES if cfg.golf.enabled else ())
+    if not cfg.cold_start.steps:
+        return trainer, None
+    # Its own optimizer: the cold start's learning rate, no warmup, and
+    # moments that RL does not inherit (module docstring).
+    return trainer, Trainer(model_config, cold_start_lib.ColdStart.train_section(cfg.train),
+                            LossConfig(agg=reduce.TOKEN_MEAN), cfg.cold_start_optimizer, mesh)
+
+
+def eval_sampling(cfg: config_lib.RunConfig, sampling: SamplingConfig) -> SamplingConfig:
+    """The evaluator's sampler config: `eval.samples` per problem at `eval.temperature`."""
+    return sampling.replace(group_size=cfg.eval.samples, temperature=cfg.eval.temperature)
+
+
 def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
     """Every component of the run described by a validated `cfg`, and the
     policy's starting parameters (kept apart, so that the caller can drop them
     once the train state holds them)."""
-    learner_devices, worker_devices = rollout_worker.split_devices(cfg.schedule)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
+    mesh, worker_mesh = meshes(cfg)
     model_config, params = make_model(cfg, mesh)
     tokenizer = make_tokenizer(cfg, workdir, model_config.vocab_size)
     task = make_task(cfg.task.name, **cfg.task.task_kwargs())
@@ -176,15 +217,12 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
                              f" has an empty {split} split")
     test_problems = all_test[: cfg.eval.num_problems]
 
-    trainer = Trainer(model_config, cfg.train, cfg.loss, cfg.rl_optimizer, mesh,
-                      temperature=cfg.sampling.temperature,
-                      part_names=golf_lib.PART_NAMES if cfg.golf.enabled else ())
+    trainer, cold_start_trainer = make_trainers(cfg, model_config, mesh)
     sampling = sampling_config(cfg.sampling, tokenizer, mesh)
     source = _source(cfg, Sampler(model_config, sampling, mesh), task, tokenizer, model_config, mesh)
 
-    worker_source, worker_mesh = None, None
-    if worker_devices is not None:
-        worker_mesh = sharding.make_mesh(1, -1, cfg.mesh.tensor, devices=worker_devices)
+    worker_source = None
+    if worker_mesh is not None:
         worker_sampler = Sampler(model_config, sampling_config(cfg.sampling, tokenizer, worker_mesh), worker_mesh)
         worker_source = source.with_sampler(worker_sampler)
     schedule = schedule_lib.RolloutSchedule(
@@ -193,19 +231,14 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
         worker_source=worker_source, worker_mesh=worker_mesh,
     )
     evaluator = rl_lib.Evaluator(
-        Sampler(model_config, sampling.replace(group_size=cfg.eval.samples, temperature=cfg.eval.temperature), mesh),
+        Sampler(model_config, eval_sampling(cfg, sampling), mesh),
         test_problems, task, tokenizer, batch_size=cfg.train.prompts_per_step,
         template_kwargs=dict(cfg.task.template_kwargs),
     )
 
-    cold_start, cold_start_trainer = None, None
+    cold_start = None
     if cfg.cold_start.steps:
         cold_start = cold_start_lib.make_cold_start(cfg, tokenizer, {p.question for p in all_test})
-        # Its own optimizer: the cold start's learning rate, no warmup, and
-        # moments that RL does not inherit (module docstring).
-        cold_start_trainer = Trainer(
-            model_config, cold_start_lib.ColdStart.train_section(cfg.train),
-            LossConfig(agg=reduce.TOKEN_MEAN), cfg.cold_start_optimizer, mesh)
     return Components(
         cfg=cfg, mesh=mesh, model_config=model_config, tokenizer=tokenizer,
         task=task, train_problems=train_problems, test_problems=test_problems, trainer=trainer,

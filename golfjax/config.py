@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -61,6 +62,11 @@ class ModelSection:
 
     preset: str = "tiny"
     hf_path: str = ""  # A local directory; overrides `preset` when set.
+    # Dims without a checkpoint (random init, or `python -m golfjax.aot`): a
+    # config.json path instead of `preset`, and ModelConfig fields replacing
+    # the preset's or its (e.g. {"num_layers": 2}); neither with hf_path.
+    hf_config: str = ""
+    dims: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     remat: bool = False
     # The program's attention and memory settings (`ModelConfig`'s fields of
     # the same names); "" and 0 keep the model config's own.
@@ -75,10 +81,18 @@ class ModelSection:
     routing_replay: str = "off"
 
     def __post_init__(self) -> None:
-        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS, ROUTING_REPLAY
+        from golfjax.models.config import (ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS,
+                                           ROUTING_REPLAY, ModelConfig)
 
-        if not self.hf_path:
+        if not (self.hf_path or self.hf_config):
             _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        _check(self, {
+            "hf_config": (not self.hf_config or (not self.hf_path and os.path.isfile(self.hf_config)),
+                          "a config.json file, and hf_path unset (its config is the checkpoint's)"),
+            "dims": (not self.dims or (not self.hf_path and set(self.dims) <= fields),
+                     "ModelConfig fields (" + ", ".join(sorted(fields)) + "), and hf_path unset"),
+        })
         _check(self, {
             "attention": (self.attention in ("", *ATTENTION_IMPLEMENTATIONS),
                           "one of " + ", ".join(ATTENTION_IMPLEMENTATIONS) + ", or '' (the model's)"),
@@ -88,7 +102,8 @@ class ModelSection:
                               "one of " + ", ".join(DECODE_LAYERS) + ", or '' (the model's)"),
             "routing_replay": _one_of(self, "routing_replay", ROUTING_REPLAY),
         })
-        if self.routing_replay != "off" and not self.hf_path and not PRESETS[self.preset].num_experts:
+        if (self.routing_replay != "off" and not (self.hf_path or self.hf_config)
+                and not PRESETS[self.preset].num_experts):
             raise ValueError(f"routing_replay={self.routing_replay!r} but preset={self.preset!r} is"
                              " not an MoE model; expected 'off'")
 
@@ -154,7 +169,8 @@ class SamplingSection:
     """Rollout sampling; the fields and defaults of `golfjax.sampling.SamplingConfig`.
 
     The sampler's other fields (stop ids, pad id, batch buckets) are derived
-    from the tokenizer and the mesh where the sampler is built.
+    from the tokenizer and the mesh where the sampler is built;
+    `prompts_per_call` caps the batch buckets.
     """
 
     temperature: float = _SAMPLER.temperature
@@ -165,6 +181,9 @@ class SamplingSection:
     group_size: int = 8
     prompt_buckets: tuple[int, ...] = _SAMPLER.prompt_buckets
     decode_loops: int = _SAMPLER.decode_loops
+    # The most prompts one sampler call takes (0: any number): more are
+    # sampled in several calls, so the KV cache holds this many prompts' rows.
+    prompts_per_call: int = 0
 
     def __post_init__(self) -> None:
         _check(self, {
@@ -176,6 +195,7 @@ class SamplingSection:
             "prompt_buckets": (bool(self.prompt_buckets) and self.prompt_buckets[0] >= 1 and list(
                 self.prompt_buckets) == sorted(set(self.prompt_buckets)), "increasing lengths >= 1"),
             "decode_loops": (self.decode_loops >= 1, ">= 1"),
+            "prompts_per_call": (self.prompts_per_call >= 0, ">= 0 (0: no limit)"),
         })
 
 

@@ -85,6 +85,7 @@ not `jax.device_get`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -102,6 +103,7 @@ from golfjax.decode import (FINISH_LENGTH, FINISH_STOP, MIN_LOOP_STEPS, Rollout,
 from golfjax.draw import processed_log_probs, sample
 from golfjax.models import attention as attention_lib
 from golfjax.models import cache as cache_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig, resolve_decode_layers
 from golfjax.sampling_config import SamplingConfig
@@ -213,11 +215,11 @@ class Sampler:
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any) -> Any:
             self.trace_counts[name] += 1  # Runs at trace time only.
-            if self.mesh is None:
-                return fn(*args)
-            # An MoE layer splits its experts over the mesh as in training
-            # (golfjax/models/moe.py).
-            with attention_lib.partitioned(self.mesh, self._rules):
+            # The mesh's platform, not the host's; an MoE layer splits its
+            # experts over the mesh as in training (golfjax/models/moe.py).
+            partitioned = (contextlib.nullcontext() if self.mesh is None
+                           else attention_lib.partitioned(self.mesh, self._rules))
+            with platform_lib.compiling_for(self.mesh), partitioned:
                 return fn(*args)
         return traced
 

@@ -82,8 +82,14 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     if math.prod(sizes) != len(devices):
         raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs "
                          f"{math.prod(sizes)} devices, have {len(devices)}")
-    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
-                         axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices, axis_types=axis_types)
+    except AssertionError:
+        # JAX orders TPU devices by their physical torus, which part of a
+        # slice does not fill (the rollout worker's chips,
+        # `schedule.rollout_devices`): the devices in their order then.
+        return Mesh(np.asarray(devices, dtype=object).reshape(sizes), MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_spec(names: Sequence[str | None],

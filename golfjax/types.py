@@ -218,6 +218,22 @@ def make_batch(
     return batch
 
 
+def abstract_batch(rows: int, prompt: int, response: int, sharding: Any = None, *,
+                   routes: tuple[int, int, Any] | None = None) -> Batch:
+    """A `Batch` of `jax.ShapeDtypeStruct`s (N rows, P prompt and T response
+    slots, every field placed by `sharding`), to lower a program without data;
+    `routes` = (L, A, dtype) adds an MoE rollout's routes (`moe.route_spec`)."""
+    sizes = {"N": (rows,), "NxT": (rows, response), "NxP": (rows, prompt)}
+    dtypes = {"i": jnp.int32, "b": jnp.bool_, "f": jnp.float32}
+    fields = {name: jax.ShapeDtypeStruct(sizes[letters], dtypes[kind], sharding=sharding)
+              for name, (letters, kind) in _FIELDS.items()}
+    if routes is not None:
+        fields |= {name: jax.ShapeDtypeStruct(sizes[letters] + routes[:2], routes[2],
+                                              sharding=sharding)
+                   for name, letters in _ROUTES.items()}
+    return Batch(**fields)
+
+
 def concat_parts(parts: tuple[Batch, ...], pad_id: int) -> Batch:
     """Host batches of different prompt lengths as one batch: prompts are
     left-padded to the longest P (as the module docstring lays them out) and

@@ -322,3 +322,27 @@ def _tpu_plan(options: LaunchOptions, name: str, sweep: list[dict[str, Any]]) ->
                                     keep=options.keep_tpu)
         units.append(WorkUnit(wid, overrides, workdir, argv, "golfjax", steps, cleanup))
     return Plan(name, "tpu", config, setup, tuple(units), tpu)
+
+
+def aot_commands(plan: Plan, python: str = sys.executable) -> list[list[str]]:
+    """`python -m golfjax.aot` for each distinct run of a TPU plan, to run from
+    the repository root before any slice exists: it compiles the run's
+    programs for the plan's slice and fails when one does not fit. Work units
+    that differ only in their seed compile the same programs: one check each.
+
+    Raises:
+      ValueError: the plan is not a TPU plan (`--aot` needs `--executor=tpu`).
+    """
+    if plan.tpu is None:
+        raise ValueError("--aot compiles for --tpu_type: it needs --executor=tpu")
+    tpu = plan.tpu
+    topology = f"{tpu.generation}:{tpu.topology}" if tpu.topology else tpu.accelerator_type
+    commands: list[list[str]] = []
+    for unit in plan.work_units:
+        config = [a for a in unit.argv if a.startswith("--config") and not a.startswith("--config.seed=")]
+        command = [python, "-m", "golfjax.aot", *config, f"--topology={topology}",
+                   f"--num_slices={tpu.num_slices}"]
+        if command not in commands:
+            commands.append(command)
+    return commands
+

@@ -20,6 +20,10 @@ slice per work unit; `--workdir_root` must be mounted on every host:
     python -m launch.xm_launch ... --executor=tpu --tpu_type=v5p-32 --topology=2x2x4 \
         --zone=us-east5-a ...
 
+`--aot` first compiles each work unit's programs for the slice on this
+machine (`python -m golfjax.aot`, golfjax/aot/) and launches nothing if one
+does not fit its HBM.
+
 launch/jobs.py builds the specs (and explains the TPU steps); this file only
 parses flags, prints, or hands the specs to XManager (`xm_local`): a local
 work unit is the entry point itself, a TPU work unit is its `gcloud` script,
@@ -32,6 +36,7 @@ work unit has ended and fails if any failed.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -69,6 +74,9 @@ _RUNTIME_VERSION = flags.DEFINE_string("runtime_version", None, "TPU VM software
                                        "(default: per generation, see launch/jobs.py).")
 _KEEP_TPU = flags.DEFINE_bool("keep_tpu", False, "Keep each TPU slice after its work unit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print every job spec as JSON and launch nothing.")
+_AOT = flags.DEFINE_bool(
+    "aot", False, "Before creating any TPU, compile every work unit's programs for --tpu_type "
+    "(python -m golfjax.aot; needs pip install -e '.[tpu-aot]') and stop if one does not fit.")
 _SET = flags.DEFINE_multi_string(
     "set", [], "KEY=VALUE: a config override for every work unit (repeatable), passed on as "
     "--config.KEY=VALUE, e.g. --set=model.hf_path=/gcs/my-bucket/Qwen2.5-Math-1.5B.")
@@ -117,13 +125,27 @@ def launch(plan: jobs.Plan) -> None:
                                   args=args[unit.id], name=f"{plan.name}-{unit.id}"))
 
 
+def check_ahead_of_time(plan: jobs.Plan) -> None:
+    """Runs `golfjax.aot` for each distinct work unit (`jobs.aot_commands`);
+    exits naming the first one that does not fit or cannot run on the slice."""
+    for command in jobs.aot_commands(plan):
+        print("$ " + shlex.join(command[1:]), flush=True)
+        if subprocess.run(command, cwd=jobs.REPO_ROOT).returncode:
+            sys.exit(f"--aot: golfjax.aot failed for {shlex.join(command[3:])} (its output above"
+                     " says why); no TPU was created")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         plan = jobs.make_plan(options_from_flags())
+        if _AOT.value and plan.tpu is None:
+            raise ValueError("--aot compiles for --tpu_type: it needs --executor=tpu")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if _AOT.value:
+        check_ahead_of_time(plan)
     if _DRY_RUN.value:
         print(plan.to_json())
         return

@@ -57,6 +57,10 @@ def test_round_trip_of_the_defaults():
         ({"model": {"attention": "flash"}}, r"config.model.attention='flash'; expected one of auto, "),
         ({"model": {"attention_block": -1}}, r"config.model.attention_block=-1; expected >= 1, or 0"),
         ({"model": {"decode_layers": "rolled"}}, r"config.model.decode_layers='rolled'; expected one of auto, scan, unrolled"),
+        ({"model": {"hf_config": "/no/such/config.json"}}, r"config.model.hf_config='/no/such/config.json'; expected a config.json file"),
+        ({"model": {"dims": {"layers": 2}}}, r"config.model.dims=\{'layers': 2\}; expected ModelConfig fields \(attention, "),
+        ({"model": {"dims": {"num_layers": 2}, "hf_path": "/ckpt"}}, r"config.model.dims=.*and hf_path unset"),
+        ({"sampling": {"prompts_per_call": -1}}, r"config.sampling.prompts_per_call=-1; expected >= 0"),
         ({"task": {"name": "chess"}}, r"config.task.name='chess'; expected one of arith"),
         ({"task": {"template_kwargs": {"enable thinking": 1}}}, r"config.task.template_kwargs: key 'enable thinking' is not an identifier"),
         ({"golf": {"critic": "oracle"}}, r"config.golf.critic='oracle'; expected '' or one of"),
@@ -98,6 +102,26 @@ def test_model_section_overrides_only_what_it_sets():
     cfg = config_lib.build(config_lib.RunConfig, {"model": {"decode_layers": "scan"}})
     assert cfg.model.overrides() == {"decode_layers": "scan"}
     assert components.make_model(cfg, mesh=None)[0].decode_layers == "scan"
+
+
+def test_model_dims_come_from_a_preset_with_overrides_or_a_config_json(tmp_path):
+    import json
+
+    from golfjax import components
+    from golfjax.models import config as model_config_lib
+    from golfjax.models import hf
+
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"preset": "qwen3-8b", "dims": {"num_layers": 2}}})
+    assert components.architecture(cfg.model) == model_config_lib.get_preset("qwen3-8b").replace(num_layers=2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf.config_to_hf(model_config_lib.get_preset("llama3.1-8b"))))
+    cfg = config_lib.build(config_lib.RunConfig, {"model": {"hf_config": str(path), "dims": {"num_layers": 1},
+                                                            "remat": True}})
+    assert components.architecture(cfg.model) == model_config_lib.get_preset("llama3.1-8b").replace(num_layers=1)
+    # A run without a checkpoint initialises those dims (remat is the program's).
+    tiny = config_lib.build(config_lib.RunConfig, {"model": {"dims": {"num_layers": 1, "embed_dim": 32}}})
+    config, params = components.make_model(tiny, mesh=None)
+    assert (config.num_layers, params["embed"]["embedding"].shape[1]) == (1, 32)
 
 
 def test_refine_first_steps_precede_the_refine_fraction_draw():

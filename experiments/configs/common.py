@@ -99,6 +99,8 @@ def parse_variant(
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a config to a quick CPU check: tiny model, few steps, small groups."""
     config.model.preset = "tiny"
+    config.sampling.max_new_tokens = min(config.sampling.max_new_tokens, 32)
+    config.train.micro_batches = 1
     config.cold_start.steps = min(config.cold_start.steps, 2)
     config.cold_start.refine_first_steps = min(config.cold_start.refine_first_steps, 1)
     config.cold_start.batch_size = 8
@@ -114,7 +116,11 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 
-TASK_VARIANTS = ("arith", "constraints", "math", "smoke")
+# The papers' runs at full size (`paper_run`), and the built-in tasks.
+PAPER_VARIANTS = ("qwen3_8b_math", "qwen3_4b_if")
+TASK_VARIANTS = ("arith", "constraints", "math", "smoke") + PAPER_VARIANTS
+# Chat-template variables of Qwen 3 with thinking off (GOLF's runs: "no-think").
+QWEN3_NO_THINK = {"enable_thinking": False}
 
 
 def task_config(variant: str) -> ml_collections.ConfigDict:
@@ -189,23 +195,93 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         c.train.steps = 40
         c.sampling.max_new_tokens = 16
         c.schedule.minibatches = 2  # GOLF's instruction-following scripts.
-    elif variant == "math":
-        # Real models: point model.hf_path and task.tokenizer at a local
-        # checkpoint (e.g. Qwen2.5-Math-1.5B) and task.kwargs.train_path at a
-        # GSM8K/MATH JSONL file; these defaults run the shipped sample on the
-        # tiny random model only to exercise the pipeline.
-        c.task.name = "math"
-        c.model.preset = "tiny"
-        c.sampling.max_new_tokens = 64
-        c.golf.template = "default"
-        c.golf.max_refinement_prompt_tokens = 1024
-        c.sampling.prompt_buckets = (64, 128, 256, 512, 1024)
-        c.train.steps = 20
-        c.eval.num_problems = 8
-        c.schedule.minibatches = 4  # GOLF's math scripts.
+    elif variant in ("math", "qwen3_8b_math"):
+        golf_math(c)
+    elif variant == "qwen3_4b_if":
+        golf_if(c)
+    if variant in PAPER_VARIANTS:
+        paper_run(c, variant)
     if variant == "smoke":
         smoke(c)
     return c
+
+
+def golf_math(c: ml_collections.ConfigDict) -> None:
+    """GOLF's released math run (LuckyyySTA/GOLF, exp_scripts/critique_grpo_hybrid_math.sh).
+
+    8,192 prompt and 6,144 response tokens; 128 prompts x 8 samples a rollout
+    in 4 optimizer steps (its mini-batches of 64 prompts split the batch that
+    the refinement rows double: here 32 prompts' original and refinement rows
+    a step); lr 1e-6, weight decay 0.1, gradient clip 1; clip 0.2 / 0.2 with
+    dual clip 10; Dr.GRPO advantages, seq-mean-token-sum-norm; refinement
+    prompts within its 8,192-token prompt budget, injection below 1 success
+    in 8 (0.125); evaluation of one sample at temperature 0.6 every 10
+    rollouts; 200 rollouts, saved every 20. The script samples refinements
+    at top-p 0.9; golfjax samples them as the rollout (top-p 1).
+
+    Its model is the run's: `model.hf_path` and `task.tokenizer` (a local
+    checkpoint); the `math` variant's default is the tiny random model, to
+    exercise the pipeline only. `qwen3_8b_math` is the script's model.
+    """
+    c.task.name = "math"
+    c.model.preset = "tiny"
+    c.sampling.max_new_tokens = 6144
+    c.sampling.prompt_buckets = (256, 512, 1024, 2048, 4096, 8192)
+    c.train.prompts_per_step = 32
+    c.schedule.minibatches = 4
+    c.train.steps = 200 * 4
+    c.loss.eps_high = 0.2
+    c.optimizer.lr = 1e-6
+    c.golf.template = "default"
+    c.golf.max_refinement_prompt_tokens = 8192
+    c.golf.success_threshold = 0.125
+    c.eval.temperature = 0.6
+    c.eval.samples = 1
+    c.eval.every = 10 * 4
+    c.eval.num_problems = 8
+    c.checkpoint.every = 20 * 4
+
+
+def golf_if(c: ml_collections.ConfigDict) -> None:
+    """GOLF's released instruction-following run
+    (LuckyyySTA/GOLF, exp_scripts/critique_grpo_hybrid_if.sh), on Qwen3-4B.
+
+    As `golf_math` but 4,096 response tokens; 256 prompts x 8 samples a
+    rollout in 2 optimizer steps of 128 prompts' original and refinement rows
+    (its mini-batch of 256 prompts over the doubled batch); injection below 2
+    successes in 8 (0.25); saved every 50 rollouts. Its data
+    (allenai/IF_multi_constraints_upto5) has no reader here yet: the task is
+    golfjax's own instruction-following stand-in, `constraints`.
+    """
+    golf_math(c)
+    c.task.name = "constraints"
+    c.sampling.max_new_tokens = 4096
+    c.train.prompts_per_step = 128
+    c.schedule.minibatches = 2
+    c.train.steps = 200 * 2
+    c.golf.success_threshold = 0.25
+    c.eval.every = 10 * 2
+    c.checkpoint.every = 50 * 2
+
+
+def paper_run(c: ml_collections.ConfigDict, variant: str) -> None:
+    """A paper's model and its memory settings for the slice README.md names:
+    `qwen3_8b_math` (GOLF math, Qwen3-8B) and `qwen3_4b_if` (GOLF
+    instruction following, Qwen3-4B), thinking off, on a v5p-64 (32 chips,
+    about the 32 GPUs the scripts train on). `python -m golfjax.aot` checks
+    that they fit (docs/results.md#aot); weights come from `model.hf_path`.
+
+    Each device trains one row of each part per micro-batch (the scripts'
+    dynamic batches hold one or two sequences per GPU). The IF run samples its
+    128-prompt mini-batches 64 prompts a call: 1,024 rows of 12k-token caches
+    at once need 137 GiB per chip (golfjax.aot).
+    """
+    c.model.preset = {"qwen3_8b_math": "qwen3-8b", "qwen3_4b_if": "qwen3-4b"}[variant]
+    c.model.remat = True  # The scripts' gradient checkpointing.
+    c.task.template_kwargs = QWEN3_NO_THINK
+    chips = 32
+    c.train.micro_batches = c.train.prompts_per_step * c.sampling.group_size // chips
+    c.sampling.prompts_per_call = 64 if variant == "qwen3_4b_if" else 0
 
 
 def feedback_config(arg: str | None, *, golf: bool) -> ml_collections.ConfigDict:

@@ -56,7 +56,7 @@ import ml_collections
 from experiments.configs import common
 
 LOSS_VARIANTS = ("vespo", "ppo_clip", "gspo", "sapo", "cispo")
-VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "moe")
+VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "moe", "qwen3_8b_math")
 MOE_PRESET = "tiny_qwen3_moe"
 
 
@@ -90,13 +90,33 @@ def arith() -> ml_collections.ConfigDict:
 
 
 def math() -> ml_collections.ConfigDict:
-    """VESPO on the `math` task (common.task_config("math"): no cold start),
-    with the staleness experiment's loss settings; for real checkpoints."""
-    c = common.task_config("math")
+    """VESPO's released synchronous run (FloyedShen/VESPO,
+    recipe/vespo/run/sync/vespo_N_8.sh) on the `math` task, for real
+    checkpoints (`model.hf_path`; the default is the tiny random model).
+
+    1,024 prompt and 15,360 response tokens; mini-batches of 256 prompts x 8
+    samples, N of them a rollout (`n=`, default the script's 8: 2,048
+    prompts); lr 1e-6 constant, and verl's defaults for the rest, which its
+    baselines (`ppo_clip`, ...) train with too: weight decay 0.01, gradient
+    clip 1, clip 0.2 / 0.2 with dual clip 3, GRPO advantages, token-mean;
+    VESPO's kernel k / lambda 2 / 3 (A >= 0) and 3 / 2 (A < 0), the library's
+    defaults. Evaluation: 4 samples at temperature 1 (the script's top-p 0.7
+    has no golfjax setting) every 4 rollouts; a checkpoint every rollout
+    (`get_config` sets both for the staleness N).
+    """
+    c = common.task_config("math")  # No cold start; GOLF's settings replaced below.
+    c.sampling.max_new_tokens = 15360
+    c.sampling.prompt_buckets = (128, 256, 512, 1024)
+    c.train.prompts_per_step = 256
+    c.schedule.minibatches = 8
+    c.train.steps = 64  # 8 rollouts of 2,048 prompts: about the script's one epoch of DAPO-Math-17k.
     c.train.advantage = "grpo"
     c.loss.agg = "token-mean"
-    c.schedule.minibatches = 4
-    c.train.steps = 64
+    c.loss.eps_high = 0.2
+    c.loss.dual_clip = 3.0
+    c.optimizer.weight_decay = 0.01
+    c.eval.samples = 4
+    c.eval.temperature = 1.0
     return c
 
 
@@ -124,11 +144,38 @@ def moe(c: ml_collections.ConfigDict, init: str) -> ml_collections.ConfigDict:
     return c
 
 
+def paper_run(c: ml_collections.ConfigDict, async_rollout: bool) -> None:
+    """`qwen3_8b_math`: `math` on the dense Qwen3-8B that stands in for the
+    scripts' Qwen3-30B-A3B-Base until golfjax has its Mixture-of-Experts
+    model, with the memory settings of the slice README.md names
+    (docs/results.md#aot). Synchronous: a v5p-64 (32 chips; README.md of
+    FloyedShen/VESPO runs N = 8 on 32 GPUs), one row per device per
+    micro-batch (the script's dynamic batches of 16,384 tokens per GPU), 32
+    prompts a sampler call. Fully asynchronous
+    (recipe/vespo/run/fully_async/vespo_S_1.0_N_4.sh: 48 of 64 GPUs sample,
+    16 train): golfjax's asynchronous rollout is single-process
+    (`config.validate`), so a one-host v5p-8, 2 of its 4 chips sampling (3
+    cannot split the embedding's 4,096 columns) 2 prompts a call, so that
+    each holds 8 rows' 16k-slot caches beside two parameter snapshots.
+    """
+    c.model.preset = "qwen3-8b"
+    c.model.remat = True
+    learner_chips = 2 if async_rollout else 32
+    c.train.micro_batches = c.train.prompts_per_step * c.sampling.group_size // learner_chips
+    c.sampling.prompts_per_call = 32
+    if async_rollout:
+        c.schedule.rollout_devices = 2
+        c.sampling.prompts_per_call = 2
+
+
 OPTIONS = ("n", "async", "golf", "seed", "init", "smoke", "task")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, options = common.parse_variant(arg, VARIANTS, OPTIONS)
+    paper = variant == "qwen3_8b_math"
+    if paper:
+        variant, options = "vespo", dataclasses.replace(options, task="math")
     c = arith() if options.task == "arith" else math()
     if variant == "smoke":
         variant, options = "vespo", dataclasses.replace(options, smoke=True)
@@ -145,8 +192,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule.sync_every = 1
         c.schedule.max_staleness = 4
         c.train.recompute_old_logp = False
+        if options.task == "math":
+            # The released script: weights synced every 4 steps, and up to
+            # (1 + staleness_threshold 1.0) x 4 mini-batches sampled between
+            # two syncs, so a mini-batch trains at most 7 steps after its
+            # policy; one sample per problem in evaluation.
+            c.schedule.sync_every = 4
+            c.schedule.max_staleness = 7
+            c.schedule.queue_size = 4
+            c.eval.samples = 1
     if options.golf and options.task == "math":
         c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
+        c.sampling.prompt_buckets = common.task_config("math").sampling.prompt_buckets  # Refinement prompts.
     elif options.golf:
         # GOLF's sparse-reward regime, as golf.py:arith: its task, cold start
         # and refinement prompts.
@@ -159,6 +216,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.samples = regime.eval.samples  # 10 held-out sums: more samples each.
     if options.n is not None:
         c.schedule.minibatches = options.n
+    if options.task == "math":  # The scripts' test_freq and save_freq.
+        rollout_steps = 1 if c.schedule.async_rollout else c.schedule.minibatches
+        c.eval.every = 20 if c.schedule.async_rollout else 4 * rollout_steps
+        c.checkpoint.every = 20 if c.schedule.async_rollout else rollout_steps
+    if paper:
+        paper_run(c, c.schedule.async_rollout)
     if options.seed is not None:
         c.seed = options.seed
     if options.init:

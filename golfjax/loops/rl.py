@@ -64,15 +64,43 @@ def sample_groups(
     task: Task,
     tokenizer: Tokenizer,
 ) -> Groups:
-    """Samples G responses per prompt and scores each against its problem."""
+    """Samples G responses per prompt and scores each against its problem.
+
+    More prompts than the sampler's largest batch bucket
+    (`sampling.prompts_per_call`) are sampled in calls of that many, call i
+    with `fold_in(key, i)`, and joined (prompts left-padded to the longest).
+    """
+    prompts, cap = list(prompts), sampler.cfg.batch_buckets[-1]
     # Every process gets the whole rollout (gathered when it spans processes).
-    rollout = sharding.global_to_host(sampler.generate(params, list(prompts), key))
+    calls = [sharding.global_to_host(sampler.generate(
+        params, prompts[i:i + cap], key if len(prompts) <= cap else jax.random.fold_in(key, i // cap)))
+        for i in range(0, len(prompts), cap)]
+    rollout = calls[0] if len(calls) == 1 else _join(calls, cap, sampler.cfg.pad_id)
     texts = decode_responses(rollout, tokenizer)
     g = len(texts) // len(problems)
     reward_N = np.array(
         [task.score(problems[i // g], text) for i, text in enumerate(texts)], np.float32
     )
     return Groups(list(problems), rollout, texts, reward_N)
+
+
+def _join(calls: Sequence[Rollout], cap: int, pad_id: int) -> Rollout:
+    """The rollouts of consecutive calls of `cap` prompts as one (host arrays)."""
+    p = max(r.prompt_tokens_NxP.shape[1] for r in calls)
+    fields = {}
+    for field in dataclasses.fields(Rollout):
+        if getattr(calls[0], field.name) is None:  # A dense model's routes.
+            fields[field.name] = None
+            continue
+        parts = [np.asarray(getattr(r, field.name)) for r in calls]
+        if "_NxP" in field.name:  # Left padding, as the sampler pads (routes: expert 0).
+            fill = pad_id if "tokens" in field.name else 0
+            parts = [np.pad(x, ((0, 0), (p - x.shape[1], 0)) + ((0, 0),) * (x.ndim - 2),
+                            constant_values=fill) for x in parts]
+        elif field.name == "group_id_N":  # Each call numbers its prompts from 0.
+            parts = [x + i * cap for i, x in enumerate(parts)]
+        fields[field.name] = np.concatenate(parts)
+    return Rollout(**fields)
 
 
 def to_batch(

@@ -61,6 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from golfjax import sharding as sharding_lib
+from golfjax.models import platform as platform_lib
 
 # Finite, so a query row with no visible key (a left-padding row) gives a
 # uniform softmax instead of NaN.
@@ -492,14 +493,14 @@ def attention(q_NxQxKxRxDh: jax.Array, k_NxSxKxDh: jax.Array, v_NxSxKxDh: jax.Ar
       block: query and key block of "blockwise" (and of the "auto" choice
         between reference and blockwise).
       platform: the backend to pick for ("cpu", "gpu", "tpu"); default
-        `jax.default_backend()`.
+        the platform being traced for (`golfjax.models.platform.current`).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}; expected "
                          f"one of {IMPLEMENTATIONS}")
     if implementation == "auto":
         implementation = _pick(q_NxQxKxRxDh, k_NxSxKxDh, q_offset, block,
-                               platform or jax.default_backend())
+                               platform or platform_lib.current())
         if implementation == "cudnn":
             # cuDNN's own checks (library present, version, layout) run at
             # trace time; where they refuse, the blockwise attention serves.

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from golfjax import sharding as sharding_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models.config import ModelConfig, resolve_decode_layers
 
 # Logical axes of each layer's keys and values, and of the stacked arrays; the
@@ -124,10 +125,11 @@ class KVCache:
 def default_stacked(config: ModelConfig, platform: str | None = None) -> bool:
     """Whether `config`'s cached forward scans its layers on `platform`.
 
-    `platform` defaults to JAX's default backend; `ModelConfig.decode_layers`
-    ("auto" resolved by `resolve_decode_layers`) decides.
+    `platform` defaults to the platform being traced for
+    (`golfjax.models.platform.current`); `ModelConfig.decode_layers` ("auto"
+    resolved by `resolve_decode_layers`) decides.
     """
-    return resolve_decode_layers(config, platform or jax.default_backend()) == "scan"
+    return resolve_decode_layers(config, platform or platform_lib.current()) == "scan"
 
 
 def _shapes(config: ModelConfig, batch_size: int, max_length: int, stacked: bool

@@ -275,6 +275,14 @@ def resolve_decode_layers(config: ModelConfig, platform: str) -> str:
     return "scan" if platform == "tpu" else "unrolled"
 
 
+def _qwen3(**dims: Any) -> ModelConfig:
+    """A Qwen 3 dense checkpoint: what the family's config.json files share."""
+    return ModelConfig(
+        family="qwen3", vocab_size=151936, num_kv_heads=8, head_dim=128,
+        rope_theta=1e6, qk_norm=True, max_position=40960,
+        param_dtype="bfloat16", compute_dtype="bfloat16", **dims)
+
+
 # Presets. `tiny` is for unit tests; the others are small models for the built-in
 # tasks and benchmarks, plus the exact shapes of the public checkpoints golfjax
 # targets (useful for abstract shape/sharding checks without downloading them).
@@ -325,6 +333,31 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=8192,
         rope_theta=5e5, rope_scaling=RopeScaling(factor=32.0),
         rms_norm_eps=1e-5, tie_embeddings=True, max_position=131072,
+        param_dtype="bfloat16", compute_dtype="bfloat16"),
+    # The checkpoints the papers' runs train (GOLF: Qwen3-4B/8B; VESPO's
+    # dense stand-in Qwen3-8B) and those their baselines use, with the dims
+    # of each one's config.json; weights still come from `model.hf_path`.
+    "qwen3-1.7b": _qwen3(embed_dim=2048, num_layers=28, num_heads=16, mlp_dim=6144,
+                         tie_embeddings=True),
+    "qwen3-4b": _qwen3(embed_dim=2560, num_layers=36, num_heads=32, mlp_dim=9728,
+                       tie_embeddings=True),
+    "qwen3-8b": _qwen3(embed_dim=4096, num_layers=36, num_heads=32, mlp_dim=12288,
+                       tie_embeddings=False),
+    "qwen2.5-math-1.5b": ModelConfig(
+        family="qwen2", vocab_size=151936, embed_dim=1536, num_layers=28,
+        num_heads=12, num_kv_heads=2, head_dim=128, mlp_dim=8960,
+        rope_theta=1e4, qkv_bias=True, tie_embeddings=True,
+        max_position=4096, param_dtype="bfloat16", compute_dtype="bfloat16"),
+    "qwen2.5-math-7b": ModelConfig(
+        family="qwen2", vocab_size=152064, embed_dim=3584, num_layers=28,
+        num_heads=28, num_kv_heads=4, head_dim=128, mlp_dim=18944,
+        rope_theta=1e4, qkv_bias=True, tie_embeddings=False,
+        max_position=4096, param_dtype="bfloat16", compute_dtype="bfloat16"),
+    "llama3.1-8b": ModelConfig(
+        family="llama3", vocab_size=128256, embed_dim=4096, num_layers=32,
+        num_heads=32, num_kv_heads=8, head_dim=128, mlp_dim=14336,
+        rope_theta=5e5, rope_scaling=RopeScaling(factor=8.0),
+        rms_norm_eps=1e-5, tie_embeddings=False, max_position=131072,
         param_dtype="bfloat16", compute_dtype="bfloat16"),
 }
 

@@ -32,6 +32,7 @@ from flax import nnx
 
 from golfjax.models import attention as attention_lib
 from golfjax.models import moe as moe_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models.config import ModelConfig
 
 _INIT_STD = 0.02  # transformers' default initializer_range.
@@ -73,7 +74,7 @@ def _dense(x_NxQxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     # On CPU a bf16 x bf16 -> bf16 dot is computed by converting both operands
     # (the whole weight) to float32 first; asking for the float32 product runs
     # it on the bf16 operands directly. Elsewhere the dot stays in its dtype.
-    wide = jnp.float32 if jax.default_backend() == "cpu" else None
+    wide = jnp.float32 if platform_lib.current() == "cpu" else None
     y = jnp.dot(x_NxQxI.reshape(-1, x_NxQxI.shape[-1]), w_IxO,
                 preferred_element_type=wide).astype(x_NxQxI.dtype)
     return y.reshape(lead + (w_IxO.shape[-1],))

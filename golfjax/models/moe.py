@@ -52,6 +52,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from golfjax import sharding as sharding_lib
 from golfjax.models import attention as attention_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models.config import ModelConfig
 
 IMPLEMENTATIONS = ("auto", "ragged_dot", "megablox")
@@ -162,7 +163,7 @@ def _pick(implementation: str, in_features: int, out_features: int) -> str:
                          f"one of {IMPLEMENTATIONS}")
     tiled = in_features % _MEGABLOX_TILE == 0 and out_features % _MEGABLOX_TILE == 0
     if implementation == "auto":
-        return "megablox" if tiled and jax.default_backend() == "tpu" else "ragged_dot"
+        return "megablox" if tiled and platform_lib.current() == "tpu" else "ragged_dot"
     if implementation == "megablox" and not tiled:
         raise ValueError(f"megablox grouped matmul: features {in_features} x {out_features}"
                          f" are not multiples of its {_MEGABLOX_TILE}-wide tiles")

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from golfjax import sharding as sharding_lib
 from golfjax.models import attention as attention_lib
+from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
@@ -140,14 +141,16 @@ class Trainer:
         )
         # Simulated CPU devices can deadlock when several sharded programs are
         # queued; block on each result there (TPU/GPU keep their async queue).
-        self._block = jax.devices()[0].platform == "cpu"
+        self._block = platform_lib.of(mesh) == "cpu"
 
     def _partitioned(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """`fn` traced with attention kernels split over this mesh
-        (`attention.partitioned`: a Pallas kernel has no partitioning rule,
-        so without it every device would attend over every row)."""
+        """`fn` traced for this mesh's platform (`platform.compiling_for`: the
+        attention kernel follows the devices, not the host) with attention
+        kernels split over the mesh (`attention.partitioned`: a Pallas kernel
+        has no partitioning rule, so without it every device would attend
+        over every row)."""
         def traced(*args: Any, **kwargs: Any) -> Any:
-            with attention_lib.partitioned(self.mesh, self._rules):
+            with platform_lib.compiling_for(self.mesh), attention_lib.partitioned(self.mesh, self._rules):
                 return fn(*args, **kwargs)
         return traced
 
@@ -193,6 +196,12 @@ class Trainer:
                 donate_argnums=0,
             )
         return self._steps[layout]
+
+    @property
+    def jitted_logprobs(self) -> Any:
+        """The jitted `compute_logprobs`, `(params, batch) -> (logp_NxT, None)`;
+        e.g. to lower and compile it ahead of time."""
+        return self._logprobs
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """Log-probs of `batch`'s response tokens under `params`, `N x T`."""

@@ -132,9 +132,10 @@ def test_readme_commands_prepare_train_and_resume_exactly(tmp_path):
     # and step 4 is in the second epoch. The entropy bonus makes every update
     # move the parameters (the random model earns no reward). One optimizer
     # step per rollout (the math variant's default is 4, as GOLF's scripts),
-    # so that every step is a rollout boundary with its own checkpoint.
+    # so that every step is a rollout boundary with its own checkpoint; prompt
+    # buckets up to 1,024 tokens (GOLF's reach 8,192), so one prompt is dropped.
     small = ["--config.train.steps=4", "--config.train.prompts_per_step=4",
-             "--config.schedule.minibatches=1",
+             "--config.schedule.minibatches=1", "--config.sampling.prompt_buckets=(64,128,256,512,1024)",
              "--config.sampling.group_size=2", "--config.sampling.max_new_tokens=8",
              "--config.train.entropy_coef=0.01", "--config.eval.every=100",
              "--config.eval.num_problems=4", "--config.eval.samples=2",

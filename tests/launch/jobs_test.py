@@ -103,6 +103,25 @@ def test_tpu_plan_runs_the_repository_copy_on_every_host():
     assert unit.cleanup.command.startswith("gcloud compute tpus queued-resources delete golf-arith-2 ")
 
 
+def test_aot_checks_each_distinct_run_once_for_the_plans_slice():
+    options = dict(workdir_root="/gcs/bucket/vespo", executor="tpu", tpu_type="v5p-32",
+                   topology="2x2x4", zone="us-east5-a", overrides=("model.preset=qwen3-8b",))
+    # Three seeds of one run: one check, with the run's flags and the slice.
+    [command] = jobs.aot_commands(jobs.make_plan(jobs.LaunchOptions(config=f"{GOLF}:arith", **options)))
+    assert command[1:] == ["-m", "golfjax.aot", f"--config={GOLF}:arith", "--config.model.preset=qwen3-8b",
+                           "--topology=v5p:2x2x4", "--num_slices=1"]
+    # VESPO's sweep: 4 losses x 4 staleness x 2 seeds, 16 distinct runs.
+    vespo = jobs.make_plan(jobs.LaunchOptions(config="experiments/configs/vespo.py", **options))
+    commands = jobs.aot_commands(vespo)
+    assert len(vespo.work_units) == 32 and len(commands) == 16
+    assert all(not any(a.startswith("--config.seed=") for a in c) for c in commands)
+    assert jobs.aot_commands(jobs.make_plan(jobs.LaunchOptions(
+        config=f"{GOLF}:arith", **{**options, "topology": None})))[0][-2] == "--topology=v5p-32"
+    local = jobs.make_plan(jobs.LaunchOptions(config=f"{GOLF}:arith", workdir_root="/tmp/golf"))
+    with pytest.raises(ValueError, match="--aot compiles for --tpu_type: it needs --executor=tpu"):
+        jobs.aot_commands(local)
+
+
 def test_tpu_plan_checks_its_flags(tmp_path):
     base = dict(config=f"{GOLF}:arith", executor="tpu", tpu_type="v5p-32", zone="us-east5-a")
     with pytest.raises(ValueError, match="--workdir_root='gs://b/golf'"):

@@ -68,6 +68,20 @@ def test_bad_flags_fail_before_anything_runs():
     assert result.returncode != 0 and "--executor=tpu needs --tpu_type" in result.stderr
 
 
+def test_aot_failure_creates_no_tpu(tmp_path):
+    # golfjax.aot refuses the run (an unknown preset) before compiling: the
+    # launcher stops before the plan's first step, which would create the TPU.
+    result = _run(["python", "-m", "launch.xm_launch", "--config=experiments/configs/golf.py:arith,seed=1",
+                   "--workdir_root=/gcs/b/golf", "--executor=tpu", "--tpu_type=v5p-8", "--zone=z", "--aot",
+                   "--set=model.preset=no-such-model"], timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "model.preset" in result.stderr and "--aot: golfjax.aot failed for" in result.stderr
+    assert "no TPU was created" in result.stderr and '"work_units"' not in result.stdout
+    local = _run(["python", "-m", "launch.xm_launch", "--config=experiments/configs/golf.py:smoke",
+                  f"--workdir_root={tmp_path}", "--aot", "--dry_run"])
+    assert local.returncode != 0 and "--aot compiles for --tpu_type" in local.stderr
+
+
 @pytest.mark.skipif(xm_launch.xm is not None, reason="xmanager is installed: the launch runs instead")
 def test_launch_without_xmanager_says_how_to_install_it(tmp_path):
     result = _run(["python", "-m", "launch.xm_launch", "--config=experiments/configs/golf.py:smoke",

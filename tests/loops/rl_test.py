@@ -1,5 +1,6 @@
 """Tests for golfjax/loops/rl.py: GroupSource's batch, group_metrics and the
-Evaluator's accuracy and pass@k, against values worked out by hand.
+Evaluator's accuracy and pass@k, against values worked out by hand; more
+prompts than a sampler call takes are sampled in calls and joined.
 
 The sampler, tokenizer and task are stand-ins that make every sample's reward
 known: problem b's prompt is the one token b, the sampler answers it G times
@@ -17,6 +18,7 @@ import pytest
 from golfjax.decode import FINISH_STOP, Rollout
 from golfjax.loops import rl
 from golfjax.rewards.base import Problem, Task
+from golfjax.sampling_config import SamplingConfig
 
 WRONG = 1
 
@@ -43,6 +45,8 @@ class _Sampler:
 
     right: dict[int, list[bool]]
     calls: list[list[int]] = dataclasses.field(default_factory=list)
+    # The real sampler's config: its largest batch bucket (512) caps a call.
+    cfg: SamplingConfig = SamplingConfig()
 
     def generate(self, params, prompts, key):
         self.calls.append([p[0] for p in prompts])
@@ -111,3 +115,78 @@ def test_evaluator_accuracy_and_pass_at_k_by_hand():
     expected = np.mean([_pass_at_k(4, c, 4) for c in (0, 1, 4)])
     assert expected == pytest.approx(2 / 3)
     assert metrics == pytest.approx({"eval/accuracy": 5 / 12, "eval/pass@4": expected})
+
+
+@dataclasses.dataclass
+class _CallsSampler:
+    """Records each call's prompt count and key; row r of prompt b answers
+    with token 100 * b + r."""
+
+    cfg: SamplingConfig
+    calls: list = dataclasses.field(default_factory=list)
+
+    def generate(self, params, prompts, key):
+        self.calls.append((len(prompts), np.asarray(jax.random.key_data(key)).tolist()))
+        g, p = self.cfg.group_size, max(len(x) for x in prompts)
+        tokens = np.zeros((len(prompts) * g, p), np.int32)
+        for i, prompt in enumerate(prompts):
+            tokens[i * g:(i + 1) * g, p - len(prompt):] = prompt
+        n = len(prompts) * g
+        return Rollout(
+            prompt_tokens_NxP=tokens, prompt_mask_NxP=tokens > 0,
+            tokens_NxT=(100 * (np.arange(n) // g) + np.arange(n) % g)[:, None].astype(np.int32),
+            response_mask_NxT=np.ones((n, 1), bool), behaviour_logp_NxT=np.zeros((n, 1), np.float32),
+            length_N=np.ones(n, np.int32), finish_reason_N=np.zeros(n, np.int32),
+            group_id_N=np.arange(n, dtype=np.int32) // g)
+
+
+def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
+    sampler = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
+    prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+    problems = [Problem(id=i, question="", answer=str(100 * (i % 2))) for i in range(5)]
+    key = jax.random.key(7)
+    groups = rl.sample_groups(sampler, None, problems, prompts, key, _Task(), _Tokenizer())
+    assert [n for n, _ in sampler.calls] == [2, 2, 1]
+    keys = [k for _, k in sampler.calls]
+    assert keys[0] == np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))).tolist()
+    assert len({tuple(k) for k in keys}) == 3
+    r = groups.rollout
+    np.testing.assert_array_equal(r.group_id_N, np.repeat(np.arange(5), 2))
+    # Each call's prompts are left-padded to the longest of all (4 tokens).
+    assert r.prompt_tokens_NxP.shape == (10, 4)
+    np.testing.assert_array_equal(r.prompt_tokens_NxP[2], [0, 0, 0, 4])
+    np.testing.assert_array_equal(r.prompt_mask_NxP[6], [True] * 4)
+    # Call i's rows keep their own answers; prompt 2 is call 1's first.
+    assert groups.texts[4:6] == ["0", "1"] and groups.reward_N.tolist()[4] == 1.0
+
+    # Within one call, the key is the caller's, unchanged.
+    one = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(8,)))
+    rl.sample_groups(one, None, problems, prompts, key, _Task(), _Tokenizer())
+    assert one.calls == [(5, np.asarray(jax.random.key_data(key)).tolist())]
+
+
+class _MoESampler(_CallsSampler):
+    """`_CallsSampler` with an MoE policy's routes: a prompt token's experts are
+    (token, token + 1) in each of 2 layers (0 in padding), a response
+    token's its own id."""
+
+    def generate(self, params, prompts, key):
+        r = super().generate(params, prompts, key)
+        experts = np.stack([r.prompt_tokens_NxP, r.prompt_tokens_NxP + 1], axis=-1)
+        experts = np.where(r.prompt_mask_NxP[..., None], experts, 0)
+        return dataclasses.replace(
+            r, prompt_routes_NxPxLxA=np.stack([experts] * 2, axis=2).astype(np.uint8),
+            routes_NxTxLxA=np.repeat(r.tokens_NxT[..., None, None], 2, axis=2).astype(np.uint8))
+
+
+def test_an_moe_policys_routes_are_joined_like_its_prompts():
+    sampler = _MoESampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
+    prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+    problems = [Problem(id=i, question="", answer="") for i in range(5)]
+    r = rl.sample_groups(sampler, None, problems, prompts, jax.random.key(0), _Task(),
+                         _Tokenizer()).rollout
+    # Left-padded to 4 slots with the prompts (padding: expert 0 as the token pad).
+    assert r.prompt_routes_NxPxLxA.shape == (10, 4, 2, 2)
+    np.testing.assert_array_equal(r.prompt_routes_NxPxLxA[..., 0, 0], r.prompt_tokens_NxP)
+    np.testing.assert_array_equal(r.prompt_routes_NxPxLxA[2, :, 1], [[0, 0], [0, 0], [0, 0], [4, 5]])
+    np.testing.assert_array_equal(r.routes_NxTxLxA[:, 0, 1, 0], r.tokens_NxT[:, 0] % 256)

@@ -36,6 +36,22 @@ def test_presets():
         config_lib.get_preset("huge")
 
 
+@pytest.mark.parametrize("name, total, non_embedding", [
+    # The model cards' "Number of Parameters" and "Non-Embedding" (Qwen), in billions.
+    ("qwen3-1.7b", 1.7, 1.4), ("qwen3-4b", 4.0, 3.6), ("qwen3-8b", 8.2, 6.95),
+    ("qwen2.5-math-1.5b", 1.54, 1.31), ("qwen2.5-math-7b", 7.61, 6.53), ("llama3.1-8b", 8.03, None),
+])
+def test_checkpoint_presets_have_the_published_sizes(name, total, non_embedding):
+    def near(count, published):  # Within one unit of the published figure's last digit.
+        return abs(count / 1e9 - published) <= 10.0 ** -len(str(published).split(".")[1])
+
+    config = config_lib.get_preset(name)
+    embeddings = config.vocab_size * config.embed_dim * (1 if config.tie_embeddings else 2)
+    assert near(config.num_params, total)
+    assert non_embedding is None or near(config.num_params - embeddings, non_embedding)
+    assert (config.param_dtype, config.compute_dtype) == ("bfloat16", "bfloat16")
+
+
 def test_decode_layers_auto_is_unrolled_on_cpu_only():
     auto = config_lib.ModelConfig()
     assert config_lib.resolve_decode_layers(auto, "cpu") == "unrolled"

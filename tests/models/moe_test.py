@@ -18,6 +18,7 @@ from golfjax.models import attention as attention_lib
 from golfjax.models import config as config_lib
 from golfjax.models import hf
 from golfjax.models import moe
+from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from tests.models import hf_utils
 
@@ -113,6 +114,11 @@ def test_megablox_kernel_in_interpret_mode_equals_ragged_dot():
     # Its backward pass swaps the tiles' roles: features must fill whole tiles.
     with pytest.raises(ValueError, match="features 128 x 96 are not multiples"):
         megablox(lhs, rhs[..., :96])
+    # Traced for TPU, "auto" takes the kernel where the tiles fit.
+    with platform_lib.compiling_for("tpu"):
+        assert moe._pick("auto", 2048, 768) == "megablox"
+        assert moe._pick("auto", 64, 32) == "ragged_dot"
+    assert moe._pick("auto", 2048, 768) == "ragged_dot"  # This host's CPU.
 
 
 @pytest.fixture(scope="module")

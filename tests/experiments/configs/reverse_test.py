@@ -131,12 +131,12 @@ def test_first_rl_steps_keep_the_refinement_skill(tmp_path):
     (tools/make_base_policy.py --measure_only); at the config's lr and warmup
     the first GOLF steps keep that within 0.15."""
     c = reverse_config.get_config("golf")
-    c.train.steps = 3
+    c.train.steps = c.optimizer.warmup_steps + 1  # The shortest run whose warmup ends (golfjax/config.py).
     c.eval.num_problems = 8
     c.eval.samples = 1
-    c.eval.every = 3
+    c.eval.every = c.train.steps
     train_loop.train(c, str(tmp_path))
     success = [r["golf/refinement_success"] for r in metrics_lib.read_metrics(str(tmp_path))
                if "golf/refinement_success" in r]
-    assert len(success) == 3
+    assert len(success) == c.train.steps
     assert sum(success) / len(success) >= 0.68 - 0.15, success
