@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from golfjax import decode, sampling, sharding, types
 from golfjax.models import cache as cache_lib
 from golfjax.models import config as config_lib
+from golfjax.models import moe
 from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.config import TrainSection
@@ -60,9 +61,12 @@ def model_config(preset: str, **overrides: Any) -> config_lib.ModelConfig:
 
 
 def abstract_batch(rows: int, prompt: int, response: int,
-                   sharding_of: Any = None) -> types.Batch:
-    """A `Batch` of `ShapeDtypeStruct`s: N rows, P prompt and T response slots."""
-    return types.abstract_batch(rows, prompt, response, sharding_of)
+                   sharding_of: Any = None, *,
+                   routes: config_lib.ModelConfig | None = None) -> types.Batch:
+    """A `Batch` of `ShapeDtypeStruct`s: N rows, P prompt and T response slots,
+    with the recorded routes of an MoE model's rollout if `routes` is one."""
+    return types.abstract_batch(rows, prompt, response, sharding_of,
+                                routes=None if routes is None else moe.route_spec(routes))
 
 
 def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
@@ -70,6 +74,7 @@ def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
                        ) -> tuple[Any, dict[str, float]]:
     """The compiled train step (ppo_clip, one micro-batch) and its `stats`.
 
+    An MoE model's batch carries its rollout's routes, as the RL loop's does.
     Stats also hold `compile_s` (lower + compile wall seconds).
     """
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -77,7 +82,8 @@ def train_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
         config, TrainSection(loss="ppo_clip", logp_chunk=logp_chunk), LossConfig(),
         OptimizerConfig(lr=1e-5), mesh)
     batch = abstract_batch(rows, prompt, response,
-                           trainer.batch_shardings.prompt_tokens_NxP)
+                           trainer.batch_shardings.prompt_tokens_NxP,
+                           routes=config if config.moe_layers else None)
     start = time.perf_counter()
     compiled = trainer.jitted_step(batch).lower(
         trainer.abstract_state, batch, jax.random.key(0)).compile()
@@ -117,13 +123,19 @@ def decode_step_program(config: config_lib.ModelConfig, rows: int, prompt: int,
                                      stacked=stacked)
         if cpu:
             cache = cache_lib.with_recent(cache, slots - main)
+        routes = None  # An MoE model's step records its routes, as the sampler's.
+        if config.moe_layers:
+            routes = jnp.zeros((rows, new_tokens, len(config.moe_layers),
+                                config.experts_per_token),
+                               moe.route_dtype(config.num_experts))
         return decode.DecodeState(
             step=jnp.zeros((), jnp.int32), last_N=jnp.zeros((rows,), jnp.int32),
             cache=cache, done_N=jnp.zeros((rows,), bool),
             stopped_N=jnp.zeros((rows,), bool),
             tokens_NxT=jnp.zeros((rows, new_tokens), jnp.int32),
             mask_NxT=jnp.zeros((rows, new_tokens), bool),
-            logp_NxT=jnp.zeros((rows, new_tokens), jnp.float32))
+            logp_NxT=jnp.zeros((rows, new_tokens), jnp.float32),
+            routes_NxTxLxA=routes)
 
     def step(params: Any, state: decode.DecodeState, mask_NxS: jax.Array,
              first_position_N: jax.Array, key: jax.Array) -> decode.DecodeState:
@@ -177,8 +189,8 @@ def sampler_programs(config: config_lib.ModelConfig, batch: int, group: int,
     start = time.perf_counter()
     programs.prefill.lower(params, tokens, mask).compile()
     out["prefill_compile_s"] = time.perf_counter() - start
-    cache, logits = jax.eval_shape(programs.prefill, params, tokens, mask)
+    cache, logits, routes = jax.eval_shape(programs.prefill, params, tokens, mask)
     start = time.perf_counter()
-    programs.decode.lower(params, cache, logits, tokens, mask, valid, key).compile()
+    programs.decode.lower(params, cache, logits, tokens, mask, valid, key, routes).compile()
     out["decode_compile_s"] = time.perf_counter() - start
     return out

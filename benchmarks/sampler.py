@@ -208,10 +208,10 @@ def bench_golfjax(path: str, case: Case, prompts: list[list[int]],
     def compile_only() -> Any:
         # The programs `run` uses, with every row a dummy (already done), so
         # the decode loop exits after its first step.
-        cache, logits = programs.prefill(params, tokens, mask)
+        cache, logits, routes = programs.prefill(params, tokens, mask)
         return jax.block_until_ready(programs.decode(
             params, cache, logits, tokens, mask, np.zeros(case.batch, bool),
-            key))
+            key, routes))
 
     warmup, figures, rollout = timed(run, repeats, compile_only)
     assert int(np.asarray(rollout.length_N).min()) == case.new_tokens
@@ -277,9 +277,9 @@ def bench_preset(args: argparse.Namespace) -> dict[str, Any]:
     key = jax.random.key(0)
 
     def first_call() -> Any:
-        cache, logits = programs_bp.prefill(params, tokens, mask)
+        cache, logits, routes = programs_bp.prefill(params, tokens, mask)
         return jax.block_until_ready(programs_bp.decode(
-            params, cache, logits, tokens, mask, np.zeros(batch, bool), key))
+            params, cache, logits, tokens, mask, np.zeros(batch, bool), key, routes))
 
     def run() -> sampling.Rollout:
         return jax.block_until_ready(sampler.generate(params, prompts, key))

@@ -76,9 +76,13 @@ class ModelSection:
     # How the sampler's cached forward runs the layers: one of
     # models.config.DECODE_LAYERS ("auto": scanned on TPU, unrolled elsewhere).
     decode_layers: str = ""
+    # MoE policies: "rollout" replays the sampler's routes in the train step
+    # (models.config.ROUTING_REPLAY; docs/algorithms.md).
+    routing_replay: str = "off"
 
     def __post_init__(self) -> None:
-        from golfjax.models.config import ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS, ModelConfig
+        from golfjax.models.config import (ATTENTION_IMPLEMENTATIONS, DECODE_LAYERS, PRESETS,
+                                           ROUTING_REPLAY, ModelConfig)
 
         if not (self.hf_path or self.hf_config):
             _check(self, {"preset": _one_of(self, "preset", tuple(sorted(PRESETS)))})
@@ -96,7 +100,12 @@ class ModelSection:
             "mlp_chunk": (self.mlp_chunk >= 0, ">= 1, or 0 (the model's)"),
             "decode_layers": (self.decode_layers in ("", *DECODE_LAYERS),
                               "one of " + ", ".join(DECODE_LAYERS) + ", or '' (the model's)"),
+            "routing_replay": _one_of(self, "routing_replay", ROUTING_REPLAY),
         })
+        if (self.routing_replay != "off" and not (self.hf_path or self.hf_config)
+                and not PRESETS[self.preset].num_experts):
+            raise ValueError(f"routing_replay={self.routing_replay!r} but preset={self.preset!r} is"
+                             " not an MoE model; expected 'off'")
 
     def overrides(self) -> dict[str, Any]:
         """The `ModelConfig` fields this section sets (remat, attention, ...)."""
@@ -104,6 +113,8 @@ class ModelSection:
         fields |= {name: getattr(self, name)
                    for name in ("attention", "attention_block", "mlp_chunk", "decode_layers")
                    if getattr(self, name)}
+        if self.routing_replay != "off":
+            fields["routing_replay"] = self.routing_replay
         return fields
 
 
@@ -227,6 +238,10 @@ class TrainSection:
     # With nonfinite = "skip", a run stops once more than this many steps in a
     # row were skipped (golfjax/train/nonfinite.py).
     max_consecutive_skips: int = 10
+    # MoE policies: the weight of transformers' load-balancing loss. 0 (off)
+    # as VESPO's scripts run Qwen3-30B-A3B (verl's Megatron config sets
+    # moe_router_load_balancing_type="none"); transformers' own is 0.001.
+    moe_aux_loss_coef: float = 0.0
 
     def __post_init__(self) -> None:
         for name, get in (("loss", losses.get_loss), ("off_policy_loss", losses.get_off_policy_loss),
@@ -248,6 +263,7 @@ class TrainSection:
             "logp_chunk": (self.logp_chunk >= 1, ">= 1"),
             "nonfinite": _one_of(self, "nonfinite", NONFINITE_MODES),
             "max_consecutive_skips": (self.max_consecutive_skips >= 0, ">= 0"),
+            "moe_aux_loss_coef": (self.moe_aux_loss_coef >= 0, ">= 0 (0: off)"),
         })
 
 
@@ -529,6 +545,10 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
         raise ConfigError(
             f"config.schedule.rollout_devices={cfg.schedule.rollout_devices} needs"
             " config.train.recompute_old_logp=False (the sampler's log-probs)")
+    if cfg.model.routing_replay != "off" and cfg.golf.enabled:
+        raise ValueError(
+            f"config.model.routing_replay={cfg.model.routing_replay!r} needs config.golf.enabled=False:"
+            " GOLF's refinements are sampled under other prompts, so no route of theirs replays")
     if cfg.schedule.async_rollout and process_count > 1:  # Each worker would drop rollouts on its own timing.
         raise ConfigError(
             f"config.schedule.async_rollout=True does not support multi-process runs ({process_count}"

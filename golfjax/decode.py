@@ -2,8 +2,9 @@
 
 Letters: B prompts (the batch bucket), G samples per prompt, N = B * G rows,
 P prompt bucket length, T `max_new_tokens`, S KV-cache slots (at most P + T),
-V vocabulary. golfjax/sampling.py describes a whole `generate` call; this
-module holds what runs on the device, compiled once per (B, P).
+V vocabulary; for MoE models L MoE layers and A experts per token.
+golfjax/sampling.py describes a whole `generate` call; this module holds what
+runs on the device, compiled once per (B, P).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from golfjax import draw
 from golfjax.models import cache as cache_lib
+from golfjax.models import moe as moe_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.sampling_config import SamplingConfig
@@ -44,6 +46,12 @@ class Rollout:
       length_N: int32 number of response tokens, `response_mask_NxT.sum(1)`.
       finish_reason_N: int32, `FINISH_STOP` or `FINISH_LENGTH`.
       group_id_N: int32 index of the row's prompt in the caller's list.
+      prompt_routes_NxPxLxA: MoE models only (else None): the experts each
+        prompt token was routed to in each MoE layer (`moe.route_dtype`);
+        garbage at padding.
+      routes_NxTxLxA: MoE models only: the same for each response token
+        that was fed back to the model, i.e. all of a row's but its last
+        (`recorded_routes`); garbage elsewhere.
     """
 
     prompt_tokens_NxP: jax.Array
@@ -54,6 +62,15 @@ class Rollout:
     length_N: jax.Array
     finish_reason_N: jax.Array
     group_id_N: jax.Array
+    prompt_routes_NxPxLxA: jax.Array | None = None
+    routes_NxTxLxA: jax.Array | None = None
+
+
+def recorded_routes(response_mask_NxT: jax.Array) -> jax.Array:
+    """Where `Rollout.routes_NxTxLxA` holds a recorded route: every response
+    token but a row's last, which is sampled and never fed to the model."""
+    mask_NxT = jnp.asarray(response_mask_NxT, bool)
+    return jnp.concatenate([mask_NxT[:, 1:], jnp.zeros_like(mask_NxT[:, :1])], axis=1)
 
 
 def prefill(
@@ -62,8 +79,9 @@ def prefill(
     mask_BxP: jax.Array,
     *,
     model_config: ModelConfig,
-) -> tuple[cache_lib.KVCache, jax.Array]:
-    """Writes the prompts into a fresh P-slot cache; logits of each last token.
+) -> tuple[cache_lib.KVCache, jax.Array, jax.Array | None]:
+    """Writes the prompts into a fresh P-slot cache; logits of each last token,
+    and for an MoE model the prompt tokens' experts `B x P x L x A` (else None).
 
     The decode loops widen the cache as they go (`decode_segments`). The
     cache is stacked over layers iff `model_config.decode_layers` is "scan"
@@ -72,10 +90,13 @@ def prefill(
     b, p = tokens_BxP.shape
     positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1, dtype=jnp.int32) - 1, 0)
     cache = cache_lib.init_cache(model_config, b, p)
-    logits_BxPxV, cache = transformer.apply(
+    h_BxPxD, cache, routing = transformer.hidden_routed(
         params, tokens_BxP, positions_BxP, mask_BxP, cache, config=model_config)
+    routes_BxPxLxA = None if routing is None else routing.ids_NxQxLxA.astype(
+        moe_lib.route_dtype(model_config.num_experts))
     # Left padding puts every row's last prompt token in the last slot.
-    return cache, logits_BxPxV[:, -1, :]
+    logits_BxV = transformer.unembed(params, h_BxPxD[:, -1, :], config=model_config)
+    return cache, logits_BxV, routes_BxPxLxA
 
 
 @jax.tree_util.register_dataclass
@@ -89,6 +110,8 @@ class DecodeState:
     tokens_NxT: jax.Array
     mask_NxT: jax.Array
     logp_NxT: jax.Array
+    # MoE models: the experts of each fed token (`Rollout.routes_NxTxLxA`).
+    routes_NxTxLxA: jax.Array | None = None
 
 
 def _record(state: DecodeState, token_N: jax.Array, logp_N: jax.Array,
@@ -116,6 +139,7 @@ def _record(state: DecodeState, token_N: jax.Array, logp_N: jax.Array,
         tokens_NxT=put(state.tokens_NxT, token_N),
         mask_NxT=put(state.mask_NxT, live_N),
         logp_NxT=put(state.logp_NxT, logp_N),
+        routes_NxTxLxA=state.routes_NxTxLxA,
     )
 
 
@@ -127,6 +151,7 @@ def decode(
     mask_BxP: jax.Array,
     valid_B: jax.Array,
     key: jax.Array,
+    prompt_routes_BxPxLxA: jax.Array | None = None,
     *,
     model_config: ModelConfig,
     cfg: SamplingConfig,
@@ -134,6 +159,9 @@ def decode(
     recent_buffer: bool = False,
 ) -> Rollout:
     """Shares each prefill across its G rows, then samples until all rows finish.
+
+    For an MoE model, `prompt_routes_BxPxLxA` are the prefill's routes, and
+    each decode step records the experts of the token it feeds.
 
     `cache` is the prefill's, per-layer or stacked; a stacked one runs the
     layers scanned (golfjax/models/transformer.py). With `split_layers` (on
@@ -164,6 +192,10 @@ def decode(
     # count); the token fed at loop step s is response token s - 1.
     first_position_N = jnp.sum(mask_NxP, axis=1, dtype=jnp.int32) - 1
 
+    routes_NxTxLxA = None
+    if prompt_routes_BxPxLxA is not None:
+        routes_NxTxLxA = jnp.zeros((n, t) + prompt_routes_BxPxLxA.shape[2:],
+                                   prompt_routes_BxPxLxA.dtype)
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
         last_N=jnp.zeros((n,), jnp.int32),
@@ -173,6 +205,7 @@ def decode(
         tokens_NxT=jnp.full((n, t), cfg.pad_id, jnp.int32),
         mask_NxT=jnp.zeros((n, t), bool),
         logp_NxT=jnp.zeros((n, t), jnp.float32),
+        routes_NxTxLxA=routes_NxTxLxA,
     )
     token_N, logp_N = draw.sample(tile(logits_BxV), jax.random.fold_in(key, 0), cfg)
     state = _record(state, token_N, logp_N, cache, cfg)
@@ -205,6 +238,9 @@ def decode(
         finish_reason_N=jnp.where(state.stopped_N, FINISH_STOP,
                                   FINISH_LENGTH).astype(jnp.int32),
         group_id_N=jnp.arange(n, dtype=jnp.int32) // g,
+        prompt_routes_NxPxLxA=(None if prompt_routes_BxPxLxA is None
+                               else tile(prompt_routes_BxPxLxA)),
+        routes_NxTxLxA=state.routes_NxTxLxA,
     )
 
 
@@ -215,11 +251,17 @@ def decode_step(params: Params, state: DecodeState, *, mask_NxS: jax.Array,
 
     The body of every decode loop; `mask_NxS` covers the loop's S cache slots
     and `first_position_N` is each row's RoPE position of response token 0.
+    With `state.routes_NxTxLxA`, the fed token's experts go to its column.
     """
     positions_Nx1 = (first_position_N + state.step)[:, None]
-    logits_Nx1xV, cache = transformer.apply(
+    h_Nx1xD, cache, routing = transformer.hidden_routed(
         params, state.last_N[:, None], positions_Nx1, mask_NxS, state.cache,
         config=model_config)
+    logits_Nx1xV = transformer.unembed(params, h_Nx1xD, config=model_config)
+    if state.routes_NxTxLxA is not None:
+        routes = state.routes_NxTxLxA
+        state = dataclasses.replace(state, routes_NxTxLxA=jax.lax.dynamic_update_slice_in_dim(
+            routes, routing.ids_NxQxLxA.astype(routes.dtype), state.step - 1, axis=1))
     token_N, logp_N = draw.sample(logits_Nx1xV[:, 0, :],
                                   jax.random.fold_in(key, state.step), cfg)
     return _record(state, token_N, logp_N, cache, cfg)
@@ -268,21 +310,30 @@ def decode_segments(prompt_len: int, max_new_tokens: int, loops: int
 
 
 def decode_bytes_per_step(model_config: ModelConfig, rows: int,
-                          slots: float) -> float:
+                          slots: float, active_experts: float | None = None) -> float:
     """The fewest bytes one decode step must read from memory (a roofline).
 
     Every parameter once, except the input embedding table, of which only the
     `rows` looked-up rows are read unless it is tied to the LM head (which
-    reads it whole); plus the keys and values in `slots` cache slots of every
-    layer for each row. Decode throughput is at most
-    `rows * bandwidth / decode_bytes_per_step(...)` tokens/s; over a decode of
-    T tokens after a P-token prompt the mean `slots` is P + (T - 1) / 2.
+    reads it whole), and except the experts of an MoE layer that no row
+    routes to: a step reads `active_experts` of each MoE layer's E experts,
+    by default min(E, rows * A), what `rows` rows routed to A experts each
+    reach when they overlap least (a measured count may be passed); plus the
+    keys and values in `slots` cache slots of every layer for each row.
+    Decode throughput is at most `rows * bandwidth / decode_bytes_per_step(...)`
+    tokens/s; over a decode of T tokens after a P-token prompt the mean
+    `slots` is P + (T - 1) / 2.
     """
     c = model_config
     param_bytes = jnp.dtype(c.param_dtype).itemsize
     params = c.num_params
     if not c.tie_embeddings:  # Only the looked-up rows of the table.
         params -= (c.vocab_size - rows) * c.embed_dim
+    if c.moe_layers:
+        if active_experts is None:
+            active_experts = min(c.num_experts, rows * c.experts_per_token)
+        idle = c.num_experts - active_experts
+        params -= len(c.moe_layers) * idle * 3 * c.embed_dim * c.moe_mlp_dim
     kv_per_slot = (2 * c.num_layers * c.num_kv_heads * c.head_dim *
                    jnp.dtype(c.compute_dtype).itemsize)
     return params * param_bytes + rows * slots * kv_per_slot

@@ -66,7 +66,14 @@ Sharding: with a mesh, rows (B for prefill, N for decode) are split by the
 rule table's `batch` entry (`sharding.row_sharding`), parameters follow
 `transformer.param_shardings`, the cache `cache.cache_shardings` (rows by
 `batch`, kv heads by `kv_heads`). Every batch bucket must therefore be a
-multiple of the number of row shards, which `Sampler` checks up front.
+multiple of the number of row shards, which `Sampler` checks up front. The
+programs are traced under `attention.partitioned(mesh)`, so an MoE model's
+experts stay split over the mesh as in training (golfjax/models/moe.py).
+
+MoE models: the rollout also holds the experts every prompt token and every
+fed-back response token was routed to in each MoE layer
+(`Rollout.prompt_routes_NxPxLxA`, `routes_NxTxLxA`), for the train step's
+routing replay and its route-mismatch metric (golfjax/train/step.py).
 
 Multi-process (a mesh over the devices of several JAX processes): every
 process calls `generate` with the same prompts and key; each feeds the rows of
@@ -78,6 +85,7 @@ not `jax.device_get`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -93,6 +101,7 @@ from golfjax import sharding as sharding_lib
 from golfjax.decode import (FINISH_LENGTH, FINISH_STOP, MIN_LOOP_STEPS, Rollout,
                             decode_bytes_per_step, decode_segments)
 from golfjax.draw import processed_log_probs, sample
+from golfjax.models import attention as attention_lib
 from golfjax.models import cache as cache_lib
 from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
@@ -150,7 +159,7 @@ def pad_prompts(prompts: Sequence[np.ndarray], batch: int, length: int,
 
 @dataclasses.dataclass(frozen=True)
 class _Programs:
-    prefill: Callable[..., tuple[cache_lib.KVCache, jax.Array]]
+    prefill: Callable[..., tuple[cache_lib.KVCache, jax.Array, jax.Array | None]]
     decode: Callable[..., Rollout]
 
 
@@ -206,7 +215,11 @@ class Sampler:
     def _counted(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any) -> Any:
             self.trace_counts[name] += 1  # Runs at trace time only.
-            with platform_lib.compiling_for(self.mesh):  # The mesh's platform, not the host's.
+            # The mesh's platform, not the host's; an MoE layer splits its
+            # experts over the mesh as in training (golfjax/models/moe.py).
+            partitioned = (contextlib.nullcontext() if self.mesh is None
+                           else attention_lib.partitioned(self.mesh, self._rules))
+            with platform_lib.compiling_for(self.mesh), partitioned:
                 return fn(*args)
         return traced
 
@@ -229,17 +242,19 @@ class Sampler:
         # Checks that the N-row cache divides too (it is only constrained
         # through propagation inside decode).
         cache_lib.cache_shardings(c, b * cfg.group_size, s, mesh, self._rules)
-        out_rollout = Rollout(*([rows2] * 5), rows, rows, rows)
+        # An MoE model's recorded routes: split by rows like the tokens.
+        routes = rows2 if c.moe_layers else None
+        out_rollout = Rollout(*([rows2] * 5), rows, rows, rows, routes, routes)
         return _Programs(
             # params: by the model's rules; prompts: rows split over data x fsdp.
             prefill=jax.jit(prefill,
                             in_shardings=(self._param_shardings, rows2, rows2),
-                            out_shardings=(cache_b, rows2)),
+                            out_shardings=(cache_b, rows2, routes)),
             # The prefix cache arrives with the prefill's sharding; the key is
             # replicated so every device draws the same per-step keys.
             decode=jax.jit(decode,
                            in_shardings=(self._param_shardings, cache_b, rows2,
-                                         rows2, rows2, rows, replicated),
+                                         rows2, rows2, rows, replicated, routes),
                            out_shardings=out_rollout),
         )
 
@@ -301,9 +316,10 @@ class Sampler:
                 # every process holds the same prompts and key (module docstring).
                 tokens_BxP, mask_BxP, valid_B, key = self._to_mesh(
                     tokens_BxP, mask_BxP, valid_B, key)
-        cache, logits_BxV = self._wait(programs.prefill(params, tokens_BxP, mask_BxP))
+        cache, logits_BxV, routes_BxPxLxA = self._wait(
+            programs.prefill(params, tokens_BxP, mask_BxP))
         rollout = self._wait(programs.decode(params, cache, logits_BxV, tokens_BxP,
-                                             mask_BxP, valid_B, key))
+                                             mask_BxP, valid_B, key, routes_BxPxLxA))
         if num < b:  # Drop the dummy rows (prompt-major, so they are last).
             rollout = self._wait(jax.tree.map(lambda x: x[:num * cfg.group_size],
                                               rollout))

@@ -1,14 +1,19 @@
 """Device mesh and logical-axis sharding rules.
 
 Models name logical axes only (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`,
-`vocab`, `layers`, and `batch` for activations and caches). `LOGICAL_RULES` maps
-each logical name to a mesh axis of the 3-D mesh `("data", "fsdp", "tensor")`
-(the maxtext `logical_axis_rules` pattern, at a tenth of its size):
+`vocab`, `layers`, the `expert*` axes of MoE layers, and `batch` for activations
+and caches). `LOGICAL_RULES` maps each logical name to a mesh axis of the 3-D
+mesh `("data", "fsdp", "tensor")` (the maxtext `logical_axis_rules` pattern, at a
+tenth of its size):
 
   batch    -> ("data", "fsdp")   data parallel over both outer axes
   embed    -> "fsdp"             parameters (and optimizer state) sharded ZeRO-3 style
   vocab, heads, kv_heads, mlp -> "tensor"   Megatron-style tensor parallelism
   head_dim, layers -> None       replicated
+  expert   -> "fsdp"             expert parallelism: each fsdp device holds E / fsdp
+                                 experts of every MoE layer (golfjax/models/moe.py)
+  expert_embed -> None           an expert weight's D (fsdp already splits its experts)
+  expert_mlp -> "tensor"         an expert's width, as the dense MLP's
 
 Every sharding is checked: a dimension that does not divide the size of its mesh
 axes raises a ValueError naming the parameter path, the dimension, its size and the
@@ -47,6 +52,9 @@ LOGICAL_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("expert", "fsdp"),
+    ("expert_embed", None),
+    ("expert_mlp", "tensor"),
 )
 
 

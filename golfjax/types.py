@@ -48,6 +48,8 @@ SHAPE_LETTERS = {
     "Dh2": "half the head dim (RoPE's frequencies)",
     "L": "layers",
     "M": "micro-batches of a train step",
+    "E": "experts of an MoE layer",
+    "A": "experts active per token (an MoE router's top-k)",
     "C": "candidate tokens kept by top-k (golfjax/draw.py)",
     "Cb": "blocks of the candidates' CDF (golfjax/draw.py)",
     "Cw": "candidates per CDF block (golfjax/draw.py)",
@@ -85,6 +87,10 @@ class Batch:
       reward_N: float32 reward of each row (for metrics).
       group_id_N: int32 group of each row.
       off_policy_mask_NxT: bool, True at injected (off-policy) tokens.
+      prompt_routes_NxPxLxA, routes_NxTxLxA: an MoE policy's rollout only
+        (else None): the experts the sampler routed each prompt token and
+        each fed-back response token to in each of the L MoE layers
+        (`decode.Rollout`), for routing replay and the route-mismatch metric.
     """
 
     prompt_tokens_NxP: jax.Array
@@ -98,6 +104,8 @@ class Batch:
     reward_N: jax.Array
     group_id_N: jax.Array
     off_policy_mask_NxT: jax.Array
+    prompt_routes_NxPxLxA: jax.Array | None = None
+    routes_NxTxLxA: jax.Array | None = None
 
     @property
     def num_rows(self) -> int:
@@ -125,6 +133,7 @@ _FIELDS = {
     "group_id_N": ("N", "i"),
     "off_policy_mask_NxT": ("NxT", "b"),
 }
+_ROUTES = {"prompt_routes_NxPxLxA": "NxP", "routes_NxTxLxA": "NxT"}
 
 
 def check_batch(batch: Batch) -> None:
@@ -148,6 +157,21 @@ def check_batch(batch: Batch) -> None:
             raise ValueError(
                 f"Batch.{name} has dtype {jnp.result_type(value)}; expected {kinds[kind]} dtype"
             )
+    routes = {name: getattr(batch, name) for name in _ROUTES}
+    if sum(value is None for value in routes.values()) == 1:
+        raise ValueError("Batch.prompt_routes_NxPxLxA and Batch.routes_NxTxLxA must be set "
+                         "together (an MoE rollout's) or both be None")
+    if routes["routes_NxTxLxA"] is None:
+        return
+    la = np.shape(routes["routes_NxTxLxA"])[2:]
+    for name, letters in _ROUTES.items():
+        value = routes[name]
+        expected = sizes[letters] + (la if len(la) == 2 else ("L", "A"))
+        if np.shape(value) != expected or jnp.result_type(value).kind not in "iu":
+            raise ValueError(
+                f"Batch.{name} has shape {np.shape(value)} and dtype {jnp.result_type(value)};"
+                f" expected integer expert ids of shape {expected} (N={n}, P={p}, T={t},"
+                " MoE layers L, experts per token A)")
 
 
 def make_batch(
@@ -161,6 +185,8 @@ def make_batch(
     reward_N: Any = None,
     group_id_N: Any = None,
     off_policy_mask_NxT: Any = None,
+    prompt_routes_NxPxLxA: Any = None,
+    routes_NxTxLxA: Any = None,
 ) -> Batch:
     """A `Batch` from host arrays; optional fields get their neutral values.
 
@@ -184,18 +210,28 @@ def make_batch(
             np.zeros_like(behaviour, bool) if off_policy_mask_NxT is None
             else np.asarray(off_policy_mask_NxT, bool)
         ),
+        prompt_routes_NxPxLxA=(None if prompt_routes_NxPxLxA is None
+                               else np.asarray(prompt_routes_NxPxLxA)),
+        routes_NxTxLxA=None if routes_NxTxLxA is None else np.asarray(routes_NxTxLxA),
     )
     check_batch(batch)
     return batch
 
 
-def abstract_batch(rows: int, prompt: int, response: int, sharding: Any = None) -> Batch:
+def abstract_batch(rows: int, prompt: int, response: int, sharding: Any = None, *,
+                   routes: tuple[int, int, Any] | None = None) -> Batch:
     """A `Batch` of `jax.ShapeDtypeStruct`s (N rows, P prompt and T response
-    slots, every field placed by `sharding`), to lower a program without data."""
+    slots, every field placed by `sharding`), to lower a program without data;
+    `routes` = (L, A, dtype) adds an MoE rollout's routes (`moe.route_spec`)."""
     sizes = {"N": (rows,), "NxT": (rows, response), "NxP": (rows, prompt)}
     dtypes = {"i": jnp.int32, "b": jnp.bool_, "f": jnp.float32}
-    return Batch(**{name: jax.ShapeDtypeStruct(sizes[letters], dtypes[kind], sharding=sharding)
-                    for name, (letters, kind) in _FIELDS.items()})
+    fields = {name: jax.ShapeDtypeStruct(sizes[letters], dtypes[kind], sharding=sharding)
+              for name, (letters, kind) in _FIELDS.items()}
+    if routes is not None:
+        fields |= {name: jax.ShapeDtypeStruct(sizes[letters] + routes[:2], routes[2],
+                                              sharding=sharding)
+                   for name, letters in _ROUTES.items()}
+    return Batch(**fields)
 
 
 def concat_parts(parts: tuple[Batch, ...], pad_id: int) -> Batch:
@@ -209,11 +245,13 @@ def concat_parts(parts: tuple[Batch, ...], pad_id: int) -> Batch:
         return np.pad(x, ((0, 0), (length - x.shape[1], 0)), constant_values=value)
 
     pads = {"prompt_tokens_NxP": pad_id, "prompt_mask_NxP": False}
+    if any(part.routes_NxTxLxA is not None for part in parts):
+        raise ValueError("concat_parts: parts with recorded routes are not concatenated")
     batch = Batch(**{
         f.name: np.concatenate([
             left_pad(getattr(part, f.name), pads[f.name]) if f.name in pads
             else np.asarray(getattr(part, f.name)) for part in parts])
-        for f in dataclasses.fields(Batch)
+        for f in dataclasses.fields(Batch) if f.name not in _ROUTES
     })
     check_batch(batch)
     return batch

@@ -19,6 +19,7 @@ from golfjax.models import hf
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from tests.models import hf_utils
+from tests.models.hf_utils import greedy as _hf_greedy
 
 # Prompts of different lengths, left-padded into one bucket by the sampler.
 PROMPTS = [[5, 17, 42, 9, 77, 3, 101], [64, 2], [11, 90, 33, 8, 120]]
@@ -62,22 +63,6 @@ _processed_log_probs = jax.jit(sampling.processed_log_probs,
 
 def _np(rollout: sampling.Rollout) -> sampling.Rollout:
     return jax.tree.map(np.asarray, rollout)
-
-
-def _hf_greedy(model: torch.nn.Module, prompts: list[list[int]],
-               new_tokens: int) -> np.ndarray:
-    length = max(map(len, prompts))
-    ids = np.zeros((len(prompts), length), np.int64)
-    mask = np.zeros((len(prompts), length), np.int64)
-    for row, p in enumerate(prompts):
-        ids[row, length - len(p):] = p
-        mask[row, length - len(p):] = 1
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-            do_sample=False, max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
-    return out[:, length:].numpy()
 
 
 def _teacher_forced_logp(config: ModelConfig, params: dict,
@@ -213,7 +198,7 @@ def test_scanned_layers_sample_what_unrolled_ones_do(qwen2_model):
     assert len(sampling.decode_segments(8, 40, cfg.decode_loops)) == 2
     sampler = sampling.Sampler(scan, cfg)
     assert not sampler._split_layers
-    cache, _ = sampler.programs(4, 8).prefill(params, *sampling.pad_prompts(
+    cache, _, _ = sampler.programs(4, 8).prefill(params, *sampling.pad_prompts(
         [np.asarray(p) for p in PROMPTS], 4, 8, cfg.pad_id))
     assert cache.stacked
     scanned = _np(sampler.generate(params, PROMPTS, jax.random.key(0)))

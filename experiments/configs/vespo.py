@@ -8,7 +8,9 @@ under the synchronous rollout schedule at a staleness of
 `schedule.minibatches` optimizer steps per rollout, or `async` (the VESPO loss with fully
 asynchronous rollout: sampler log-probs, weights synced every step, rollouts
 more than 4 steps behind dropped), or `golf` (GOLF's batches, with
-refinements and injection, trained by the VESPO loss at that staleness). Options
+refinements and injection, trained by the VESPO loss at that staleness), or
+`moe` (the VESPO loss on a Qwen 3 MoE policy, in the setting of VESPO's
+released Qwen3-30B-A3B scripts; see `moe`). Options
 follow the variant, comma-separated, typed and checked by
 `common.parse_variant`:
 
@@ -54,7 +56,8 @@ import ml_collections
 from experiments.configs import common
 
 LOSS_VARIANTS = ("vespo", "ppo_clip", "gspo", "sapo", "cispo")
-VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "qwen3_8b_math")
+VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "moe", "qwen3_8b_math")
+MOE_PRESET = "tiny_qwen3_moe"
 
 
 def arith() -> ml_collections.ConfigDict:
@@ -117,6 +120,30 @@ def math() -> ml_collections.ConfigDict:
     return c
 
 
+def moe(c: ml_collections.ConfigDict, init: str) -> ml_collections.ConfigDict:
+    """VESPO's released MoE setting, on `tiny_qwen3_moe` or the checkpoint `init`.
+
+    recipe/vespo/run/sync/vespo_N_8.sh trains Qwen3-30B-A3B-Base with a
+    batch of 2048 prompts in mini-batches of 256, hence N = 8 optimizer steps
+    per rollout, 8 samples per prompt, GRPO advantages, token-mean
+    aggregation, VESPO's k/lambda of 2/3 (positive) and 3/2 (negative),
+    temperature 1 and top-p 1, Adam at a constant 1e-6, routing replay
+    disabled (`model.routing_replay="off"`) and the MoE load-balancing loss
+    off (verl's Megatron config sets its type to "none":
+    `train.moe_aux_loss_coef=0`); everything but N, the model and, for a
+    checkpoint, the learning rate is this file's default already. Expert
+    parallelism is the mesh's: experts split over "fsdp" (golfjax/sharding.py).
+    On a CPU the policy is `tiny_qwen3_moe` from `arith`'s cold start; with
+    `init=DIR` (a local Qwen3-30B-A3B-Base, with `task=math`) the learning
+    rate is the scripts' constant 1e-6 (arith's is 3e-4).
+    """
+    c.model.preset = MOE_PRESET
+    c.schedule.minibatches = 8
+    if init:
+        c.optimizer.lr = 1e-6
+    return c
+
+
 def paper_run(c: ml_collections.ConfigDict, async_rollout: bool) -> None:
     """`qwen3_8b_math`: `math` on the dense Qwen3-8B that stands in for the
     scripts' Qwen3-30B-A3B-Base until golfjax has its Mixture-of-Experts
@@ -154,7 +181,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         variant, options = "vespo", dataclasses.replace(options, smoke=True)
     if variant == "golf":
         variant, options = "vespo", dataclasses.replace(options, golf=True)
-    c.train.loss = "vespo" if variant == "async" else variant
+    if variant == "moe":
+        moe(c, options.init)
+    c.train.loss = "vespo" if variant in ("async", "moe") else variant
     if variant == "async" or options.async_rollout:
         # The paper's fully-async setting: behaviour log-probs from the sampler,
         # a snapshot every learner step, bounded staleness.
@@ -202,6 +231,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.smoke(c)
         c.schedule.minibatches = min(c.schedule.minibatches, 2)
         c.eval.every = 100  # Evaluated at the start and the end only.
+        if variant == "moe":
+            c.model.preset = MOE_PRESET
     n = c.schedule.minibatches
     c.train.steps = -(-c.train.steps // n) * n
     return c

@@ -50,6 +50,7 @@ from golfjax import decode as decode_lib
 from golfjax import sharding
 from golfjax import types
 from golfjax.aot import work as work_lib
+from golfjax.models import moe
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.sampling import Sampler
@@ -116,7 +117,8 @@ def _train_programs(name: str, trainer: Trainer, parts: list[tuple[int, int]], r
     """The train step on `parts` [(rows, prompt)], with `batches_held` more such
     batches on the devices (the rollout's other mini-batches)."""
     row = trainer.batch_shardings.prompt_tokens_NxP
-    batches = tuple(types.abstract_batch(n, p, response, row) for n, p in parts)
+    routes = moe.route_spec(trainer.model_config)  # An MoE rollout's batches carry them.
+    batches = tuple(types.abstract_batch(n, p, response, row, routes=routes) for n, p in parts)
     batch = batches[0] if len(batches) == 1 else batches
     replicated = jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec())
     key = jax.ShapeDtypeStruct(_key().shape, _key().dtype, sharding=replicated)
@@ -146,8 +148,8 @@ def _sampler_programs(name: str, sampler: Sampler, prompts: int, prompt_len: int
     rows = b * cfg.group_size
 
     def lower_decode() -> Any:
-        cache, logits = jax.eval_shape(compiled.prefill, params, tokens, mask)
-        return compiled.decode.lower(params, cache, logits, tokens, mask, valid, _key())
+        cache, logits, routes = jax.eval_shape(compiled.prefill, params, tokens, mask)
+        return compiled.decode.lower(params, cache, logits, tokens, mask, valid, _key(), routes)
 
     loops = len(decode_lib.decode_segments(prompt_len, cfg.max_new_tokens, cfg.decode_loops))
     return [
@@ -197,9 +199,11 @@ def programs(cfg: config_lib.RunConfig, devices: Sequence[Any]) -> list[Program]
     off_policy = schedule.minibatches > 1 or schedule.async_rollout or cfg.train.loss == "vespo"
     if cfg.train.recompute_old_logp or off_policy or cfg.train.kl_coef > 0:
         row = trainer.batch_shardings.prompt_tokens_NxP
-        all_parts = device_bytes(tuple(types.abstract_batch(r, p, response, row) for r, p in parts))
+        routes = moe.route_spec(config)
+        all_parts = device_bytes(tuple(types.abstract_batch(r, p, response, row, routes=routes)
+                                       for r, p in parts))
         for r, p in sorted(set(parts)):
-            part = types.abstract_batch(r, p, response, row)
+            part = types.abstract_batch(r, p, response, row, routes=routes)
             held = {**always, "optimizer moments": moments,
                     "rollout's batches": (others + 1) * all_parts - device_bytes(part)}
             out.append(Program("log-probs", f"{r} rows, P {p}; T {response}", "learner",

@@ -63,9 +63,17 @@ class Mesh:
     tensor: int
 
 
-def layer_matmul_params(c: ModelConfig) -> int:
-    """W_l: one layer's matmul weights (q, k, v, o and the SwiGLU MLP)."""
-    return c.embed_dim * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * c.embed_dim * c.mlp_dim
+def layer_matmul_params(c: ModelConfig) -> float:
+    """W_l: one layer's matmul weights a token goes through (q, k, v, o and the
+    SwiGLU MLP; in an MoE layer the router and the A experts it routes the
+    token to), averaged over the layers."""
+    attention = c.embed_dim * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    sparse = len(c.moe_layers)
+    if not sparse:
+        return attention + 3 * c.embed_dim * c.mlp_dim
+    experts = c.embed_dim * c.num_experts + 3 * c.experts_per_token * c.embed_dim * c.moe_mlp_dim
+    dense = 3 * c.embed_dim * c.mlp_dim
+    return attention + (sparse * experts + (c.num_layers - sparse) * dense) / c.num_layers
 
 
 def param_bytes(c: ModelConfig) -> int:

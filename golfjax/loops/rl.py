@@ -89,10 +89,14 @@ def _join(calls: Sequence[Rollout], cap: int, pad_id: int) -> Rollout:
     p = max(r.prompt_tokens_NxP.shape[1] for r in calls)
     fields = {}
     for field in dataclasses.fields(Rollout):
+        if getattr(calls[0], field.name) is None:  # A dense model's routes.
+            fields[field.name] = None
+            continue
         parts = [np.asarray(getattr(r, field.name)) for r in calls]
-        if field.name.endswith("NxP"):  # Left padding, as the sampler pads.
-            fill = pad_id if "tokens" in field.name else False
-            parts = [np.pad(x, ((0, 0), (p - x.shape[1], 0)), constant_values=fill) for x in parts]
+        if "_NxP" in field.name:  # Left padding, as the sampler pads (routes: expert 0).
+            fill = pad_id if "tokens" in field.name else 0
+            parts = [np.pad(x, ((0, 0), (p - x.shape[1], 0)) + ((0, 0),) * (x.ndim - 2),
+                            constant_values=fill) for x in parts]
         elif field.name == "group_id_N":  # Each call numbers its prompts from 0.
             parts = [x + i * cap for i, x in enumerate(parts)]
         fields[field.name] = np.concatenate(parts)
@@ -122,6 +126,8 @@ def to_batch(
         reward_N=reward_N,
         group_id_N=group_id_N,
         off_policy_mask_NxT=off_policy_mask_NxT,
+        prompt_routes_NxPxLxA=rollout.prompt_routes_NxPxLxA,
+        routes_NxTxLxA=rollout.routes_NxTxLxA,
     )
 
 

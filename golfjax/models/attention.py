@@ -446,6 +446,12 @@ def partitioned(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RUL
         _PARTITION.reset(token)
 
 
+def current_partition() -> tuple[Mesh, sharding_lib.Rules] | None:
+    """The (mesh, rules) of the innermost `partitioned`, or None outside one
+    (golfjax/models/moe.py splits its experts over the same mesh)."""
+    return _PARTITION.get()
+
+
 def _splash_specs(n: int, kh: int
                   ) -> tuple[Mesh, PartitionSpec, PartitionSpec, int] | None:
     """(mesh, rows spec, rows x kv-heads spec, kv-head shards) to shard_map

@@ -7,6 +7,10 @@ A `ModelConfig` describes every decoder-only family golfjax supports:
 - Qwen 2 / 2.5 (`family="qwen2"`): bias on the q, k and v projections.
 - Qwen 3 (`family="qwen3"`): RMSNorm over `head_dim` on queries and keys before
   RoPE, no qkv bias.
+- Qwen 3 MoE (`family="qwen3_moe"`): Qwen 3's attention, and in the layers
+  `moe_layers` names a mixture of `num_experts` SwiGLU experts of width
+  `moe_mlp_dim`, `experts_per_token` of them per token
+  (golfjax/models/moe.py); the other layers keep a dense MLP of `mlp_dim`.
 
 The family only names the Hugging Face architecture to write on `save`; the model
 itself is driven by the feature flags (`qkv_bias`, `qk_norm`, `tie_embeddings`,
@@ -24,12 +28,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama3", "qwen2", "qwen3")
+FAMILIES = ("llama3", "qwen2", "qwen3", "qwen3_moe")
 DTYPES = ("float32", "bfloat16")
 # golfjax/models/attention.py's IMPLEMENTATIONS (that module imports jax only).
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
 # How the cached (prefill and decode) forward runs the layers (`decode_layers`).
 DECODE_LAYERS = ("auto", "scan", "unrolled")
+# Where an MoE layer's experts come from in the train step (`routing_replay`).
+ROUTING_REPLAY = ("off", "rollout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,18 @@ class ModelConfig:
         buffers: what XLA's CPU backend runs fastest, see
         golfjax/models/cache.py) or "auto" (`resolve_decode_layers`: scanned
         on TPU, unrolled on CPU and GPU).
+      num_experts: E experts of each MoE layer; 0 for a dense model (HF
+        `num_experts`).
+      experts_per_token: A, the experts each token is routed to (HF
+        `num_experts_per_tok`).
+      moe_mlp_dim: each expert's SwiGLU width (HF `moe_intermediate_size`).
+      norm_topk_prob: renormalise the A routing weights to sum to 1.
+      decoder_sparse_step: layer i is an MoE layer iff (i + 1) is a multiple
+        of it and i is not in `mlp_only_layers` (HF's rule).
+      mlp_only_layers: layers that keep a dense MLP of `mlp_dim`.
+      routing_replay: "off", or "rollout": the train step routes each token
+        the sampler routed (recorded per layer) to the same experts, with
+        the current router's weights for them (docs/algorithms.md).
     """
 
     family: str = "llama3"
@@ -118,6 +136,13 @@ class ModelConfig:
     attention_block: int = 512
     mlp_chunk: int = 8192
     decode_layers: str = "auto"
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_mlp_dim: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    routing_replay: str = "off"
 
     def __post_init__(self) -> None:
         # Frozen: normalise dtypes through object.__setattr__ so equal configs hash
@@ -161,6 +186,48 @@ class ModelConfig:
                                                             RopeScaling):
             raise ValueError("ModelConfig.rope_scaling must be a RopeScaling or None, "
                              f"got {self.rope_scaling!r}")
+        self._check_experts()
+
+    def _check_experts(self) -> None:
+        """The MoE fields: consistent with `num_experts` (0: all unused)."""
+        only = tuple(sorted(set(self.mlp_only_layers)))
+        if not all(isinstance(i, int) and 0 <= i < self.num_layers for i in only):
+            raise ValueError("ModelConfig.mlp_only_layers must be layer indices in "
+                             f"[0, {self.num_layers}), got {self.mlp_only_layers!r}")
+        object.__setattr__(self, "mlp_only_layers", only)
+        if self.routing_replay not in ROUTING_REPLAY:
+            raise ValueError(f"ModelConfig.routing_replay must be one of "
+                             f"{ROUTING_REPLAY}, got {self.routing_replay!r}")
+        if self.family == "qwen3_moe" and self.num_experts <= 0:
+            raise ValueError("ModelConfig.num_experts must be > 0 for family "
+                             f"'qwen3_moe', got {self.num_experts!r}")
+        if self.num_experts < 0 or self.decoder_sparse_step < 1:
+            field = "num_experts" if self.num_experts < 0 else "decoder_sparse_step"
+            raise ValueError(f"ModelConfig.{field} must be >= "
+                             f"{0 if field == 'num_experts' else 1}, got "
+                             f"{getattr(self, field)!r}")
+        if not self.num_experts:
+            if self.routing_replay != "off":
+                raise ValueError("ModelConfig.routing_replay="
+                                 f"{self.routing_replay!r} needs an MoE model "
+                                 "(num_experts > 0)")
+            return
+        if not 1 <= self.experts_per_token <= self.num_experts:
+            raise ValueError("ModelConfig.experts_per_token must be in [1, "
+                             f"num_experts={self.num_experts}], got "
+                             f"{self.experts_per_token!r}")
+        if self.moe_mlp_dim <= 0:
+            raise ValueError("ModelConfig.moe_mlp_dim must be a positive int, got "
+                             f"{self.moe_mlp_dim!r}")
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """The indices of the MoE layers, in order (none for a dense model)."""
+        if not self.num_experts:
+            return ()
+        return tuple(i for i in range(self.num_layers)
+                     if (i + 1) % self.decoder_sparse_step == 0
+                     and i not in self.mlp_only_layers)
 
     @property
     def param_jnp_dtype(self) -> jnp.dtype:
@@ -178,9 +245,12 @@ class ModelConfig:
         if self.qkv_bias:
             attn += h * (self.num_heads + 2 * self.num_kv_heads)
         norms = 2 * d + (2 * h if self.qk_norm else 0)
-        per_layer = attn + 3 * d * f + norms
+        moe = len(self.moe_layers)
+        mlps = ((self.num_layers - moe) * 3 * d * f +
+                moe * self.num_experts * (d + 3 * d * self.moe_mlp_dim))
         head = 0 if self.tie_embeddings else d * self.vocab_size
-        return self.vocab_size * d + self.num_layers * per_layer + d + head
+        return (self.vocab_size * d + self.num_layers * (attn + norms) + mlps + d
+                + head)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -221,6 +291,11 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny_qwen2": ModelConfig(family="qwen2", qkv_bias=True,
                               tie_embeddings=True),
     "tiny_qwen3": ModelConfig(family="qwen3", qk_norm=True),
+    # Qwen 3 MoE for CPU: 8 experts of width 32, 2 per token, in both layers;
+    # 128 ids, so the built-in tasks' character tokenizer fits.
+    "tiny_qwen3_moe": ModelConfig(
+        family="qwen3_moe", vocab_size=128, qk_norm=True, num_experts=8,
+        experts_per_token=2, moe_mlp_dim=32, norm_topk_prob=True),
     # For the built-in tasks (arith, constraints) with their 103-id character
     # tokenizer: ~1M parameters, trained from scratch by the cold start on CPU.
     "task_1m": ModelConfig(
@@ -245,6 +320,14 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=3072,
         rope_theta=1e6, qk_norm=True, tie_embeddings=True,
         max_position=40960, param_dtype="bfloat16", compute_dtype="bfloat16"),
+    # Qwen3-30B-A3B(-Base): 48 layers, each 128 experts of width 768 with 8
+    # active per token: 30.5B parameters, 3.3B active per token.
+    "qwen3-30b-a3b": ModelConfig(
+        family="qwen3_moe", vocab_size=151936, embed_dim=2048, num_layers=48,
+        num_heads=32, num_kv_heads=4, head_dim=128, mlp_dim=6144, rope_theta=1e6,
+        qk_norm=True, max_position=40960, num_experts=128, experts_per_token=8,
+        moe_mlp_dim=768, norm_topk_prob=True, param_dtype="bfloat16",
+        compute_dtype="bfloat16"),
     "llama3.2-1b": ModelConfig(
         family="llama3", vocab_size=128256, embed_dim=2048, num_layers=16,
         num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=8192,

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: `load` and `save` for Llama 3, Qwen 2/2.5 and Qwen 3.
+"""Hugging Face checkpoints: `load` and `save` for Llama 3, Qwen 2/2.5, Qwen 3 and
+Qwen 3 MoE.
 
   config, params = load(path, mesh=None, dtype=None, compute_dtype=None, rules=...)
   save(path, config, params, max_shard_bytes=5 * 2**30)
@@ -11,7 +12,10 @@ NamedSharding (`golfjax.sharding` rules on `mesh`, or the first device). The hos
 holds at most one full HF tensor plus the shard being assembled: an unstacked
 tensor (embedding, final norm, LM head) is read whole; a stacked layer parameter
 is assembled per device shard by reading one layer's tensor at a time and keeping
-only that shard's slice.
+only that shard's slice. A Qwen 3 MoE checkpoint stores each expert's
+`gate_proj/up_proj/down_proj` as its own tensor; they are stacked on load into the
+`E x ...` expert axis of golfjax's parameters (one expert's tensor read at a time,
+and only the experts of the shard) and written back one per expert on save.
 
 `save` writes safetensors (sharded with an index above `max_shard_bytes`) plus a
 `config.json` holding both the 4.x and 5.x keys, so transformers 4.51+ and 5.x load
@@ -44,8 +48,10 @@ ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama3",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
-_MODEL_TYPES = {"llama3": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_MODEL_TYPES = {"llama3": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                "qwen3_moe": "qwen3_moe"}
 _SINGLE_FILE = "model.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
 
@@ -94,13 +100,23 @@ def config_from_hf(hf: dict[str, Any], dtype: str | None = None,
         raise ValueError("use_sliding_window=true is not supported")
     if family == "llama3" and (hf.get("attention_bias") or hf.get("mlp_bias")):
         raise ValueError("Llama attention_bias / mlp_bias are not supported")
-    if family == "qwen3" and hf.get("attention_bias"):
+    if family in ("qwen3", "qwen3_moe") and hf.get("attention_bias"):
         raise ValueError("Qwen 3 attention_bias is not supported")
     ckpt_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if dtype is None:
         dtype = ckpt_dtype if ckpt_dtype in ("float32", "bfloat16") else "float32"
     theta, scaling = _rope_from_hf(hf)
     num_heads = int(hf["num_attention_heads"])
+    experts = {}
+    if family == "qwen3_moe":
+        # transformers 4.x writes `num_experts`, 5.x `num_local_experts`.
+        experts = dict(
+            num_experts=int(hf.get("num_experts") or hf["num_local_experts"]),
+            experts_per_token=int(hf["num_experts_per_tok"]),
+            moe_mlp_dim=int(hf["moe_intermediate_size"]),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+            decoder_sparse_step=int(hf.get("decoder_sparse_step", 1)),
+            mlp_only_layers=tuple(int(i) for i in hf.get("mlp_only_layers") or ()))
     return ModelConfig(
         family=family,
         vocab_size=int(hf["vocab_size"]),
@@ -114,11 +130,12 @@ def config_from_hf(hf: dict[str, Any], dtype: str | None = None,
         rope_scaling=scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         param_dtype=dtype,
         compute_dtype=compute_dtype or dtype,
         max_position=int(hf.get("max_position_embeddings", 4096)),
+        **experts,
     )
 
 
@@ -126,7 +143,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """config.json contents readable by transformers 4.51+ and 5.x."""
     c = config
     want = {"llama3": (False, False), "qwen2": (True, False),
-            "qwen3": (False, True)}[c.family]
+            "qwen3": (False, True), "qwen3_moe": (False, True)}[c.family]
     if (c.qkv_bias, c.qk_norm) != want:
         raise ValueError(
             f"family {c.family!r} needs qkv_bias={want[0]}, qk_norm={want[1]}; got "
@@ -164,8 +181,15 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         hf.update(attention_bias=False, mlp_bias=False)
     else:
         hf.update(use_sliding_window=False)
-        if c.family == "qwen3":
+        if c.family in ("qwen3", "qwen3_moe"):
             hf.update(attention_bias=False)
+    if c.family == "qwen3_moe":
+        hf.update(num_experts=c.num_experts, num_local_experts=c.num_experts,
+                  num_experts_per_tok=c.experts_per_token,
+                  moe_intermediate_size=c.moe_mlp_dim, norm_topk_prob=c.norm_topk_prob,
+                  decoder_sparse_step=c.decoder_sparse_step,
+                  mlp_only_layers=list(c.mlp_only_layers),
+                  output_router_logits=False, router_aux_loss_coef=0.001)
     return hf
 
 
@@ -173,20 +197,37 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
-    """One params leaf and its HF tensor(s); `{i}` in hf_key is the layer index."""
+    """One params leaf and its HF tensor(s).
+
+    In `hf_key`, `{i}` is the HF layer index and `{j}` the expert's. A
+    stacked leaf's entry s is HF layer `layers[s]` (its second axis the
+    `experts` experts, when there are some); an unstacked one has no layers.
+    """
 
     path: tuple[str, ...]
     hf_key: str
-    hf_shape: tuple[int, ...]  # Per layer for stacked params.
+    hf_shape: tuple[int, ...]  # Of one HF tensor (one layer's, one expert's).
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
-    stacked: bool
+    layers: tuple[int, ...] = ()
+    experts: int = 0
+
+    @property
+    def stacked(self) -> bool:
+        return bool(self.layers)
+
+    def key(self, layer: int | None = None, expert: int | None = None) -> str:
+        """The HF tensor name of stack entry `layer`'s `expert`."""
+        if layer is None:
+            return self.hf_key
+        return self.hf_key.format(i=self.layers[layer], j=expert)
 
 
 def _tensors(config: ModelConfig) -> list[_Tensor]:
     c = config
     d, n, k, h, f, v = (c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
                         c.mlp_dim, c.vocab_size)
+    e, fe = c.num_experts, c.moe_mlp_dim
     same = lambda x: x  # noqa: E731
 
     def proj(heads: int) -> tuple[Callable, Callable]:
@@ -200,7 +241,7 @@ def _tensors(config: ModelConfig) -> list[_Tensor]:
     transpose = (lambda w: w.T, lambda w: w.T)
     pre = "model.layers.{i}."
     out = [_Tensor(("embed", "embedding"), "model.embed_tokens.weight", (v, d),
-                   same, same, False)]
+                   same, same)]
     layer = [
         (("attn_norm", "scale"), "input_layernorm.weight", (d,), (same, same)),
         (("attn", "q"), "self_attn.q_proj.weight", (n * h, d), proj(n)),
@@ -210,9 +251,18 @@ def _tensors(config: ModelConfig) -> list[_Tensor]:
          (lambda w: w.T.reshape(n, h, d), lambda w: w.reshape(n * h, d).T)),
         (("mlp_norm", "scale"), "post_attention_layernorm.weight", (d,),
          (same, same)),
+    ]
+    dense = [
         (("mlp", "gate"), "mlp.gate_proj.weight", (f, d), transpose),
         (("mlp", "up"), "mlp.up_proj.weight", (f, d), transpose),
         (("mlp", "down"), "mlp.down_proj.weight", (d, f), transpose),
+    ]
+    # Each expert's tensor; the router is HF's `gate` ([E, D]).
+    sparse = [
+        (("moe", "router"), "mlp.gate.weight", (e, d), transpose),
+        (("moe", "gate"), "mlp.experts.{j}.gate_proj.weight", (fe, d), transpose),
+        (("moe", "up"), "mlp.experts.{j}.up_proj.weight", (fe, d), transpose),
+        (("moe", "down"), "mlp.experts.{j}.down_proj.weight", (d, fe), transpose),
     ]
     if c.qkv_bias:
         layer += [
@@ -227,12 +277,19 @@ def _tensors(config: ModelConfig) -> list[_Tensor]:
             (("attn", "k_norm", "scale"), "self_attn.k_norm.weight", (h,),
              (same, same)),
         ]
-    out += [_Tensor(("layers",) + path, pre + key, shape, *fns, True)
-            for path, key, shape, fns in layer]
-    out.append(_Tensor(("final_norm", "scale"), "model.norm.weight", (d,), same,
-                       same, False))
+    moe = c.moe_layers
+    stacks = [("layers", moe, layer + sparse)] if moe else [
+        ("layers", tuple(range(c.num_layers)), layer + dense)]
+    if moe and len(moe) < c.num_layers:
+        stacks.append(("dense_layers",
+                       tuple(i for i in range(c.num_layers) if i not in moe),
+                       layer + dense))
+    out += [_Tensor((stack,) + path, pre + key, shape, *fns, layers=ids,
+                    experts=e if "{j}" in key else 0)
+            for stack, ids, entries in stacks for path, key, shape, fns in entries]
+    out.append(_Tensor(("final_norm", "scale"), "model.norm.weight", (d,), same, same))
     if not c.tie_embeddings:
-        out.append(_Tensor(("lm_head",), "lm_head.weight", (v, d), *transpose, False))
+        out.append(_Tensor(("lm_head",), "lm_head.weight", (v, d), *transpose))
     return out
 
 
@@ -302,21 +359,29 @@ def _load_tensor(ckpt: _Checkpoint, t: _Tensor, shape: tuple[int, ...],
                  dtype: np.dtype, sharding: jax.sharding.Sharding) -> jax.Array:
     cast = lambda x: np.asarray(x, dtype=dtype)  # noqa: E731
     if not t.stacked:
-        full = cast(t.to_ours(ckpt.read(t.hf_key, t.hf_shape)))
+        full = cast(t.to_ours(ckpt.read(t.key(), t.hf_shape)))
         return jax.make_array_from_callback(shape, sharding, lambda idx: full[idx])
 
     num_layers = shape[0]
+    experts = [None] if not t.experts else range(t.experts)
     for i in range(num_layers):  # Fail on a missing key before reading any data.
-        ckpt.check(t.hf_key.format(i=i), t.hf_shape)
+        for j in experts:
+            ckpt.check(t.key(i, j), t.hf_shape)
     shards: dict[Any, np.ndarray] = {}  # Replicated shards are read once.
+
+    def read(i: int, j: int | None, idx: tuple[slice, ...]) -> np.ndarray:
+        return cast(t.to_ours(ckpt.read(t.key(i, j), t.hf_shape))[idx])
 
     def read_shard(idx: tuple[slice, ...]) -> np.ndarray:
         key = _index_key(idx)
         if key not in shards:
             layers = range(num_layers)[idx[0]]
-            shards[key] = np.stack([
-                cast(t.to_ours(ckpt.read(t.hf_key.format(i=i), t.hf_shape))[idx[1:]])
-                for i in layers])
+            if not t.experts:
+                shards[key] = np.stack([read(i, None, idx[1:]) for i in layers])
+            else:
+                shards[key] = np.stack([
+                    np.stack([read(i, j, idx[2:]) for j in range(t.experts)[idx[1]]])
+                    for i in layers])
         return shards[key]
 
     return jax.make_array_from_callback(shape, sharding, read_shard)
@@ -326,7 +391,7 @@ def load(path: str, mesh: Mesh | None = None, dtype: str | None = None,
          compute_dtype: str | None = None,
          rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
          ) -> tuple[ModelConfig, transformer.Params]:
-    """Loads a Llama 3 / Qwen 2 / Qwen 3 checkpoint directory.
+    """Loads a Llama 3 / Qwen 2 / Qwen 3 / Qwen 3 MoE checkpoint directory.
 
     Args:
       path: a local directory with config.json and safetensors weights.
@@ -363,6 +428,9 @@ def load(path: str, mesh: Mesh | None = None, dtype: str | None = None,
 
 # ---------------------------------------------------------------------------- save
 
+# (HF key, tensor, (stack entry, expert) or Nones, HF shape, dtype) of one file entry.
+_Entry = tuple[str, _Tensor, tuple[int | None, int | None], tuple[int, ...], np.dtype]
+
 def save(path: str, config: ModelConfig, params: transformer.Params,
          max_shard_bytes: int = 5 * 2**30) -> None:
     """Writes `params` as an HF checkpoint (safetensors in the param dtype + config).
@@ -377,14 +445,14 @@ def save(path: str, config: ModelConfig, params: transformer.Params,
     hf_config = config_to_hf(config)
     os.makedirs(path, exist_ok=True)
     # Plan (file, key, shape, dtype) from shapes alone, then stream tensors.
-    plan: list[tuple[str, _Tensor, int | None, tuple[int, ...], np.dtype]] = []
+    plan: list[_Entry] = []
     for t in _tensors(config):
         leaf = _get(params, t.path)
         dtype = np.dtype(leaf.dtype)
         for i in (range(leaf.shape[0]) if t.stacked else [None]):
-            key = t.hf_key.format(i=i) if t.stacked else t.hf_key
-            plan.append((key, t, i, t.hf_shape, dtype))
-    shards: list[list[tuple[str, _Tensor, int | None, tuple[int, ...], np.dtype]]]
+            for j in (range(t.experts) if t.experts else [None]):
+                plan.append((t.key(i, j), t, (i, j), t.hf_shape, dtype))
+    shards: list[list[_Entry]]
     shards, size = [[]], 0
     for entry in plan:
         nbytes = int(np.prod(entry[3])) * entry[4].itemsize
@@ -395,13 +463,12 @@ def save(path: str, config: ModelConfig, params: transformer.Params,
 
     host: dict[str, Any] = {"path": None, "value": None}  # One param on host.
 
-    def produce(entry: tuple[str, _Tensor, int | None, tuple[int, ...], np.dtype]
-                ) -> np.ndarray:
-        _, t, i, _, _ = entry
+    def produce(entry: _Entry) -> np.ndarray:
+        _, t, index, _, _ = entry
         if host["path"] != t.path:
             host["path"], host["value"] = t.path, np.asarray(
                 jax.device_get(_get(params, t.path)))
-        value = host["value"] if i is None else host["value"][i]
+        value = host["value"][tuple(i for i in index if i is not None)]
         return np.ascontiguousarray(t.to_hf(value))
 
     names = ([_SINGLE_FILE] if len(shards) == 1 else

@@ -1,4 +1,5 @@
-"""Transformer building blocks as Flax NNX modules: RMSNorm, RoPE, GQA, SwiGLU.
+"""Transformer building blocks as Flax NNX modules: RMSNorm, RoPE, GQA, SwiGLU,
+and the mixture of SwiGLU experts of MoE layers.
 
 Shape letters: the project's (golfjax/types.py), used in every tensor name in
 golfjax/models. A forward pass runs over rows:
@@ -7,6 +8,7 @@ golfjax/models. A forward pass runs over rows:
   R = H // K              Dh head_dim                     F mlp_dim
   V vocab_size            L layers                        W recent-buffer slots
   I, O a dense layer's input and output features
+  E experts               A experts per token (MoE layers; F is then moe_mlp_dim)
 Without a cache the Q tokens are the whole sequence (Q = S); a prefill has
 the P prompt tokens, a decode step one.
 
@@ -29,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from golfjax.models import attention as attention_lib
+from golfjax.models import moe as moe_lib
 from golfjax.models import platform as platform_lib
 from golfjax.models.config import ModelConfig
 
@@ -436,14 +439,50 @@ class MLP(nnx.Module):
         return y.reshape(num * self.chunk, d)[:rows].reshape(b, t, d)
 
 
-class Block(nnx.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+class MoE(nnx.Module):
+    """Qwen 3 MoE's sparse MLP: E SwiGLU experts, A per token, chosen by a
+    float32 router (golfjax/models/moe.py)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, e, f, dt = (config.embed_dim, config.num_experts, config.moe_mlp_dim,
+                       config.param_jnp_dtype)
+        self.config = config
+        self.router = _param(_normal, rngs.params(), (d, e), dt, ("embed", None))
+        self.gate = _param(_normal, rngs.params(), (e, d, f), dt,
+                           ("expert", "expert_embed", "expert_mlp"))
+        self.up = _param(_normal, rngs.params(), (e, d, f), dt,
+                         ("expert", "expert_embed", "expert_mlp"))
+        self.down = _param(_normal, rngs.params(), (e, f, d), dt,
+                           ("expert", "expert_mlp", "expert_embed"))
+
+    def __call__(self, x_NxQxD: jax.Array, token_mask_NxQ: jax.Array | None = None,
+                 replay: tuple[jax.Array, jax.Array] | None = None
+                 ) -> tuple[jax.Array, moe_lib.LayerRouting]:
+        """The output `N x Q x D` and the layer's routing (`moe.moe_mlp`)."""
+        dt = x_NxQxD.dtype
+        return moe_lib.moe_mlp(
+            x_NxQxD, self.router[...], self.gate[...].astype(dt), self.up[...].astype(dt),
+            self.down[...].astype(dt), self.config, token_mask_NxQ=token_mask_NxQ,
+            replay=replay)
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    The MLP is dense (`self.mlp`) or, in an MoE layer (`sparse`), a mixture
+    of experts (`self.moe`), whose routing the calls return (None for a
+    dense layer). `token_mask_NxQ` weights an MoE layer's load-balancing
+    statistics and `replay` routes its tokens (golfjax/models/moe.py).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, sparse: bool = False):
         self.attn_norm = RMSNorm(config.embed_dim, "embed", config)
         self.attn = Attention(config, rngs=rngs)
         self.mlp_norm = RMSNorm(config.embed_dim, "embed", config)
-        self.mlp = MLP(config, rngs=rngs)
+        if sparse:
+            self.moe = MoE(config, rngs=rngs)
+        else:
+            self.mlp = MLP(config, rngs=rngs)
 
     def __call__(
         self,
@@ -453,9 +492,13 @@ class Block(nnx.Module):
         key_mask_NxS: jax.Array,
         kv_cache: LayerCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, LayerCache | None]:
+        *,
+        token_mask_NxQ: jax.Array | None = None,
+        replay: tuple[jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, LayerCache | None, moe_lib.LayerRouting | None]:
         return self._residual(x_NxQxD, lambda h_NxQxD: self.attn(
-            h_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, kv_cache, write_index))
+            h_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, kv_cache, write_index),
+            token_mask_NxQ, replay)
 
     def over_cache(
         self,
@@ -466,18 +509,24 @@ class Block(nnx.Module):
         k_NxKxDhxS: jax.Array,
         v_NxKxSxDh: jax.Array,
         write_index: jax.Array,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """The layer over a read-only cache (`Attention.over_cache`): the output
-        and the new tokens' keys and values."""
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], moe_lib.LayerRouting | None]:
+        """The layer over a read-only cache (`Attention.over_cache`): the output,
+        the new tokens' keys and values, and the routing."""
         return self._residual(x_NxQxD, lambda h_NxQxD: self.attn.over_cache(
             h_NxQxD, sin_NxQxDh, cos_NxQxDh, key_mask_NxS, k_NxKxDhxS, v_NxKxSxDh,
             write_index))
 
     def _residual(self, x_NxQxD: jax.Array,
-                  attend: Callable[[jax.Array], tuple[jax.Array, Any]]
-                  ) -> tuple[jax.Array, Any]:
+                  attend: Callable[[jax.Array], tuple[jax.Array, Any]],
+                  token_mask_NxQ: jax.Array | None = None,
+                  replay: tuple[jax.Array, jax.Array] | None = None,
+                  ) -> tuple[jax.Array, Any, moe_lib.LayerRouting | None]:
         """x + attn(norm(x)), then x + mlp(norm(x)), for either attention call;
         `attend` returns its output and what it passes on (the cache)."""
         attn_NxQxD, passed = attend(self.attn_norm(x_NxQxD))
         x_NxQxD = x_NxQxD + attn_NxQxD
-        return x_NxQxD + self.mlp(self.mlp_norm(x_NxQxD)), passed
+        h_NxQxD = self.mlp_norm(x_NxQxD)
+        if not hasattr(self, "moe"):
+            return x_NxQxD + self.mlp(h_NxQxD), passed, None
+        y_NxQxD, routing = self.moe(h_NxQxD, token_mask_NxQ, replay)
+        return x_NxQxD + y_NxQxD, passed, routing

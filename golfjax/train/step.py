@@ -48,6 +48,13 @@ parameters, gradients and moments, but no second copy of the state (XLA's
 memory analysis of the compiled step shows the same temporary bytes with and
 without it), so the donated state is still updated in place. `optimizer/lr` is
 the learning rate the step's update takes (or would have taken).
+
+An MoE policy's forward pass replays the rollout's routes when configured,
+reports the route-mismatch metrics of a batch with recorded routes
+(golfjax/train/routing.py), and with `moe_aux_loss_coef > 0` adds
+transformers' load-balancing loss of each forward pass (one per micro-batch
+and part, as transformers computes it per forward) times the coefficient,
+averaged over them (`loss/moe_aux`).
 """
 
 from __future__ import annotations
@@ -68,14 +75,23 @@ from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
 from golfjax.losses import kl as kl_lib
 from golfjax.losses import reduce
+from golfjax.models import moe as moe_lib
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
 from golfjax.train import logprobs as logprobs_lib
+from golfjax.train import routing as routing_lib
 from golfjax.train.state import TrainState
 from golfjax.train.state import schedule_count
 from golfjax.types import Batch
 
-def compute_logprobs(
+def compute_logprobs(params: Any, batch: Batch, **kwargs: Any
+                     ) -> tuple[jax.Array, jax.Array | None]:
+    """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`
+    (`compute_logprobs_routed`'s, whose keyword arguments it takes)."""
+    return compute_logprobs_routed(params, batch, **kwargs)[:2]
+
+
+def compute_logprobs_routed(
     params: Any,
     batch: Batch,
     *,
@@ -83,8 +99,10 @@ def compute_logprobs(
     temperature: float = 1.0,
     chunk: int = 128,
     with_entropy: bool = False,
-) -> tuple[jax.Array, jax.Array | None]:
-    """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`."""
+) -> tuple[jax.Array, jax.Array | None, moe_lib.Routing | None]:
+    """Per-token log-probs (and entropies) of `batch`'s responses, `N x T`, and
+    an MoE policy's routing over [prompt; response] (replaying the batch's
+    routes when configured: golfjax/train/routing.py)."""
     prompt_len = batch.prompt_tokens_NxP.shape[1]
     tokens_NxS = jnp.concatenate([batch.prompt_tokens_NxP, batch.tokens_NxT], axis=1)
     # Every response slot is visible: right padding only ever follows the end.
@@ -92,11 +110,13 @@ def compute_logprobs(
         [batch.prompt_mask_NxP, jnp.ones_like(batch.response_mask_NxT)], axis=1
     )
     positions_NxS = jnp.maximum(jnp.cumsum(mask_NxS.astype(jnp.int32), axis=1) - 1, 0)
-    h_NxSxD, _ = transformer.hidden(
-        params, tokens_NxS, positions_NxS, mask_NxS, config=model_config
+    h_NxSxD, _, routing = transformer.hidden_routed(
+        params, tokens_NxS, positions_NxS, mask_NxS, config=model_config,
+        token_mask_NxQ=routing_lib.token_mask(batch),
+        replay=routing_lib.replay(batch, model_config),
     )
     h_NxTxD = logprobs_lib.response_hidden(h_NxSxD, prompt_len)
-    return logprobs_lib.token_logprobs(
+    logp_NxT, entropy_NxT = logprobs_lib.token_logprobs(
         h_NxTxD,
         batch.tokens_NxT,
         functools.partial(transformer.unembed, params, config=model_config),
@@ -104,6 +124,7 @@ def compute_logprobs(
         chunk=chunk,
         with_entropy=with_entropy,
     )
+    return logp_NxT, entropy_NxT, routing
 
 
 def _masks(batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -149,7 +170,8 @@ def term_counts(batch: Batch, cfg: TrainSection, loss_cfg: LossConfig) -> dict[s
     old = batch.old_logp_NxT
     policy, off_policy, _ = _policy_terms(old, batch, cfg, loss_cfg)
     agg_count = reduce.aggregate(jnp.zeros_like(old), batch.response_mask_NxT, loss_cfg.agg)
-    return {"policy": policy.count + off_policy.count, "response": agg_count.count}
+    return {"policy": policy.count + off_policy.count, "response": agg_count.count,
+            **routing_lib.route_counts(batch)}
 
 
 def _safe_div(x: jax.Array, count: jax.Array) -> jax.Array:
@@ -173,7 +195,7 @@ def _micro_objective(
     (they add up too); `off_policy` is the off-policy term's part of
     `objective` (`_split_objective`).
     """
-    logp_NxT, entropy_NxT = compute_logprobs(
+    logp_NxT, entropy_NxT, routing = compute_logprobs_routed(
         params, batch, model_config=model_config, temperature=temperature,
         chunk=cfg.logp_chunk, with_entropy=True,
     )
@@ -191,6 +213,12 @@ def _micro_objective(
         objective = objective - cfg.entropy_coef * shares["entropy"]
     else:  # Reported only: keep it out of the backward pass.
         shares["entropy"] = jax.lax.stop_gradient(shares["entropy"])
+    if routing is not None and cfg.moe_aux_loss_coef > 0:
+        shares["loss/moe_aux"] = moe_lib.load_balancing_loss(routing, model_config) / counts["forwards"]
+        objective = objective + cfg.moe_aux_loss_coef * shares["loss/moe_aux"]
+    if routing is not None and batch.routes_NxTxLxA is not None:
+        for name, value in routing_lib.mismatch_sums(routing, batch).items():
+            shares[routing_lib.METRICS[name]] = jax.lax.stop_gradient(_safe_div(value, counts[name]))
     diagnostics = {f"loss/{name}": value for name, value in diagnostics.items()}
     return objective, (shares, diagnostics, _safe_div(off_policy.sum, counts["policy"]))
 
@@ -288,6 +316,7 @@ def train_step(
             name = "batch" if len(parts) == 1 else f"batch part {i}"
             raise ValueError(f"{name} has {part.num_rows} rows, not divisible by micro_batches={m}")
     counts = _add_counts([term_counts(part, cfg, loss_cfg) for part in parts])
+    counts["forwards"] = jnp.float32(m * len(parts))  # Forward passes of the step.
     # GOLF's diagnostics (docs/algorithms.md#golf-diagnostics): the gradient of
     # the off-policy term and of each part's on-policy tokens, kept apart.
     split = cfg.grad_shares and len(parts) > 1
@@ -403,7 +432,12 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
 
 
-def batch_shardings(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES) -> Batch:
-    """Every batch field split by rows (`sharding.row_sharding`), the rest whole."""
+def batch_shardings(mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.LOGICAL_RULES,
+                    *, routes: bool = False) -> Batch:
+    """Every batch field split by rows (`sharding.row_sharding`), the rest whole;
+    the routes fields only for a batch that has them (`routes`)."""
     row = sharding_lib.row_sharding(mesh, rules)
-    return Batch(**{f.name: row for f in dataclasses.fields(Batch)})
+    fields = {f.name: row for f in dataclasses.fields(Batch)}
+    if not routes:
+        fields.update(prompt_routes_NxPxLxA=None, routes_NxTxLxA=None)
+    return Batch(**fields)

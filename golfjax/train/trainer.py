@@ -5,7 +5,8 @@ logical-axis rules on the mesh (FSDP over "fsdp", tensor parallel over
 "tensor"), batches are split by rows by the same rules' `batch` entry
 (`sharding.row_sharding`), and scalars (step, RNG, metrics) are replicated.
 It takes the run's config sections as they are: `train` (`TrainSection`),
-`loss` (`LossConfig`) and `optimizer` (`OptimizerConfig`). Every program is compiled once per batch shape;
+`loss` (`LossConfig`) and `optimizer` (`OptimizerConfig`). Every program is compiled once per batch shape
+(and per whether the batch carries an MoE rollout's routes);
 `chex.assert_max_traces` in the tests holds it to that.
 """
 
@@ -101,6 +102,8 @@ class Trainer:
         # Rows over every data-parallel device; the rest of each field whole.
         row = sharding_lib.row_sharding(mesh, rules)
         self.batch_shardings = step_lib.batch_shardings(mesh, rules)
+        # A batch with an MoE rollout's recorded routes (split by rows too).
+        self.routed_batch_shardings = step_lib.batch_shardings(mesh, rules, routes=True)
 
         self._init = jax.jit(
             lambda params, seed: init_train_state(params, self.optimizer, seed),
@@ -120,8 +123,9 @@ class Trainer:
             part_names=part_names,
         ))
         self._replicated = replicated
-        # One jitted step per batch layout: a Batch, or a tuple of k parts.
-        self._steps: dict[int | None, Any] = {}
+        # One jitted step per batch layout: a Batch, or a tuple of k parts,
+        # with or without routes.
+        self._steps: dict[tuple[int | None, bool], Any] = {}
         self._logprobs = jax.jit(
             self._partitioned(functools.partial(
                 step_lib.compute_logprobs,
@@ -129,8 +133,10 @@ class Trainer:
                 temperature=temperature,
                 chunk=cfg.logp_chunk,
             )),
-            # Read-only parameters in their training layout; per-row outputs.
-            in_shardings=(self.param_shardings, self.batch_shardings),
+            # Read-only parameters in their training layout; every field of
+            # the batch (with an MoE rollout's routes or without) split by
+            # rows; per-row outputs.
+            in_shardings=(self.param_shardings, row),
             out_shardings=(row, None),
         )
         # Simulated CPU devices can deadlock when several sharded programs are
@@ -158,7 +164,8 @@ class Trainer:
         Multi-process, every process passes the same full batch and feeds the
         rows of its own devices (`sharding.host_to_global`).
         """
-        return _each_part(batch, lambda part: sharding_lib.host_to_global(part, self.batch_shardings))
+        return _each_part(batch, lambda part: sharding_lib.host_to_global(
+            part, self._batch_shardings(_routed(part))))
 
     def step(
         self, state: TrainState, batch: Batch | step_lib.Parts
@@ -171,9 +178,12 @@ class Trainer:
     def jitted_step(self, batch: Batch | step_lib.Parts) -> Any:
         """The jitted `train_step` for `batch`'s layout, `(state, batch, key)
         -> (state, metrics)`; e.g. to lower and compile it ahead of time."""
-        layout = len(batch) if isinstance(batch, tuple) else None
+        parts = batch if isinstance(batch, tuple) else (batch,)
+        layout = (len(batch) if isinstance(batch, tuple) else None,
+                  bool(parts) and _routed(parts[0]))
         if layout not in self._steps:
-            batch_shardings = self.batch_shardings if layout is None else (self.batch_shardings,) * layout
+            shardings = self._batch_shardings(layout[1])
+            batch_shardings = shardings if layout[0] is None else (shardings,) * layout[0]
             self._steps[layout] = jax.jit(
                 self._step_fn,
                 # state: parameters and moments by the rules, step/rng
@@ -198,6 +208,9 @@ class Trainer:
         logp_NxT, _ = self._logprobs(params, batch)
         return self._maybe_block(logp_NxT)
 
+    def _batch_shardings(self, routes: bool) -> Batch:
+        return self.routed_batch_shardings if routes else self.batch_shardings
+
     def with_old_logprobs(self, state: TrainState, batch: Batch | step_lib.Parts) -> Batch | step_lib.Parts:
         """`batch` (each part) with `old_logp` recomputed by the trainer (the behaviour policy)."""
         return _each_part(batch, lambda part: part.replace(old_logp_NxT=self.logprobs(state.params, part)))
@@ -208,6 +221,11 @@ class Trainer:
 
     def _maybe_block(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
+
+
+def _routed(batch: Batch) -> bool:
+    """Whether `batch` carries an MoE rollout's recorded routes."""
+    return batch.routes_NxTxLxA is not None
 
 
 def _each_part(batch: Batch | step_lib.Parts, fn: Callable[[Batch], Batch]) -> Batch | step_lib.Parts:

@@ -72,9 +72,10 @@ def _deterministic(record):
     return {k: v for k, v in record.items() if not k.startswith("perf/")}
 
 
-# `smoke` is `vespo,smoke=1`; every other variant runs with `smoke=1`.
+# `smoke` is `vespo,smoke=1`; every other variant runs with `smoke=1` (`moe`
+# in its own test below).
 SMOKE_RUNS = [("smoke",)] + [
-    (f"{v},smoke=1",) for v in vespo_config.VARIANTS if v not in ("vespo", "smoke")
+    (f"{v},smoke=1",) for v in vespo_config.VARIANTS if v not in ("vespo", "smoke", "moe")
 ]
 
 
@@ -157,6 +158,58 @@ def test_resume_after_sigterm_mid_rollout_matches_the_uninterrupted_run(interrup
     assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(5))
     for mine, theirs in zip(resumed, whole):
         assert _deterministic(mine) == _deterministic(theirs), mine["step"]
+
+
+@pytest.mark.slow
+def test_moe_variant_trains_evaluates_and_resumes_exactly(env, tmp_path):
+    # VESPO on tiny_qwen3_moe end to end: rollouts that record their routes,
+    # updates at staleness 0 and 1, evaluation, checkpoints; a run stopped
+    # after 2 RL steps and resumed to 4 equals the whole run. The untrained
+    # policy earns no reward, so an entropy bonus makes every update move
+    # the weights (and the resumed optimizer state matter).
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    # Both runs evaluate where the first part ends; no cold start (it is the
+    # dense runs' concern, and costs the most here).
+    flags = ("--config.eval.every=2", "--config.cold_start.steps=0",
+             "--config.train.entropy_coef=0.01")
+    _run(env, "moe,smoke=1", whole, "--config.train.steps=4", *flags)
+    _run(env, "moe,smoke=1", split, "--config.train.steps=2", *flags)
+    resumed = _run(env, "moe,smoke=1", split, "--config.train.steps=4", *flags)
+    assert "resuming from checkpoint step 2" in resumed.stdout
+    whole, split = _records(whole), _records(split)
+    # Step 0 is the starting policy's evaluation.
+    assert [r["step"] for r in split] == [r["step"] for r in whole] == list(range(5))
+    for mine, theirs in zip(split, whole):
+        assert _deterministic(mine) == _deterministic(theirs), mine["step"]
+    rl = whole[1:]
+    assert [r["schedule/staleness"] for r in rl] == [0.0, 1.0, 0.0, 1.0]
+    for r in rl:
+        assert r["train/skipped_nonfinite"] == 0.0 and "vespo/phi_pos_mean" in r
+        assert r["grad_norm"] > 0
+        # The sampling policy routes its own rollout's tokens as it did; one
+        # update later its routers choose other experts for some of them.
+        if r["schedule/staleness"] == 0.0:
+            assert r["moe/route_mismatch"] == 0.0
+        else:
+            assert r["moe/route_mismatch"] > 0
+        assert r["moe/route_mismatch_tokens"] >= r["moe/route_mismatch"]
+    assert "eval/accuracy" in whole[-1]
+
+
+def test_moe_variant_is_vespos_released_moe_setting():
+    from golfjax import config as config_lib
+
+    cfg = config_lib.build(config_lib.RunConfig, vespo_config.get_config("moe"))
+    assert (cfg.model.preset, cfg.train.loss, cfg.schedule.minibatches) == (
+        "tiny_qwen3_moe", "vespo", 8)
+    assert (cfg.model.routing_replay, cfg.train.moe_aux_loss_coef) == ("off", 0.0)
+    assert (cfg.loss.vespo_k_pos, cfg.loss.vespo_lam_pos, cfg.loss.vespo_k_neg,
+            cfg.loss.vespo_lam_neg) == (2.0, 3.0, 3.0, 2.0)
+    real = config_lib.build(config_lib.RunConfig,
+                            vespo_config.get_config("moe,task=math,init=/ckpt"))
+    assert (real.model.hf_path, real.optimizer.lr, real.cold_start.steps) == ("/ckpt", 1e-6, 0)
+    smoke = vespo_config.get_config("moe,smoke=1")
+    assert smoke.model.preset == "tiny_qwen3_moe"
 
 
 def test_math_task_option_builds_a_vespo_run_on_math_prompts():

@@ -163,3 +163,30 @@ def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
     one = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(8,)))
     rl.sample_groups(one, None, problems, prompts, key, _Task(), _Tokenizer())
     assert one.calls == [(5, np.asarray(jax.random.key_data(key)).tolist())]
+
+
+class _MoESampler(_CallsSampler):
+    """`_CallsSampler` with an MoE policy's routes: a prompt token's experts are
+    (token, token + 1) in each of 2 layers (0 in padding), a response
+    token's its own id."""
+
+    def generate(self, params, prompts, key):
+        r = super().generate(params, prompts, key)
+        experts = np.stack([r.prompt_tokens_NxP, r.prompt_tokens_NxP + 1], axis=-1)
+        experts = np.where(r.prompt_mask_NxP[..., None], experts, 0)
+        return dataclasses.replace(
+            r, prompt_routes_NxPxLxA=np.stack([experts] * 2, axis=2).astype(np.uint8),
+            routes_NxTxLxA=np.repeat(r.tokens_NxT[..., None, None], 2, axis=2).astype(np.uint8))
+
+
+def test_an_moe_policys_routes_are_joined_like_its_prompts():
+    sampler = _MoESampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
+    prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+    problems = [Problem(id=i, question="", answer="") for i in range(5)]
+    r = rl.sample_groups(sampler, None, problems, prompts, jax.random.key(0), _Task(),
+                         _Tokenizer()).rollout
+    # Left-padded to 4 slots with the prompts (padding: expert 0 as the token pad).
+    assert r.prompt_routes_NxPxLxA.shape == (10, 4, 2, 2)
+    np.testing.assert_array_equal(r.prompt_routes_NxPxLxA[..., 0, 0], r.prompt_tokens_NxP)
+    np.testing.assert_array_equal(r.prompt_routes_NxPxLxA[2, :, 1], [[0, 0], [0, 0], [0, 0], [4, 5]])
+    np.testing.assert_array_equal(r.routes_NxTxLxA[:, 0, 1, 0], r.tokens_NxT[:, 0] % 256)

@@ -50,7 +50,8 @@ def test_parity_left_padded_float32(family_ckpt):
     assert config.num_kv_heads < config.num_heads  # GQA is exercised.
     expected = {"llama3": (False, False, False, True),
                 "qwen2": (True, False, True, False),
-                "qwen3": (False, True, False, False)}[family]
+                "qwen3": (False, True, False, False),
+                "qwen3_moe": (False, True, False, False)}[family]
     assert (config.qkv_bias, config.qk_norm, config.tie_embeddings,
             config.rope_scaling is not None) == expected
     assert_parity(config, params, model)

@@ -18,6 +18,10 @@ FAMILIES = {
                                    tie_word_embeddings=False)),
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True, rope_theta=1e6)),
     "qwen3": ("Qwen3Config", dict(tie_word_embeddings=False)),
+    # Layer 0 a mixture of 8 experts (2 per token), layer 1 dense.
+    "qwen3_moe": ("Qwen3MoeConfig", dict(
+        tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, norm_topk_prob=True, mlp_only_layers=[1])),
 }
 
 
@@ -61,3 +65,19 @@ def torch_logits(model: torch.nn.Module, tokens: np.ndarray,
         return model(input_ids=torch.tensor(tokens),
                      attention_mask=torch.tensor(mask.astype(np.int64)),
                      position_ids=torch.tensor(positions)).logits.float().numpy()
+
+
+def greedy(model: torch.nn.Module, prompts: list[list[int]], new_tokens: int) -> np.ndarray:
+    """transformers' greedy continuation of left-padded prompts, `new_tokens` each."""
+    length = max(map(len, prompts))
+    ids = np.zeros((len(prompts), length), np.int64)
+    mask = np.zeros((len(prompts), length), np.int64)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p):] = p
+        mask[row, length - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+            do_sample=False, max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+    return out[:, length:].numpy()
