@@ -18,7 +18,17 @@ from golfjax.rewards import arith
 
 def base() -> ml_collections.ConfigDict:
     """Every key of `RunConfig`, at its default."""
-    return ml_collections.ConfigDict(config_lib.to_dict(config_lib.RunConfig()))
+    return ml_collections.ConfigDict(_tuples(config_lib.to_dict(config_lib.RunConfig())))
+
+
+def _tuples(value: object) -> object:
+    """`to_dict`'s JSON lists as tuples: absl overrides a tuple field
+    (`--config.sampling.prompt_buckets='(64,128)'`), never a list one."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

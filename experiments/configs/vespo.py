@@ -56,7 +56,10 @@ import ml_collections
 from experiments.configs import common
 
 LOSS_VARIANTS = ("vespo", "ppo_clip", "gspo", "sapo", "cispo")
-VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "moe", "qwen3_8b_math")
+VARIANTS = LOSS_VARIANTS + ("async", "golf", "smoke", "moe", "qwen3_8b_math",
+                            "qwen3_30b_a3b_math")
+# The paper runs' variants and the model each trains (`paper_run`).
+PAPER_MODELS = {"qwen3_8b_math": "qwen3-8b", "qwen3_30b_a3b_math": "qwen3-30b-a3b"}
 MOE_PRESET = "tiny_qwen3_moe"
 
 
@@ -144,11 +147,11 @@ def moe(c: ml_collections.ConfigDict, init: str) -> ml_collections.ConfigDict:
     return c
 
 
-def paper_run(c: ml_collections.ConfigDict, async_rollout: bool) -> None:
-    """`qwen3_8b_math`: `math` on the dense Qwen3-8B that stands in for the
-    scripts' Qwen3-30B-A3B-Base until golfjax has its Mixture-of-Experts
-    model, with the memory settings of the slice README.md names
-    (docs/results.md#aot). Synchronous: a v5p-64 (32 chips; README.md of
+def paper_run(c: ml_collections.ConfigDict, async_rollout: bool, preset: str) -> None:
+    """`qwen3_30b_a3b_math`: `math` on the scripts' Qwen3-30B-A3B-Base (the
+    `moe` variant's setting at its real size), and `qwen3_8b_math`: on the
+    dense Qwen3-8B, each with the memory settings of the slice README.md
+    names (docs/results.md#aot). Synchronous: a v5p-64 (32 chips; README.md of
     FloyedShen/VESPO runs N = 8 on 32 GPUs), one row per device per
     micro-batch (the script's dynamic batches of 16,384 tokens per GPU), 32
     prompts a sampler call. Fully asynchronous
@@ -158,9 +161,15 @@ def paper_run(c: ml_collections.ConfigDict, async_rollout: bool) -> None:
     cannot split the embedding's 4,096 columns) 2 prompts a call, so that
     each holds 8 rows' 16k-slot caches beside two parameter snapshots.
     """
-    c.model.preset = "qwen3-8b"
+    c.model.preset = preset
     c.model.remat = True
     learner_chips = 2 if async_rollout else 32
+    if preset == "qwen3-30b-a3b":
+        # `qwen3_30b_a3b_math`: the scripts' own model with their expert
+        # parallelism of 8 (experts over fsdp = 8), each expert's width and
+        # the attention heads over tensor = 4: one row per data shard.
+        c.mesh.tensor = 4
+        learner_chips //= c.mesh.tensor
     c.train.micro_batches = c.train.prompts_per_step * c.sampling.group_size // learner_chips
     c.sampling.prompts_per_call = 32
     if async_rollout:
@@ -173,7 +182,11 @@ OPTIONS = ("n", "async", "golf", "seed", "init", "smoke", "task")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, options = common.parse_variant(arg, VARIANTS, OPTIONS)
-    paper = variant == "qwen3_8b_math"
+    paper = PAPER_MODELS.get(variant)
+    if paper == "qwen3-30b-a3b" and options.async_rollout:
+        raise ValueError("vespo.py:qwen3_30b_a3b_math runs synchronously only: golfjax's"
+                         " asynchronous rollout is single-host, and a v5p-8's 2 learner chips"
+                         " cannot hold the 30B model's training state")
     if paper:
         variant, options = "vespo", dataclasses.replace(options, task="math")
     c = arith() if options.task == "arith" else math()
@@ -221,7 +234,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.every = 20 if c.schedule.async_rollout else 4 * rollout_steps
         c.checkpoint.every = 20 if c.schedule.async_rollout else rollout_steps
     if paper:
-        paper_run(c, c.schedule.async_rollout)
+        paper_run(c, c.schedule.async_rollout, paper)
     if options.seed is not None:
         c.seed = options.seed
     if options.init:

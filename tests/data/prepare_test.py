@@ -113,9 +113,11 @@ def test_readme_commands_prepare_train_and_resume_exactly(tmp_path):
         "/tmp/gsm8k_prompts": tmp_path / "gsm8k_prompts",
         "/tmp/grpo_gsm8k": tmp_path / "whole",
     }
-    prepare, train = _readme_commands()
+    prepare, train, *others = _readme_commands()  # The others: more runs on the same prompts.
     assert prepare[:3] == ["python", "-m", "golfjax.data.prepare"]
-    assert train[:3] == ["python", "-m", "experiments.main"]
+    for command in [train] + others:
+        assert command[:3] == ["python", "-m", "experiments.main"]
+        assert "--config.task.dataset=/tmp/gsm8k_prompts" in command
 
     def local(command):
         args = [sys.executable] + command[1:]

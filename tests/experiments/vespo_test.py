@@ -82,7 +82,7 @@ END_TO_END = ("smoke", "ppo_clip", "async", "golf")
 SMOKE_RUNS = [("smoke",)] + [(f"{v},smoke=1",) for v in END_TO_END[1:]]
 
 
-@pytest.mark.parametrize("variant", [v for v in vespo_config.VARIANTS if v not in END_TO_END + ("vespo",)])
+@pytest.mark.parametrize("variant", [v for v in vespo_config.VARIANTS if v not in END_TO_END + ("vespo", "qwen3_30b_a3b_math")])
 def test_every_other_variant_builds_a_valid_run(variant):
     config = config_lib.build(config_lib.RunConfig, vespo_config.get_config(f"{variant},smoke=1"))
     config_lib.validate(config, device_count=8)
@@ -261,3 +261,15 @@ def test_golf_option_trains_golf_batches_with_any_loss():
 def test_variant_options_are_typed_and_checked(variant, message):
     with pytest.raises(ValueError, match=message):
         vespo_config.get_config(variant)
+
+
+def test_qwen3_30b_a3b_math_is_the_moe_setting_at_its_real_size():
+    cfg = config_lib.build(config_lib.RunConfig, vespo_config.get_config("qwen3_30b_a3b_math"))
+    assert (cfg.model.preset, cfg.task.name, cfg.train.loss, cfg.schedule.minibatches) == (
+        "qwen3-30b-a3b", "math", "vespo", 8)
+    assert (cfg.model.routing_replay, cfg.train.moe_aux_loss_coef, cfg.optimizer.lr) == (
+        "off", 0.0, 1e-6)
+    # Expert parallelism 8 on a v5p-64's 32 chips: one row per data shard.
+    assert (cfg.mesh.fsdp, cfg.mesh.tensor, cfg.train.micro_batches) == (-1, 4, 2048 // 8)
+    with pytest.raises(ValueError, match="qwen3_30b_a3b_math runs synchronously only"):
+        vespo_config.get_config("qwen3_30b_a3b_math,async=1")
