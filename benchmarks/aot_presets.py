@@ -32,6 +32,7 @@ PRESETS = (
     ("experiments/configs/golf.py:qwen3_4b_if", "v5p-64"),
     ("experiments/configs/vespo.py:qwen3_8b_math", "v5p-64"),
     ("experiments/configs/vespo.py:qwen3_8b_math,async=1", "v5p-8"),
+    ("experiments/configs/vespo.py:qwen3_30b_a3b_math", "v5p-64"),
 )
 
 

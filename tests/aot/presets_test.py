@@ -29,6 +29,8 @@ BINDING = {
     "experiments/configs/vespo.py:qwen3_8b_math": "log-probs",
     # Does not fit today (docs/results.md#aot): 937 GiB per chip.
     "experiments/configs/vespo.py:qwen3_8b_math,async=1": "log-probs",
+    # Of the programs compiled so far (train, decode: docs/results.md#aot-qwen3-30b-a3b).
+    "experiments/configs/vespo.py:qwen3_30b_a3b_math": "train step",
 }
 _IDS = lambda x: x.split("/")[-1]  # noqa: E731
 
