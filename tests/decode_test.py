@@ -42,7 +42,8 @@ def test_greedy_rows_stop_pad_and_report_the_temperature_1_logp(decode_layers):
                                     split_layers=per_layer, recent_buffer=per_layer))
     params = bigram_model.params(LM_HEAD)
     tokens_BxP, mask_BxP, valid_B = _prompts()
-    cache, logits_BxV = prefill(params, tokens_BxP, mask_BxP)
+    cache, logits_BxV, routes = prefill(params, tokens_BxP, mask_BxP)
+    assert routes is None  # A dense model routes nothing.
     assert cache.stacked == (decode_layers == "scan")
     out = jax.device_get(run(params, cache, logits_BxV, tokens_BxP, mask_BxP, valid_B,
                              jax.random.PRNGKey(0)))
