@@ -318,7 +318,10 @@ def test_a_worker_failure_after_the_last_step_is_not_lost(vespo_trainer):
     def failing(params, problems, key):
         calls.append(problems)
         if len(calls) == 2:
-            trained.wait(DEADLINE_S)  # Fail only once the learner is done.
+            # Fail once the learner is done. The learner's step waits for the
+            # device lock this call holds, so `trained` cannot be set meanwhile
+            # on a shared mesh: wait a moment, not the whole deadline.
+            trained.wait(2.0)
             failed.set()
             raise RuntimeError("the sampler broke late")
         return build(params, problems, key)
