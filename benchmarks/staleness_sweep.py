@@ -46,8 +46,8 @@ complete is read back, not rerun.
 Scale: the default is 64 steps, staleness in {1, 4, 16, 64}, four losses, 3
 seeds and four async runs (52 runs; docs/results.md has their run times);
 `--quick` runs 4 steps of staleness in {1, 2} for vespo and ppo_clip, one
-seed, one async run, on 16 held-out strings: a check of the pipeline, too
-short to measure anything.
+seed, one async run, on 16 held-out strings, after a 10-step cold start: a
+check of the pipeline, too short to measure anything.
 """
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.seeds, args.ns, args.losses = 4, 1, "1,2", "vespo,ppo_clip"
         args.async_losses = args.async_losses or "vespo"
-        args.cold_start_steps, args.eval_every = 40, 2
+        args.cold_start_steps, args.eval_every = 10, 2
         args.eval_problems = args.eval_problems or 16
     try:
         ns = [int(n) for n in args.ns.split(",") if n]
