@@ -35,6 +35,7 @@ import jax
 from golfjax import config as config_lib
 from golfjax import feedback as critics_lib
 from golfjax import sharding
+from golfjax.parallel import groups
 from golfjax.data.iterator import EpochIterator
 from golfjax.loops import cold_start as cold_start_lib
 from golfjax.loops import golf as golf_lib
@@ -103,7 +104,7 @@ class Components:
         # every process holds the same global batch (golfjax/sharding.py).
         return PromptPipeline(
             self.train_problems, self.tokenizer,
-            batch_size=cfg.train.prompts_per_step // jax.process_count(),
+            batch_size=cfg.train.prompts_per_step // groups.process_count(),
             seed=cfg.seed + 1, max_prompt_tokens=max(cfg.sampling.prompt_buckets),
             template_kwargs=cfg.task.template_kwargs, gather=True,
         )

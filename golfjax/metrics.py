@@ -163,9 +163,9 @@ class StepLog:
 
 
 def _is_process_zero() -> bool:
-    import jax  # Local, as in to_scalars.
+    from golfjax.parallel import groups  # Local, as in to_scalars.
 
-    return jax.process_index() == 0
+    return groups.is_primary()
 
 
 def read_metrics(workdir: str | os.PathLike[str], name: str = "metrics.jsonl") -> list[dict[str, Any]]:

@@ -36,6 +36,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from golfjax.parallel import groups
+
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 
 # A logical name maps to None (replicated), one mesh axis, or a tuple of mesh axes.
@@ -203,8 +205,9 @@ def logical_shardings(abstract_tree: Any, axes_tree: Any, mesh: Mesh,
 
 
 def is_multiprocess() -> bool:
-    """Whether this is one of several JAX processes (`jax.distributed`)."""
-    return jax.process_count() > 1
+    """Whether this process's group spans several JAX processes
+    (golfjax/parallel/groups.py: the whole job unless it has a rollout group)."""
+    return groups.is_multiprocess()
 
 
 def host_to_global(tree: Any, shardings: Any) -> Any:
@@ -255,16 +258,14 @@ def _check_same_on_every_process(hosts: list[np.ndarray]) -> None:
     Each process fills its devices' shards from its own copy, so different copies
     would silently build a batch of mixed rows; a checksum of the bytes catches it.
     """
-    from jax.experimental import multihost_utils
-
     digest = 0
     for host in hosts:
         digest = zlib.crc32(np.ascontiguousarray(host).view(np.uint8).reshape(-1), digest)
         digest = zlib.crc32(f"{host.shape}{host.dtype}".encode(), digest)
-    multihost_utils.assert_equal(
-        np.uint32(digest),
-        "host_to_global: the processes passed different host arrays; every process must pass"
-        " the same full values")
+    if len(set(groups.allgather(np.uint32(digest)).tolist())) > 1:
+        raise AssertionError(
+            "host_to_global: the processes passed different host arrays; every process must pass"
+            " the same full values")
 
 
 def global_to_host(tree: Any) -> Any:
@@ -294,15 +295,10 @@ def global_to_host(tree: Any) -> Any:
 def allgather_processes(local: np.ndarray) -> np.ndarray:
     """Every process's `local` array (same shape everywhere), stacked in process order.
 
-    Returns an array of shape `(jax.process_count(), *local.shape)`; with one
+    Returns an array of shape `(processes of the group, *local.shape)`; with one
     process, `local[None]` without communication.
     """
-    local = np.asarray(local)
-    if not is_multiprocess():
-        return local[None]
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(local, tiled=False))
+    return groups.allgather(local)
 
 
 def _needs_gather(x: Any) -> bool:

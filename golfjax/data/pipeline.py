@@ -36,12 +36,11 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import grain
-import jax
 import numpy as np
 from absl import logging
 
 from golfjax import sharding
-
+from golfjax.parallel import groups
 from golfjax.rewards.base import Problem
 from golfjax.tokenizer import Tokenizer
 
@@ -91,7 +90,7 @@ class PromptPipeline:
         bucket of the sampler, which could not take them).
       template_kwargs: chat template variables, as the RL loop passes them.
       shard_index, num_shards: this process's shard; default
-        `jax.process_index()` of `jax.process_count()`.
+        this process's of its group's (golfjax/parallel/groups.py).
       gather: `next()` returns the positions of every process's batch, in
         process order (`batch_size * num_shards` of them); needs the default
         shards, one per process.
@@ -114,14 +113,14 @@ class PromptPipeline:
         num_shards: int | None = None,
         gather: bool = False,
     ) -> None:
-        if gather and (shard_index, num_shards) not in ((None, None),
-                                                      (jax.process_index(), jax.process_count())):
+        mine = (groups.process_index(), groups.process_count())
+        if gather and (shard_index, num_shards) not in ((None, None), mine):
             raise ValueError(
-                f"gather=True needs one shard per process (shard_index={jax.process_index()},"
-                f" num_shards={jax.process_count()}), got {shard_index} of {num_shards}")
+                f"gather=True needs one shard per process (shard_index={mine[0]},"
+                f" num_shards={mine[1]}), got {shard_index} of {num_shards}")
         self.gather = gather
-        shard_index = jax.process_index() if shard_index is None else shard_index
-        num_shards = jax.process_count() if num_shards is None else num_shards
+        shard_index = mine[0] if shard_index is None else shard_index
+        num_shards = mine[1] if num_shards is None else num_shards
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index={shard_index}; expected in [0, {num_shards})")
         if batch_size < 1 or max_prompt_tokens < 1:

@@ -7,6 +7,7 @@ a channel with four calls:
               get(timeout=None) -> item  the next finished rollout
     rollout:  latest() -> (params, version)  the newest weights it received
               put(item)                  a finished rollout for the learner
+              note                       what the learner sent with them
 
 `CollectiveChannel` is the channel between process groups
 (golfjax/parallel/groups.py). Nothing travels through files, sockets or
@@ -23,9 +24,9 @@ signals go through JAX's distributed key-value store (the coordination service
    spins, while nothing is ready).
 3. Both groups run the same exchange programs: a header (payload size and
    weights version), for `weights` the parameters (learner -> rollout; the
-   rollout side sends zeros of the same shapes), then the rollouts, pickled
-   to bytes and padded to a power of two (rollout -> learner), in which every
-   process receives the row of the other group's primary.
+   rollout side sends zeros of the same shapes), then the rollouts (rollout
+   -> learner) and the learner's note, each pickled to bytes and padded to a
+   power of two; every process receives the row of the other group's primary.
 
 Every process of a group holds the same payload (golfjax's host work is
 identical on a group's processes), so each receives a full copy on its first
@@ -100,14 +101,16 @@ class CollectiveChannel:
         self._params: Any = None
         self._version: int | None = None
         self._closed = False
+        self.note: Any = None  # Rollout side: the note of the newest weights.
 
     # ------------------------------------------------------------ learner side
 
-    def publish(self, params: Any, version: int) -> None:
-        """Sends `params` (version `version`) to the rollout group; receives
-        whatever finished rollouts it held."""
+    def publish(self, params: Any, version: int, note: Any = None) -> None:
+        """Sends `params` (version `version`) and `note` (anything picklable,
+        e.g. where the data starts) to the rollout group; receives whatever
+        finished rollouts it held."""
         self._ask(WEIGHTS)
-        self._exchange(WEIGHTS, params=params, version=version)
+        self._exchange(WEIGHTS, params=params, version=version, note=note)
 
     def get(self, timeout: float | None = None) -> Any:
         """The next finished rollout (waits for the rollout group to send one)."""
@@ -187,10 +190,10 @@ class CollectiveChannel:
 
     # ------------------------------------------------------------ both
 
-    def _exchange(self, kind: str, params: Any = None, version: int = -1) -> None:
+    def _exchange(self, kind: str, params: Any = None, version: int = -1, note: Any = None) -> None:
         """Runs exchange n's programs (the same on every process of the job)."""
         learner = self.role == groups_lib.LEARNER
-        payload = b"" if learner else pickle.dumps(self._outbox, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(note if learner else self._outbox, protocol=pickle.HIGHEST_PROTOCOL)
         header = self._swap(np.asarray([len(payload), version], np.int64))
         if kind == WEIGHTS:
             tree = (jax.tree.map(self._local_copy, params) if learner else
@@ -202,10 +205,13 @@ class CollectiveChannel:
         data = np.zeros(size, np.uint8)
         data[:len(payload)] = np.frombuffer(payload, np.uint8)
         data = np.asarray(self._swap(data))
+        received = pickle.loads(data[:int(header[0])].tobytes())
         if learner:
-            self._inbox.extend(pickle.loads(data[:int(header[0])].tobytes()))
+            self._inbox.extend(received)
         else:
             self._outbox = []
+            if kind == WEIGHTS:
+                self.note = received
         self._n += 1
 
     def _local_copy(self, x: Any) -> jax.Array:

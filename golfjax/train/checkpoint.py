@@ -46,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from golfjax import sharding
+from golfjax.parallel import groups
 from golfjax.train.state import TrainState
 
 DIGEST_NAME = "digest.json"
@@ -75,21 +76,15 @@ def _say(line: str) -> None:
 
 
 def _agree(value: int) -> int:
-    """Multi-process: process 0's `value`, broadcast to every process."""
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    """Multi-process: the group primary's `value`, on every process of the group
+    (golfjax/parallel/groups.py: the learner's processes in a job that has a
+    rollout group, else all)."""
+    return int(groups.broadcast(np.int32(value)))
 
 
 def _all(ok: bool) -> bool:
-    """Multi-process: whether `ok` holds on every process."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+    """Multi-process: whether `ok` holds on every process of the group."""
+    return bool(np.all(groups.allgather(np.int32(ok))))
 
 
 @contextlib.contextmanager
@@ -222,7 +217,12 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep={keep}; expected >= 1")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.primary = jax.process_index() == 0 if primary is None else primary
+        self.primary = groups.is_primary() if primary is None else primary
+        members = groups.members()
+        # Orbax's barriers span only this group's processes (a rollout group
+        # never checkpoints).
+        multiprocessing = ocp.options.MultiprocessingOptions(
+            primary_host=members[0], active_processes=set(members) if len(members) < jax.process_count() else None)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -232,6 +232,7 @@ class Checkpointer:
                 # A half-written step from a crash is left in a temporary
                 # directory; clean it up rather than trip over it.
                 cleanup_tmp_directories=True,
+                multiprocessing_options=multiprocessing,
             ),
             item_names=("state", "data", "config"),
         )
@@ -346,7 +347,7 @@ class Checkpointer:
         why), 0 no digest, 1 verified. A digest verified by an earlier walk is
         not hashed again while the step's files keep their sizes and times."""
         verdict, cause, config, data = -1, "", None, None
-        if self.primary or jax.process_count() == 1:
+        if self.primary or not groups.is_multiprocess():
             stamp = _stamp(self.step_dir(step))
             cached = self._verdicts.get(step)
             if cached is not None and cached[0] == stamp:

@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from golfjax import config as config_lib
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
+from golfjax.parallel import groups
 from golfjax.train import checkpoint as checkpoint_lib
 
 DIRECTORY = "reference"
@@ -98,7 +99,7 @@ def save(workdir: str, params: Any) -> str:
     """
     path = os.path.join(workdir, DIRECTORY)
     tmp = path + ".tmp"
-    primary = jax.process_index() == 0
+    primary = groups.is_primary()
     if primary and os.path.exists(tmp):
         shutil.rmtree(tmp)
     _barrier("golfjax-reference-clean")
@@ -141,7 +142,4 @@ def restore(workdir: str, abstract_params: Any) -> Any:
 
 
 def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    groups.barrier(name)

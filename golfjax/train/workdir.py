@@ -204,12 +204,11 @@ def _all_agree(ok: bool) -> bool:
     """Multi-process: process 0's `ok`, broadcast to every process."""
     import jax  # Local: single-process runs never need it here.
 
-    if jax.process_count() == 1:
-        return ok
     import numpy as np
-    from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+    from golfjax.parallel import groups
+
+    return bool(groups.broadcast(np.int32(ok)))
 
 
 @contextlib.contextmanager
@@ -233,9 +232,9 @@ def lock(
     """
     multi = primary is None
     if primary is None:
-        import jax
+        from golfjax.parallel import groups
 
-        primary = jax.process_index() == 0
+        primary = groups.is_primary()
     held: WorkdirLock | None = None
     error: WorkdirLockedError | None = None
     if primary:

@@ -67,6 +67,7 @@ def test_weights_and_rollouts_cross_between_two_process_groups(tmp_path):
     # group used each of them.
     published = set(range(0, worker.STEPS, worker.SYNC_EVERY))
     seen = {event["version"] for event in rollout["events"]}
+    assert all(event["note"] == event["version"] for event in rollout["events"])  # Sent with them.
     assert seen <= published and len(seen) >= 3
     assert {event["version"] for event in steps} <= published
     # The groups overlapped: rollouts were generated while the learner trained.

@@ -48,7 +48,7 @@ def main(port: int, process_id: int, out: str) -> None:
             return {k: jax.device_put(v, split if v.ndim == 2 else NamedSharding(mesh, PartitionSpec()))
                     for k, v in weights(version).items()}
 
-        channel.publish(on_mesh(0), 0)
+        channel.publish(on_mesh(0), 0, note={"start": 0})
         for step in range(STEPS):
             start = time.time()
             item = channel.get()
@@ -57,17 +57,19 @@ def main(port: int, process_id: int, out: str) -> None:
             record["events"].append({"step": step, "version": item["version"], "checksum": item["checksum"],
                                      "wait": got - start, "train": [got, time.time()]})
             if (step + 1) % SYNC_EVERY == 0:
-                channel.publish(on_mesh(step + 1), step + 1)
+                channel.publish(on_mesh(step + 1), step + 1, note={"start": step + 1})
         channel.close()
     else:
         try:
             while True:
                 params, version = channel.latest()
+                note = channel.note["start"]
                 start = time.time()
                 time.sleep(ROLLOUT_S)  # Generating.
                 checksum = float(np.asarray(params["w"]).sum() + np.asarray(params["b"]).sum())
                 channel.put({"version": version, "checksum": checksum})
-                record["events"].append({"version": version, "produce": [start, time.time()]})
+                record["events"].append({"version": version, "note": note,
+                                         "produce": [start, time.time()]})
         except channel_lib.ChannelClosed:
             pass
     record["wait_s"] = channel.wait_s
