@@ -22,8 +22,9 @@ from golfjax.loops import partial_rollout
 from golfjax.loops import rl
 from golfjax.models import config as config_lib
 from golfjax.models import transformer
-from golfjax.rewards.base import Problem, Task
+from golfjax.rewards.base import Problem
 from golfjax.train import step
+from tests.loops import rl_test
 
 PROMPTS = [[5, 17, 42, 9, 77, 3, 101], [64, 2], [11, 90, 33, 8, 120]]
 T, K, G = 12, 5, 4
@@ -160,19 +161,8 @@ def test_chunk_tokens_must_be_an_int_at_least_0():
         partial_rollout.generate(sampler, _refresh((params, 0)), PROMPTS, jax.random.key(0), -1)
 
 
-class _Tokenizer:
-    def encode_prompt(self, question, template_kwargs):
-        return [int(t) for t in question.split()]
-
-    def decode(self, ids):
-        return " ".join(str(int(i)) for i in ids)
-
-
-class _Task(Task):
+class _ParityTask(rl_test._Task):
     """Rewards a response by its first token's parity, so groups are mixed."""
-
-    def load(self, split):
-        raise NotImplementedError
 
     def score(self, problem, response):
         return float(int(response.split()[0]) % 2)
@@ -180,9 +170,8 @@ class _Task(Task):
 
 def test_one_chunk_samples_what_sample_samples():
     _, params, _, sampler = _model("tiny")
-    source = rl.GroupSource(sampler, _Task(), _Tokenizer(), rl.advantage_fn("grpo"))
-    problems = [Problem(id=i, question=" ".join(map(str, p)), answer="")
-                for i, p in enumerate(PROMPTS)]
+    source = rl.GroupSource(sampler, _ParityTask(), rl_test._Tokenizer(), rl.advantage_fn("grpo"))
+    problems = [Problem(id=i, question=str(p[0]), answer="") for i, p in enumerate(PROMPTS)]
     key = jax.random.key(9)
     batch, info = source.sample(params, problems, key)
     for chunk in (0, T, T + 3):
