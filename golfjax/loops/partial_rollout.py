@@ -120,7 +120,9 @@ def _join(calls: Sequence[Rollout], cap: int, pad_id: int) -> Rollout:
 
 
 def _with_cfg(sampler: Any, cfg: sampling.SamplingConfig) -> Any:
-    """A sampler of the same model and mesh with config `cfg` (shared programs)."""
+    """A sampler of the same model and mesh with config `cfg` (`make_sampler`'s,
+    so its programs are shared across calls; the default rule table, as
+    golfjax/components.py builds every sampler)."""
     if cfg == sampler.cfg:
         return sampler
     return sampling.make_sampler(sampler.model_config, cfg, sampler.mesh)

@@ -88,7 +88,6 @@ def _check_layout(r, n, stop_ids):
     assert {1, 2, 3} <= set((-(-r.length_N // K)).tolist())
 
 
-@pytest.mark.slow  # ~35 s on 2 loaded cores: the sampler's and trainer's compiles.
 def test_constant_weights_give_the_trainers_log_probs():
     config, params, _, sampler = _model("tiny")
     refresh = _refresh((params, 7))
@@ -139,7 +138,6 @@ def test_a_weight_change_between_chunks_gives_the_new_weights_log_probs():
     _check_two_versions(config, params_a, params_b, out)
 
 
-@pytest.mark.slow  # ~35 s: the MoE model's compiles.
 def test_moe_routes_are_those_of_each_rows_newest_weights():
     config, params_a, params_b, sampler = _model("tiny_qwen3_moe")
     out = partial_rollout.generate(sampler, _refresh((params_a, 0), (params_b, 1)), PROMPTS,
