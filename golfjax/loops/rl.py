@@ -4,7 +4,8 @@ Letters (golfjax/types.py): B prompts, G samples per prompt, N = B * G rows,
 P prompt tokens, T response tokens.
 
 `GroupSource.sample(params, problems, key) -> (batch, metrics)` is the batch
-source of the GRPO baseline; golfjax/loops/golf.py's `GolfSource` adds
+source of the GRPO baseline (`sample_partial`: the same batch generated in chunks
+under the newest weights, golfjax/loops/partial_rollout.py); golfjax/loops/golf.py's `GolfSource` adds
 critiques, refinements and injection between scoring and the batch, and
 golfjax/loops/schedule.py decides when a source samples and how its batches
 become optimizer steps. `Evaluator` measures held-out accuracy and pass@k.
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 
 from golfjax import advantages as advantages_lib
-from golfjax import sharding
+from golfjax.loops import partial_rollout
 from golfjax.rewards.base import Problem
 from golfjax.rewards.base import Task
 from golfjax.sampling import Rollout
@@ -68,39 +69,21 @@ def sample_groups(
 
     More prompts than the sampler's largest batch bucket
     (`sampling.prompts_per_call`) are sampled in calls of that many, call i
-    with `fold_in(key, i)`, and joined (prompts left-padded to the longest).
+    with `fold_in(key, i)`, and joined (`partial_rollout.generate_host`).
     """
-    prompts, cap = list(prompts), sampler.cfg.batch_buckets[-1]
-    # Every process gets the whole rollout (gathered when it spans processes).
-    calls = [sharding.global_to_host(sampler.generate(
-        params, prompts[i:i + cap], key if len(prompts) <= cap else jax.random.fold_in(key, i // cap)))
-        for i in range(0, len(prompts), cap)]
-    rollout = calls[0] if len(calls) == 1 else _join(calls, cap, sampler.cfg.pad_id)
+    rollout = partial_rollout.generate_host(sampler, params, prompts, key)
+    return score_groups(problems, rollout, task, tokenizer)
+
+
+def score_groups(problems: Sequence[Problem], rollout: Rollout, task: Task,
+                 tokenizer: Tokenizer) -> Groups:
+    """The rollout's responses (host arrays, G per problem) decoded and scored."""
     texts = decode_responses(rollout, tokenizer)
     g = len(texts) // len(problems)
     reward_N = np.array(
         [task.score(problems[i // g], text) for i, text in enumerate(texts)], np.float32
     )
     return Groups(list(problems), rollout, texts, reward_N)
-
-
-def _join(calls: Sequence[Rollout], cap: int, pad_id: int) -> Rollout:
-    """The rollouts of consecutive calls of `cap` prompts as one (host arrays)."""
-    p = max(r.prompt_tokens_NxP.shape[1] for r in calls)
-    fields = {}
-    for field in dataclasses.fields(Rollout):
-        if getattr(calls[0], field.name) is None:  # A dense model's routes.
-            fields[field.name] = None
-            continue
-        parts = [np.asarray(getattr(r, field.name)) for r in calls]
-        if "_NxP" in field.name:  # Left padding, as the sampler pads (routes: expert 0).
-            fill = pad_id if "tokens" in field.name else 0
-            parts = [np.pad(x, ((0, 0), (p - x.shape[1], 0)) + ((0, 0),) * (x.ndim - 2),
-                            constant_values=fill) for x in parts]
-        elif field.name == "group_id_N":  # Each call numbers its prompts from 0.
-            parts = [x + i * cap for i, x in enumerate(parts)]
-        fields[field.name] = np.concatenate(parts)
-    return Rollout(**fields)
 
 
 def to_batch(
@@ -178,8 +161,21 @@ class GroupSource:
 
     def sample(self, params: Any, problems: Sequence[Problem], key: jax.Array) -> tuple[Batch, dict[str, float]]:
         """The N = B * G row batch and its metrics (rewards, "samples/generated")."""
-        groups = self.groups(params, problems, key)
-        b, g = len(problems), groups.group_size
+        return self._batch(self.groups(params, problems, key))
+
+    def sample_partial(self, refresh: partial_rollout.Refresh, problems: Sequence[Problem],
+                       key: jax.Array, chunk_tokens: int
+                       ) -> tuple[Batch, dict[str, float], np.ndarray, np.ndarray]:
+        """`sample` as a partial rollout (golfjax/loops/partial_rollout.py): chunks of
+        `chunk_tokens`, each under `refresh()`'s (params, version); also each row's
+        oldest and newest version. With one chunk and a constant `refresh`, `sample`."""
+        prompts = encode_prompts(problems, self.tokenizer, self.template_kwargs)
+        out = partial_rollout.generate(self.sampler, refresh, prompts, key, chunk_tokens)
+        groups = score_groups(problems, out.rollout, self.task, self.tokenizer)
+        return (*self._batch(groups), out.version_min_N, out.version_max_N)
+
+    def _batch(self, groups: Groups) -> tuple[Batch, dict[str, float]]:
+        b, g = len(groups.problems), groups.group_size
         batch = to_batch(groups.rollout, groups.reward_N, np.repeat(np.arange(b), g), self.advantage)
         info = group_metrics(groups.reward_BxG())
         info["samples/generated"] = float(b * g)
