@@ -39,6 +39,7 @@ from golfjax.data.iterator import EpochIterator
 from golfjax.loops import cold_start as cold_start_lib
 from golfjax.loops import golf as golf_lib
 from golfjax.loops import rl as rl_lib
+from golfjax.loops import async_rollout
 from golfjax.loops import rollout_worker
 from golfjax.loops import schedule as schedule_lib
 from golfjax.losses import LossConfig
@@ -225,7 +226,8 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
     if worker_mesh is not None:
         worker_sampler = Sampler(model_config, sampling_config(cfg.sampling, tokenizer, worker_mesh), worker_mesh)
         worker_source = source.with_sampler(worker_sampler)
-    schedule = schedule_lib.RolloutSchedule(
+    schedule_cls = async_rollout.AsyncRolloutSchedule if cfg.schedule.async_rollout else schedule_lib.RolloutSchedule
+    schedule = schedule_cls(
         cfg.schedule, trainer=trainer, source=source, problems=train_problems,
         key=jax.random.PRNGKey(cfg.seed), recompute_old_logp=cfg.train.recompute_old_logp,
         worker_source=worker_source, worker_mesh=worker_mesh,
