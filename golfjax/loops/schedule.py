@@ -142,7 +142,7 @@ class RolloutSchedule:
     """
 
     def __init__(self, cfg: ScheduleSection, *, trainer: Trainer, source: BatchSource,
-                 problems: Sequence[Problem], recompute_old_logp: bool, **_: Any) -> None:
+                 problems: Sequence[Problem], recompute_old_logp: bool) -> None:
         self.cfg = cfg
         self.trainer = trainer
         self.source = source

@@ -64,11 +64,11 @@ class _Source:
 
 
 def _loop(trainer, cfg, build, **kwargs):
-    cls = async_lib.AsyncRolloutSchedule if cfg.schedule.async_rollout else schedule_lib.RolloutSchedule
-    return cls(
-        cfg.schedule, trainer=trainer, source=_Source(build), problems=PROBLEMS,
-        key=jax.random.PRNGKey(0), recompute_old_logp=cfg.train.recompute_old_logp, **kwargs,
-    )
+    args = dict(trainer=trainer, source=_Source(build), problems=PROBLEMS,
+                recompute_old_logp=cfg.train.recompute_old_logp)
+    if not cfg.schedule.async_rollout:
+        return schedule_lib.RolloutSchedule(cfg.schedule, **args, **kwargs)
+    return async_lib.AsyncRolloutSchedule(cfg.schedule, **args, key=jax.random.PRNGKey(0), **kwargs)
 
 
 _PARAMS = []

@@ -69,7 +69,7 @@ class _Source:
 def _schedule(trainer, minibatches=1):
     return schedule_lib.RolloutSchedule(
         config_lib.ScheduleSection(minibatches=minibatches), trainer=trainer, source=_Source(),
-        problems=PROBLEMS, key=jax.random.PRNGKey(0), recompute_old_logp=True)
+        problems=PROBLEMS, recompute_old_logp=True)
 
 
 def _step(schedule, state, data, key):
