@@ -108,7 +108,8 @@ def test_smoke_run_of_each_variant(env, variant_and_overrides, tmp_path):
         assert "loss/clip_frac" in records[-1]
     samples_per_step = config.train.prompts_per_step * config.sampling.group_size
     if config.schedule.async_rollout:
-        assert all(r["schedule/lag_max"] <= config.schedule.max_ahead - 1 for r in rl)
+        max_ahead = config_lib.build(config_lib.RunConfig, config).schedule.max_ahead
+        assert all(r["schedule/lag_max"] <= max_ahead - 1 for r in rl)
         # Nothing is dropped; rollouts in flight at a checkpoint are generated again.
         assert rl[-1]["samples/generated_total"] == len(rl) * samples_per_step
     else:
