@@ -273,7 +273,7 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
     from golfjax import config as config_lib
     from golfjax import metrics as metrics_lib
     from golfjax import sharding
-    from golfjax.loops import golf as golf_lib
+    from golfjax.loops import golf_replay as replay_lib
 
     logged = metrics_lib.read_metrics(golf_workdir, "injected.jsonl")
     if not logged:
@@ -305,7 +305,7 @@ def replay(golf_workdir: str, workdir: str, config: Any, objective: str) -> list
         writer.write(0, evaluate(0))
         for record in logged:
             step, rows = record["step"], record["rows"] or []
-            batch = golf_lib.replay_batch(
+            batch = replay_lib.replay_batch(
                 rows, c.tokenizer, capacity=capacity,
                 prompt_buckets=cfg.sampling.prompt_buckets, response_len=cfg.sampling.max_new_tokens,
                 template_kwargs=dict(cfg.task.template_kwargs), supervised=objective == "sft")

@@ -2,6 +2,7 @@
 
   rl.py              GRPO-style batch source (`GroupSource`) and held-out evaluation
   golf.py            GOLF's batch source (`GolfSource`): critiques, refinements, injection
+  golf_replay.py     GOLF's injected rows as records (`injected.jsonl`) and their replay
   schedule.py        the synchronous rollout schedule (`RolloutSchedule`): k mini-batch
                      steps per rollout (staleness), for any loss
   async_rollout.py   the asynchronous schedule: a rollout producer, weight sync, throttle

@@ -35,7 +35,8 @@ and after injection, and `golf/distinct_demonstrations`, the distinct (prompt,
 response) pairs injected (with an exact-match verifier every verified
 refinement of a prompt is one string, so `n_inject > 1` repeats it). With
 `log_injected` the metrics also carry the injected rows under `INJECTED_ROWS`
-(not a scalar: the train loop writes them to `injected.jsonl`).
+(not a scalar: the train loop writes them to `injected.jsonl`; their record
+and offline replay are golfjax/loops/golf_replay.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from golfjax import feedback as critics_lib
 from golfjax.feedback import injection as injection_lib
 from golfjax.feedback import refinement as refinement_lib
 from golfjax.feedback.judge import ModelGenerateFn
+from golfjax.loops import golf_replay as replay_lib
 from golfjax.loops import rl as rl_lib
 from golfjax.rewards.base import Problem
 from golfjax.sampling import Rollout
@@ -164,14 +166,14 @@ class GolfSource:
             _response_arrays(refined.rollout, refined.reward_N), group_size=g,
         )
         parts = self._combine(groups.rollout, refined.rollout, injected, refined.reward_N, g)
-        rows = injected_rows(problems, parts[0], injected.injected_N, g)
+        rows = replay_lib.injected_rows(problems, parts[0], injected.injected_N, g)
         info = {
             **rl_lib.group_metrics(reward_BxG, "reward_pre_injection"),
             **rl_lib.group_metrics(injected.arrays["reward_N"].reshape(b, g), "reward"),
             **rl_lib.group_metrics(refined_BxG, "refinement"),
             "golf/injection_rate": len({i.prompt_index for i in plan}) / b,
             "golf/injected_samples": float(injected.injected_N.sum()),
-            "golf/distinct_demonstrations": float(distinct_demonstrations(rows)),
+            "golf/distinct_demonstrations": float(replay_lib.distinct_demonstrations(rows)),
             "golf/refinable_frac": float(refinable_B.mean()),
             "golf/refinement_success": float((refined_BxG >= 1.0)[refinable_B].mean())
             if refinable_B.any() else 0.0,
@@ -220,81 +222,6 @@ class GolfSource:
             group_id_N=group_id[n:],
         )
         return original_part, refinement_part
-
-
-def injected_rows(problems: Sequence[Problem], original: Batch, injected_N: np.ndarray,
-                  g: int) -> list[dict[str, Any]]:
-    """Each injected row of the original part as plain data: its problem
-    (`problem_id`, `question`), response token ids and advantage; what the
-    offline replay trains on (benchmarks/golf_vs_grpo.py)."""
-    rows = []
-    for i in np.flatnonzero(injected_N):
-        problem = problems[i // g]
-        mask = np.asarray(original.response_mask_NxT[i])
-        rows.append({
-            "problem_id": int(problem.id),
-            "question": problem.question,
-            "response": np.asarray(original.tokens_NxT[i])[mask].tolist(),
-            "advantage": float(original.advantage_N[i]),
-        })
-    return rows
-
-
-def replay_batch(
-    rows: Sequence[dict[str, Any]],
-    tokenizer: Tokenizer,
-    *,
-    capacity: int,
-    prompt_buckets: Sequence[int],
-    response_len: int,
-    template_kwargs: dict[str, Any] | None = None,
-    supervised: bool = False,
-) -> Batch:
-    """`injected_rows` records (`injected.jsonl`) as a train batch of `capacity` rows.
-
-    Each row's prompt is its question, templated as the rollout templates it;
-    its response the logged tokens. By default every response token is
-    off-policy with the logged advantage (the train step applies
-    `train.off_policy_loss` to them alone); `supervised` makes them on-policy
-    with advantage 1 (supervised learning under REINFORCE). Rows beyond the
-    records are empty (no token: they count nowhere), so every step of a replay
-    has one shape.
-
-    Raises:
-      ValueError: more records than `capacity`, or a response longer than
-        `response_len`.
-    """
-    if len(rows) > capacity:
-        raise ValueError(f"replay_batch: {len(rows)} rows do not fit capacity={capacity}")
-    prompts = [tokenizer.encode_prompt(r["question"], template_kwargs or {}) for r in rows]
-    longest = max([len(p) for p in prompts], default=1)
-    p = next((b for b in prompt_buckets if b >= longest), longest)
-    prompt_tokens_NxP = np.full((capacity, p), tokenizer.pad_id, np.int32)
-    prompt_mask_NxP = np.zeros((capacity, p), bool)
-    tokens_NxT = np.full((capacity, response_len), tokenizer.pad_id, np.int32)
-    mask_NxT = np.zeros((capacity, response_len), bool)
-    advantage_N = np.zeros(capacity, np.float32)
-    for i, (row, prompt) in enumerate(zip(rows, prompts)):
-        response = row["response"]
-        if len(response) > response_len:
-            raise ValueError(f"replay_batch: row {i} has {len(response)} response tokens;"
-                             f" response_len={response_len}")
-        prompt_tokens_NxP[i, p - len(prompt):] = prompt
-        prompt_mask_NxP[i, p - len(prompt):] = True
-        tokens_NxT[i, :len(response)] = response
-        mask_NxT[i, :len(response)] = True
-        advantage_N[i] = 1.0 if supervised else row["advantage"]
-    return make_batch(
-        prompt_tokens_NxP=prompt_tokens_NxP, prompt_mask_NxP=prompt_mask_NxP, tokens_NxT=tokens_NxT,
-        response_mask_NxT=mask_NxT, behaviour_logp_NxT=np.zeros((capacity, response_len), np.float32),
-        advantage_N=advantage_N, reward_N=(advantage_N != 0).astype(np.float32),
-        off_policy_mask_NxT=None if supervised else mask_NxT,
-    )
-
-
-def distinct_demonstrations(rows: Sequence[dict[str, Any]]) -> int:
-    """How many distinct (question, response) pairs `injected_rows` holds."""
-    return len({(r["question"], tuple(r["response"])) for r in rows})
 
 
 def _response_arrays(rollout: Rollout, reward_N: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Tests for golfjax/loops/golf.py: GOLF's batch source on the tiny model."""
+"""Tests for golfjax/loops/golf.py (GOLF's batch source on the tiny model) and
+golfjax/loops/golf_replay.py (its injected rows and their replay)."""
 
 import dataclasses
 
@@ -10,6 +11,7 @@ from experiments.configs import golf as golf_config
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax.loops import golf as golf_lib
+from golfjax.loops import golf_replay as replay_lib
 from golfjax.loops import rl as rl_lib
 from golfjax.types import concat_parts
 
@@ -114,10 +116,10 @@ def test_knobs_zero_the_failures_of_injected_groups_or_the_refinement_groups():
 
 def test_injected_rows_are_the_refinements_as_trained():
     (original, _), injected, problems = _synthetic_batch()
-    rows = golf_lib.injected_rows(problems, original, injected.injected_N, 4)
+    rows = replay_lib.injected_rows(problems, original, injected.injected_N, 4)
     # Refinement sample 1 of prompt 0 (row 1: tokens 103-105, a 2-token response).
     assert rows == [{"problem_id": 7, "question": "Reverse ab", "response": [103, 104], "advantage": 0.75}]
-    assert golf_lib.distinct_demonstrations(rows + rows + [{**rows[0], "question": "Reverse cd"}]) == 2
+    assert replay_lib.distinct_demonstrations(rows + rows + [{**rows[0], "question": "Reverse cd"}]) == 2
 
 
 def test_replay_batch_trains_logged_rows_alone_as_the_rollout_prompted_them(run):
@@ -127,7 +129,7 @@ def test_replay_batch_trains_logged_rows_alone_as_the_rollout_prompted_them(run)
             for i, p in enumerate(problems)]
     kwargs = dict(capacity=4, prompt_buckets=cfg.sampling.prompt_buckets, response_len=5,
                   template_kwargs=dict(cfg.task.template_kwargs))
-    batch = golf_lib.replay_batch(rows, c.tokenizer, **kwargs)
+    batch = replay_lib.replay_batch(rows, c.tokenizer, **kwargs)
     prompts = rl_lib.encode_prompts(problems, c.tokenizer, cfg.task.template_kwargs)
     for i, (row, prompt) in enumerate(zip(rows, prompts)):
         # Left-padded prompt as the rollout encodes it, the logged response right-padded.
@@ -136,10 +138,10 @@ def test_replay_batch_trains_logged_rows_alone_as_the_rollout_prompted_them(run)
     np.testing.assert_array_equal(batch.off_policy_mask_NxT, batch.response_mask_NxT)
     np.testing.assert_array_equal(batch.response_mask_NxT.sum(axis=1), [3, 2, 0, 0])  # Empty rows count nowhere.
     np.testing.assert_allclose(batch.advantage_N, [0.75, 0.75, 0, 0])
-    sft = golf_lib.replay_batch(rows, c.tokenizer, supervised=True, **kwargs)
+    sft = replay_lib.replay_batch(rows, c.tokenizer, supervised=True, **kwargs)
     assert not np.asarray(sft.off_policy_mask_NxT).any()
     np.testing.assert_allclose(sft.advantage_N, [1, 1, 0, 0])
     with pytest.raises(ValueError, match="capacity=1"):
-        golf_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "capacity": 1})
+        replay_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "capacity": 1})
     with pytest.raises(ValueError, match="row 0 has 3 response tokens"):
-        golf_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "response_len": 2})
+        replay_lib.replay_batch(rows, c.tokenizer, **{**kwargs, "response_len": 2})
