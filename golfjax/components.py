@@ -40,6 +40,7 @@ from golfjax.data.iterator import EpochIterator
 from golfjax.loops import cold_start as cold_start_lib
 from golfjax.loops import golf as golf_lib
 from golfjax.loops import rl as rl_lib
+from golfjax.loops import async_rollout
 from golfjax.loops import rollout_worker
 from golfjax.loops import schedule as schedule_lib
 from golfjax.losses import LossConfig
@@ -86,7 +87,7 @@ class Components:
     trainer: Trainer
     cold_start_trainer: Trainer | None
     source: rl_lib.GroupSource | golf_lib.GolfSource
-    schedule: schedule_lib.RolloutSchedule
+    schedule: schedule_lib.RolloutSchedule  # Or its asynchronous subclass.
     evaluator: rl_lib.Evaluator
     cold_start: cold_start_lib.ColdStart | None
 
@@ -226,11 +227,14 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
     if worker_mesh is not None:
         worker_sampler = Sampler(model_config, sampling_config(cfg.sampling, tokenizer, worker_mesh), worker_mesh)
         worker_source = source.with_sampler(worker_sampler)
-    schedule = schedule_lib.RolloutSchedule(
-        cfg.schedule, trainer=trainer, source=source, problems=train_problems,
-        key=jax.random.PRNGKey(cfg.seed), recompute_old_logp=cfg.train.recompute_old_logp,
-        worker_source=worker_source, worker_mesh=worker_mesh,
-    )
+    schedule_args = dict(trainer=trainer, source=source, problems=train_problems,
+                         recompute_old_logp=cfg.train.recompute_old_logp)
+    if cfg.schedule.async_rollout:
+        schedule = async_rollout.AsyncRolloutSchedule(
+            cfg.schedule, **schedule_args, key=jax.random.PRNGKey(cfg.seed), worker_source=worker_source,
+            worker_mesh=worker_mesh)
+    else:
+        schedule = schedule_lib.RolloutSchedule(cfg.schedule, **schedule_args)
     evaluator = rl_lib.Evaluator(
         Sampler(model_config, eval_sampling(cfg, sampling), mesh),
         test_problems, task, tokenizer, batch_size=cfg.train.prompts_per_step,

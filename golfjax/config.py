@@ -365,24 +365,38 @@ class GolfSection:
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleSection:
-    """How rollouts feed optimizer steps (golfjax/loops/schedule.py), for any `train.loss`.
+    """How rollouts feed optimizer steps, for any `train.loss`.
 
-    A rollout samples `minibatches` mini-batches of `train.prompts_per_step`
-    prompts each with one policy, and trains them in order, one optimizer step
-    each; mini-batch j (1-based) is trained by a policy j - 1 steps ahead of
-    the one that sampled it (VESPO's staleness setting is `minibatches`).
-    `minibatches = 1` is on-policy training. `train.steps` counts optimizer
-    steps and must be a multiple of `minibatches`.
+    Synchronous (golfjax/loops/schedule.py): a rollout samples `minibatches`
+    mini-batches of `train.prompts_per_step` prompts each with one policy, and
+    trains them in order, one optimizer step each; mini-batch j (1-based) is
+    trained by a policy j - 1 steps ahead of the one that sampled it (VESPO's
+    staleness setting is `minibatches`). `minibatches = 1` is on-policy
+    training. `train.steps` counts optimizer steps and must be a multiple of
+    `minibatches`.
+
+    Asynchronous (`async_rollout`, golfjax/loops/async_rollout.py): rollouts
+    are produced while the learner trains, by the weights published every
+    `sync_every` learner steps; production pauses once it is
+    `(1 + staleness_threshold) * sync_every` mini-batches ahead of what the
+    learner had consumed at the last sync (nothing is dropped). The defaults
+    are VESPO's released fully-async script (verl's
+    recipe/fully_async_policy: trigger_parameter_sync_step=4,
+    staleness_threshold=1.0, partial_rollout=True).
     """
 
     minibatches: int = 1
-    # A worker thread samples with a parameter snapshot while the learner trains.
+    # Rollouts are produced on another thread (or process group) while the learner trains.
     async_rollout: bool = False
-    sync_every: int = 1  # Async: learner steps between parameter snapshots.
-    # Async: a rollout whose first mini-batch would be trained more than this
-    # many steps after its sampling policy is dropped (>= sync_every - 1).
-    max_staleness: int = 4
-    queue_size: int = 2  # Async: finished rollouts the worker may hold ahead.
+    sync_every: int = 4  # Async: learner steps between weight syncs.
+    # Async: how far production may run ahead of the learner, in units of
+    # sync_every mini-batches beyond one sync's worth (the throttle).
+    staleness_threshold: float = 1.0
+    # Async: a generation in flight at a weight sync continues under the new
+    # weights (each token's behaviour log-prob from the weights that made it).
+    partial_rollout: bool = True
+    # Async partial rollouts: decode steps between weight checks (0: whole responses).
+    rollout_chunk_tokens: int = 0
     # Async: the last `rollout_devices` devices sample, the others train (0: shared).
     rollout_devices: int = 0
 
@@ -390,12 +404,17 @@ class ScheduleSection:
         _check(self, {
             "minibatches": (self.minibatches >= 1, ">= 1"),
             "sync_every": (self.sync_every >= 1, ">= 1"),
-            "max_staleness": (self.max_staleness >= self.sync_every - 1,
-                              f">= sync_every - 1 = {self.sync_every - 1}"),
-            "queue_size": (self.queue_size >= 1, ">= 1"),
+            "staleness_threshold": (0 <= self.staleness_threshold < float("inf"), ">= 0 and finite"),
+            "rollout_chunk_tokens": (self.rollout_chunk_tokens >= 0, ">= 0 (0: whole responses)"),
             "rollout_devices": (self.rollout_devices >= 0 and not (self.rollout_devices and not self.async_rollout),
                                 ">= 0, and 0 unless async_rollout (only the worker samples on devices of its own)"),
         })
+
+    @property
+    def max_ahead(self) -> int:
+        """The throttle: mini-batches production may hold beyond what the
+        learner had consumed at the last weight sync."""
+        return max(1, math.ceil((1 + self.staleness_threshold) * self.sync_every))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -549,10 +568,19 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
         raise ValueError(
             f"config.model.routing_replay={cfg.model.routing_replay!r} needs config.golf.enabled=False:"
             " GOLF's refinements are sampled under other prompts, so no route of theirs replays")
-    if cfg.schedule.async_rollout and process_count > 1:  # Each worker would drop rollouts on its own timing.
+    if cfg.schedule.async_rollout and process_count > 1:  # The single-process channel's thread.
         raise ConfigError(
             f"config.schedule.async_rollout=True does not support multi-process runs ({process_count}"
             " processes); use the synchronous schedule (config.schedule.minibatches)")
+    partial = cfg.schedule.async_rollout and cfg.schedule.partial_rollout
+    if partial and cfg.golf.enabled:
+        raise ConfigError(
+            "config.schedule.partial_rollout=True needs config.golf.enabled=False (GOLF's source samples whole"
+            " rollouts); set config.schedule.partial_rollout=False")
+    if partial and cfg.train.recompute_old_logp:
+        raise ConfigError(
+            "config.schedule.partial_rollout=True needs config.train.recompute_old_logp=False: no single policy"
+            " version sampled a partial rollout, so old_logp is the sampler's per-token log-prob")
     from golfjax.rewards import make_task  # The tasks check their own arguments.
 
     kwargs = {"config.task.kwargs": cfg.task.task_kwargs()}

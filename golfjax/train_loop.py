@@ -28,9 +28,11 @@ reference checkpoint's architecture) runs before the lock is taken, so a
 refused run writes nothing.
 
 Phases: an optional supervised cold start (`cold_start.steps` steps,
-golfjax/loops/cold_start.py), then `train.steps` RL optimizer steps, each one
-`RolloutSchedule.step` (golfjax/loops/schedule.py) over the run's batch source
-(golfjax/loops/rl.py or golfjax/loops/golf.py). Step numbers are global: RL
+golfjax/loops/cold_start.py), then `train.steps` RL optimizer steps, each the
+train step on the schedule's `next_batch` (golfjax/loops/schedule.py, or
+golfjax/loops/async_rollout.py) over the run's batch source
+(golfjax/loops/rl.py or golfjax/loops/golf.py); RL checkpoints are taken
+where the schedule's `checkpoint_now` allows. Step numbers are global: RL
 step s is `cold_start.steps + s`. Every `eval.every` RL steps (and where RL
 starts, and after the last step) the policy is evaluated on the held-out split.
 """
@@ -233,8 +235,7 @@ def _train_locked(
         }
 
     def evaluate(params: Any, step: int) -> dict[str, float]:
-        # An asynchronous rollout worker may be sampling on the same devices.
-        with c.schedule.device_lock:
+        with c.schedule.device_programs():
             return c.evaluator(params, jax.random.fold_in(jax.random.fold_in(rng, step), 2))
 
     # ------------------------------------------------------------ metrics
@@ -250,7 +251,7 @@ def _train_locked(
     last: dict[str, float] = {}
 
     # ------------------------------------------------------------ loop
-    # The schedule, a context manager, stops its rollout worker with the run.
+    # The schedule, a context manager, stops an asynchronous producer with the run.
     injected_closing = contextlib.closing(injected_log) if injected_log else contextlib.nullcontext()
     with contextlib.closing(writer), injected_closing, preemption_flag() as preempted, c.schedule:
         if found is None and cold_steps == 0:
@@ -267,7 +268,10 @@ def _train_locked(
                     if kl and not cfg.train.ref_path:  # RL's starting parameters, kept for resumes.
                         c.schedule.use_reference(reference_lib.copy(state.params))
                         reference_lib.save(workdir, c.schedule.reference)
-                state, last = c.schedule.step(state, rl_data, jax.random.fold_in(rng, step))
+                batch, info = c.schedule.next_batch(state, rl_data, jax.random.fold_in(rng, step))
+                with c.schedule.device_programs():
+                    state, metrics = c.trainer.step(state, batch)
+                last = {**metrics_lib.to_scalars(metrics), **info}
                 injected = last.pop(golf_lib.INJECTED_ROWS, None)
                 if injected_log is not None:
                     injected_log.write(step + 1, {"rows": injected})
@@ -294,10 +298,12 @@ def _train_locked(
             force = stop or step == total
             if step <= cold_steps:
                 ckpt.save(step, state, data_state(), config_dict, force=force)
-            elif c.schedule.save_point(step, force=force, every=cfg.checkpoint.every):
-                # Between rollouts only: nothing half-trained to save.
-                ckpt.save(step, state, data_state(), config_dict, force=True)
-            if stop and c.schedule.at_boundary:
+                ready = True
+            else:  # Between rollouts only: nothing half-trained to save.
+                ready = c.schedule.checkpoint_now(step, force=force, every=cfg.checkpoint.every)
+                if ready:
+                    ckpt.save(step, state, data_state(), config_dict, force=True)
+            if stop and ready:
                 say(f"stopped by {getattr(preempted, 'name', '') or 'a stop request'} at step {step} of {total},"
                     " with a checkpoint; run the same command again to resume")
                 break

@@ -190,17 +190,16 @@ def test_a_damaged_checkpoint_from_the_command_line_is_one_short_error(tmp_path)
 
 def _interrupt_during(monkeypatch, step, signals):
     """Sends `signals` to this process during the RL step that ends at `step`."""
-    rl_step = schedule_lib.RolloutSchedule.step
+    next_batch = schedule_lib.RolloutSchedule.next_batch
 
-    def step_and_signal(self, state, data, key):
-        ends = int(state.step) + 1  # Read first: the step donates `state`.
-        out = rl_step(self, state, data, key)
-        if ends == step:
+    def next_batch_and_signal(self, state, data, key):
+        out = next_batch(self, state, data, key)
+        if int(state.step) + 1 == step:
             for signum in signals:
                 os.kill(os.getpid(), signum)
         return out
 
-    monkeypatch.setattr(schedule_lib.RolloutSchedule, "step", step_and_signal)
+    monkeypatch.setattr(schedule_lib.RolloutSchedule, "next_batch", next_batch_and_signal)
 
 
 def test_ctrl_c_saves_the_step_and_returns_and_the_rerun_resumes(tmp_path, monkeypatch, capfd):

@@ -6,8 +6,9 @@ Variants name the loss that trains (`train.loss`, a key of
 `golfjax.losses.LOSSES`: `vespo`, `ppo_clip` (GRPO), `gspo`, `sapo`, `cispo`)
 under the synchronous rollout schedule at a staleness of
 `schedule.minibatches` optimizer steps per rollout, or `async` (the VESPO loss with fully
-asynchronous rollout: sampler log-probs, weights synced every step, rollouts
-more than 4 steps behind dropped), or `golf` (GOLF's batches, with
+asynchronous rollout in the released script's regime: sampler log-probs,
+weights synced every 4 steps, production throttled by staleness_threshold 1.0,
+partial rollouts), or `golf` (GOLF's batches, with
 refinements and injection, trained by the VESPO loss at that staleness), or
 `moe` (the VESPO loss on a Qwen 3 MoE policy, in the setting of VESPO's
 released Qwen3-30B-A3B scripts; see `moe`). Options
@@ -198,22 +199,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         moe(c, options.init)
     c.train.loss = "vespo" if variant in ("async", "moe") else variant
     if variant == "async" or options.async_rollout:
-        # The paper's fully-async setting: behaviour log-probs from the sampler,
-        # a snapshot every learner step, bounded staleness.
+        # The paper's fully-async setting, the schedule's defaults (the
+        # released recipe/vespo/run/fully_async script): weights synced every
+        # 4 learner steps, production throttled at (1 + staleness_threshold
+        # 1.0) x 4 mini-batches beyond the last sync (a mini-batch trains at
+        # most 7 steps after its policy), partial rollouts, behaviour
+        # log-probs from the sampler. GOLF's batches sample whole rollouts.
         c.schedule.async_rollout = True
         c.schedule.minibatches = 1
-        c.schedule.sync_every = 1
-        c.schedule.max_staleness = 4
+        c.schedule.partial_rollout = not options.golf
         c.train.recompute_old_logp = False
         if options.task == "math":
-            # The released script: weights synced every 4 steps, and up to
-            # (1 + staleness_threshold 1.0) x 4 mini-batches sampled between
-            # two syncs, so a mini-batch trains at most 7 steps after its
-            # policy; one sample per problem in evaluation.
-            c.schedule.sync_every = 4
-            c.schedule.max_staleness = 7
-            c.schedule.queue_size = 4
-            c.eval.samples = 1
+            c.eval.samples = 1  # One sample per problem in evaluation.
     if options.golf and options.task == "math":
         c.golf.enabled = True  # math()'s feedback settings are GOLF's already.
         c.sampling.prompt_buckets = common.task_config("math").sampling.prompt_buckets  # Refinement prompts.

@@ -37,6 +37,17 @@ are added over micro-batches and parts and divided once, so each is the mean
 over everything it measures in the whole batch (`loss/offpolicy_prob_mean`
 over the injected tokens, wherever they are).
 
+Off-policy statistics (`weight_sums`, `weight_stats`), for every loss and
+schedule: the sequence weight `W_i = pi(y_i) / mu(y_i)` of each row with
+on-policy response tokens, from the log-probs the step computes anyway (the
+policy about to be updated) and `old_logp` (the behaviour policy): the mean of
+`log W` (all rows and by advantage sign), its largest magnitude and the
+normalised ESS, `schedule/log_w_*` and `schedule/ess`. Sums add, the maximum is
+a maximum, and the ESS's sums of `W` and `W^2` are kept relative to the
+largest `log W` seen so far, so the values are the whole batch's whatever M and
+the parts. On-policy with `old_logp` rescored by the same parameters, `log W`
+is 0 up to the two programs' rounding.
+
 Nothing non-finite reaches the train state: an update is skipped (parameters
 and optimizer state kept) when the loss or the gradient is not finite, or when
 applying it would make a parameter or an optimizer moment non-finite (e.g. a
@@ -73,6 +84,7 @@ from golfjax import losses as losses_lib
 from golfjax import sharding as sharding_lib
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
+from golfjax.losses import importance
 from golfjax.losses import kl as kl_lib
 from golfjax.losses import reduce
 from golfjax.models import moe as moe_lib
@@ -178,6 +190,70 @@ def _safe_div(x: jax.Array, count: jax.Array) -> jax.Array:
     return jnp.where(count > 0, x / jnp.where(count > 0, count, 1.0), 0.0)
 
 
+def weight_sums(logp_NxT: jax.Array, batch: Batch, clip: float) -> dict[str, jax.Array]:
+    """One (micro-)batch's sums for the off-policy statistics (`weight_stats`).
+
+    `s_i = log W_i`, `W_i = pi(y_i) / mu(y_i)` of each row with an on-policy
+    response token: `logp` (the policy about to be updated) against `old_logp`
+    (the behaviour policy), as `importance.sequence_log_weight` clips it
+    (without TIS). `w_sum` and `w_sq_sum` are `sum exp(s - shift)` and
+    `sum exp(2 (s - shift))` with `shift` the largest `s` (-inf without rows),
+    so that they add over micro-batches without overflow (`combine_weight_sums`).
+    """
+    on_NxT, _ = _masks(batch)
+    s_N = jax.lax.stop_gradient(importance.sequence_log_weight(logp_NxT, batch.old_logp_NxT, on_NxT, clip))
+    rows_N = on_NxT.any(axis=-1)
+    pos_N = rows_N & (batch.advantage_N >= 0)
+    neg_N = rows_N & ~pos_N
+
+    def total(x_N: jax.Array, where_N: jax.Array) -> jax.Array:
+        return jnp.where(where_N, x_N, 0.0).sum().astype(jnp.float32)
+
+    shift = jnp.max(jnp.where(rows_N, s_N, -jnp.inf)).astype(jnp.float32)
+    w_N = jnp.where(rows_N, jnp.exp(s_N - jnp.where(jnp.isfinite(shift), shift, 0.0)), 0.0)
+    return {
+        "rows": total(jnp.ones_like(s_N), rows_N), "log_w": total(s_N, rows_N),
+        "pos_rows": total(jnp.ones_like(s_N), pos_N), "log_w_pos": total(s_N, pos_N),
+        "neg_rows": total(jnp.ones_like(s_N), neg_N), "log_w_neg": total(s_N, neg_N),
+        "abs_max": jnp.max(jnp.where(rows_N, jnp.abs(s_N), 0.0)).astype(jnp.float32),
+        "shift": shift, "w_sum": total(w_N, rows_N), "w_sq_sum": total(w_N**2, rows_N),
+    }
+
+
+def combine_weight_sums(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """`weight_sums` of two sets of rows -> those of their union (sums add, the
+    maximum is a maximum, the shifted exponential sums are rescaled to the
+    larger shift)."""
+    out = {k: a[k] + b[k] for k in ("rows", "log_w", "pos_rows", "log_w_pos", "neg_rows", "log_w_neg")}
+    out["abs_max"] = jnp.maximum(a["abs_max"], b["abs_max"])
+    shift = jnp.maximum(a["shift"], b["shift"])
+
+    def rescale(x: dict[str, jax.Array], power: float) -> jax.Array:
+        # A side without rows (shift -inf) holds zeros: keep them, not NaN.
+        return jnp.where(jnp.isfinite(x["shift"]), jnp.exp(power * (x["shift"] - shift)), 0.0)
+
+    out["shift"] = shift
+    out["w_sum"] = a["w_sum"] * rescale(a, 1.0) + b["w_sum"] * rescale(b, 1.0)
+    out["w_sq_sum"] = a["w_sq_sum"] * rescale(a, 2.0) + b["w_sq_sum"] * rescale(b, 2.0)
+    return out
+
+
+def weight_stats(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The whole batch's off-policy statistics from its `weight_sums`: the mean
+    of `log W` (all rows, rows with `A >= 0`, rows with `A < 0`), its largest
+    magnitude, and the normalised ESS `(sum W)^2 / (n sum W^2)` in (0, 1]
+    (0 without rows)."""
+    n = sums["rows"]
+    ess = _safe_div(sums["w_sum"] ** 2, n * sums["w_sq_sum"])
+    return {
+        "schedule/log_w_mean": _safe_div(sums["log_w"], n),
+        "schedule/log_w_pos_mean": _safe_div(sums["log_w_pos"], sums["pos_rows"]),
+        "schedule/log_w_neg_mean": _safe_div(sums["log_w_neg"], sums["neg_rows"]),
+        "schedule/log_w_abs_max": sums["abs_max"],
+        "schedule/ess": ess,
+    }
+
+
 def _micro_objective(
     params: Any,
     batch: Batch,
@@ -186,14 +262,15 @@ def _micro_objective(
     cfg: TrainSection,
     loss_cfg: LossConfig,
     temperature: float,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted], jax.Array]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, reduce.Weighted], jax.Array,
+                             dict[str, jax.Array]]]:
     """This micro-batch's share of the full-batch objective.
 
-    Returns `(objective, (shares, diagnostics, off_policy))`: `shares` are this
-    micro-batch's exact parts of full-batch quantities (they add up over
-    micro-batches); `diagnostics` are the loss functions' `Weighted` pairs
-    (they add up too); `off_policy` is the off-policy term's part of
-    `objective` (`_split_objective`).
+    Returns `(objective, (shares, diagnostics, off_policy, weights))`:
+    `shares` are this micro-batch's exact parts of full-batch quantities (they
+    add up over micro-batches); `diagnostics` are the loss functions'
+    `Weighted` pairs (they add up too); `off_policy` is the off-policy term's
+    part of `objective` (`_split_objective`); `weights` its `weight_sums`.
     """
     logp_NxT, entropy_NxT, routing = compute_logprobs_routed(
         params, batch, model_config=model_config, temperature=temperature,
@@ -220,15 +297,16 @@ def _micro_objective(
         for name, value in routing_lib.mismatch_sums(routing, batch).items():
             shares[routing_lib.METRICS[name]] = jax.lax.stop_gradient(_safe_div(value, counts[name]))
     diagnostics = {f"loss/{name}": value for name, value in diagnostics.items()}
-    return objective, (shares, diagnostics, _safe_div(off_policy.sum, counts["policy"]))
+    weights = weight_sums(logp_NxT, batch, loss_cfg.log_ratio_clip)
+    return objective, (shares, diagnostics, _safe_div(off_policy.sum, counts["policy"]), weights)
 
 
 def _split_objective(*args: Any) -> tuple[jax.Array, tuple[jax.Array, Any, Any]]:
     """`_micro_objective` as two terms, `[objective - off-policy term, off-policy
     term]`, for a backward pass per term (`jax.vjp` with a one-hot cotangent).
     With the cotangent `[1, 1]` the off-policy term's two paths cancel exactly."""
-    objective, (shares, diagnostics, off_policy) = _micro_objective(*args)
-    return jnp.stack([objective - off_policy, off_policy]), (objective, shares, diagnostics)
+    objective, (shares, diagnostics, off_policy, weights) = _micro_objective(*args)
+    return jnp.stack([objective - off_policy, off_policy]), (objective, shares, diagnostics, weights)
 
 
 def _grad_shares(pieces: dict[str, Any], grads: Any) -> dict[str, jax.Array]:
@@ -303,7 +381,8 @@ def train_step(
     Returns:
       The next state and scalar metrics: `loss`, `loss/policy` (and `loss/kl`),
       the loss functions' diagnostics under `loss/`, `entropy`, `grad_norm`,
-      `optimizer/lr`, `train/skipped_nonfinite`, token counts; for a batch of
+      `optimizer/lr`, `train/skipped_nonfinite`, token counts, the
+      off-policy statistics `schedule/log_w_*` and `schedule/ess`; for a batch of
       parts with `cfg.grad_shares`, the norm and share of the off-policy term's
       gradient and of each part's on-policy gradient, `grad/<name>_norm` and
       `grad/<name>_share`.
@@ -337,13 +416,14 @@ def train_step(
         return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
     def micro_grads(micro_batch: Batch) -> tuple[Any, ...]:
-        """(objective, shares, diagnostics, gradient, off-policy term's gradient);
-        without `split` the second gradient is () and the first is the whole."""
+        """(objective, shares, diagnostics, weight sums, gradient, off-policy
+        term's gradient); without `split` the second gradient is () and the
+        first is the whole."""
         args = (micro_batch, counts, model_config, cfg, loss_cfg, temperature)
         if not split:
-            (objective, (s, d, _)), g = grad_fn(state.params, *args)
-            return objective, s, d, g, ()
-        _, vjp_fn, (objective, s, d) = jax.vjp(
+            (objective, (s, d, _, w)), g = grad_fn(state.params, *args)
+            return objective, s, d, w, g, ()
+        _, vjp_fn, (objective, s, d, w) = jax.vjp(
             lambda p: _split_objective(p, *args), state.params, has_aux=True)
 
         def on_and_off(_: None) -> tuple[Any, Any]:  # A second backward pass.
@@ -354,28 +434,31 @@ def train_step(
 
         has_off = jnp.any(micro_batch.response_mask_NxT & micro_batch.off_policy_mask_NxT)
         g, g_off = jax.lax.cond(has_off, on_and_off, on_only, None)
-        return objective, s, d, g, g_off
+        return objective, s, d, w, g, g_off
 
     def accumulate(carry: Any, micro_batch: Batch) -> tuple[Any, None]:
         if row_sharding is not None:
             micro_batch = jax.lax.with_sharding_constraint(micro_batch, row_sharding)
-        grads, off_grads, loss, shares, diagnostics = carry
-        objective, s, d, g, g_off = micro_grads(micro_batch)
+        grads, off_grads, loss, shares, diagnostics, weights = carry
+        objective, s, d, w, g, g_off = micro_grads(micro_batch)
         return (
             jax.tree.map(jnp.add, grads, g),
             jax.tree.map(jnp.add, off_grads, g_off),
             loss + objective,
             jax.tree.map(jnp.add, shares, s),
             jax.tree.map(jnp.add, diagnostics, d),
+            combine_weight_sums(weights, w),
         ), None
 
     first = jax.tree.map(lambda x: x[:1], parts[0])
-    _, (shares_shape, diagnostics_shape, _) = jax.eval_shape(
+    _, (shares_shape, diagnostics_shape, _, weights_shape) = jax.eval_shape(
         lambda: _micro_objective(state.params, first, counts, model_config, cfg, loss_cfg, temperature)
     )
 
     carry = (zeros(state.params), zeros(state.params) if split else (), jnp.zeros((), jnp.float32),
-             zeros(shares_shape), zeros(diagnostics_shape))
+             zeros(shares_shape), zeros(diagnostics_shape),
+             # No rows yet: a shift of -inf (`combine_weight_sums`).
+             {**zeros(weights_shape), "shift": jnp.full((), -jnp.inf, jnp.float32)})
     # One scan per part: the parts' shapes differ. With `split`, each part's
     # on-policy gradient is kept apart.
     part_grads = []
@@ -384,7 +467,7 @@ def train_step(
             carry = (zeros(state.params),) + carry[1:]
         carry, _ = jax.lax.scan(accumulate, carry, jax.tree.map(split_rows, part))
         part_grads.append(carry[0])
-    _, off_grads, loss, shares, diagnostics = carry
+    _, off_grads, loss, shares, diagnostics, weights = carry
     grads = carry[0]
     grad_pieces = {}
     if split:
@@ -412,6 +495,7 @@ def train_step(
         **shares,
         **{name: value.value for name, value in diagnostics.items()},
         **_grad_shares(grad_pieces, grads),
+        **weight_stats(weights),
         "loss": loss,
         "grad_norm": grad_norm,
         "train/skipped_nonfinite": (~finite).astype(jnp.float32),

@@ -16,6 +16,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -27,6 +28,7 @@ from golfjax.models import platform as platform_lib
 from golfjax.models import transformer
 from golfjax.config import TrainSection
 from golfjax.losses import LossConfig
+from golfjax.losses import kl as kl_lib
 from golfjax.models.config import ModelConfig
 from golfjax.train import step as step_lib
 from golfjax.train.state import OptimizerConfig
@@ -219,8 +221,21 @@ class Trainer:
         """`batch` (each part) with `ref_logp` from the reference policy (for the KL term)."""
         return _each_part(batch, lambda part: part.replace(ref_logp_NxT=self.logprobs(ref_params, part)))
 
+    def sequence_kl(self, batch: Batch) -> jax.Array:
+        """Each row's KL estimate (`train.kl_estimator`, between `old_logp` and
+        `ref_logp`) summed over its response tokens, `N` (`train.kl_in = "reward"`)."""
+        return self._maybe_block(_sequence_kl(batch.old_logp_NxT, batch.ref_logp_NxT, batch.response_mask_NxT,
+                                              self.cfg.kl_estimator))
+
     def _maybe_block(self, tree: Any) -> Any:
         return jax.block_until_ready(tree) if self._block else tree
+
+
+@functools.partial(jax.jit, static_argnames=("estimator",))
+def _sequence_kl(old_logp_NxT: jax.Array, ref_logp_NxT: jax.Array, mask_NxT: jax.Array,
+                 estimator: str) -> jax.Array:
+    kl_NxT = kl_lib.kl_penalty(old_logp_NxT, ref_logp_NxT, estimator)
+    return jnp.where(mask_NxT, kl_NxT, 0.0).sum(axis=-1)
 
 
 def _routed(batch: Batch) -> bool:

@@ -85,5 +85,6 @@ def test_paper_runs_follow_the_released_scripts(module, variant, expected):
     if variant.startswith("qwen3"):
         assert c.model.remat and c.model.preset.startswith("qwen3-")
     if "async" in variant:
-        assert (c.schedule.sync_every, c.schedule.max_staleness, c.schedule.rollout_devices) == (4, 7, 2)
+        assert (c.schedule.sync_every, c.schedule.staleness_threshold, c.schedule.rollout_devices) == (4, 1.0, 2)
+        assert c.schedule.partial_rollout and c.schedule.max_ahead == 8
         assert not c.train.recompute_old_logp

@@ -18,8 +18,10 @@ import transformers
 
 from golfjax import advantages
 from golfjax import config as config_lib
+from golfjax import metrics as metrics_lib
 from golfjax import sharding
 from golfjax.data.iterator import EpochIterator
+from golfjax.loops import async_rollout as async_lib
 from golfjax.loops import schedule as schedule_lib
 from golfjax.losses import LossConfig
 from golfjax.models import hf
@@ -67,7 +69,15 @@ class _Source:
 def _schedule(trainer, minibatches=1):
     return schedule_lib.RolloutSchedule(
         config_lib.ScheduleSection(minibatches=minibatches), trainer=trainer, source=_Source(),
-        problems=PROBLEMS, key=jax.random.PRNGKey(0), recompute_old_logp=True)
+        problems=PROBLEMS, recompute_old_logp=True)
+
+
+def _step(schedule, state, data, key):
+    """One optimizer step as the train loop takes it."""
+    batch, info = schedule.next_batch(state, data, key)
+    with schedule.device_programs():
+        state, metrics = schedule.trainer.step(state, batch)
+    return state, {**metrics_lib.to_scalars(metrics), **info}
 
 
 def _capture_batches(trainer):
@@ -96,7 +106,7 @@ def test_rl_starts_at_its_reference_so_its_first_kl_is_zero(estimator):
     schedule = _schedule(trainer, minibatches=2)
     schedule.use_reference(reference_lib.copy(state.params))
     data = EpochIterator(len(PROBLEMS), B, 0)
-    state, first = schedule.step(state, data, jax.random.PRNGKey(1))
+    state, first = _step(schedule, state, data, jax.random.PRNGKey(1))
     # The reference is the starting policy: scored by the same program as
     # old_logp, its log-probs are the behaviour policy's bit for bit.
     np.testing.assert_array_equal(batches[0].ref_logp_NxT, batches[0].old_logp_NxT)
@@ -105,7 +115,7 @@ def test_rl_starts_at_its_reference_so_its_first_kl_is_zero(estimator):
     assert abs(first["loss/kl"]) < (1e-6 if estimator == "k1" else 1e-12), first["loss/kl"]
     # One update later, the rollout's second mini-batch still measures the
     # distance to the same reference, now above that noise.
-    state, second = schedule.step(state, data, jax.random.PRNGKey(2))
+    state, second = _step(schedule, state, data, jax.random.PRNGKey(2))
     np.testing.assert_array_equal(batches[1].ref_logp_NxT, batches[1].old_logp_NxT)
     assert abs(second["loss/kl"]) > 1e-5, second["loss/kl"]
 
@@ -165,7 +175,7 @@ def test_kl_in_the_reward_lowers_each_reward_by_its_summed_kl():
     schedule.use_reference(reference_lib.copy(state.params))
     data = EpochIterator(len(PROBLEMS), B, 0)
     for s in range(3):  # The reference and the policy part after the first update.
-        state, metrics = schedule.step(state, data, jax.random.PRNGKey(10 + s))
+        state, metrics = _step(schedule, state, data, jax.random.PRNGKey(10 + s))
     assert "loss/kl" not in metrics  # The term is in the rewards, not the loss.
     batch = batches[-1]
     mask = batch.response_mask_NxT
@@ -222,15 +232,15 @@ def test_asynchronous_rollouts_come_scored_by_the_reference_and_rewarded_with_it
     batches = _capture_batches(trainer)
     state = trainer.init_state(_params(), 0)
     reference = reference_lib.copy(state.params)
-    schedule = schedule_lib.RolloutSchedule(
-        config_lib.ScheduleSection(async_rollout=True, max_staleness=4), trainer=trainer, source=_Source(),
+    schedule = async_lib.AsyncRolloutSchedule(
+        config_lib.ScheduleSection(async_rollout=True, partial_rollout=False), trainer=trainer, source=_Source(),
         problems=PROBLEMS, key=jax.random.PRNGKey(0), recompute_old_logp=True)
     schedule.use_reference(reference)
     data = EpochIterator(len(PROBLEMS), B, 0)
     with schedule:
         for s in range(3):
-            state, metrics = schedule.step(state, data, jax.random.PRNGKey(20 + s))
-        schedule.save_point(3, force=True, every=100)  # Stops the worker.
+            state, metrics = _step(schedule, state, data, jax.random.PRNGKey(20 + s))
+        schedule.checkpoint_now(3, force=True, every=100)  # Stops the producer.
     for batch in batches:
         expected = trainer.logprobs(reference, trainer.put_batch(batch))
         np.testing.assert_array_equal(batch.ref_logp_NxT, np.asarray(expected))

@@ -91,7 +91,7 @@ def _measured(setup):
                 _, mb_aux = losses.LOSSES[loss](
                     mb_logp, mb.old_logp_NxT, mb.advantage_N, on_NxT, cfg, mb.behaviour_logp_NxT)
                 ess.append((_value(mb_aux["ess"]), float(on_NxT.any(axis=1).sum())))
-    return metrics, whole, ess
+    return metrics, whole, ess, (logp, parts)
 
 
 def _value(diagnostic):
@@ -101,10 +101,57 @@ def _value(diagnostic):
 
 @pytest.mark.parametrize("setup, name", [(s, n) for s, (_, names) in SETUPS.items() for n in names])
 def test_each_diagnostic_is_the_mean_over_what_it_measures(setup, name):
-    metrics, whole, ess = _measured(setup)
+    metrics, whole, ess, _ = _measured(setup)
     if name == "ess":
         expected = sum(e * rows for e, rows in ess) / sum(rows for _, rows in ess)
         assert len({c for _, c in ess}) > 1  # Uneven micro-batches: a plain mean would differ.
     else:
         expected = whole[name]
     np.testing.assert_allclose(metrics[f"loss/{name}"], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_weight_statistics_are_the_whole_batchs_in_float64(setup):
+    # The step's `schedule/log_w_*` and `schedule/ess` (any loss) against a
+    # float64 NumPy reference over all rows of both parts at once: sums over
+    # the micro-batches and parts, a maximum, and the ESS's (sum W)^2 / (n sum W^2).
+    metrics, _, _, (logp, parts) = _measured(setup)
+    clip = LossConfig().log_ratio_clip
+    logp_NxT = np.concatenate(logp).astype(np.float64)
+    old_NxT = np.concatenate([p.old_logp_NxT for p in parts]).astype(np.float64)
+    adv_N = np.concatenate([p.advantage_N for p in parts])
+    on_NxT = np.concatenate([p.response_mask_NxT & ~p.off_policy_mask_NxT for p in parts])
+    s_N = np.clip(np.where(on_NxT, np.clip(logp_NxT - old_NxT, -clip, clip), 0.0).sum(axis=1), -clip, clip)
+    rows_N = on_NxT.any(axis=1)
+    assert 0 < rows_N.sum() < len(rows_N)  # The fully injected rows are not counted.
+    s, pos = s_N[rows_N], adv_N[rows_N] >= 0
+    w = np.exp(s)
+    expected = {
+        "schedule/log_w_mean": s.mean(), "schedule/log_w_pos_mean": s[pos].mean(),
+        "schedule/log_w_neg_mean": s[~pos].mean(), "schedule/log_w_abs_max": np.abs(s).max(),
+        "schedule/ess": w.sum() ** 2 / (len(w) * (w**2).sum()),
+    }
+    assert expected["schedule/ess"] < 0.9
+    for name, value in expected.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_weight_sums_combine_without_overflow_or_empty_sides():
+    # Log-weights near the clip (exp(2 * 80) overflows float32) and a side
+    # without rows: the combined ESS is the float64 one.
+    from golfjax.train import step as step_lib
+    s = np.array([80.0, 79.0, -80.0, 0.5])
+    sums = []
+    for rows in (s[:2], s[2:], s[:0]):
+        shift = rows.max() if len(rows) else -np.inf
+        w = np.exp(rows - (shift if len(rows) else 0.0))
+        sums.append({k: np.float32(v) for k, v in {
+            "rows": len(rows), "log_w": rows.sum(), "pos_rows": 0, "log_w_pos": 0, "neg_rows": 0,
+            "log_w_neg": 0, "abs_max": np.abs(rows).max(initial=0), "shift": shift,
+            "w_sum": w.sum(), "w_sq_sum": (w**2).sum()}.items()})
+    combined = functools.reduce(step_lib.combine_weight_sums, [sums[2], sums[0], sums[2], sums[1]])
+    stats = step_lib.weight_stats(combined)
+    w = np.exp(s - s.max())
+    np.testing.assert_allclose(stats["schedule/ess"], w.sum() ** 2 / (4 * (w**2).sum()), rtol=1e-5)
+    np.testing.assert_allclose(stats["schedule/log_w_mean"], s.mean(), rtol=1e-6)
+    assert stats["schedule/log_w_abs_max"] == 80.0
