@@ -34,6 +34,7 @@ import jax
 
 from golfjax import config as config_lib
 from golfjax import feedback as critics_lib
+from golfjax import process_groups as groups
 from golfjax import sharding
 from golfjax.data.iterator import EpochIterator
 from golfjax.loops import cold_start as cold_start_lib
@@ -47,7 +48,6 @@ from golfjax.losses import reduce
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
 from golfjax.models import transformer
-from golfjax.parallel import groups
 from golfjax.parallel import remote
 from golfjax.rewards import make_task
 from golfjax.rewards.base import Problem

@@ -50,9 +50,9 @@ import numpy as np
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax import metrics as metrics_lib
+from golfjax import process_groups as groups
 from golfjax.loops import golf as golf_lib
 from golfjax.parallel import channel as channel_lib
-from golfjax.parallel import groups
 from golfjax.parallel import rollout_group
 from golfjax.rewards import make_task
 from golfjax.train import checkpoint as checkpoint_lib

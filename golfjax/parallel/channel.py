@@ -10,7 +10,7 @@ a channel with four calls:
               note                       what the learner sent with them
 
 `CollectiveChannel` is the channel between process groups
-(golfjax/parallel/groups.py). Nothing travels through files, sockets or
+(golfjax/process_groups.py). Nothing travels through files, sockets or
 servers of golfjax's own: weights and rollouts cross inside JAX, in jitted
 exchanges over a mesh of one device per process of the job, and the only
 signals go through JAX's distributed key-value store (the coordination service
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from golfjax.parallel import groups as groups_lib
+from golfjax import process_groups as groups_lib
 
 WEIGHTS, ROLLOUTS, STOP = "weights", "rollouts", "stop"
 _KINDS = (WEIGHTS, ROLLOUTS, STOP)

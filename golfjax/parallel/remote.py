@@ -19,7 +19,7 @@ import jax
 from golfjax import config as config_lib
 from golfjax.loops import async_rollout
 from golfjax.parallel import channel as channel_lib
-from golfjax.parallel import groups as groups_lib
+from golfjax import process_groups as groups_lib
 from golfjax.train.state import TrainState
 
 

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from golfjax import process_groups as groups
 from golfjax import sharding
-from golfjax.parallel import groups
 from golfjax.train.state import TrainState
 
 DIGEST_NAME = "digest.json"
@@ -77,7 +77,7 @@ def _say(line: str) -> None:
 
 def _agree(value: int) -> int:
     """Multi-process: the group primary's `value`, on every process of the group
-    (golfjax/parallel/groups.py: the learner's processes in a job that has a
+    (golfjax/process_groups.py: the learner's processes in a job that has a
     rollout group, else all)."""
     return int(groups.broadcast(np.int32(value)))
 
