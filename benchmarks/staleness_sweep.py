@@ -27,11 +27,15 @@ golf.py:arith's sparse-reward regime), each from one supervised cold start run
 first and exported as a Hugging Face checkpoint (`init=` option of the config).
 
 For each loss in `--losses`, staleness in `--ns` and seed in `range(--seeds)`,
-one run; then for each loss in `--async-losses` (default: `--losses`) one run
-with fully asynchronous rollout in the schedule's default regime (VESPO's
-released fully-async script: weights synced every 4 steps, production
-throttled by staleness_threshold 1.0, partial rollouts, sampler log-probs;
-nothing dropped), seed 0.
+one run; then for each loss in `--async-losses` (default: `--losses`) and seed
+in `range(--async-seeds)` (default: `--seeds`) one run with fully asynchronous
+rollout in the schedule's default regime (VESPO's released fully-async
+script: weights synced every 4 steps, production throttled by
+staleness_threshold 1.0, partial rollouts, sampler log-probs; nothing
+dropped), its generations checked for new weights every
+`--async-chunk-tokens` decode steps (a 5-letter reversal is about 7 tokens,
+so a sync can land inside one). Retention is reported for async too (the
+async gain over the staleness-1 gain of the same loss).
 
 The sweep writes `<out>.json` (per run: config, accuracy curve, and per step
 the gradient norm, training reward, entropy, W statistics and clip fraction,
@@ -152,6 +156,8 @@ def run_one(args: argparse.Namespace, workdir: str, init: str, loss: str, n: int
     if args.eval_problems:
         c.eval.num_problems = args.eval_problems
     c.checkpoint.every = args.steps
+    if asynchronous:
+        c.schedule.rollout_chunk_tokens = args.async_chunk_tokens
     config = config_lib.to_dict(config_lib.build(config_lib.RunConfig, c))
     # The directory names the run and the config, so a changed config never
     # reads back another config's results.
@@ -268,11 +274,10 @@ def retention(runs: list[dict[str, Any]], draws: int = 10_000, seed: int = 0) ->
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    gains: dict[tuple[str, int], list[float]] = {}
+    gains: dict[tuple[str, int | str], list[float]] = {}
     for run in runs:
-        if not run["async"]:
-            gain = run["eval_accuracy"][-1] - run["eval_accuracy"][0]
-            gains.setdefault((run["loss"], run["staleness"]), []).append(gain)
+        gain = run["eval_accuracy"][-1] - run["eval_accuracy"][0]
+        gains.setdefault((run["loss"], "async" if run["async"] else run["staleness"]), []).append(gain)
     rows = []
     for (loss, n), at_n in gains.items():
         at_1 = gains.get((loss, 1))
@@ -360,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", default="vespo,ppo_clip,gspo,sapo")
     parser.add_argument("--async-losses", default=None,
                         help="losses of the fully-async runs (default: --losses)")
+    parser.add_argument("--async-seeds", type=int, default=None, help="seeds of the async runs (default: --seeds)")
+    parser.add_argument("--async-chunk-tokens", type=int, default=2,
+                        help="async: decode steps between weight checks (schedule.rollout_chunk_tokens)")
     parser.add_argument("--cold-start-steps", type=int, default=None,
                         help="default: the regime's (80 for arith, 450 for golf; reverse has none)")
     parser.add_argument("--eval-every", type=int, default=8)
@@ -416,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 runs.append(run_one(args, workdir, init, loss, n, seed, asynchronous=False))
     for loss in async_losses:
-        runs.append(run_one(args, workdir, init, loss, 1, 0, asynchronous=True))
+        for seed in range(args.seeds if args.async_seeds is None else args.async_seeds):
+            runs.append(run_one(args, workdir, init, loss, 1, seed, asynchronous=True))
     summary = summarise(runs)
     result = {
         "command": " ".join(["benchmarks/staleness_sweep.py"] + (argv if argv is not None else sys.argv[1:])),

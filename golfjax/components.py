@@ -34,8 +34,8 @@ import jax
 
 from golfjax import config as config_lib
 from golfjax import feedback as critics_lib
+from golfjax import process_groups as groups
 from golfjax import sharding
-from golfjax.parallel import groups
 from golfjax.data.iterator import EpochIterator
 from golfjax.loops import cold_start as cold_start_lib
 from golfjax.loops import golf as golf_lib
@@ -48,6 +48,7 @@ from golfjax.losses import reduce
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
 from golfjax.models import transformer
+from golfjax.parallel import remote
 from golfjax.rewards import make_task
 from golfjax.rewards.base import Problem
 from golfjax.rewards.base import Task
@@ -177,6 +178,7 @@ def _source(
 def meshes(cfg: config_lib.RunConfig, devices: Any = None) -> tuple[jax.sharding.Mesh, jax.sharding.Mesh | None]:
     """The learner's mesh, and the rollout worker's when it samples on devices
     of its own (`schedule.rollout_devices`), over `devices` (default: all)."""
+    devices = groups.devices() if devices is None else devices  # This process's group's.
     learner_devices, worker_devices = rollout_worker.split_devices(cfg.schedule, devices)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=learner_devices)
     if worker_devices is None:
@@ -229,7 +231,10 @@ def build(cfg: config_lib.RunConfig, workdir: str) -> tuple[Components, Any]:
         worker_source = source.with_sampler(worker_sampler)
     schedule_args = dict(trainer=trainer, source=source, problems=train_problems,
                          recompute_old_logp=cfg.train.recompute_old_logp)
-    if cfg.schedule.async_rollout:
+    if cfg.schedule.rollout_processes:  # The rollout group is other processes (golfjax/parallel/).
+        schedule = remote.RemoteRolloutSchedule(
+            cfg.schedule, **schedule_args, key=jax.random.PRNGKey(cfg.seed), channel=remote.make_channel(cfg, params))
+    elif cfg.schedule.async_rollout:
         schedule = async_rollout.AsyncRolloutSchedule(
             cfg.schedule, **schedule_args, key=jax.random.PRNGKey(cfg.seed), worker_source=worker_source,
             worker_mesh=worker_mesh)

@@ -399,6 +399,9 @@ class ScheduleSection:
     rollout_chunk_tokens: int = 0
     # Async: the last `rollout_devices` devices sample, the others train (0: shared).
     rollout_devices: int = 0
+    # Async: the last `rollout_processes` processes of a multi-process job form
+    # the rollout group, the others train (golfjax/parallel/; 0: one process).
+    rollout_processes: int = 0
 
     def __post_init__(self) -> None:
         _check(self, {
@@ -408,6 +411,10 @@ class ScheduleSection:
             "rollout_chunk_tokens": (self.rollout_chunk_tokens >= 0, ">= 0 (0: whole responses)"),
             "rollout_devices": (self.rollout_devices >= 0 and not (self.rollout_devices and not self.async_rollout),
                                 ">= 0, and 0 unless async_rollout (only the worker samples on devices of its own)"),
+            "rollout_processes": (self.rollout_processes >= 0 and not (self.rollout_processes and (
+                not self.async_rollout or self.rollout_devices)),
+                                  ">= 0, and 0 unless async_rollout with rollout_devices=0 (a rollout group"
+                                  " samples on all of its processes' devices)"),
         })
 
     @property
@@ -529,6 +536,19 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
       ConfigError naming the dotted keys involved and what they accept.
     """
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    rollout_processes = cfg.schedule.rollout_processes
+    if rollout_processes:
+        if not rollout_processes < process_count:
+            raise ConfigError(
+                f"config.schedule.rollout_processes={rollout_processes} leaves no process to train on"
+                f" ({process_count} processes)")
+        if cfg.train.kl_coef > 0:
+            raise ConfigError(
+                f"config.schedule.rollout_processes={rollout_processes} needs config.train.kl_coef=0: the"
+                " rollout group does not hold the KL reference")
+        # Every process of the job has as many devices; the learner's are its share.
+        device_count = device_count * (process_count - rollout_processes) // process_count
+        process_count -= rollout_processes
     devices = device_count - (cfg.schedule.rollout_devices if cfg.schedule.async_rollout else 0)
     if devices < 1:
         raise ConfigError(
@@ -568,10 +588,11 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
         raise ValueError(
             f"config.model.routing_replay={cfg.model.routing_replay!r} needs config.golf.enabled=False:"
             " GOLF's refinements are sampled under other prompts, so no route of theirs replays")
-    if cfg.schedule.async_rollout and process_count > 1:  # The single-process channel's thread.
+    if cfg.schedule.async_rollout and process_count > 1 and not rollout_processes:
         raise ConfigError(
-            f"config.schedule.async_rollout=True does not support multi-process runs ({process_count}"
-            " processes); use the synchronous schedule (config.schedule.minibatches)")
+            f"config.schedule.async_rollout=True in a multi-process job ({process_count} processes) needs"
+            " config.schedule.rollout_processes >= 1 (the processes that roll out); or use the synchronous"
+            " schedule (config.schedule.minibatches)")
     partial = cfg.schedule.async_rollout and cfg.schedule.partial_rollout
     if partial and cfg.golf.enabled:
         raise ConfigError(
@@ -591,7 +612,8 @@ def validate(cfg: RunConfig, device_count: int, process_count: int = 1) -> None:
             make_task(cfg.task.name, **task_kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{key}: task {cfg.task.name!r} refuses {task_kwargs}: {e}") from None
-    if cfg.task.dataset and cfg.train.prompts_per_step % process_count:
+    readers = rollout_processes or process_count  # The processes that draw prompts.
+    if cfg.task.dataset and cfg.train.prompts_per_step % readers:
         raise ConfigError(
             f"config.train.prompts_per_step = {cfg.train.prompts_per_step} does not split over"
-            f" {process_count} processes, each reading its own shard of config.task.dataset")
+            f" {readers} processes, each reading its own shard of config.task.dataset")

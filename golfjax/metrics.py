@@ -163,7 +163,7 @@ class StepLog:
 
 
 def _is_process_zero() -> bool:
-    from golfjax.parallel import groups  # Local, as in to_scalars.
+    from golfjax import process_groups as groups  # Local, as in to_scalars.
 
     return groups.is_primary()
 

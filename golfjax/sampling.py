@@ -311,8 +311,8 @@ class Sampler:
         programs = self.programs(b, p)
         if self.mesh is not None:
             params = jax.device_put(params, self._param_shardings)
-            if sharding_lib.is_multiprocess():
-                # jit takes host arrays only for devices this process owns;
+            if jax.process_count() > 1:
+                # A multi-process job's jit takes no host arrays with shardings;
                 # every process holds the same prompts and key (module docstring).
                 tokens_BxP, mask_BxP, valid_B, key = self._to_mesh(
                     tokens_BxP, mask_BxP, valid_B, key)

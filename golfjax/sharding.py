@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from golfjax.parallel import groups
+from golfjax import process_groups as groups
 
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 
@@ -206,7 +206,7 @@ def logical_shardings(abstract_tree: Any, axes_tree: Any, mesh: Mesh,
 
 def is_multiprocess() -> bool:
     """Whether this process's group spans several JAX processes
-    (golfjax/parallel/groups.py: the whole job unless it has a rollout group)."""
+    (golfjax/process_groups.py: the whole job unless it has a rollout group)."""
     return groups.is_multiprocess()
 
 

@@ -50,7 +50,10 @@ import numpy as np
 from golfjax import components as components_lib
 from golfjax import config as config_lib
 from golfjax import metrics as metrics_lib
+from golfjax import process_groups as groups
 from golfjax.loops import golf as golf_lib
+from golfjax.parallel import channel as channel_lib
+from golfjax.parallel import rollout_group
 from golfjax.rewards import make_task
 from golfjax.train import checkpoint as checkpoint_lib
 from golfjax.train import interrupts as interrupts_lib
@@ -145,7 +148,24 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     config_lib.validate(cfg, jax.device_count(), jax.process_count())
     check_inputs(cfg)
     workdir = os.path.abspath(workdir)
-    primary = jax.process_index() == 0
+    if cfg.schedule.rollout_processes:  # Two process groups (golfjax/parallel/): which is this one?
+        split = groups.ProcessGroups.split(jax.process_count(), cfg.schedule.rollout_processes)
+        role = split.role(jax.process_index())
+        groups.enter(split.members(role))
+        if role == groups.ROLLOUT:
+            rollout_group.serve(cfg, workdir)
+            return {}
+        try:
+            return _train(cfg, workdir)
+        except BaseException:
+            channel_lib.abort()  # Else the rollout group would wait for weights forever.
+            raise
+    return _train(cfg, workdir)
+
+
+def _train(cfg: config_lib.RunConfig, workdir: str) -> dict[str, float]:
+    """`train` on the learner's processes."""
+    primary = groups.is_primary()
 
     def say(line: str) -> None:
         if primary:
@@ -269,9 +289,11 @@ def _train_locked(
                         c.schedule.use_reference(reference_lib.copy(state.params))
                         reference_lib.save(workdir, c.schedule.reference)
                 batch, info = c.schedule.next_batch(state, rl_data, jax.random.fold_in(rng, step))
+                began = time.time()
                 with c.schedule.device_programs():
                     state, metrics = c.trainer.step(state, batch)
                 last = {**metrics_lib.to_scalars(metrics), **info}
+                last |= {"perf/train_start_s": began, "perf/train_end_s": time.time()}  # Wall clock.
                 injected = last.pop(golf_lib.INJECTED_ROWS, None)
                 if injected_log is not None:
                     injected_log.write(step + 1, {"rows": injected})

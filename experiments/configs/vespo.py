@@ -157,8 +157,8 @@ def paper_run(c: ml_collections.ConfigDict, async_rollout: bool, preset: str) ->
     micro-batch (the script's dynamic batches of 16,384 tokens per GPU), 32
     prompts a sampler call. Fully asynchronous
     (recipe/vespo/run/fully_async/vespo_S_1.0_N_4.sh: 48 of 64 GPUs sample,
-    16 train): golfjax's asynchronous rollout is single-process
-    (`config.validate`), so a one-host v5p-8, 2 of its 4 chips sampling (3
+    16 train): golfjax.aot compiles one process group, not a job of two
+    (`schedule.rollout_processes`), so a one-host v5p-8, 2 of its 4 chips sampling (3
     cannot split the embedding's 4,096 columns) 2 prompts a call, so that
     each holds 8 rows' 16k-slot caches beside two parameter snapshots.
     """

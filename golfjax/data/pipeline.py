@@ -39,8 +39,8 @@ import grain
 import numpy as np
 from absl import logging
 
+from golfjax import process_groups as groups
 from golfjax import sharding
-from golfjax.parallel import groups
 from golfjax.rewards.base import Problem
 from golfjax.tokenizer import Tokenizer
 
@@ -90,7 +90,7 @@ class PromptPipeline:
         bucket of the sampler, which could not take them).
       template_kwargs: chat template variables, as the RL loop passes them.
       shard_index, num_shards: this process's shard; default
-        this process's of its group's (golfjax/parallel/groups.py).
+        this process's of its group's (golfjax/process_groups.py).
       gather: `next()` returns the positions of every process's batch, in
         process order (`batch_size * num_shards` of them); needs the default
         shards, one per process.

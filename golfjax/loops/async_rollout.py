@@ -59,7 +59,7 @@ from golfjax.rewards.base import Problem
 from golfjax.train.state import TrainState
 from golfjax.train.trainer import Trainer
 
-_ASYNC_STREAM = 0x5E5B0  # Folded into the run's key for the producer's rollouts.
+ASYNC_STREAM = 0x5E5B0  # Folded into the run's key for the producer's rollouts.
 
 
 def _data_key(base: jax.Array, data_state: Any) -> jax.Array:
@@ -75,8 +75,7 @@ class RolloutProducer:
       cfg: the `schedule` section.
       channel: `latest()` and `put(item)` are all it uses of it.
       source: the batch source on the rollout devices.
-      problems, data: the train split and the run's data iterator (owned by
-        the producer while it runs).
+      problems, data: the train split and the data iterator (the producer's while it runs).
       key: the producer's key; a rollout's is derived from its data position.
       score: `(params, batch, info) -> host batch`, the learner's scoring of
         a host batch sampled by `params` (None: the sampler's log-probs only).
@@ -109,7 +108,7 @@ class RolloutProducer:
         waited = time.monotonic()
         if not self._throttled(stopping):
             return
-        waited = time.monotonic() - waited
+        waited, began = time.monotonic() - waited, time.time()
         problem_lists = [[self.problems[i] for i in self.data.next()] for _ in range(self.cfg.minibatches)]
         data_state = self.data.state()
         key = _data_key(self.key, data_state)
@@ -131,6 +130,7 @@ class RolloutProducer:
             minibatches.append(batch)
             infos.append(info)
             versions.append((np.asarray(v_min, np.int32), np.asarray(v_max, np.int32)))
+        infos[0] |= {"perf/rollout_start_s": began, "perf/rollout_end_s": time.time()}  # Wall clock.
         rollout = RolloutBatches(minibatches, infos, int(min(v.min() for v, _ in versions)), data_state, versions,
                                  rollout_wait_s=waited)
         if self.channel.put(rollout):
@@ -152,7 +152,7 @@ class AsyncRolloutSchedule(schedule_lib.RolloutSchedule):
                  worker_mesh: Mesh | None = None) -> None:
         super().__init__(cfg, trainer=trainer, source=source, problems=problems,
                          recompute_old_logp=recompute_old_logp)
-        self._key = jax.random.fold_in(key, _ASYNC_STREAM)
+        self._key = jax.random.fold_in(key, ASYNC_STREAM)
         self._worker_source = worker_source or source
         mesh = worker_mesh
         self._shardings = None if mesh is None else transformer.param_shardings(trainer.model_config, mesh)

@@ -1,7 +1,7 @@
-"""Several process groups in one JAX job.
+"""A job of two process groups: learner and rollout (golfjax/process_groups.py splits them).
 
-  groups.py   the learner / rollout split of the job's processes, and each
-              group's own process count, devices and collectives
-  channel.py  `CollectiveChannel`: weights learner -> rollout group and
-              rollouts rollout group -> learner, inside JAX
+  channel.py        `CollectiveChannel`: weights learner -> rollout group and
+                    rollouts rollout group -> learner, inside JAX
+  remote.py         the learner's asynchronous schedule over that channel
+  rollout_group.py  what the rollout group's processes run
 """

@@ -10,7 +10,7 @@ a channel with four calls:
               note                       what the learner sent with them
 
 `CollectiveChannel` is the channel between process groups
-(golfjax/parallel/groups.py). Nothing travels through files, sockets or
+(golfjax/process_groups.py). Nothing travels through files, sockets or
 servers of golfjax's own: weights and rollouts cross inside JAX, in jitted
 exchanges over a mesh of one device per process of the job, and the only
 signals go through JAX's distributed key-value store (the coordination service
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from golfjax.parallel import groups as groups_lib
+from golfjax import process_groups as groups_lib
 
 WEIGHTS, ROLLOUTS, STOP = "weights", "rollouts", "stop"
 _KINDS = (WEIGHTS, ROLLOUTS, STOP)
@@ -60,6 +60,16 @@ _READY_TIMEOUT_MS = 24 * 60 * 60 * 1000  # The learner waits as long as a rollou
 
 class ChannelClosed(RuntimeError):
     """The learner stopped the channel; the rollout side's producer ends."""
+
+
+def abort(name: str = "golfjax-channel") -> None:
+    """Ends the rollout group's production from a learner that failed before
+    (or without) closing its channel; the rollout side raises `ChannelClosed`."""
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is not None and groups_lib.is_primary():
+        client.key_value_set(f"{name}/abort", STOP, allow_overwrite=True)
 
 
 def _padded(n: int) -> int:
@@ -146,13 +156,14 @@ class CollectiveChannel:
         self._serve(wait=lambda: self._version is None)
         return self._params, self._version
 
-    def put(self, item: Any) -> None:
-        """Queues `item` for the learner; answers a pending request."""
+    def put(self, item: Any) -> bool:
+        """Queues `item` for the learner; answers a pending request. True: the
+        item was taken (`ChannelClosed` once the learner has stopped)."""
         self._outbox.append(item)
         self._serve(wait=lambda: False)
+        return True
 
-    @property
-    def queued(self) -> int:
+    def depth(self) -> int:
         """Items waiting on this side: the learner's inbox, or the rollout side's outbox."""
         return len(self._inbox) if self.role == groups_lib.LEARNER else len(self._outbox)
 
@@ -181,10 +192,12 @@ class CollectiveChannel:
         so that every process of the group answers it at the same point."""
         code = 0
         if groups_lib.is_primary():
-            try:
-                code = _KINDS.index(self._client.key_value_try_get(f"{self.name}/{self._n}")) + 1
-            except Exception:  # noqa: BLE001  (not there yet: the store says so by raising)
-                code = 0
+            for key in (f"{self.name}/abort", f"{self.name}/{self._n}"):
+                try:
+                    code = _KINDS.index(self._client.key_value_try_get(key)) + 1
+                    break
+                except Exception:  # noqa: BLE001  (not there yet: the store says so by raising)
+                    code = 0
         code = int(groups_lib.broadcast(np.int32(code)))
         return _KINDS[code - 1] if code else None
 

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from golfjax import process_groups as groups
 from golfjax import sharding
-from golfjax.parallel import groups
 from golfjax.train.state import TrainState
 
 DIGEST_NAME = "digest.json"
@@ -77,7 +77,7 @@ def _say(line: str) -> None:
 
 def _agree(value: int) -> int:
     """Multi-process: the group primary's `value`, on every process of the group
-    (golfjax/parallel/groups.py: the learner's processes in a job that has a
+    (golfjax/process_groups.py: the learner's processes in a job that has a
     rollout group, else all)."""
     return int(groups.broadcast(np.int32(value)))
 
@@ -219,10 +219,18 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self.primary = groups.is_primary() if primary is None else primary
         members = groups.members()
-        # Orbax's barriers span only this group's processes (a rollout group
-        # never checkpoints).
-        multiprocessing = ocp.options.MultiprocessingOptions(
-            primary_host=members[0], active_processes=set(members) if len(members) < jax.process_count() else None)
+        # A one-process group of a multi-process job (golfjax/parallel/):
+        # its arrays are process-local, which Orbax saves only from the host.
+        self._host_local = len(members) == 1 < jax.process_count()
+        multiprocessing = None
+        if len(members) < jax.process_count():
+            # Orbax's barriers span only this group's processes (a rollout
+            # group never checkpoints); it then leaves the directory to us.
+            if self.primary:
+                os.makedirs(self.directory, exist_ok=True)
+            groups.barrier("checkpoint-directory")
+            multiprocessing = ocp.options.MultiprocessingOptions(
+                primary_host=members[0], active_processes=set(members))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -232,7 +240,7 @@ class Checkpointer:
                 # A half-written step from a crash is left in a temporary
                 # directory; clean it up rather than trip over it.
                 cleanup_tmp_directories=True,
-                multiprocessing_options=multiprocessing,
+                **({"multiprocessing_options": multiprocessing, "create": False} if multiprocessing else {}),
             ),
             item_names=("state", "data", "config"),
         )
@@ -267,6 +275,8 @@ class Checkpointer:
         if not (force or self._manager.should_save(step)):
             return False
         self._join_sealer()
+        if self._host_local:  # Orbax refuses a job's process-local arrays: saved as host copies.
+            state = jax.device_get(state)
         saved = self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -457,19 +467,25 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         where = self.step_dir(step)
+        target = abstract_state
+        if self._host_local:  # Saved as host copies (`save`): read as such, then placed.
+            target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract_state)
         try:
             with _quiet_orbax():
                 restored = self._manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
+                        state=ocp.args.StandardRestore(target),
                         data=ocp.args.JsonRestore(),
                     ),
                 )
+            state = restored["state"]
+            if self._host_local:
+                state = jax.device_put(state, jax.tree.map(lambda s: s.sharding, abstract_state))
         except Exception as e:  # Orbax raises many kinds; all mean unreadable.
             raise CheckpointError(f"{where} does not restore ({one_line(e)})") from None
-        check_finite(restored["state"], os.path.join(where, "state"))
-        return restored["state"], restored["data"]
+        check_finite(state, os.path.join(where, "state"))
+        return state, restored["data"]
 
     def wait(self) -> None:
         """Blocks until every started save is durable on disk and sealed."""

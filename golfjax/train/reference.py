@@ -34,9 +34,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from golfjax import config as config_lib
+from golfjax import process_groups as groups
 from golfjax.models import config as model_config_lib
 from golfjax.models import hf
-from golfjax.parallel import groups
 from golfjax.train import checkpoint as checkpoint_lib
 
 DIRECTORY = "reference"

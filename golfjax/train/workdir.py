@@ -206,7 +206,7 @@ def _all_agree(ok: bool) -> bool:
 
     import numpy as np
 
-    from golfjax.parallel import groups
+    from golfjax import process_groups as groups
 
     return bool(groups.broadcast(np.int32(ok)))
 
@@ -232,7 +232,7 @@ def lock(
     """
     multi = primary is None
     if primary is None:
-        from golfjax.parallel import groups
+        from golfjax import process_groups as groups
 
         primary = groups.is_primary()
     held: WorkdirLock | None = None

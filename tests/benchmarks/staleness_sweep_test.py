@@ -40,12 +40,14 @@ def test_retention_is_the_mean_gain_over_the_mean_gain_at_staleness_1():
     runs = [
         _run("vespo", 1, [0.4, 0.8], 0), _run("vespo", 1, [0.4, 0.6], 1),  # gains 0.4, 0.2
         _run("vespo", 64, [0.4, 0.55], 0), _run("vespo", 64, [0.4, 0.55], 1),  # gains 0.15
-        _run("vespo", 1, [0.4, 0.0], 0, asynchronous=True),  # Async: not a staleness.
+        _run("vespo", 1, [0.4, 0.1], 0, asynchronous=True),  # Async: a row of its own (gain -0.3).
         _run("ppo_clip", 64, [0.4, 0.5]),  # No staleness 1 to compare with: no row.
     ]
     rows = sweep.retention(runs, draws=1000)
-    assert len(rows) == 1
-    row = rows[0]
+    assert len(rows) == 2
+    row, async_row = rows
+    assert (async_row["loss"], async_row["staleness"], async_row["seeds"]) == ("vespo", "async", [1, 2])
+    assert async_row["retention"] == pytest.approx(-1.0)
     assert (row["loss"], row["staleness"], row["seeds"]) == ("vespo", 64, [2, 2])
     assert row["gain_mean"] == pytest.approx(0.15) and row["gain_mean_staleness_1"] == pytest.approx(0.3)
     assert row["retention"] == pytest.approx(0.5)

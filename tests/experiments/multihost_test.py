@@ -63,14 +63,28 @@ def test_main_reports_a_bad_multihost_flag(tmp_path):
     assert result.returncode != 0 and "--process_id needs --multihost=auto or on" in result.stderr
 
 
-def test_async_rollout_is_refused_with_several_processes():
+def test_async_rollout_over_several_processes_needs_a_rollout_group():
+    import dataclasses
+
     from golfjax import config as config_lib
 
-    cfg = config_lib.RunConfig(schedule=config_lib.ScheduleSection(async_rollout=True))
-    config_lib.validate(cfg, 8)  # One process: fine.
-    with pytest.raises(ValueError, match=r"schedule.async_rollout=True does not support multi-process"):
+    schedule = config_lib.ScheduleSection(async_rollout=True, partial_rollout=False)
+    cfg = config_lib.RunConfig(schedule=schedule)
+    config_lib.validate(cfg, 8)  # One process: a thread rolls out.
+    with pytest.raises(ValueError, match=r"schedule.async_rollout=True in a multi-process job .* needs"
+                                         r" config.schedule.rollout_processes >= 1"):
         config_lib.validate(cfg, 8, process_count=2)
     config_lib.validate(config_lib.RunConfig(), 8, process_count=2)  # Synchronous: fine.
+    groups = dataclasses.replace(cfg, schedule=dataclasses.replace(schedule, rollout_processes=1))
+    config_lib.validate(groups, 8, process_count=2)  # The learner's mesh: its 4 of the 8 devices.
+    with pytest.raises(ValueError, match=r"^config.schedule.rollout_processes=2 leaves no process to train on"):
+        config_lib.validate(dataclasses.replace(groups, schedule=dataclasses.replace(
+            schedule, rollout_processes=2)), 8, process_count=2)
+    kl = dataclasses.replace(groups, train=dataclasses.replace(groups.train, kl_coef=0.1))
+    with pytest.raises(ValueError, match=r"^config.schedule.rollout_processes=1 needs config.train.kl_coef=0"):
+        config_lib.validate(kl, 8, process_count=2)
+    with pytest.raises(ValueError, match=r"rollout_processes=1; expected >= 0, and 0 unless async_rollout"):
+        config_lib.ScheduleSection(rollout_processes=1)
 
 
 def _free_port() -> int:

@@ -239,7 +239,8 @@ def test_config_errors_name_the_keys():
     cfg = _run_config(n=1, async_rollout=True, rollout_devices=4, partial_rollout=False)
     with pytest.raises(ValueError, match=r"rollout_devices=4 needs config.train.recompute_old_logp=False"):
         config_lib.validate(cfg, 8)
-    with pytest.raises(ValueError, match=r"config.schedule.async_rollout=True does not support multi-process"):
+    with pytest.raises(ValueError, match=r"async_rollout=True in a multi-process job \(2 processes\) needs"
+                                         r" config.schedule.rollout_processes >= 1"):
         config_lib.validate(_run_config(async_rollout=True), 8, process_count=2)
     with pytest.raises(ValueError, match=r"^config.schedule.partial_rollout=True needs config.train.recompute_old_logp"):
         config_lib.validate(_run_config(async_rollout=True), 8)

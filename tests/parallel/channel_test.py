@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from golfjax.parallel import groups as groups_lib
+from golfjax import process_groups as groups_lib
 from tests.parallel import channel_worker as worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

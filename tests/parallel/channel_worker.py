@@ -27,7 +27,7 @@ def main(port: int, process_id: int, out: str) -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from golfjax.parallel import channel as channel_lib
-    from golfjax.parallel import groups as groups_lib
+    from golfjax import process_groups as groups_lib
 
     groups = groups_lib.ProcessGroups.split(jax.process_count(), rollout_processes=1)
     role = groups.role(jax.process_index())
