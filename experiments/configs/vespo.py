@@ -208,6 +208,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule.async_rollout = True
         c.schedule.minibatches = 1
         c.schedule.partial_rollout = not options.golf
+        # Partial rollouts check for new weights every chunk: 1,024 of the
+        # math responses' 15,360 tokens (each chunk re-prefills the row; the
+        # built-in tasks' responses fit one chunk of 4 tokens a few times).
+        c.schedule.rollout_chunk_tokens = 1024 if options.task == "math" else 4
         c.train.recompute_old_logp = False
         if options.task == "math":
             c.eval.samples = 1  # One sample per problem in evaluation.
