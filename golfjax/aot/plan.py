@@ -11,11 +11,15 @@ and returns every device program the run compiles, each ready to lower over
                     prompts take the bucket of golf.max_refinement_prompt_tokens)
                     and max_new_tokens response slots, train.micro_batches each
   log-probs         `Trainer.jitted_logprobs` per part, when the run rescores
-                    old_logp or computes off-policy weight statistics
+                    old_logp (`train.recompute_old_logp`, synchronous) or
+                    scores the KL reference
   rollout prefill,  the sampler's two programs for the rollout's bucket:
   rollout decode    min(prompts_per_step, prompts_per_call) prompts of the
                     largest prompt bucket (on the rollout worker's devices
                     when it has its own)
+  rollout           asynchronous partial rollouts (`schedule.rollout_chunk_tokens`
+  continuation ...  below the response length): the re-prefill of prompt +
+                    partial response, one row a prompt, and a chunk's decode
   refinement ...    GOLF's refinement prompts, same sampler (the rollout's
                     programs when their prompts take the same bucket)
   judge ...         GOLF's model judge (golf.critic = "judge"), one sample
@@ -50,6 +54,7 @@ from golfjax import decode as decode_lib
 from golfjax import sharding
 from golfjax import types
 from golfjax.aot import work as work_lib
+from golfjax.loops import partial_rollout
 from golfjax.models import moe
 from golfjax.models import transformer
 from golfjax.models.config import ModelConfig
@@ -196,8 +201,8 @@ def programs(cfg: config_lib.RunConfig, devices: Sequence[Any]) -> list[Program]
     others = 0 if schedule.async_rollout else schedule.minibatches - 1
     out.append(_train_programs("train step", trainer, parts, response, cfg.train.micro_batches,
                                always, others))
-    off_policy = schedule.minibatches > 1 or schedule.async_rollout or cfg.train.loss == "vespo"
-    if cfg.train.recompute_old_logp or off_policy or cfg.train.kl_coef > 0:
+    # The schedule's rescoring (the step computes the off-policy statistics itself).
+    if cfg.train.recompute_old_logp or cfg.train.kl_coef > 0:
         row = trainer.batch_shardings.prompt_tokens_NxP
         routes = moe.route_spec(config)
         all_parts = device_bytes(tuple(types.abstract_batch(r, p, response, row, routes=routes)
@@ -228,6 +233,15 @@ def programs(cfg: config_lib.RunConfig, devices: Sequence[Any]) -> list[Program]
     same = cfg.golf.enabled and parts[1][1] == buckets[-1]
     out += _sampler_programs("rollout + refinement" if same else "rollout", rollout_sampler, prompts,
                              buckets[-1], rollout_devices, rollout_held)
+    chunk = schedule.rollout_chunk_tokens
+    if schedule.async_rollout and schedule.partial_rollout and 0 < chunk < response:
+        # Partial rollouts re-prefill each unfinished row's prompt + partial
+        # response, one row a prompt (golfjax/loops/partial_rollout.py).
+        continuation = Sampler(config, partial_rollout.continuation_config(rollout_sampler.cfg, chunk),
+                               rollout_sampler.mesh)
+        rows = min(prompts * cfg.sampling.group_size, continuation.cfg.batch_buckets[-1])
+        out += _sampler_programs("rollout continuation", continuation, rows, buckets[-1] + response,
+                                 rollout_devices, rollout_held)
     if cfg.golf.enabled:
         if not same:
             out += _sampler_programs("refinement", rollout_sampler, prompts, parts[1][1], rollout_devices,
