@@ -4,15 +4,14 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from experiments import multihost
+from tests import two_processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -87,18 +86,12 @@ def test_async_rollout_over_several_processes_needs_a_rollout_group():
         config_lib.ScheduleSection(rollout_processes=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_share_one_mesh_checkpoint_and_metrics(tmp_path):
     # Two CPU processes of two devices each: one 4-device mesh, one Orbax
     # checkpoint written together, one metrics file written by process 0.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env |= {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    port = _free_port()
+    port = two_processes.free_port()
     processes = [
         subprocess.Popen([sys.executable, "-m", "tests.experiments.multihost_worker", str(port), str(i),
                           str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -112,45 +105,6 @@ def test_two_processes_share_one_mesh_checkpoint_and_metrics(tmp_path):
     assert (tmp_path / "checkpoints" / "1" / "state").is_dir()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records == [{"step": 1, "loss": 276.0}]
-
-
-def _run_two_processes(args, workdir, logs, timeout=900):
-    """Runs experiments.main as both processes of a two-process CPU job (two devices each).
-
-    Returns each process's stdout. If one fails, the other (which would wait in
-    a collective for its peer) is killed, and the failure's stderr is shown.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    port = _free_port()
-    logs.mkdir(parents=True, exist_ok=True)
-    processes, files = [], []
-    for i in range(2):
-        out, err = open(logs / f"{i}.out", "w+"), open(logs / f"{i}.err", "w+")
-        files += [out, err]
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "experiments.main", f"--workdir={workdir}", "--multihost=on",
-             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
-             *args],
-            cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
-        ))
-    deadline = time.monotonic() + timeout
-    try:
-        while any(p.poll() is None for p in processes):
-            failed = any(p.poll() not in (None, 0) for p in processes)
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for f in files:
-            f.close()
-    for i, p in enumerate(processes):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{(logs / f'{i}.err').read_text()[-4000:]}"
-    return [(logs / f"{i}.out").read_text() for i in range(2)]
 
 
 def _records(workdir):
@@ -188,7 +142,7 @@ def test_two_process_golf_smoke_run_trains_evaluates_checkpoints_and_resumes(tmp
     # with dummy rows, which the sampler drops from the global rollout.
     args = ["--config=experiments/configs/golf.py:smoke", "--config.eval.num_problems=6"]
     workdir = tmp_path / "run"
-    outputs = _run_two_processes(args, workdir, tmp_path / "logs_first")
+    outputs = two_processes.run_experiment(args, workdir, tmp_path / "logs_first")
     records = _records(workdir)
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # 2 cold-start + 2 GOLF steps.
     for r in records[2:]:
@@ -204,7 +158,7 @@ def test_two_process_golf_smoke_run_trains_evaluates_checkpoints_and_resumes(tmp
     # processes restore step 3 and redo step 4 (a GOLF step and the final
     # evaluation) bit for bit.
     shutil.move(checkpoints / "4", tmp_path / "first_4")
-    _run_two_processes(args, workdir, tmp_path / "logs_resumed")
+    two_processes.run_experiment(args, workdir, tmp_path / "logs_resumed")
 
     def deterministic(record):
         return {k: v for k, v in record.items() if not k.startswith("perf/")}

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.experiments.multihost_test import _run_two_processes
+from tests import two_processes
 
 STEPS, RESUMED = 6, 10
 ARGS = [
@@ -35,10 +35,10 @@ def _intervals(records, name):
 @pytest.mark.slow
 def test_vespo_trains_asynchronously_on_a_rollout_and_a_learner_process_and_resumes(tmp_path):
     workdir = tmp_path / "run"
-    out = _run_two_processes(ARGS + [f"--config.train.steps={STEPS}"], workdir, tmp_path / "logs1")
+    out = two_processes.run_experiment(ARGS + [f"--config.train.steps={STEPS}"], workdir, tmp_path / "logs1")
     assert f"step {STEPS}/{STEPS}" in out[0] and "step" not in out[1]  # The rollout group logs no steps.
     assert (workdir / "checkpoints" / str(STEPS)).is_dir()
-    out = _run_two_processes(ARGS + [f"--config.train.steps={RESUMED}"], workdir, tmp_path / "logs2")
+    out = two_processes.run_experiment(ARGS + [f"--config.train.steps={RESUMED}"], workdir, tmp_path / "logs2")
     assert f"resuming from checkpoint step {STEPS}" in out[0] and f"step {RESUMED}/{RESUMED}" in out[0]
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from golfjax import process_groups as groups_lib
+from tests import two_processes
 from tests.parallel import channel_worker as worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -33,17 +33,11 @@ def test_one_process_is_its_own_group():
     groups_lib.barrier("alone")  # Returns at once.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_weights_and_rollouts_cross_between_two_process_groups(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env |= {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    port = _free_port()
+    port = two_processes.free_port()
     processes = [subprocess.Popen(
         [sys.executable, "-m", "tests.parallel.channel_worker", str(port), str(i), str(tmp_path / f"{i}.json")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
