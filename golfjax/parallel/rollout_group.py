@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+
 import jax
 
 from golfjax import components as components_lib
