@@ -283,7 +283,7 @@ def global_to_host(tree: Any) -> Any:
     split = [i for i, x in enumerate(leaves) if _needs_gather(x)]
     if split:
         shardings = tuple(leaves[i].sharding.update(spec=PartitionSpec()) for i in split)
-        gathered = _replicate(shardings)(*(leaves[i] for i in split))
+        gathered = replicate_program(shardings)(*(leaves[i] for i in split))
         for i, x in zip(split, gathered):
             leaves[i] = x
     # Replicated now: this process's first copy is the whole value.
@@ -315,6 +315,7 @@ def _identity(*xs: jax.Array) -> tuple[jax.Array, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _replicate(shardings: tuple[NamedSharding, ...]) -> Any:
-    """A jitted identity whose outputs are fully replicated (an all-gather)."""
+def replicate_program(shardings: tuple[NamedSharding, ...]) -> Any:
+    """A jitted identity of len(shardings) arrays onto those (replicated)
+    shardings: one all-gather program for a whole tree's split leaves."""
     return jax.jit(_identity, out_shardings=shardings)

@@ -51,6 +51,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from golfjax import process_groups as groups_lib
+from golfjax import sharding as sharding_lib
 
 WEIGHTS, ROLLOUTS, STOP = "weights", "rollouts", "stop"
 _KINDS = (WEIGHTS, ROLLOUTS, STOP)
@@ -209,7 +210,7 @@ class CollectiveChannel:
         payload = pickle.dumps(note if learner else self._outbox, protocol=pickle.HIGHEST_PROTOCOL)
         header = self._swap(np.asarray([len(payload), version], np.int64))
         if kind == WEIGHTS:
-            tree = (jax.tree.map(self._local_copy, params) if learner else
+            tree = (self._local_copy(params) if learner else
                     jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=self._mine), self._template))
             received = self._swap(tree)
             if not learner:
@@ -227,12 +228,17 @@ class CollectiveChannel:
                 self.note = received
         self._n += 1
 
-    def _local_copy(self, x: Any) -> jax.Array:
-        """A full copy of `x` on this process's first device."""
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = _replicate(x.sharding.update(spec=PartitionSpec()))(x)
-            x = next(s.data for s in x.addressable_shards if s.device == self._mine)
-        return jax.device_put(x, self._mine)
+    def _local_copy(self, tree: Any) -> Any:
+        """A full copy of every leaf of `tree` on this process's first device
+        (leaves split over several processes gathered in one program)."""
+        leaves, treedef = jax.tree.flatten(tree)
+        split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+        if split:
+            gathered = sharding_lib.replicate_program(tuple(
+                leaves[i].sharding.update(spec=PartitionSpec()) for i in split))(*(leaves[i] for i in split))
+            for i, x in zip(split, gathered):
+                leaves[i] = next(s.data for s in x.addressable_shards if s.device == self._mine)
+        return jax.tree.unflatten(treedef, [jax.device_put(x, self._mine) for x in leaves])
 
     def _swap(self, tree: Any) -> Any:
         """Every process's `tree` in, the other group primary's `tree` out (on this
@@ -253,7 +259,3 @@ def _gather_rows(sharding: NamedSharding, source: tuple[int, ...]) -> Any:
     index = np.asarray(source, np.int32)
     return jax.jit(lambda tree: jax.tree.map(lambda a: a[index], tree), out_shardings=sharding)
 
-
-@functools.lru_cache(maxsize=None)
-def _replicate(sharding: Any) -> Any:
-    return jax.jit(lambda x: x, out_shardings=sharding)
