@@ -67,6 +67,34 @@ def test_target_names_follow_paths() -> None:
     assert not wrong, f"BUILD target names that do not follow their paths: {wrong}"
 
 
+# `from tests.x import y_test` or `import tests.x.y_test`: a test module imported as a helper.
+TEST_IMPORT_RE = re.compile(
+    r"^\s*(?:from\s+tests(?:\.\w+)*\s+import\s+[^\n]*\b\w+_test\b"
+    r"|from\s+tests(?:\.\w+)*\.\w+_test\s+import"
+    r"|import\s+tests(?:\.\w+)*\.\w+_test\b)",
+    re.MULTILINE)
+
+
+def test_no_test_file_imports_another() -> None:
+    # A target carries its own test file and //:test_support (tests/**/*.py except
+    # *_test.py), so a helper imported from another test file is missing under Bazel.
+    offenders = sorted(
+        p.relative_to(ROOT).as_posix() for p in ROOT.glob("tests/**/*.py")
+        if TEST_IMPORT_RE.search(p.read_text(encoding="utf-8")))
+    assert not offenders, (
+        f"test files that import another test file (move the shared helper to a tests/ "
+        f"module not named *_test.py): {offenders}")
+
+
+def test_test_import_pattern_finds_each_form() -> None:
+    for line in ("from tests.loops import rl_test", "from tests.loops import stand_in, rl_test",
+                 "from tests.loops.rl_test import _Task", "import tests.loops.rl_test"):
+        assert TEST_IMPORT_RE.search(line), line
+    for line in ("from tests.loops import stand_in", "from tests import two_processes",
+                 "import tests.loops.stand_in"):
+        assert not TEST_IMPORT_RE.search(line), line
+
+
 def test_fast_only_runner_deselects_slow_tests_and_passes_a_file_of_only_slow_ones(tmp_path):
     # tests/pytest_main.py as tools/bazel_test.sh runs it (GOLFJAX_FAST_ONLY=1).
     import os

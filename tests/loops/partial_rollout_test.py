@@ -24,7 +24,7 @@ from golfjax.models import config as config_lib
 from golfjax.models import transformer
 from golfjax.rewards.base import Problem
 from golfjax.train import step
-from tests.loops import rl_test
+from tests.loops import stand_in
 
 PROMPTS = [[5, 17, 42, 9, 77, 3, 101], [64, 2], [11, 90, 33, 8, 120]]
 T, K, G = 12, 5, 4
@@ -159,7 +159,7 @@ def test_chunk_tokens_must_be_an_int_at_least_0():
         partial_rollout.generate(sampler, _refresh((params, 0)), PROMPTS, jax.random.key(0), -1)
 
 
-class _ParityTask(rl_test._Task):
+class _ParityTask(stand_in.AnswerTask):
     """Rewards a response by its first token's parity, so groups are mixed."""
 
     def score(self, problem, response):
@@ -168,7 +168,7 @@ class _ParityTask(rl_test._Task):
 
 def test_one_chunk_samples_what_sample_samples():
     _, params, _, sampler = _model("tiny")
-    source = rl.GroupSource(sampler, _ParityTask(), rl_test._Tokenizer(), rl.advantage_fn("grpo"))
+    source = rl.GroupSource(sampler, _ParityTask(), stand_in.TokenTokenizer(), rl.advantage_fn("grpo"))
     problems = [Problem(id=i, question=str(p[0]), answer="") for i, p in enumerate(PROMPTS)]
     key = jax.random.key(9)
     batch, info = source.sample(params, problems, key)

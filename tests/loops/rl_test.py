@@ -17,26 +17,11 @@ import pytest
 
 from golfjax.decode import FINISH_STOP, Rollout
 from golfjax.loops import rl
-from golfjax.rewards.base import Problem, Task
+from golfjax.rewards.base import Problem
 from golfjax.sampling_config import SamplingConfig
+from tests.loops.stand_in import AnswerTask, TokenTokenizer
 
 WRONG = 1
-
-
-class _Tokenizer:
-    def encode_prompt(self, question, template_kwargs):
-        return [int(question)]
-
-    def decode(self, ids):
-        return " ".join(str(int(i)) for i in ids)
-
-
-class _Task(Task):
-    def load(self, split):
-        raise NotImplementedError
-
-    def score(self, problem, response):
-        return 1.0 if response == problem.answer else 0.0
 
 
 @dataclasses.dataclass
@@ -82,7 +67,7 @@ def test_group_metrics_by_hand():
 
 def test_group_source_batch_and_metrics_by_hand():
     sampler = _Sampler({0: [True, False, False, True], 1: [False] * 4})
-    source = rl.GroupSource(sampler, _Task(), _Tokenizer(), rl.advantage_fn("grpo"))
+    source = rl.GroupSource(sampler, AnswerTask(), TokenTokenizer(), rl.advantage_fn("grpo"))
     batch, info = source.sample(None, _problems(2), jax.random.PRNGKey(0))
     # Group 0's rewards 1 0 0 1: mean 1/2, unbiased std sqrt(1/3), so
     # A = +-(1/2) / sqrt(1/3) = +-0.8660; group 1 all 0: no deviation, A = 0.
@@ -109,7 +94,7 @@ def test_evaluator_accuracy_and_pass_at_k_by_hand():
     # Three problems, k = 4 samples each, right 0, 1 and 4 times; two prompts
     # per sampler call, so the third problem is sampled on its own.
     sampler = _Sampler({0: [False] * 4, 1: [False, False, True, False], 2: [True] * 4})
-    evaluator = rl.Evaluator(sampler, _problems(3), _Task(), _Tokenizer(), batch_size=2)
+    evaluator = rl.Evaluator(sampler, _problems(3), AnswerTask(), TokenTokenizer(), batch_size=2)
     metrics = evaluator(None, jax.random.PRNGKey(0))
     assert sampler.calls == [[0, 1], [2]]
     expected = np.mean([_pass_at_k(4, c, 4) for c in (0, 1, 4)])
@@ -145,7 +130,7 @@ def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
     prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
     problems = [Problem(id=i, question="", answer=str(100 * (i % 2))) for i in range(5)]
     key = jax.random.key(7)
-    groups = rl.sample_groups(sampler, None, problems, prompts, key, _Task(), _Tokenizer())
+    groups = rl.sample_groups(sampler, None, problems, prompts, key, AnswerTask(), TokenTokenizer())
     assert [n for n, _ in sampler.calls] == [2, 2, 1]
     keys = [k for _, k in sampler.calls]
     assert keys[0] == np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))).tolist()
@@ -161,7 +146,7 @@ def test_prompts_beyond_the_largest_bucket_are_sampled_in_calls_and_joined():
 
     # Within one call, the key is the caller's, unchanged.
     one = _CallsSampler(SamplingConfig(group_size=2, batch_buckets=(8,)))
-    rl.sample_groups(one, None, problems, prompts, key, _Task(), _Tokenizer())
+    rl.sample_groups(one, None, problems, prompts, key, AnswerTask(), TokenTokenizer())
     assert one.calls == [(5, np.asarray(jax.random.key_data(key)).tolist())]
 
 
@@ -183,8 +168,8 @@ def test_an_moe_policys_routes_are_joined_like_its_prompts():
     sampler = _MoESampler(SamplingConfig(group_size=2, batch_buckets=(2,), pad_id=0))
     prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
     problems = [Problem(id=i, question="", answer="") for i in range(5)]
-    r = rl.sample_groups(sampler, None, problems, prompts, jax.random.key(0), _Task(),
-                         _Tokenizer()).rollout
+    r = rl.sample_groups(sampler, None, problems, prompts, jax.random.key(0), AnswerTask(),
+                         TokenTokenizer()).rollout
     # Left-padded to 4 slots with the prompts (padding: expert 0 as the token pad).
     assert r.prompt_routes_NxPxLxA.shape == (10, 4, 2, 2)
     np.testing.assert_array_equal(r.prompt_routes_NxPxLxA[..., 0, 0], r.prompt_tokens_NxP)

@@ -1,5 +1,10 @@
-"""A stand-in for a batch source's `sample`, for tests that drive the rollout
-schedule without a sampler (tests/loops/schedule_test.py, tests/train/reference_test.py)."""
+"""Stand-ins for tests of golfjax/loops: a batch source's `sample`, for tests that
+drive the rollout schedule without a sampler (tests/loops/schedule_test.py,
+tests/train/reference_test.py); a tokenizer and a task whose rewards are known
+(tests/loops/rl_test.py, tests/loops/partial_rollout_test.py).
+
+Test files import these, never each other: under Bazel a test's target carries
+only its own file and tests/ support modules (//:test_support)."""
 
 import time
 
@@ -7,10 +12,32 @@ import numpy as np
 
 from golfjax import advantages
 from golfjax.models import config as model_config_lib
+from golfjax.rewards.base import Task
 from golfjax.types import make_batch
 
 MODEL = model_config_lib.get_preset("tiny")
 B, G, P, T = 2, 4, 6, 5  # prompts per mini-batch, group, prompt and response tokens
+
+
+
+class TokenTokenizer:
+    """A question is one token, its integer; ids decode to their numbers joined by spaces."""
+
+    def encode_prompt(self, question, template_kwargs):
+        return [int(question)]
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids)
+
+
+class AnswerTask(Task):
+    """Scores 1 when the response is the problem's answer, else 0."""
+
+    def load(self, split):
+        raise NotImplementedError
+
+    def score(self, problem, response):
+        return 1.0 if response == problem.answer else 0.0
 
 
 def build_batch(calls=None, delay_s=0.0):
