@@ -50,9 +50,9 @@ complete is read back, not rerun.
 
 Scale: the default is 64 steps, staleness in {1, 4, 16, 64}, four losses, 3
 seeds and four async runs (52 runs; docs/results.md has their run times);
-`--quick` runs 4 steps of staleness in {1, 2} for vespo and ppo_clip, one
-seed, one async run, on 16 held-out strings, after a 10-step cold start: a
-check of the pipeline, too short to measure anything.
+`--quick` runs 4 steps of VESPO at staleness 1 and 2 and asynchronously, one
+seed, on 16 held-out strings, after a 10-step cold start: a check of the
+pipeline, too short to measure anything.
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or f"benchmarks/results/staleness_sweep{suffix}"
     args.workdir = args.workdir or os.path.join("workdirs", f"staleness_sweep{suffix}")
     if args.quick:
-        args.steps, args.seeds, args.ns, args.losses = 4, 1, "1,2", "vespo,ppo_clip"
+        args.steps, args.seeds, args.ns, args.losses = 4, 1, "1,2", "vespo"
         args.async_losses = args.async_losses or "vespo"
         args.cold_start_steps, args.eval_every = 10, 2
         args.eval_problems = args.eval_problems or 16
