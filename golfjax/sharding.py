@@ -280,12 +280,7 @@ def global_to_host(tree: Any) -> Any:
     if not is_multiprocess():
         return jax.device_get(tree)
     leaves, treedef = jax.tree.flatten(tree)
-    split = [i for i, x in enumerate(leaves) if _needs_gather(x)]
-    if split:
-        shardings = tuple(leaves[i].sharding.update(spec=PartitionSpec()) for i in split)
-        gathered = replicate_program(shardings)(*(leaves[i] for i in split))
-        for i, x in zip(split, gathered):
-            leaves[i] = x
+    leaves = replicate_split_leaves(leaves)
     # Replicated now: this process's first copy is the whole value.
     leaves = [np.asarray(x.addressable_data(0))
               if isinstance(x, jax.Array) and not x.is_fully_addressable else x for x in leaves]
@@ -301,11 +296,27 @@ def allgather_processes(local: np.ndarray) -> np.ndarray:
     return groups.allgather(local)
 
 
+def replicate_split_leaves(leaves: list[Any]) -> list[Any]:
+    """`leaves` with each array split over devices of several processes
+    replaced by its fully replicated copy (one jitted all-gather for all of
+    them, so every process of the group calls this at the same point); other
+    leaves as they are."""
+    split = [i for i, x in enumerate(leaves) if _needs_gather(x)]
+    if not split:
+        return list(leaves)
+    shardings = tuple(leaves[i].sharding.update(spec=PartitionSpec()) for i in split)
+    gathered = replicate_program(shardings)(*(leaves[i] for i in split))
+    out = list(leaves)
+    for i, x in zip(split, gathered):
+        out[i] = x
+    return out
+
+
 def _needs_gather(x: Any) -> bool:
     if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
         return False
     if not isinstance(x.sharding, NamedSharding):
-        raise TypeError(f"global_to_host: cannot gather an array with sharding {x.sharding}; "
+        raise TypeError(f"cannot gather an array split over processes with sharding {x.sharding}; "
                         "expected a NamedSharding")
     return True
 

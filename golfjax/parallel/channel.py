@@ -232,12 +232,9 @@ class CollectiveChannel:
         """A full copy of every leaf of `tree` on this process's first device
         (leaves split over several processes gathered in one program)."""
         leaves, treedef = jax.tree.flatten(tree)
-        split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
-        if split:
-            gathered = sharding_lib.replicate_program(tuple(
-                leaves[i].sharding.update(spec=PartitionSpec()) for i in split))(*(leaves[i] for i in split))
-            for i, x in zip(split, gathered):
-                leaves[i] = next(s.data for s in x.addressable_shards if s.device == self._mine)
+        leaves = [next(s.data for s in x.addressable_shards if s.device == self._mine)
+                  if isinstance(x, jax.Array) and not x.is_fully_addressable else x
+                  for x in sharding_lib.replicate_split_leaves(leaves)]
         return jax.tree.unflatten(treedef, [jax.device_put(x, self._mine) for x in leaves])
 
     def _swap(self, tree: Any) -> Any:
