@@ -132,7 +132,8 @@ def _check_smoke_run(records, config):
     assert ("loss/phi_pos_mean" in rl[-1]) == (config.train.loss == "vespo")
 
 
-SYNC_FLAGS = ("--config.train.steps=4", "--config.cold_start.steps=0", "--config.eval.every=2")
+SYNC = {"train.steps": 4, "cold_start.steps": 0, "eval.every": 2}
+SYNC_FLAGS = tuple(f"--config.{key}={value}" for key, value in SYNC.items())
 
 
 @pytest.mark.slow
@@ -143,10 +144,9 @@ def test_sync_run_logs_its_diagnostics_is_deterministic_and_resumes_after_sigter
     _run(env, "smoke", whole_dir, *SYNC_FLAGS)
     whole = _records(whole_dir)
     config = vespo_config.get_config("smoke")
-    for flag in SYNC_FLAGS:
-        key, value = flag.removeprefix("--config.").split("=")
+    for key, value in SYNC.items():
         section, name = key.split(".")
-        setattr(getattr(config, section), name, int(value))
+        setattr(getattr(config, section), name, value)
     _check_smoke_run(whole, config)
 
     # The same run stopped by SIGTERM mid-rollout, then resumed.
